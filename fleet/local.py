@@ -1,0 +1,315 @@
+"""The local driver: every role is a process on this machine, under one data home.
+
+Servers run with pg_ctl on loopback ports; the capturer is pg_receivewal under
+fleet.supervise. Pause is SIGSTOP of a server's whole process tree, resume is
+SIGCONT, kill is SIGKILL.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from fleet import pg, procs
+from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
+from pitrsite.config import persistent_secret
+from pitrsite.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+# Shared by every node; the base backup carries it to the standby and the restore target.
+CLUSTER_CONF = """\
+# Written by pitrsite. Node-specific settings live in pitrsite.node.conf.
+listen_addresses = '127.0.0.1'
+wal_level = replica
+track_commit_timestamp = on
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+hot_standby_feedback = on
+wal_log_hints = on
+max_connections = 100
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+"""
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS test_data (
+    id bigserial PRIMARY KEY,
+    payload text NOT NULL,
+    -- statement time of the inserting transaction; it is never later than the commit time
+    created_at timestamptz NOT NULL DEFAULT now(),
+    writer integer,
+    seq integer,
+    UNIQUE (writer, seq)
+)
+"""
+
+
+class LocalDriver:
+    name = "local"
+
+    def __init__(self, layout: Layout | None = None):
+        self.layout = layout or Layout.current()
+
+    # --- the whole fleet -------------------------------------------------
+    def up(self) -> list[str]:
+        """Create and start every role, idempotently; returns what was done."""
+        self._check_home()
+        done = [self._ensure_primary(), self._ensure_standby(), self._ensure_capturer(), self._ensure_restore_target()]
+        return [line for line in done if line]
+
+    def down(self) -> list[str]:
+        done = []
+        for role in ("capturer", "standby", "restore_target", "primary"):
+            if self.state(role) != "stopped":
+                self.stop(role)
+                done.append(f"{role} stopped")
+        return done
+
+    # --- one role ----------------------------------------------------------
+    def state(self, role: str) -> str:
+        pid = self.pid(role)
+        if not procs.alive(pid):
+            return "stopped"
+        return "paused" if procs.paused(pid) else "running"
+
+    def pid(self, role: str) -> int | None:
+        """The postmaster of a server role; pg_receivewal for the capturer."""
+        if check_role(role) == "capturer":
+            return procs.read_pid(self.layout.run / "capturer.pid")
+        return procs.read_pid(self.layout.datadir(role) / "postmaster.pid")
+
+    def start(self, role: str) -> None:
+        if check_role(role) == "capturer":
+            self._ensure_capturer()
+            return
+        if self.state(role) == "paused":
+            raise FleetError(f"{role} is paused: run `python manage.py fleet resume {role}`")
+        if self.state(role) == "running":
+            return
+        datadir = self.layout.datadir(role)
+        if not (datadir / "PG_VERSION").exists():
+            hint = "run a restore first" if role == "restore_target" else "run `python manage.py fleet up`"
+            raise FleetError(f"{role} has no data directory at {datadir}: {hint}")
+        self._check_port_free(role)
+        self.write_node_conf(role)
+        pg.give_to_server(self.layout.logs, self.layout.run)
+        pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(self.layout.logfile(role)), "-w", "-t", "120",
+                "-s", "start"], step=f"starting {role}", timeout=180)
+
+    def stop(self, role: str, mode: str = "fast") -> None:
+        if check_role(role) == "capturer":
+            procs.stop_supervised("capturer", self.layout.run)
+            return
+        if self.state(role) == "paused":
+            self.resume(role)
+        if self.state(role) == "stopped":
+            return
+        pg.run([pg.tool("pg_ctl"), "-D", str(self.layout.datadir(role)), "-m", mode, "-w", "-t", "120", "-s",
+                "stop"], step=f"stopping {role}", timeout=180)
+
+    def restart(self, role: str) -> None:
+        if check_role(role) == "capturer":
+            # SIGHUP makes the supervisor stop pg_receivewal gracefully and start it again.
+            pid = procs.read_pid(self.layout.run / "capturer.supervisor.pid")
+            if not procs.alive(pid):
+                raise FleetError("capturer is not running: run `python manage.py fleet start capturer`")
+            self.resume(role)
+            os.kill(pid, signal.SIGHUP)
+            return
+        self.stop(role)
+        self.start(role)
+
+    def pause(self, role: str) -> None:
+        pid = self._running_pid(role)
+        procs.signal_tree(pid, signal.SIGSTOP)
+
+    def resume(self, role: str) -> None:
+        pid = self.pid(role)
+        if procs.alive(pid):
+            procs.signal_tree(pid, signal.SIGCONT)
+
+    def kill(self, role: str) -> None:
+        """SIGKILL: a crash. Servers recover on next start; the capturer is restarted by its supervisor."""
+        pid = self._running_pid(role)
+        if procs.paused(pid):
+            procs.signal_tree(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+        if role != "capturer":
+            # The backends notice their postmaster is gone and exit; wait so a start can follow.
+            for child in procs.descendants(pid):
+                procs.wait_gone(child, 10)
+            procs.wait_gone(pid, 10)
+
+    def run_on(self, role: str, argv: list[str], step: str = "running a command") -> str:
+        """Run a command where the node lives (here: this machine, as the server account)."""
+        check_role(role)
+        return pg.run(argv, step=step, env=pg.libpq_env()).stdout
+
+    def put_file(self, role: str, relpath: str, content: str | bytes, mode: int = 0o600) -> Path:
+        """Write a file into a server's data directory, owned by the server account."""
+        path = self.layout.datadir(role) / relpath
+        data = content.encode() if isinstance(content, str) else content
+        tmp = path.with_name(path.name + ".pitrsite-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        account = pg.server_account()
+        if account is not None:
+            os.chown(tmp, account.pw_uid, account.pw_gid)
+        tmp.replace(path)
+        return path
+
+    def write_node_conf(self, role: str) -> None:
+        self.put_file(role, "pitrsite.node.conf",
+                      f"# Written by pitrsite for the {role} node.\n"
+                      f"port = {self.layout.port(role)}\n"
+                      f"unix_socket_directories = '{self.layout.run}'\n"
+                      f"cluster_name = 'pitrsite_{role}'\n")
+
+    # --- provisioning --------------------------------------------------------
+    def _check_home(self) -> None:
+        home = self.layout.home
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            probe = home / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise FleetError(f"data home {home} is not writable ({exc.strerror}): fix its permissions or set PITR_HOME") from None
+        account = pg.server_account()
+        if account is not None:
+            # The server account must be able to walk down to its data directories.
+            for parent in [home, *home.parents]:
+                if parent.stat().st_mode & 0o005 != 0o005 and parent.stat().st_uid != account.pw_uid:
+                    raise FleetError(f"{parent} is not searchable by OS user {account.pw_name}: chmod o+rx {parent} or set PITR_HOME elsewhere")
+        pg.give_to_server(home, self.layout.logs, self.layout.run, self.layout.archive, self.layout.backups,
+                          self.layout.staging, self.layout.secrets)
+        os.chmod(self.layout.secrets, 0o700)
+
+    def _write_secrets(self) -> Path:
+        """Generate the superuser and replication passwords once; keep them in a pgpass file."""
+        secrets = self.layout.secrets
+        superuser_pw = persistent_secret(secrets / "superuser_password", 18)
+        repl_pw = persistent_secret(secrets / "replication_password", 18)
+        passfile = pg.passfile()
+        passfile.write_text(
+            f"{settings.PITR_HOST}:*:*:{settings.PITR_PG_SUPERUSER}:{superuser_pw}\n"
+            f"{settings.PITR_HOST}:*:*:{settings.PITR_REPL_USER}:{repl_pw}\n"
+        )
+        account = pg.server_account()
+        for path in (passfile, secrets / "superuser_password", secrets / "replication_password"):
+            os.chmod(path, 0o600)
+            if account is not None:
+                os.chown(path, account.pw_uid, account.pw_gid)
+        return secrets / "superuser_password"
+
+    def _ensure_primary(self) -> str:
+        datadir = self.layout.datadir("primary")
+        pwfile = self._write_secrets()
+        created = ""
+        if not (datadir / "PG_VERSION").exists():
+            pg.give_to_server(datadir.parent)
+            pg.run([pg.tool("initdb"), "-D", str(datadir), "-U", settings.PITR_PG_SUPERUSER, f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256", "--data-checksums", "-E", "UTF8", "--locale=C",
+                    f"--wal-segsize={settings.PITR_WAL_SEGSIZE_MB}"], step="initialising the primary (initdb)")
+            self.put_file("primary", "pitrsite.conf", CLUSTER_CONF)
+            conf = (datadir / "postgresql.conf").read_text()
+            self.put_file("primary", "postgresql.conf",
+                          conf + "\ninclude_if_exists = 'pitrsite.conf'\ninclude_if_exists = 'pitrsite.node.conf'\n")
+            created = "primary created; "
+        self.start("primary")
+        self._ensure_primary_objects()
+        return f"{created}primary running on {settings.PITR_HOST}:{self.layout.port('primary')}"
+
+    def _ensure_primary_objects(self) -> None:
+        repl_pw = pg.password(settings.PITR_REPL_USER)
+        with pg.connect(self.layout.port("primary"), dbname="postgres") as conn:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [settings.PITR_REPL_USER]).fetchone():
+                conn.execute(f'CREATE ROLE "{settings.PITR_REPL_USER}" WITH LOGIN REPLICATION')
+            # ALTER ROLE ... PASSWORD takes no bind parameters; quote with the server's own function.
+            quoted = conn.execute("SELECT quote_literal(%s)", [repl_pw]).fetchone()[0]
+            conn.execute(f'ALTER ROLE "{settings.PITR_REPL_USER}" WITH PASSWORD {quoted}')
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
+                conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
+            for slot in (settings.PITR_CAPTURE_SLOT, settings.PITR_STANDBY_SLOT):
+                # immediately_reserve: the slot holds WAL from now on, even before its first client.
+                conn.execute("SELECT pg_create_physical_replication_slot(%s, true) "
+                             "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", [slot, slot])
+        with pg.connect(self.layout.port("primary")) as conn:
+            conn.execute(SCHEMA_SQL)
+
+    def _ensure_standby(self) -> str:
+        datadir = self.layout.datadir("standby")
+        created = ""
+        if not (datadir / "PG_VERSION").exists():
+            pg.give_to_server(datadir.parent)
+            pg.run([pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
+                    "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(datadir), "-R",
+                    f"--slot={settings.PITR_STANDBY_SLOT}", "-X", "stream", "--checkpoint=fast"],
+                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env())
+            created = "standby created; "
+        self.start("standby")
+        return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"
+
+    def _ensure_capturer(self) -> str:
+        if procs.alive(procs.read_pid(self.layout.run / "capturer.supervisor.pid")):
+            return "capturer already running"
+        pg.give_to_server(self.layout.archive)
+        argv = [pg.tool("pg_receivewal"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
+                "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(self.layout.archive),
+                f"--slot={settings.PITR_CAPTURE_SLOT}", "--synchronous", "--verbose"]
+        account = pg.server_account()
+        procs.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
+                               user=account.pw_name if account else None, env=pg.libpq_env())
+        if not procs.alive(self.pid("capturer")):
+            raise FleetError(f"capturer did not start: see {self.layout.logfile('capturer')}")
+        return f"capturer streaming into {self.layout.archive} through slot {settings.PITR_CAPTURE_SLOT}"
+
+    def _ensure_restore_target(self) -> str:
+        datadir = self.layout.datadir("restore_target")
+        pg.give_to_server(datadir.parent, datadir)
+        os.chmod(datadir, 0o700)
+        return f"restore target reserved at {datadir} (port {self.layout.port('restore_target')})"
+
+    def _running_pid(self, role: str) -> int:
+        pid = self.pid(role)
+        if not procs.alive(pid):
+            raise FleetError(f"{role} is not running: run `python manage.py fleet start {role}`")
+        return pid
+
+    def _check_port_free(self, role: str) -> None:
+        port = self.layout.port(role)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((settings.PITR_HOST, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                setting = {"primary": "PITR_PRIMARY_PORT", "standby": "PITR_STANDBY_PORT",
+                           "restore_target": "PITR_RESTORE_PORT"}[role]
+                raise FleetError(f"port {port} for the {role} is already in use by another process: "
+                                 f"stop it or set {setting} to a free port") from None
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def get_driver() -> LocalDriver:
+    return LocalDriver()
+
+
+__all__ = ["LocalDriver", "get_driver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]

@@ -1,0 +1,111 @@
+"""Process helpers over /proc: liveness, stopped state, descendants, detached starts."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc/PID/stat ('T' is stopped), None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state = stat[stat.rindex(")") + 2]
+    return None if state in ("Z", "X") else state
+
+
+def alive(pid: int | None) -> bool:
+    return pid is not None and proc_state(pid) is not None
+
+
+def paused(pid: int | None) -> bool:
+    return pid is not None and proc_state(pid) in ("T", "t")
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (PostgreSQL backends, walsenders, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Signal a process and all its descendants (parent first for STOP, last for CONT)."""
+    tree = [pid, *descendants(pid)]
+    if sig == signal.SIGCONT:
+        tree.reverse()
+    for target in tree:
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def start_supervised(name: str, argv: list[str], rundir: Path, logfile: Path,
+                     user: str | None = None, env: dict | None = None, cwd: Path | None = None) -> int:
+    """Start `fleet.supervise` detached (own session), so it outlives whoever started it."""
+    command = [sys.executable, "-m", "fleet.supervise", "--name", name, "--rundir", str(rundir)]
+    if user:
+        command += ["--user", user]
+    command += ["--", *argv]
+    project = Path(__file__).resolve().parent.parent
+    with open(logfile, "ab") as log:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=cwd or project,
+            env={**os.environ, "PYTHONPATH": str(project), **(env or {})},
+        )
+    deadline = time.monotonic() + 10
+    child_pidfile = rundir / f"{name}.pid"
+    while time.monotonic() < deadline and not alive(read_pid(child_pidfile)):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return proc.pid
+
+
+def stop_supervised(name: str, rundir: Path, timeout: float = 20) -> bool:
+    """SIGTERM the supervisor (it stops its child); returns False if it was not running."""
+    pid = read_pid(rundir / f"{name}.supervisor.pid")
+    if not alive(pid):
+        return False
+    if paused(read_pid(rundir / f"{name}.pid")):
+        os.kill(read_pid(rundir / f"{name}.pid"), signal.SIGCONT)
+    os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, timeout):
+        signal_tree(pid, signal.SIGKILL)
+    return True

@@ -1,0 +1,25 @@
+"""The Celery app and its beat schedule (intervals from settings)."""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pitrsite.settings")
+
+app = Celery("pitrsite")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def setup_schedule(sender: Celery, **kwargs) -> None:
+    from django.conf import settings
+
+    schedule = {
+        "index-wal": ("walcatalog.tasks.index_wal", settings.PITR_INDEX_INTERVAL),
+        "reap-jobs": ("pitrsite.tasks.reap_jobs", settings.PITR_REAP_INTERVAL),
+    }
+    for name, (task, seconds) in schedule.items():
+        if seconds > 0:  # 0 turns a schedule off
+            sender.conf.beat_schedule[name] = {"task": task, "schedule": seconds}

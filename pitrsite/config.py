@@ -1,0 +1,146 @@
+"""Typed readers for environment settings, in the style of healthchecks' settings.
+
+Every setting comes from the environment (a `.env` file is read first when
+present). A bad value stops start-up with one line that names the variable,
+what it holds and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def load_dotenv(path: Path) -> None:
+    """Read KEY=VALUE lines into os.environ without overriding what is set."""
+    if not path.is_file():
+        return
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ImproperlyConfigured(f"{path}:{lineno}: expected KEY=VALUE, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key.strip(), value)
+
+
+def envstr(name: str, default: str = "") -> str:
+    """A string; NAME_FILE may point at a file holding a secret."""
+    file_path = os.environ.get(f"{name}_FILE")
+    if file_path:
+        return Path(file_path).read_text().strip()
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true or false")
+
+
+def envint(name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ImproperlyConfigured(f"{name}={number} is outside {lo}..{hi}")
+    return number
+
+
+def envfloat(name: str, default: float, lo: float = 0.0) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if number < lo:
+        raise ImproperlyConfigured(f"{name}={number} must be at least {lo}")
+    return number
+
+
+def envport(name: str, default: int) -> int:
+    # Ports below 1024 need privileges the servers never get; 5432 and 6379
+    # are allowed but not defaulted to, as the machine may own them.
+    return envint(name, default, 1024, 65535)
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def database_from_url(url: str, base_dir: Path) -> dict:
+    """DATABASE_URL: sqlite:////abs/path, sqlite:///rel/path or postgres://user:pw@host:port/db."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # As dj-database-url: sqlite:////abs/path is absolute, sqlite:///rel is under the project.
+        path = Path(unquote(url[len("sqlite:///"):]))
+        if not path.is_absolute():
+            path = base_dir / path
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path),
+                # A worker and the web server write at once: wait instead of "database is locked".
+                "OPTIONS": {"timeout": 30}}
+    if parsed.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": 0,
+        }
+    raise ImproperlyConfigured(
+        f"DATABASE_URL scheme {parsed.scheme!r} is not supported: use sqlite:///path or postgres://user:pass@host:port/db"
+    )
+
+
+def default_pg_bindir() -> str:
+    """`pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin, else ''."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            candidate = out.stdout.strip()
+            if out.returncode == 0 and Path(candidate, "initdb").exists():
+                return candidate
+        except (OSError, subprocess.SubprocessError):
+            pass
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return str(versions[-1].parent) if versions else ""
+
+
+def persistent_secret(path: Path, nbytes: int = 32) -> str:
+    """A random secret created once under the data home, readable by its owner only."""
+    import secrets
+
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value

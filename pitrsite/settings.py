@@ -1,0 +1,142 @@
+"""pitrsite settings: every value from the environment (see .env.example)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from pitrsite.config import (
+    database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
+    envstr, load_dotenv, persistent_secret,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))
+
+# --- where pitrsite keeps everything it owns ---------------------------------
+PITR_HOME = Path(os.environ.get("PITR_HOME") or BASE_DIR / "var").resolve()
+try:
+    PITR_HOME.mkdir(parents=True, exist_ok=True)
+    _secret = envstr("DJANGO_SECRET_KEY") or persistent_secret(PITR_HOME / "secrets" / "django_secret_key")
+except OSError as exc:
+    raise ImproperlyConfigured(
+        f"PITR_HOME {PITR_HOME} is not usable ({exc.strerror}): make it writable or set PITR_HOME to another directory"
+    ) from None
+PITR_WAL_ARCHIVE = Path(os.environ.get("PITR_WAL_ARCHIVE") or PITR_HOME / "wal_archive")
+PITR_BACKUP_DIR = Path(os.environ.get("PITR_BACKUP_DIR") or PITR_HOME / "backups")
+
+# --- the fleet ---------------------------------------------------------------
+PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local",))
+PITR_PG_BINDIR = os.environ.get("PITR_PG_BINDIR") or default_pg_bindir()
+PITR_HOST = "127.0.0.1"  # loopback only, by design
+PITR_PRIMARY_PORT = envport("PITR_PRIMARY_PORT", 55432)
+PITR_STANDBY_PORT = envport("PITR_STANDBY_PORT", 55433)
+PITR_RESTORE_PORT = envport("PITR_RESTORE_PORT", 55434)
+PITR_PG_OS_USER = os.environ.get("PITR_PG_OS_USER", "postgres")  # used only when running as root
+PITR_PG_SUPERUSER = os.environ.get("PITR_PG_SUPERUSER", "postgres")
+PITR_REPL_USER = os.environ.get("PITR_REPL_USER", "replicator")
+PITR_DBNAME = os.environ.get("PITR_DBNAME", "pitr")
+PITR_CAPTURE_SLOT = os.environ.get("PITR_CAPTURE_SLOT", "pitr_slot")
+PITR_STANDBY_SLOT = os.environ.get("PITR_STANDBY_SLOT", "standby_slot")
+PITR_BACKUP_SLOT = os.environ.get("PITR_BACKUP_SLOT", "backup_slot")
+# initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
+PITR_WAL_SEGSIZE_MB = envint("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
+
+# --- schedules (seconds; 0 turns one off) -----------------------------------
+PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
+PITR_REAP_INTERVAL = envfloat("PITR_REAP_INTERVAL", 15.0)
+
+# --- Django ------------------------------------------------------------------
+SECRET_KEY = _secret
+DEBUG = envbool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
+PITR_WEB_PORT = envport("PITR_WEB_PORT", 58000)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "walcatalog",
+    "restores",
+    "fleet",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "pitrsite.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "pitrsite.wsgi.application"
+
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{PITR_HOME / 'pitrsite.sqlite3'}", BASE_DIR
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+                    if not DEBUG else "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Celery ------------------------------------------------------------------
+PITR_REDIS_PORT = envport("PITR_REDIS_PORT", 56379)
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or f"redis://127.0.0.1:{PITR_REDIS_PORT}/0"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None  # progress and outcome live in our job rows, not in Celery
+CELERY_TASK_IGNORE_RESULT = True
+# A job lost with its worker is re-run never: the job row says "interrupted".
+CELERY_TASK_ACKS_LATE = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = TIME_ZONE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "pitrsite": {"handlers": ["console"], "level": os.environ.get("PITR_LOG_LEVEL", "INFO")},
+        "walcatalog": {"handlers": ["console"], "level": os.environ.get("PITR_LOG_LEVEL", "INFO")},
+        "restores": {"handlers": ["console"], "level": os.environ.get("PITR_LOG_LEVEL", "INFO")},
+        "fleet": {"handlers": ["console"], "level": os.environ.get("PITR_LOG_LEVEL", "INFO")},
+    },
+}
