@@ -1,0 +1,232 @@
+"""What every long job shares: explicit states, progress in its own row, and a reaper.
+
+A job row is the source of truth for progress (not Celery's result backend),
+so it survives restarts. A job whose process died (SIGKILL of a worker) is
+found by the reaper and marked interrupted: it never reads as succeeded.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, TextIO
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from fleet import procs
+from pitrsite.errors import PitrError
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname()
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class Job(models.Model):
+    """Abstract base of backups, restores and chaos runs."""
+
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    trigger = models.CharField(max_length=16, default="command", help_text="command, celery, admin, dashboard or chaos")
+    current_step = models.CharField(max_length=64, blank=True)
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    steps = models.JSONField(default=list, blank=True, help_text="[{name, started_at, seconds}] in order")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    owner_host = models.CharField(max_length=255, blank=True)
+    owner_pid = models.IntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def percent(self) -> float | None:
+        if not self.progress_total:
+            return 100.0 if self.state == JobState.DONE else None
+        return min(100.0, 100.0 * self.progress_done / self.progress_total)
+
+    @property
+    def duration(self) -> float | None:
+        if not self.started_at:
+            return None
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def claim(self) -> bool:
+        """queued -> running, only if nobody else got there first (healthchecks' conditional UPDATE)."""
+        now = timezone.now()
+        fields = dict(state=JobState.RUNNING, started_at=now, heartbeat_at=now, owner_host=HOST, owner_pid=os.getpid())
+        if type(self).objects.filter(pk=self.pk, state=JobState.QUEUED).update(**fields) != 1:
+            return False
+        for key, value in fields.items():
+            setattr(self, key, value)
+        return True
+
+    def finish(self, state: str, error: str = "") -> None:
+        self.state, self.error, self.finished_at = state, error, timezone.now()
+        type(self).objects.filter(pk=self.pk).update(state=state, error=error, finished_at=self.finished_at)
+
+
+class Reporter(Protocol):
+    def step(self, name: str) -> None: ...
+    def progress(self, done: int, total: int | None = None) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class JobReporter:
+    """Writes progress into the job row, at most a few times a second."""
+
+    min_interval = 0.3
+
+    def __init__(self, job: Job, extra: Callable[[], dict] | None = None):
+        self.job, self.extra, self._last = job, extra, 0.0
+
+    def _save(self, **fields) -> None:
+        fields["heartbeat_at"] = timezone.now()
+        if self.extra:
+            fields.update(self.extra())
+        for key, value in fields.items():
+            setattr(self.job, key, value)
+        type(self.job).objects.filter(pk=self.job.pk).update(**fields)
+        self._last = time.monotonic()
+
+    def step(self, name: str) -> None:
+        now = timezone.now()
+        steps = list(self.job.steps)
+        if steps and steps[-1].get("seconds") is None:
+            steps[-1]["seconds"] = round((now - datetime.fromisoformat(steps[-1]["started_at"])).total_seconds(), 3)
+        if name:
+            steps.append({"name": name, "started_at": now.isoformat(), "seconds": None})
+        log.info("job %s #%s: %s", type(self.job).__name__, self.job.pk, name or "finished")
+        self._save(current_step=name, steps=steps, progress_done=0, progress_total=None)
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        self.job.progress_done, self.job.progress_total = done, total
+        if time.monotonic() - self._last >= self.min_interval or (total and done >= total):
+            self._save(progress_done=done, progress_total=total)
+
+    def log(self, message: str) -> None:
+        log.info("job %s #%s: %s", type(self.job).__name__, self.job.pk, message)
+
+    def heartbeat(self) -> None:
+        self._save()
+
+
+class ConsoleReporter:
+    """Progress for a terminal: a bar when stderr is a tty, plain step lines otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, inner: Reporter | None = None):
+        self.stream = stream or sys.stderr
+        self.inner = inner  # the job row is updated too, so the dashboard sees command-run jobs
+        self.tty = self.stream.isatty()
+        self.name = ""
+
+    def step(self, name: str) -> None:
+        if self.inner:
+            self.inner.step(name)
+        if self.tty and self.name:
+            self.stream.write("\n")
+        self.name = name
+        if name:
+            self.stream.write(f"{name}..." + ("" if self.tty else "\n"))
+            self.stream.flush()
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        if self.inner:
+            self.inner.progress(done, total)
+        if not self.tty:
+            return
+        if total:
+            filled = int(30 * min(done, total) / total)
+            self.stream.write(f"\r{self.name:24} [{'#' * filled}{'.' * (30 - filled)}] {100 * done / total:5.1f}%")
+        else:
+            self.stream.write(f"\r{self.name:24} {done:,}")
+        self.stream.flush()
+
+    def log(self, message: str) -> None:
+        if self.inner:
+            self.inner.log(message)
+        self.stream.write(("\n" if self.tty else "") + message + "\n")
+
+
+def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
+    """Run work() as the job: claimed first, then done or failed with 'failure <step> (<why>)'."""
+    if not job.claim():
+        raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
+    try:
+        work()
+    except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise the unexpected ones
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, PitrError) and reason.startswith("failure "):
+            message = reason
+        else:
+            message = f"failure {job.current_step or 'starting'} ({reason})"
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        job.finish(JobState.INTERRUPTED if interrupted else JobState.FAILED, message)
+        if isinstance(exc, PitrError):
+            raise PitrError(message) from exc
+        raise
+    reporter.step("")
+    job.finish(JobState.DONE)
+    return job
+
+
+def reap(model: type[Job], stale_after: float = 120.0) -> int:
+    """Mark running jobs whose process is gone as interrupted; returns how many."""
+    count = 0
+    for job in model.objects.filter(state=JobState.RUNNING):
+        if job.owner_host == HOST:
+            dead = not procs.alive(job.owner_pid)
+        else:  # another machine: trust the heartbeat
+            dead = job.heartbeat_at is None or (timezone.now() - job.heartbeat_at).total_seconds() > stale_after
+        if dead:
+            note = f"interrupted: the process running it ({job.owner_host} pid {job.owner_pid}) is gone"
+            if model.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+                    state=JobState.INTERRUPTED, finished_at=timezone.now(),
+                    error=f"{note}; last step was {job.current_step or 'none'}") == 1:
+                count += 1
+                log.warning("%s #%s %s", model.__name__, job.pk, note)
+    return count
+
+
+@contextmanager
+def exclusive(name: str, what: str) -> Iterator[None]:
+    """An OS lock under the data home: held while the process lives, released when it dies."""
+    lockdir = Path(settings.PITR_HOME) / "run"
+    lockdir.mkdir(parents=True, exist_ok=True)
+    path = lockdir / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise PitrError(f"another {what} is running ({holder}): wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {HOST}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

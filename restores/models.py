@@ -1,0 +1,54 @@
+"""What we do with the catalog: restore jobs (chaos runs join them later)."""
+from __future__ import annotations
+
+from django.db import models
+
+from pitrsite.jobs import Job
+from walcatalog import walnames
+from walcatalog.models import BaseBackup
+
+
+class TargetKind(models.TextChoices):
+    TIME = "time"
+    LSN = "lsn"
+    XID = "xid"
+    NAME = "name"
+    IMMEDIATE = "immediate"
+    LATEST = "latest"
+
+
+class RestoreJob(Job):
+    target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
+    target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
+    exclusive = models.BooleanField(default=False)
+    target_timeline = models.CharField(max_length=16, blank=True, help_text="recovery_target_timeline; blank for latest")
+    backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.PROTECT, related_name="restores")
+    requested_backup_id = models.IntegerField(null=True, blank=True)
+    plan = models.JSONField(default=dict, blank=True, help_text="what the planner chose, for the record")
+    wal_first = models.CharField(max_length=32, blank=True, help_text="first WAL file replayed")
+    wal_last = models.CharField(max_length=40, blank=True, help_text="last WAL file replayed")
+    wal_files = models.IntegerField(default=0)
+    uses_partial = models.BooleanField(default=False)
+    target_lsn = models.BigIntegerField(null=True, blank=True, help_text="where replay must reach, when known")
+    replay_lsn = models.BigIntegerField(null=True, blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    final_lsn = models.BigIntegerField(null=True, blank=True)
+    final_timeline = models.PositiveIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=16, default="local", help_text="where backup and WAL came from")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "restore job"
+
+    def __str__(self) -> str:
+        return f"restore #{self.pk} to {self.target_description}"
+
+    @property
+    def target_description(self) -> str:
+        if self.target_kind in (TargetKind.IMMEDIATE, TargetKind.LATEST):
+            return self.target_kind
+        return f"{self.target_kind} {self.target_value}" + (" (exclusive)" if self.exclusive else "")
+
+    @property
+    def final_lsn_text(self) -> str:
+        return walnames.format_lsn(self.final_lsn) if self.final_lsn is not None else ""

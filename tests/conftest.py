@@ -1,0 +1,129 @@
+"""Fixtures that start real parts: a PostgreSQL fleet, Redis, a Celery worker.
+
+Everything lives in the private data home chosen by tests/settings.py and
+listens on free loopback ports. A missing part fails with what to install.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll until predicate() is truthy; fail the test saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def subprocess_env(**extra: str) -> dict:
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PITR_TEST_SUBPROCESS": "1",
+            "PYTHONPATH": str(PROJECT), **extra}
+
+
+def manage(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python manage.py ARGS` as a user would, against the test fleet and test database."""
+    result = subprocess.run([sys.executable, str(PROJECT / "manage.py"), *args], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=timeout, cwd=PROJECT)
+    if check and result.returncode != 0:
+        pytest.fail(f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    """The real fleet: primary, standby, capturer, restore target, up for the whole session."""
+    from fleet import pg
+    from fleet.local import LocalDriver
+    from pitrsite.errors import FleetError
+
+    try:
+        pg.bindir()
+    except FleetError as exc:
+        pytest.fail(f"{exc} (the fleet tests need the PostgreSQL 15 server: apt-get install postgresql)")
+    driver = LocalDriver()
+    driver.up()
+    yield driver
+    for role in ("capturer", "standby", "restore_target", "primary"):
+        try:
+            if driver.state(role) == "paused":
+                driver.resume(role)
+            driver.stop(role, mode="immediate") if role != "capturer" else driver.stop(role)
+        except FleetError:
+            pass
+
+
+@pytest.fixture
+def primary(fleet):
+    """An autocommit connection to the primary's application database."""
+    from fleet import pg
+
+    with pg.connect(fleet.layout.port("primary")) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.fail("redis-server is not installed: apt-get install redis-server")
+    port = settings.PITR_REDIS_PORT
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def ready():
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    wait_for(ready, 10, f"redis-server on port {port}")
+    yield settings.CELERY_BROKER_URL
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def celery_worker(redis_server, transactional_db, fleet):
+    """A real Celery worker with beat embedded, against the test database and fleet."""
+    logfile = Path(settings.PITR_HOME) / "logs" / "celery-test.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "pitrsite", "worker", "--beat", "--pool=solo", "--loglevel=INFO",
+             "--schedule", str(Path(settings.PITR_HOME) / "celerybeat-schedule")],
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=PROJECT, start_new_session=True)
+    wait_for(lambda: b"ready." in logfile.read_bytes() or proc.poll() is not None, 60, "the Celery worker to start")
+    if proc.poll() is not None:
+        pytest.fail(f"the Celery worker exited with {proc.returncode}: see {logfile}")
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    home = os.environ.get("PITR_TEST_HOME")
+    if home and not os.environ.get("PITR_KEEP_TEST_HOME") and os.environ.get("PITR_TEST_SUBPROCESS") is None:
+        shutil.rmtree(home, ignore_errors=True)

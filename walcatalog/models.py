@@ -1,0 +1,112 @@
+"""What pitrsite holds: timelines, WAL segments and base backups.
+
+LSNs are stored as 64-bit integers (BigIntegerField is signed: fine below
+8 EiB of WAL) and shown in PostgreSQL's X/Y form through walnames.
+"""
+from __future__ import annotations
+
+from django.db import models
+
+from pitrsite.jobs import Job, JobState
+from walcatalog import walnames
+
+
+class Timeline(models.Model):
+    tli = models.PositiveIntegerField(unique=True)
+    parent_tli = models.PositiveIntegerField(null=True, blank=True)
+    switch_lsn = models.BigIntegerField(null=True, blank=True, help_text="where this timeline branched off its parent")
+    history = models.TextField(blank=True, help_text="content of the TTTTTTTT.history file")
+    history_sha256 = models.CharField(max_length=64, blank=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tli"]
+
+    def __str__(self) -> str:
+        return f"timeline {self.tli}"
+
+    @property
+    def switch_lsn_text(self) -> str:
+        return walnames.format_lsn(self.switch_lsn) if self.switch_lsn is not None else ""
+
+
+class WalSegment(models.Model):
+    timeline = models.PositiveIntegerField()
+    segno = models.BigIntegerField()
+    name = models.CharField(max_length=24, help_text="file name without .partial")
+    start_lsn = models.BigIntegerField()
+    end_lsn = models.BigIntegerField(help_text="exclusive")
+    size = models.BigIntegerField(help_text="bytes on disk; grows while partial")
+    is_partial = models.BooleanField(default=False, db_index=True)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="of the complete file")
+    first_commit_at = models.DateTimeField(null=True, blank=True)
+    last_commit_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_commit_lsn = models.BigIntegerField(null=True, blank=True)
+    commit_count = models.IntegerField(default=0)
+    scanned_to = models.BigIntegerField(default=0, help_text="LSN up to which pg_waldump has read this segment")
+    mtime_ns = models.BigIntegerField(default=0, help_text="file mtime at the last index pass")
+    in_local_archive = models.BooleanField(default=True)
+    indexed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["timeline", "segno"]
+        constraints = [models.UniqueConstraint(fields=["timeline", "segno"], name="uniq_segment")]
+        indexes = [models.Index(fields=["timeline", "last_commit_at"])]
+
+    def __str__(self) -> str:
+        return self.file_name
+
+    @property
+    def file_name(self) -> str:
+        return self.name + (".partial" if self.is_partial else "")
+
+    @property
+    def start_lsn_text(self) -> str:
+        return walnames.format_lsn(self.start_lsn)
+
+    @property
+    def end_lsn_text(self) -> str:
+        return walnames.format_lsn(self.end_lsn)
+
+
+class Compression(models.TextChoices):
+    NONE = "none"
+    GZIP = "gzip"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
+class BaseBackup(Job):
+    """A pg_basebackup in tar format; offered for restore only once verified."""
+
+    label = models.CharField(max_length=100, unique=True)
+    compression = models.CharField(max_length=8, choices=Compression.choices, default=Compression.GZIP)
+    path = models.CharField(max_length=500, blank=True)
+    timeline = models.PositiveIntegerField(null=True, blank=True)
+    start_lsn = models.BigIntegerField(null=True, blank=True)
+    stop_lsn = models.BigIntegerField(null=True, blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    stop_time = models.DateTimeField(null=True, blank=True)
+    size_raw = models.BigIntegerField(null=True, blank=True, help_text="bytes of the cluster")
+    size_stored = models.BigIntegerField(null=True, blank=True, help_text="bytes on disk after compression")
+    manifest_verified = models.BooleanField(default=False)
+    segment_size = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "base backup"
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def restorable(self) -> bool:
+        return self.state == JobState.DONE and self.manifest_verified
+
+    @property
+    def start_lsn_text(self) -> str:
+        return walnames.format_lsn(self.start_lsn) if self.start_lsn is not None else ""
+
+    @property
+    def stop_lsn_text(self) -> str:
+        return walnames.format_lsn(self.stop_lsn) if self.stop_lsn is not None else ""
