@@ -110,3 +110,31 @@ class BaseBackup(Job):
     @property
     def stop_lsn_text(self) -> str:
         return walnames.format_lsn(self.stop_lsn) if self.stop_lsn is not None else ""
+
+
+class StorageCopy(models.Model):
+    """One copy of a file in a configured storage (django-storages backend)."""
+
+    class Kind(models.TextChoices):
+        WAL = "wal"
+        HISTORY = "history"
+        BACKUP = "backup"
+        DESCRIPTOR = "descriptor"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    storage = models.CharField(max_length=32, default="archive", help_text="name in settings.STORAGES")
+    key = models.CharField(max_length=500)
+    segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.CASCADE, related_name="copies")
+    backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.CASCADE, related_name="copies")
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    uploaded_at = models.DateTimeField()
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["key"]
+        verbose_name_plural = "storage copies"
+        constraints = [models.UniqueConstraint(fields=["storage", "key"], name="uniq_storage_key")]
+
+    def __str__(self) -> str:
+        return f"{self.storage}:{self.key}"
