@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "walcatalog",
     "restores",
     "fleet",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -108,6 +109,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "/admin/login/"
+# /metrics without a session: a bearer token when set, else loopback clients only (pitrsite/metrics.py).
+PITR_METRICS_TOKEN = envstr("PITR_METRICS_TOKEN")
+# Serve static files without collectstatic (runserver/gunicorn with DEBUG off).
+WHITENOISE_USE_FINDERS = True
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
