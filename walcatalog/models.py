@@ -138,3 +138,19 @@ class StorageCopy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.storage}:{self.key}"
+
+
+class RestorePoint(models.Model):
+    """A named restore point (pg_create_restore_point) found in the captured WAL."""
+
+    name = models.CharField(max_length=64, db_index=True)
+    timeline = models.PositiveIntegerField()
+    lsn = models.BigIntegerField()
+    segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.SET_NULL, related_name="restore_points")
+
+    class Meta:
+        ordering = ["lsn"]
+        constraints = [models.UniqueConstraint(fields=["timeline", "lsn"], name="uniq_restore_point")]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {walnames.format_lsn(self.lsn)}"
