@@ -120,7 +120,7 @@ class JobReporter:
             steps[-1]["seconds"] = round((now - datetime.fromisoformat(steps[-1]["started_at"])).total_seconds(), 3)
         if name:
             steps.append({"name": name, "started_at": now.isoformat(), "seconds": None})
-        log.info("job %s #%s: %s", type(self.job).__name__, self.job.pk, name or "finished")
+        log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, name or "finished")
         self._save(current_step=name, steps=steps, progress_done=0, progress_total=None)
 
     def progress(self, done: int, total: int | None = None) -> None:

@@ -1,0 +1,178 @@
+"""Base backups: pg_basebackup in tar format, verified with pg_verifybackup.
+
+One domain function (run_backup) behind both `manage.py backup` and the Celery
+task. A backup is offered for restore only once its manifest is verified.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from fleet import pg
+from fleet.layout import Layout
+from pitrsite.errors import PitrError
+from pitrsite.jobs import JobState, Reporter, exclusive, reap, run_job
+from walcatalog import walnames
+from walcatalog.models import BaseBackup, Compression
+
+# pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
+PROGRESS = re.compile(r"(\d+)/(\d+) kB")
+TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
+SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
+DEFAULT_COMPRESSION = Compression.ZSTD
+TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
+
+
+class BackupError(PitrError):
+    pass
+
+
+def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command") -> BaseBackup:
+    """Create the job row; run_backup (here or in a worker) does the work."""
+    if compression not in Compression.values:
+        raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
+    return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
+
+
+def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
+    """Take the backup the row describes; one at a time per data home."""
+    reap(BaseBackup)  # a backup whose worker was killed must not block this one
+    with exclusive("backup", "base backup"):
+        return run_job(backup, reporter, lambda: _take(backup, reporter))
+
+
+def backup_dir(backup: BaseBackup) -> Path:
+    return Layout.current().backups / backup.label
+
+
+def _take(backup: BaseBackup, reporter: Reporter) -> None:
+    layout = Layout.current()
+    dest = backup_dir(backup)
+    if dest.exists():
+        raise BackupError(f"failure preparing ({dest} already exists)")
+    pg.give_to_server(layout.backups)
+    BaseBackup.objects.filter(pk=backup.pk).update(path=str(dest), start_time=timezone.now())
+
+    reporter.step("copying files (pg_basebackup)")
+    compress = [] if backup.compression == Compression.NONE else [f"--compress=client-{backup.compression}"]
+    argv = [pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(layout.port("primary")),
+            "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
+            "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress]
+    _run_with_progress(argv, reporter)
+    stop_time = timezone.now()
+
+    reporter.step("verifying (pg_verifybackup)")
+    manifest = json.loads((dest / "backup_manifest").read_text())
+    wal_range = manifest["WAL-Ranges"][0]
+    _verify(backup, dest, reporter)
+
+    files = [p for p in dest.iterdir() if p.is_file()]
+    BaseBackup.objects.filter(pk=backup.pk).update(
+        timeline=wal_range["Timeline"],
+        start_lsn=walnames.parse_lsn(wal_range["Start-LSN"]),
+        stop_lsn=walnames.parse_lsn(wal_range["End-LSN"]),
+        stop_time=stop_time,
+        size_raw=sum(f["Size"] for f in manifest["Files"]),
+        size_stored=sum(p.stat().st_size for p in files),
+        segment_size=_segment_size(),
+        manifest_verified=True,
+    )
+    backup.refresh_from_db()
+
+
+def _run_with_progress(argv: list[str], reporter: Reporter) -> None:
+    env = {**pg.as_server_kwargs().get("env", os.environ), **pg.libpq_env()}
+    kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = PROGRESS.search(line)
+        if match:
+            reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
+        else:
+            lines.append(line.strip())
+    if proc.wait() != 0:
+        errors = [l for l in lines if "error" in l.lower()] or lines or ["no output"]
+        raise BackupError(f"failure copying files ({errors[0].removeprefix('pg_basebackup: ')})")
+
+
+def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
+    """PostgreSQL 15's pg_verifybackup reads plain backups only: check an extracted scratch copy."""
+    scratch = Layout.current().staging / f"verify-{backup.label}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    pg.give_to_server(scratch, scratch / "pg_wal")
+    try:
+        extract(dest, scratch, reporter)
+        pg.run([pg.tool("pg_verifybackup"), "--quiet", "--manifest-path", str(dest / "backup_manifest"),
+                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def archive_file(dest: Path, stem: str) -> Path:
+    """base.tar / pg_wal.tar with whatever compression suffix pg_basebackup gave it."""
+    for suffix in ("", ".gz", ".lz4", ".zst"):
+        path = dest / f"{stem}.tar{suffix}"
+        if path.exists():
+            return path
+    raise BackupError(f"failure extracting ({stem}.tar is missing from {dest})")
+
+
+def extract(dest: Path, datadir: Path, reporter: Reporter) -> None:
+    """Unpack base.tar into datadir and pg_wal.tar into datadir/pg_wal, as the server account.
+
+    GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its
+    checkpoints every 1 MiB give the progress.
+    """
+    base, wal = archive_file(dest, "base"), archive_file(dest, "pg_wal")
+    total = _raw_size(dest) or None
+    done = 0
+    for archive, into in ((base, datadir), (wal, datadir / "pg_wal")):
+        pg.give_to_server(into)
+        argv = ["tar", "--extract", f"--file={archive}", f"--directory={into}", *TAR_FILTER[archive.suffix],
+                "--checkpoint=100", "--checkpoint-action=echo=%u"]
+        done = _tar(argv, reporter, done, total)
+
+
+def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None) -> int:
+    env = pg.as_server_kwargs().get("env", os.environ)
+    kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
+    start, lines = done, []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = TAR_CHECKPOINT.match(line)
+        if match:  # records read so far, 10240 bytes each
+            done = start + int(match.group(1)) * 10240
+            reporter.progress(min(done, total) if total else done, total)
+        else:
+            lines.append(line.strip())
+    if proc.wait() != 0:
+        raise BackupError(f"failure extracting ({pg.first_line(chr(10).join(lines))})")
+    return done
+
+
+def _raw_size(dest: Path) -> int:
+    try:
+        return sum(f["Size"] for f in json.loads((dest / "backup_manifest").read_text())["Files"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _segment_size() -> int:
+    with pg.connect(Layout.current().port("primary"), dbname="postgres") as conn:
+        return int(conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
+
+
+def restorable_backups():
+    """Verified, finished backups, newest end first."""
+    return BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True).order_by("-stop_lsn")
