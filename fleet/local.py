@@ -86,7 +86,8 @@ class LocalDriver:
             return procs.read_pid(self.layout.run / "capturer.pid")
         return procs.read_pid(self.layout.datadir(role) / "postmaster.pid")
 
-    def start(self, role: str) -> None:
+    def start(self, role: str, wait: bool = True) -> None:
+        """Start a role; wait=False returns at once (a server in long recovery is followed by the caller)."""
         if check_role(role) == "capturer":
             self._ensure_capturer()
             return
@@ -99,10 +100,11 @@ class LocalDriver:
             hint = "run a restore first" if role == "restore_target" else "run `python manage.py fleet up`"
             raise FleetError(f"{role} has no data directory at {datadir}: {hint}")
         self._check_port_free(role)
-        self.write_node_conf(role)
+        if not (datadir / "pitrsite.node.conf").exists() or role != "restore_target":
+            self.write_node_conf(role)  # a restore writes the restore target's own, with recovery settings
         pg.give_to_server(self.layout.logs, self.layout.run)
-        pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(self.layout.logfile(role)), "-w", "-t", "120",
-                "-s", "start"], step=f"starting {role}", timeout=180)
+        pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(self.layout.logfile(role)),
+                *(["-w", "-t", "120"] if wait else ["-W"]), "-s", "start"], step=f"starting {role}", timeout=180)
 
     def stop(self, role: str, mode: str = "fast") -> None:
         if check_role(role) == "capturer":
@@ -167,12 +169,15 @@ class LocalDriver:
         tmp.replace(path)
         return path
 
-    def write_node_conf(self, role: str) -> None:
-        self.put_file(role, "pitrsite.node.conf",
-                      f"# Written by pitrsite for the {role} node.\n"
-                      f"port = {self.layout.port(role)}\n"
-                      f"unix_socket_directories = '{self.layout.run}'\n"
-                      f"cluster_name = 'pitrsite_{role}'\n")
+    def write_node_conf(self, role: str, extra: dict[str, str] | None = None) -> None:
+        """Node-specific settings; `extra` carries recovery settings for a restore."""
+        settings_ = {"port": str(self.layout.port(role)), "unix_socket_directories": str(self.layout.run),
+                     "cluster_name": f"pitrsite_{role}", **(extra or {})}
+        lines = [f"# Written by pitrsite for the {role} node."]
+        for key, value in settings_.items():
+            quoted = value if value.isdigit() else "'" + value.replace("'", "''") + "'"
+            lines.append(f"{key} = {quoted}")
+        self.put_file(role, "pitrsite.node.conf", "\n".join(lines) + "\n")
 
     # --- provisioning --------------------------------------------------------
     def _check_home(self) -> None:

@@ -145,3 +145,6 @@ LOGGING = {
         "fleet": {"handlers": ["console"], "level": os.environ.get("PITR_LOG_LEVEL", "INFO")},
     },
 }
+
+# --- restores ----------------------------------------------------------------
+PITR_RESTORE_TIMEOUT = envfloat("PITR_RESTORE_TIMEOUT", 3600.0, lo=1.0)

@@ -1,0 +1,239 @@
+"""Restore a base backup plus WAL into the restore target and promote it.
+
+Steps: plan, stop the target, empty it, extract the backup, stage the WAL
+range (a .partial is copied and renamed, never moved), configure recovery,
+start, follow replay to promotion, verify it takes writes. The primary and
+the archive are only read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import psycopg
+from django.conf import settings
+from django.utils import timezone
+
+from fleet import pg, procs
+from fleet.local import LocalDriver, get_driver
+from pitrsite.errors import PitrError
+from pitrsite.jobs import Reporter, exclusive, reap, run_job
+from restores.models import RestoreJob
+from restores.planner import Plan, RestoreTarget, plan
+from walcatalog import walnames
+from walcatalog.backups import backup_dir, extract
+from walcatalog.models import WalSegment
+
+ROLE = "restore_target"
+
+
+class RestoreError(PitrError):
+    pass
+
+
+def target_of(job: RestoreJob) -> RestoreTarget:
+    return RestoreTarget(kind=job.target_kind, value=job.target_value, exclusive=job.exclusive,
+                         timeline=job.target_timeline, backup_id=job.requested_backup_id)
+
+
+def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
+    """The one domain function behind `manage.py restore` and the Celery task."""
+    reap(RestoreJob)
+    with exclusive("restore", "restore"):
+        run_job(job, reporter, lambda: Restore(job, reporter).run())
+    job.refresh_from_db()
+    return job
+
+
+class Restore:
+    def __init__(self, job: RestoreJob, reporter: Reporter, driver: LocalDriver | None = None):
+        self.job, self.reporter = job, reporter
+        self.driver = driver or get_driver()
+        self.datadir = self.driver.layout.datadir(ROLE)
+        self.staging = self.driver.layout.staging / f"restore-{job.pk}"
+
+    def update(self, **fields) -> None:
+        for key, value in fields.items():
+            setattr(self.job, key, value)
+        RestoreJob.objects.filter(pk=self.job.pk).update(**fields)
+
+    def run(self) -> None:
+        self.reporter.step("planning")
+        refresh_catalog()
+        the_plan = plan(target_of(self.job))
+        self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
+                    wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
+                    wal_last=the_plan.segments[-1].file_name if the_plan.segments else "",
+                    uses_partial=the_plan.partial is not None, target_lsn=the_plan.target_lsn)
+
+        self.reporter.step("stopping the restore target")
+        self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
+        self.reporter.step("emptying the data directory")
+        empty_directory(self.datadir)
+        self.reporter.step("extracting the backup")
+        extract(backup_dir(the_plan.backup), self.datadir, self.reporter)
+        self.reporter.step("staging WAL")
+        self.stage(the_plan)
+        self.reporter.step("configuring recovery")
+        self.configure(the_plan)
+        try:
+            self.reporter.step("replaying WAL")
+            log_offset = self.log_size()
+            self.driver.start(ROLE, wait=False)
+            self.follow_replay(the_plan, log_offset)
+            self.reporter.step("verifying")
+            self.verify()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    # --- steps -----------------------------------------------------------------
+    def stage(self, the_plan: Plan) -> None:
+        """Hard-link complete segments (instant, read-only use), copy the .partial under its final name."""
+        archive = self.driver.layout.archive
+        shutil.rmtree(self.staging, ignore_errors=True)
+        pg.give_to_server(self.staging)
+        for timeline in the_plan.history:
+            name = walnames.history_name(timeline.tli)
+            self.put_staged(name, timeline.history.encode())
+        total = len(the_plan.segments)
+        for done, segment in enumerate(the_plan.segments, 1):
+            source = archive / segment.file_name
+            dest = self.staging / segment.name
+            if not source.exists():
+                raise RestoreError(f"failure staging WAL ({source} is missing from the local archive)")
+            if segment.is_partial:
+                # A snapshot of the file still being written: a torn tail just ends replay there.
+                shutil.copyfile(source, dest)
+                self.give(dest)
+            else:
+                link_or_copy(source, dest)
+            self.reporter.progress(done, total)
+
+    def put_staged(self, name: str, data: bytes) -> None:
+        path = self.staging / name
+        path.write_bytes(data)
+        self.give(path)
+
+    @staticmethod
+    def give(path: Path) -> None:
+        account = pg.server_account()
+        if account is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+    def configure(self, the_plan: Plan) -> None:
+        for stale in ("standby.signal", "postmaster.pid", "recovery.done"):
+            (self.datadir / stale).unlink(missing_ok=True)
+        self.driver.put_file(ROLE, "recovery.signal", "")
+        self.driver.write_node_conf(ROLE, {
+            # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
+            "restore_command": f'cp "{self.staging}/%f" "%p"',
+            **the_plan.recovery,
+        })
+
+    def log_size(self) -> int:
+        path = self.driver.layout.logfile(ROLE)
+        return path.stat().st_size if path.exists() else 0
+
+    def server_fatal(self, offset: int) -> str | None:
+        path = self.driver.layout.logfile(ROLE)
+        if not path.exists():
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode(errors="replace").splitlines()
+        fatal = [l for l in lines if "FATAL:" in l or "PANIC:" in l]
+        return fatal[0].split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip() if fatal else None
+
+    def follow_replay(self, the_plan: Plan, log_offset: int) -> None:
+        """Poll replay progress until the server promotes itself (recovery_target_action=promote)."""
+        start = the_plan.backup.start_lsn
+        goal = the_plan.target_lsn or (the_plan.segments[-1].end_lsn if the_plan.segments else the_plan.backup.stop_lsn)
+        deadline = time.monotonic() + settings.PITR_RESTORE_TIMEOUT
+        started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid is written
+        while time.monotonic() < deadline:
+            pid = self.driver.pid(ROLE)
+            if not procs.alive(pid) and time.monotonic() < started_by and self.server_fatal(log_offset) is None:
+                time.sleep(0.1)
+                continue
+            started_by = 0.0
+            if not procs.alive(pid):
+                why = self.server_fatal(log_offset) or f"the server exited: see {self.driver.layout.logfile(ROLE)}"
+                raise RestoreError(f"failure replaying WAL ({why})")
+            state = self.probe()
+            if state is not None:
+                in_recovery, replay = state
+                if replay is not None:
+                    self.update(replay_lsn=replay)
+                    self.reporter.progress(max(0, replay - start), max(1, goal - start))
+                if not in_recovery:
+                    self.reporter.step("promoting")
+                    return
+            time.sleep(0.2)
+        raise RestoreError(f"failure replaying WAL (not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s)")
+
+    def probe(self) -> tuple[bool, int | None] | None:
+        try:
+            with self.connect(timeout=2) as conn:
+                in_recovery, replay = conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+        except (PitrError, psycopg.Error):
+            return None  # not accepting connections yet (before consistency)
+        return in_recovery, walnames.parse_lsn(replay) if replay else None
+
+    def connect(self, timeout: int = 5) -> psycopg.Connection:
+        # The restore target inherits the primary's roles and passwords with the backup.
+        return pg.connect(self.driver.layout.port(ROLE), dbname="postgres", timeout=timeout)
+
+    def verify(self) -> None:
+        with self.connect() as conn:
+            # Only a read-write server can assign a transaction id: proves promotion, changes no data.
+            conn.execute("SELECT txid_current()")
+            tli = int(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])
+        end_lsn, reason, new_tli = end_of_recovery(self.datadir / "pg_wal")
+        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command and the target
+        self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
+                    plan={**self.job.plan, "stop_reason": reason})
+
+
+def end_of_recovery(pg_wal: Path) -> tuple[int | None, str, int | None]:
+    """The switch point PostgreSQL wrote into the new timeline's history file at promotion."""
+    histories = sorted(pg_wal.glob("*.history"))
+    if not histories:
+        return None, "", None
+    newest = histories[-1]
+    entries = walnames.parse_history(newest.read_text())
+    last = entries[-1]
+    return last.switch_lsn, last.reason, int(newest.name.split(".")[0], 16)
+
+
+def empty_directory(path: Path) -> None:
+    """Remove everything inside the restore target's data directory, nothing else."""
+    if path.name != "data" or path.parent.name != ROLE:
+        raise RestoreError(f"refusing to empty {path}: not a restore target data directory")
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem: copy instead
+        shutil.copyfile(source, dest)
+        Restore.give(dest)
+
+
+def refresh_catalog() -> None:
+    """Index what was captured up to now, so a target in the last seconds is known."""
+    try:
+        from walcatalog.indexer import index_archive
+    except ImportError:
+        return
+    index_archive()
+
+
+__all__ = ["run_restore", "RestoreError", "target_of", "WalSegment"]
