@@ -1,0 +1,60 @@
+"""Starting jobs from the web: the domain's queue_* function makes the row, then Celery gets its id.
+
+Used by the dashboard views and the admin actions alike. Imports are lazy so
+the pages work while an engine is being built, and so importing the
+dashboard never imports Celery task modules.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from pitrsite.errors import PitrError
+from pitrsite.jobs import Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+class QueueError(PitrError):
+    pass
+
+
+def _send(job: Job, task, what: str) -> None:
+    """Hand the job id to Celery; a broker that cannot be reached fails the row instead of leaving it queued."""
+    def send() -> None:
+        try:
+            task.apply_async(args=[job.pk], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
+        except Exception as exc:  # noqa: BLE001 - kombu/redis errors vary; the row must say what happened
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            job.finish(JobState.FAILED, f"failure queueing (Celery broker unreachable: {reason})")
+            log.error("could not queue %s #%s: %s", what, job.pk, reason)
+            raise QueueError(f"{what} #{job.pk} could not be queued: the Celery broker is unreachable ({reason})")
+    transaction.on_commit(send, robust=False)
+
+
+def start_backup(compression: str, trigger: str):
+    from walcatalog.backups import queue_backup
+    from walcatalog.tasks import run_backup
+
+    backup = queue_backup(compression=compression, trigger=trigger)
+    _send(backup, run_backup, "backup")
+    return backup
+
+
+def start_restore(target, trigger: str):
+    from restores.service import queue_restore
+    from restores.tasks import run_restore
+
+    job = queue_restore(target, trigger=trigger)
+    _send(job, run_restore, "restore")
+    return job
+
+
+def start_chaos(params: dict, trigger: str):
+    from restores.chaos import queue_chaos
+    from restores.tasks import run_chaos
+
+    run = queue_chaos(params, trigger=trigger)
+    _send(run, run_chaos, "chaos run")
+    return run

@@ -1,0 +1,85 @@
+"""The job kinds the dashboard shows, and one JSON shape for a job row.
+
+Progress comes from the job rows (pitrsite.jobs.Job), never from Celery's
+result backend, so a page opened after a restart still shows the truth.
+"""
+from __future__ import annotations
+
+from django.apps import apps
+from django.db.models import Count
+from django.urls import reverse
+
+from pitrsite.jobs import ACTIVE_STATES, Job
+
+# kind -> (app label, model name, detail url name); ChaosRun joins when its model exists.
+KINDS = {
+    "backup": ("walcatalog", "BaseBackup", "dashboard:backup"),
+    "restore": ("restores", "RestoreJob", "dashboard:restore"),
+    "chaos": ("restores", "ChaosRun", "dashboard:chaos"),
+}
+
+
+def job_model(kind: str) -> type[Job] | None:
+    if kind not in KINDS:
+        return None
+    app_label, name, _ = KINDS[kind]
+    try:
+        return apps.get_model(app_label, name)
+    except LookupError:
+        return None
+
+
+def job_models() -> dict[str, type[Job]]:
+    return {kind: model for kind in KINDS if (model := job_model(kind)) is not None}
+
+
+def kind_of(job: Job) -> str:
+    return next(kind for kind, model in job_models().items() if isinstance(job, model))
+
+
+def detail_url(job: Job) -> str:
+    return reverse(KINDS[kind_of(job)][2], args=[job.pk])
+
+
+def job_json(job: Job) -> dict:
+    """The row fields a live page needs (walcatalog.serializers' shapes), plus where to see it."""
+    from restores.serializers import restore_dict
+    from walcatalog.serializers import backup_dict, job_dict
+
+    kind = kind_of(job)
+    data = {"backup": backup_dict, "restore": restore_dict}.get(kind, job_dict)(job)
+    data.update(kind=kind, title=str(job), active=job.is_active, url=detail_url(job),
+                percent=None if job.percent is None else round(job.percent, 1))
+    if kind == "restore":
+        data.update(target_description=job.target_description, replay_percent=replay_percent(job))
+    elif kind == "chaos":
+        for name in ("verdict", "events", "results"):
+            if hasattr(job, name):
+                data[name] = getattr(job, name)
+    return data
+
+
+def replay_percent(job) -> float | None:
+    """How far replay got from the backup's start towards the target LSN, when both are known."""
+    if job.replay_lsn is None or job.target_lsn is None:
+        return None
+    start = job.backup.start_lsn if job.backup_id and job.backup.start_lsn is not None else None
+    if start is None or job.target_lsn <= start:
+        return 100.0 if job.replay_lsn >= job.target_lsn else None
+    return round(max(0.0, min(100.0, 100.0 * (job.replay_lsn - start) / (job.target_lsn - start))), 1)
+
+
+def running_jobs(limit: int = 20) -> list[Job]:
+    found: list[Job] = []
+    for model in job_models().values():
+        found.extend(model.objects.filter(state__in=ACTIVE_STATES).order_by("-created_at")[:limit])
+    return sorted(found, key=lambda j: j.created_at, reverse=True)[:limit]
+
+
+def counts_by_state() -> dict[str, dict[str, int]]:
+    """{kind: {state: n}} in one GROUP BY per kind."""
+    result = {}
+    for kind, model in job_models().items():
+        rows = model.objects.order_by().values("state").annotate(n=Count("pk"))
+        result[kind] = {row["state"]: row["n"] for row in rows}
+    return result

@@ -1,0 +1,109 @@
+// pitrsite dashboard: live parts without reloading. Plain JS, no dependencies.
+"use strict";
+
+// Re-fetch this page and swap every [data-live-block] element with its fresh copy.
+async function refreshBlocks() {
+  const response = await fetch(location.href, {headers: {"X-Requested-With": "fetch"}, credentials: "same-origin"});
+  if (!response.ok) return;
+  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  document.querySelectorAll("[data-live-block][id]").forEach((block) => {
+    if (block.contains(document.activeElement) && document.activeElement !== document.body) return;  // user is typing
+    const next = fresh.getElementById(block.id);
+    if (next) block.innerHTML = next.innerHTML;
+  });
+}
+
+function formatBytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["bytes", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + units[i];
+}
+
+function formatSeconds(s) {
+  if (s === null || s === undefined) return "—";
+  if (s < 1) return Math.round(s * 1000) + " ms";
+  if (s < 90) return (s < 10 ? s.toFixed(1) : Math.round(s)) + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+function setText(id, text) {
+  const el = document.getElementById(id);
+  if (el) el.textContent = text;
+}
+
+function renderSteps(list, job) {
+  const expected = (list.dataset.expected || "").split("|").filter(Boolean);
+  const seen = new Set(job.steps.map((s) => s.name));
+  list.replaceChildren();
+  job.steps.forEach((step) => {
+    const li = document.createElement("li");
+    const running = step.seconds === null && job.active;
+    li.className = running ? "current" : "done";
+    li.textContent = step.name + " ";
+    const span = document.createElement("span");
+    span.className = "muted";
+    span.textContent = running ? "" : formatSeconds(step.seconds);
+    li.append(span);
+    list.append(li);
+  });
+  if (job.active) {
+    expected.filter((name) => !seen.has(name)).forEach((name) => {
+      const li = document.createElement("li");
+      li.className = "pending";
+      li.textContent = name;
+      list.append(li);
+    });
+  }
+}
+
+function renderJob(root, job) {
+  root.dataset.state = job.state;
+  const state = document.getElementById("job-state");
+  state.textContent = job.state;
+  state.className = "state state-" + job.state;
+  setText("job-step", job.current_step || "—");
+  setText("job-duration", formatSeconds(job.duration));
+  const bar = document.getElementById("job-bar");
+  bar.dataset.state = job.state;
+  bar.classList.toggle("indeterminate", job.percent === null && job.state === "running");
+  bar.firstElementChild.style.width = (job.percent === null ? 0 : job.percent) + "%";
+  if (job.percent !== null) bar.setAttribute("aria-valuenow", Math.round(job.percent));
+  setText("job-progress", job.progress_total ? formatBytes(job.progress_done) + " of " + formatBytes(job.progress_total) : "");
+  if (job.kind === "restore") {
+    setText("job-replay-lsn", job.replay_lsn || "—");
+    setText("job-target-lsn", job.target_lsn || "—");
+  }
+  const steps = document.getElementById("job-steps");
+  if (steps) renderSteps(steps, job);
+  const error = document.getElementById("job-error");
+  error.textContent = job.error;
+  error.hidden = !job.error;
+}
+
+function followJob(root) {
+  const tick = async () => {
+    let job;
+    try {
+      const response = await fetch(root.dataset.json, {credentials: "same-origin"});
+      if (!response.ok) throw new Error(response.status);
+      job = await response.json();
+    } catch (e) {
+      setTimeout(tick, 3000);  // server restarting: keep trying, the row holds the truth
+      return;
+    }
+    renderJob(root, job);
+    if (job.active) setTimeout(tick, 1000);
+    else refreshBlocks();  // final facts (promoted at, sizes) come from the server-rendered page
+  };
+  if (root.dataset.state === "queued" || root.dataset.state === "running") tick();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const job = document.getElementById("job-live");
+  if (job) followJob(job);
+  const auto = document.querySelector("[data-refresh]");
+  if (auto) setInterval(() => refreshBlocks().catch(() => {}), parseInt(auto.dataset.refresh, 10));
+});

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from dashboard import views
+
+app_name = "dashboard"
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("overview.json", views.overview_json, name="overview_json"),
+    path("timeline/", views.timeline_page, name="timeline"),
+    path("backups/", views.backups, name="backups"),
+    path("backups/start/", views.backup_start, name="backup_start"),
+    path("backups/<int:pk>/", views.backup_detail, name="backup"),
+    path("restores/", views.restores, name="restores"),
+    path("restores/new/", views.restore_new, name="restore_new"),
+    path("restores/start/", views.restore_start, name="restore_start"),
+    path("restores/<int:pk>/", views.restore_detail, name="restore"),
+    path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
+]

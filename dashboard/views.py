@@ -1,0 +1,159 @@
+"""Dashboard pages. Reading needs a login; starting anything needs staff, POST and CSRF.
+
+Start actions go through dashboard.actions, which calls the domain's queue_*
+functions (walcatalog.backups.queue_backup, restores.service.queue_restore,
+restores.chaos.queue_chaos) and hands the new row's id to Celery: the same
+path as the admin actions.
+"""
+from __future__ import annotations
+
+from functools import wraps
+from typing import Callable
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_GET, require_POST
+
+from pitrsite.errors import PitrError
+from restores.models import RestoreJob
+from walcatalog.models import BaseBackup
+from dashboard import actions, jobs, status, timeline
+from dashboard.forms import BackupForm, RestoreForm
+
+PAGE = 50
+# What a restore goes through (restores/engine.py), shown greyed until each starts.
+RESTORE_STEPS = ("planning", "stopping the restore target", "emptying the data directory", "extracting the backup",
+                 "staging WAL", "configuring recovery", "replaying WAL", "promoting", "verifying")
+BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (pg_verifybackup)")
+
+
+def staff_action(view: Callable) -> Callable:
+    """login (redirect) -> POST only (405) -> staff only (403); CSRF is the middleware's."""
+    @login_required
+    @require_POST
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("starting jobs needs a staff account")
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
+def page(login_view: Callable) -> Callable:
+    return login_required(require_GET(login_view))
+
+
+def show(request: HttpRequest, template: str, nav: str, code: int = 200, **context) -> HttpResponse:
+    """render() plus what the layout needs on every page."""
+    context.update(nav=nav, chaos_enabled=jobs.job_model("chaos") is not None, backup_form=BackupForm())
+    return render(request, f"dashboard/{template}", context, status=code)
+
+
+def _timeline_svg(view: status.Overview) -> str:
+    picture = timeline.aggregate()
+    return mark_safe(timeline.render_svg(picture, [g.as_dict() for g in view.gaps],
+                                         (view.window_start, view.window_end)))
+
+
+@page
+def overview(request: HttpRequest) -> HttpResponse:
+    return show(request, "overview.html", "overview", o=status.overview())
+
+
+@page
+def overview_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(status.overview_json(status.overview()))
+
+
+@page
+def timeline_page(request: HttpRequest) -> HttpResponse:
+    view = status.overview(with_capture=False)
+    return show(request, "timeline.html", "timeline", o=view, svg=_timeline_svg(view), legend=timeline.legend())
+
+
+@page
+def backups(request: HttpRequest) -> HttpResponse:
+    rows = Paginator(BaseBackup.objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
+    return show(request, "backups.html", "backups", page=rows)
+
+
+@page
+def backup_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    backup = get_object_or_404(BaseBackup, pk=pk)
+    return show(request, "backup.html", "backups", job=backup, data=jobs.job_json(backup),
+                restores=backup.restores.order_by("-created_at")[:20], expected_steps=BACKUP_STEPS)
+
+
+@staff_action
+def backup_start(request: HttpRequest) -> HttpResponse:
+    form = BackupForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "choose a compression: " + ", ".join(c for c, _ in form.fields["compression"].choices))
+        return redirect("dashboard:backups")
+    try:
+        backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard")
+    except PitrError as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:backups")
+    messages.success(request, f"backup {backup.label} queued")
+    return redirect("dashboard:backup", pk=backup.pk)
+
+
+@page
+def restores(request: HttpRequest) -> HttpResponse:
+    rows = Paginator(RestoreJob.objects.select_related("backup").order_by("-created_at"), PAGE)
+    return show(request, "restores.html", "restores", page=rows.get_page(request.GET.get("page")))
+
+
+def _restore_form_page(request: HttpRequest, form: RestoreForm, error: str = "", code: int = 200) -> HttpResponse:
+    view = status.overview(with_capture=False)
+    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=error)
+
+
+@page
+def restore_new(request: HttpRequest) -> HttpResponse:
+    initial = {"backup": request.GET.get("backup")} if request.GET.get("backup") else None
+    return _restore_form_page(request, RestoreForm(initial=initial))
+
+
+def restore_target(data: dict):
+    """The planner's RestoreTarget from the form's cleaned data."""
+    from restores.planner import RestoreTarget
+
+    backup = data.get("backup")
+    target = RestoreTarget(kind=data["kind"], value=data["value"], exclusive=data["exclusive"],
+                           timeline=data["timeline"], backup_id=backup.pk if backup else None)
+    target.validate()  # malformed values get the planner's own one-line message
+    return target
+
+
+@staff_action
+def restore_start(request: HttpRequest) -> HttpResponse:
+    form = RestoreForm(request.POST)
+    if not form.is_valid():
+        return _restore_form_page(request, form, code=400)
+    try:
+        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard")
+    except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
+        return _restore_form_page(request, form, error=str(exc), code=400)
+    messages.success(request, f"restore #{job.pk} queued")
+    return redirect("dashboard:restore", pk=job.pk)
+
+
+@page
+def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(RestoreJob.objects.select_related("backup"), pk=pk)
+    return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS)
+
+
+@page
+def job_json(request: HttpRequest, kind: str, pk: int) -> JsonResponse:
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    return JsonResponse(jobs.job_json(get_object_or_404(model, pk=pk)))

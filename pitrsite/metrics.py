@@ -1,0 +1,101 @@
+"""/metrics in the Prometheus text format, built per request from the same facts as the overview.
+
+Access (Prometheus scrapes carry no session):
+- a logged-in user may always read it;
+- when PITR_METRICS_TOKEN is set, a request with `Authorization: Bearer <token>` may read it, and
+  nothing else may: behind a reverse proxy every client looks like loopback, so the token wins;
+- when no token is set, only loopback clients (127.0.0.0/8, ::1) may read it without a login.
+Everything else gets 401 (token set) or 403 (no token), saying what to do.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Iterator
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dashboard import jobs, status
+from pitrsite.jobs import JobState
+
+
+def _set(family: GaugeMetricFamily, value, labels: list[str] | None = None) -> GaugeMetricFamily:
+    if value is not None:
+        family.add_metric(labels or [], float(value))
+    return family
+
+
+class PitrCollector(Collector):
+    """Reads the overview once per scrape; absent facts are absent samples, not zeros."""
+
+    def collect(self) -> Iterator[Metric]:
+        view = status.overview()
+        capture = view.capture
+        yield _set(GaugeMetricFamily("pitr_capture_up", "1 when pg_receivewal runs and streams from the primary"),
+                   1 if capture.get("running") else 0)
+        yield _set(GaugeMetricFamily("pitr_capture_lag_bytes", "WAL bytes the primary wrote that capture has not flushed"),
+                   capture.get("lag_bytes"))
+        yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "capturer flush lag reported by the primary"),
+                   capture.get("lag_seconds"))
+        yield _set(GaugeMetricFamily("pitr_recoverable_window_start_timestamp_seconds",
+                                     "earliest moment a restore can reach (unix time)"),
+                   view.window_start and view.window_start.timestamp())
+        yield _set(GaugeMetricFamily("pitr_recoverable_window_end_timestamp_seconds",
+                                     "latest moment a restore can reach: the newest captured commit (unix time)"),
+                   view.window_end and view.window_end.timestamp())
+        newest = GaugeMetricFamily("pitr_newest_segment_number", "newest complete WAL segment number per timeline",
+                                   labels=["timeline"])
+        for timeline, row in sorted(view.newest.items()):
+            newest.add_metric([str(timeline)], float(row["segno"]))
+        yield newest
+        yield _set(GaugeMetricFamily("pitr_wal_segments", "WAL segments in the catalog"), view.segments)
+        yield _set(GaugeMetricFamily("pitr_partial_segment_bytes", "size of the segment being captured"),
+                   view.partial["size"] if view.partial else None)
+        yield _set(GaugeMetricFamily("pitr_wal_gaps", "gaps (runs of missing segments) in the catalog"), len(view.gaps))
+        yield _set(GaugeMetricFamily("pitr_last_backup_age_seconds", "seconds since the newest done base backup ended"),
+                   view.last_backup_age)
+        counts = GaugeMetricFamily("pitr_jobs", "jobs by kind and state", labels=["kind", "state"])
+        for kind in jobs.job_models():
+            for state in JobState.values:
+                counts.add_metric([kind, state], float(view.job_counts.get(kind, {}).get(state, 0)))
+        yield counts
+
+
+def _loopback(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed(request: HttpRequest) -> tuple[bool, int, str]:
+    """(allowed, status when not, why not)."""
+    if request.user.is_authenticated:
+        return True, 200, ""
+    token = getattr(settings, "PITR_METRICS_TOKEN", "")
+    if token:
+        given = request.META.get("HTTP_AUTHORIZATION", "")
+        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+            return True, 200, ""
+        return False, 401, "metrics need 'Authorization: Bearer <PITR_METRICS_TOKEN>' or a login\n"
+    if _loopback(request):
+        return True, 200, ""
+    return False, 403, "metrics are served to loopback clients only: set PITR_METRICS_TOKEN to scrape from elsewhere\n"
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    ok, code, why = allowed(request)
+    if not ok:
+        response = HttpResponse(why, status=code, content_type="text/plain")
+        if code == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="pitrsite metrics"'
+        return response
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PitrCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
