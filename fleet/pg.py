@@ -6,8 +6,10 @@ subprocess's user/group switch, never through a shell.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
+import signal
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +20,8 @@ from django.conf import settings
 
 from pitrsite.errors import FleetError
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_receivewal", "pg_waldump", "pg_verifybackup")
 
 
@@ -57,12 +61,18 @@ def server_account() -> pwd.struct_passwd | None:
     return _server_account(settings.PITR_PG_OS_USER)
 
 
+def _die_with_parent() -> None:
+    # A tool we wait for must not outlive us: when a worker is SIGKILLed, its
+    # pg_basebackup or tar goes too, instead of writing on into an abandoned job.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def as_server_kwargs() -> dict:
-    """Popen keyword arguments that drop to the server account when we are root."""
+    """Popen keyword arguments: die with us, and drop to the server account when we are root."""
     account = server_account()
     if account is None:
-        return {}
-    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [],
+        return {"preexec_fn": _die_with_parent}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [], "preexec_fn": _die_with_parent,
             "env": {**os.environ, "HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name}}
 
 

@@ -146,5 +146,9 @@ LOGGING = {
     },
 }
 
+# --- backups -----------------------------------------------------------------
+# pg_basebackup --max-rate (e.g. "50M"): spares the primary's disks; empty means no limit.
+PITR_BACKUP_MAX_RATE = os.environ.get("PITR_BACKUP_MAX_RATE", "")
+
 # --- restores ----------------------------------------------------------------
 PITR_RESTORE_TIMEOUT = envfloat("PITR_RESTORE_TIMEOUT", 3600.0, lo=1.0)

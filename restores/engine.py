@@ -229,10 +229,8 @@ def link_or_copy(source: Path, dest: Path) -> None:
 
 def refresh_catalog() -> None:
     """Index what was captured up to now, so a target in the last seconds is known."""
-    try:
-        from walcatalog.indexer import index_archive
-    except ImportError:
-        return
+    from walcatalog.indexer import index_archive  # imported late: the indexer imports the fleet status
+
     index_archive()
 
 

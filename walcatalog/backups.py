@@ -65,7 +65,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     compress = [] if backup.compression == Compression.NONE else [f"--compress=client-{backup.compression}"]
     argv = [pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(layout.port("primary")),
             "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
-            "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress]
+            "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress,
+            *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
     _run_with_progress(argv, reporter)
     stop_time = timezone.now()
 

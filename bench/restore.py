@@ -1,0 +1,163 @@
+"""Backup and restore through pitrsite next to the bare PostgreSQL tools, on one pgbench database.
+
+    .venv/bin/python bench/restore.py --scale 20 [--rounds 3] [--out bench/results/restore.json]
+
+It brings up its own fleet in a temporary data home on free loopback ports,
+loads pgbench at the given scale, then per round:
+  backup:  pitrsite `run_backup` (zstd, verified)  vs  pg_basebackup -Ft -Xstream --compress=client-zstd
+  restore: pitrsite `run_restore` to a time T       vs  tar -x + recovery.signal + cp restore_command + pg_ctl,
+           waiting for promotion, with the same T and the same WAL.
+Medians and the ratios are written to the JSON file. Goal: restore <= 1.15x the bare tools.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_env(home: Path) -> None:
+    os.environ.update(PITR_HOME=str(home), DJANGO_SETTINGS_MODULE="pitrsite.settings",
+                      DATABASE_URL=f"sqlite:////{home}/bench.sqlite3", PITR_LOG_LEVEL="WARNING")
+    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT"):
+        os.environ[name] = str(free_port())
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class NullReporter:
+    def step(self, name): pass
+    def progress(self, done, total=None): pass
+    def log(self, message): pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "restore.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
+    opts = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="pitr-bench-"))
+    os.chmod(home, 0o755)
+    setup_env(home)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.conf import settings
+
+    from fleet import pg
+    from fleet.local import LocalDriver
+    from restores.engine import run_restore
+    from restores.planner import RestoreTarget
+    from restores.service import queue_restore
+    from tests.restore_helpers import wait_captured
+    from walcatalog.backups import queue_backup, run_backup
+
+    call_command("migrate", verbosity=0)
+    driver = LocalDriver()
+    driver.up()
+    port = driver.layout.port("primary")
+    env = {**os.environ, **pg.libpq_env()}
+    host = ["-h", "127.0.0.1", "-p", str(port)]
+    try:
+        print(f"loading pgbench scale {opts.scale} ...", flush=True)
+        pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-i", "-s", str(opts.scale), "-q",
+                settings.PITR_DBNAME], step="pgbench -i", env=pg.libpq_env(), timeout=3600)
+        results = {"scale": opts.scale, "rounds": []}
+        for n in range(opts.rounds):
+            bare_dir = home / f"bare-backup-{n}"
+            backup = queue_backup("zstd", trigger="bench")
+            ours_backup = timed(lambda: run_backup(backup, NullReporter()))
+            pg.give_to_server(bare_dir.parent)
+            bare_backup = timed(lambda: pg.run([pg.tool("pg_basebackup"), *host, "-U", settings.PITR_REPL_USER,
+                                                "--no-password", "-D", str(bare_dir), "-Ft", "-Xstream",
+                                                "--checkpoint=fast", "--compress=client-zstd"],
+                                               step="bare pg_basebackup", env=pg.libpq_env(), timeout=3600))
+            # WAL to replay after the backup: a short pgbench run, then a target time inside it.
+            pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-T", "15", "-c", "2",
+                    settings.PITR_DBNAME], step="pgbench run", env=pg.libpq_env(), timeout=600)
+            with pg.connect(port) as conn:
+                target = conn.execute("SELECT max(pg_xact_commit_timestamp(xmin)) FROM pgbench_history").fetchone()[0]
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("SELECT txid_current()")  # a commit after T, so a time target can stop
+            wait_captured(60)
+            job = queue_restore(RestoreTarget.from_options(time=target.isoformat()), trigger="bench")
+            ours_restore = timed(lambda: run_restore(job, NullReporter()))
+            job.refresh_from_db()
+            assert job.state == "done", job.error
+            driver.stop("restore_target", mode="immediate")
+            bare_restore = timed(lambda: bare_restore_run(driver, bare_dir, target, pg, settings))
+            driver.stop("restore_target", mode="immediate")
+            row = {"backup_pitrsite_s": ours_backup, "backup_bare_s": bare_backup,
+                   "restore_pitrsite_s": ours_restore, "restore_bare_s": bare_restore,
+                   "restore_steps": job.steps, "wal_files": job.wal_files}
+            print(json.dumps({k: v for k, v in row.items() if k != "restore_steps"}), flush=True)
+            results["rounds"].append(row)
+        for key in ("backup_pitrsite_s", "backup_bare_s", "restore_pitrsite_s", "restore_bare_s"):
+            results[f"median_{key}"] = statistics.median(r[key] for r in results["rounds"])
+        results["backup_ratio"] = results["median_backup_pitrsite_s"] / results["median_backup_bare_s"]
+        results["restore_ratio"] = results["median_restore_pitrsite_s"] / results["median_restore_bare_s"]
+        results["goal_restore_ratio"] = 1.15
+        results["machine"] = {"cpus": os.cpu_count(), "postgres": pg.run([pg.tool("postgres"), "--version"],
+                                                                        step="version", as_server=False).stdout.strip()}
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"restore ratio {results['restore_ratio']:.3f}, backup ratio {results['backup_ratio']:.3f} -> {opts.out}")
+    finally:
+        driver.down()
+        if not opts.keep:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
+    """What a DBA would do by hand with the same backup, archive and target."""
+    datadir = driver.layout.datadir("restore_target")
+    for entry in datadir.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    pg.give_to_server(datadir / "pg_wal")
+    for archive, into in (("base.tar.zst", datadir), ("pg_wal.tar.zst", datadir / "pg_wal")):
+        pg.run(["tar", "--zstd", "-x", "-f", str(backup_dir / archive), "-C", str(into)], step="bare tar")
+    driver.put_file("restore_target", "recovery.signal", "")
+    driver.write_node_conf("restore_target", {
+        "restore_command": f'cp "{driver.layout.archive}/%f" "%p"',
+        "recovery_target_time": target.isoformat(sep=" "), "recovery_target_action": "promote"})
+    pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(driver.layout.logfile("restore_target")), "-W", "-s",
+            "start"], step="bare pg_ctl start")
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        try:
+            with pg.connect(driver.layout.port("restore_target"), dbname="postgres", timeout=2) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("bare restore did not promote")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Point-in-time restore to every target kind, compared row for row with the primary."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from pitrsite.jobs import JobReporter, JobState
+from restores.engine import run_restore
+from restores.models import RestoreJob
+from restores.planner import PlanError, RestoreTarget, plan
+from restores.service import queue_restore
+from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
+from walcatalog import walnames
+from walcatalog.backups import queue_backup, run_backup
+from walcatalog.models import BaseBackup, WalSegment
+
+pytestmark = [pytest.mark.fleet, pytest.mark.django_db]
+
+
+@pytest.fixture(scope="module")
+def history(fleet, django_db_setup, django_db_blocker):
+    """A backup, then 40 single-row commits over several segments; the last ones stay in the .partial."""
+    from fleet import pg
+    from restores.engine import refresh_catalog
+
+    with django_db_blocker.unblock(), pg.connect(fleet.layout.port("primary")) as conn:
+        backup = queue_backup("zstd")
+        run_backup(backup, JobReporter(backup))
+        before = write_rows(conn, 5, "restore-before", switch_every=5)
+        middle = write_rows(conn, 15, "restore-middle", switch_every=5)
+        conn.execute("SELECT pg_create_restore_point('pitr_test_point')")
+        after = write_rows(conn, 15, "restore-after", switch_every=5)
+        tail = write_rows(conn, 5, "restore-tail")  # no switch: these live in the .partial
+        wait_captured()
+        refresh_catalog()
+        yield {"backup": backup, "rows": before + middle + after + tail, "point_after": middle[-1],
+               "tail": tail, "conn_port": fleet.layout.port("primary")}
+
+
+def restore(target: RestoreTarget) -> RestoreJob:
+    job = queue_restore(target)
+    job = run_restore(job, JobReporter(job))
+    assert job.state == JobState.DONE, job.error
+    return job
+
+
+def test_time_inclusive_at_exact_commit(fleet, primary, history):
+    row = history["rows"][12]
+    job = restore(RestoreTarget.from_options(time=row.committed_at.isoformat()))
+    restored = restored_ids(fleet)
+    assert restored == primary_ids_committed(primary, row.committed_at)
+    assert row.id in restored and history["rows"][13].id not in restored
+    assert job.promoted_at is not None and job.final_timeline > 1
+
+
+def test_time_exclusive_at_exact_commit(fleet, primary, history):
+    row = history["rows"][12]
+    restore(RestoreTarget.from_options(time=row.committed_at.isoformat(), exclusive=True))
+    restored = restored_ids(fleet)
+    assert restored == primary_ids_committed(primary, row.committed_at, exclusive=True)
+    assert row.id not in restored and history["rows"][11].id in restored
+
+
+def test_lsn_target(fleet, primary, history):
+    row = history["rows"][20]
+    job = restore(RestoreTarget.from_options(lsn=walnames.format_lsn(row.lsn_after)))
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+    assert job.final_lsn >= row.lsn_after
+
+
+def test_xid_target(fleet, primary, history):
+    row = history["rows"][8]
+    restore(RestoreTarget.from_options(xid=str(row.xid)))
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+
+
+def test_named_restore_point(fleet, primary, history):
+    job = restore(RestoreTarget.from_options(name="pitr_test_point"))
+    assert restored_ids(fleet) == primary_ids_committed(primary, history["point_after"].committed_at)
+    assert "pitr_test_point" in job.plan["stop_reason"]
+
+
+def test_immediate_is_the_backup_itself(fleet, primary, history):
+    job = restore(RestoreTarget.from_options(immediate=True))
+    first = history["rows"][0]
+    assert restored_ids(fleet) == primary_ids_committed(primary, first.committed_at, exclusive=True)
+    assert job.final_lsn == history["backup"].stop_lsn and job.wal_files == 0
+
+
+def test_latest_has_every_captured_row(fleet, primary, history):
+    job = restore(RestoreTarget.from_options(latest=True))
+    last = history["rows"][-1]
+    assert restored_ids(fleet) >= primary_ids_committed(primary, last.committed_at)
+    assert job.uses_partial
+
+
+def test_target_inside_the_partial_segment(fleet, primary, history):
+    row = history["tail"][2]
+    job = restore(RestoreTarget.from_options(time=row.committed_at.isoformat()))
+    assert job.uses_partial and job.wal_last.endswith(".partial")
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+    archive_partial = fleet.layout.archive / job.wal_last
+    assert archive_partial.exists(), "the .partial in the archive must never be moved"
+
+
+def test_newest_captured_commit_is_a_valid_target(fleet, primary, history):
+    newest = WalSegment.objects.order_by("-last_commit_at").first().last_commit_at
+    job = restore(RestoreTarget.from_options(time=newest.isoformat()))
+    assert restored_ids(fleet) == primary_ids_committed(primary, newest)
+    assert job.plan["recovery"].get("recovery_target_lsn")
+
+
+def test_restore_command_is_a_plain_copy(fleet, history):
+    restore(RestoreTarget.from_options(time=history["rows"][3].committed_at.isoformat()))
+    conf = (fleet.layout.datadir("restore_target") / "pitrsite.node.conf").read_text()
+    assert "restore_command" not in conf, "recovery settings must be dropped after promotion"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "no target given"),
+    ({"latest": True, "immediate": True}, "two or more targets"),
+    ({"time": "2026-11-27 14:03:27"}, "has no time zone"),
+    ({"time": "yesterday"}, "is not ISO 8601"),
+    ({"lsn": "0/XYZ"}, "malformed LSN"),
+    ({"xid": "abc"}, "is not a number"),
+    ({"latest": True, "exclusive": True}, "--exclusive applies only"),
+])
+def test_malformed_targets_are_rejected_in_one_line(options, message):
+    with pytest.raises(PlanError, match=message) as info:
+        RestoreTarget.from_options(**options)
+    assert "\n" not in str(info.value)
+
+
+def assert_rejected(fleet, target: RestoreTarget, message: str) -> str:
+    jobs, pid = RestoreJob.objects.count(), fleet.pid("restore_target")
+    with pytest.raises(PlanError, match=message) as info:
+        queue_restore(target)
+    assert RestoreJob.objects.count() == jobs, "a rejected target must not become a job"
+    assert fleet.pid("restore_target") == pid, "a rejected target must not touch the restore target"
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_rejects_time_after_newest_commit(fleet, history):
+    newest = WalSegment.objects.order_by("-last_commit_at").first().last_commit_at
+    text = assert_rejected(fleet, RestoreTarget.from_options(time=(newest + timedelta(seconds=1)).isoformat()),
+                           "after the newest captured commit")
+    assert newest.isoformat() in text
+
+
+def test_rejects_time_before_oldest_backup(fleet, history):
+    oldest = BaseBackup.objects.filter(state=JobState.DONE).order_by("stop_lsn").first()
+    assert_rejected(fleet, RestoreTarget.from_options(time=(oldest.start_time - timedelta(hours=1)).isoformat()),
+                    "before the end of the oldest usable backup")
+
+
+def test_rejects_lsn_after_captured_wal(fleet, history):
+    assert_rejected(fleet, RestoreTarget.from_options(lsn="FF/0"), "after the end of the captured WAL")
+
+
+def test_rejects_unknown_restore_point_and_backup(fleet, history):
+    assert_rejected(fleet, RestoreTarget.from_options(name="no_such_point"), "no restore point named")
+    assert_rejected(fleet, RestoreTarget.from_options(latest=True, backup_id=999999), "does not exist")
+
+
+def test_rejects_a_gap_naming_the_segment(fleet, history):
+    row = history["rows"][25]
+    target = RestoreTarget.from_options(time=row.committed_at.isoformat())
+    needed = plan(target).segments
+    hole = needed[len(needed) // 2]
+    WalSegment.objects.filter(pk=hole.pk).delete()  # rolled back with the test
+    text = assert_rejected(fleet, target, "WAL gap")
+    assert hole.name in text
+
+
+def test_rejects_when_no_backup_is_verified(fleet, history):
+    BaseBackup.objects.update(manifest_verified=False)  # rolled back with the test
+    assert_rejected(fleet, RestoreTarget.from_options(latest=True), "no verified base backup")
