@@ -10,6 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pitrsite.settings")
 app = Celery("pitrsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.autodiscover_tasks(["pitrsite"])  # pitrsite.tasks (reap_jobs): pitrsite is not an installed app
 
 
 @app.on_after_finalize.connect

@@ -1,0 +1,72 @@
+"""python manage.py walstatus [--json]: what the WAL catalog holds and whether capture keeps up."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from django.core.management.base import BaseCommand, CommandError
+
+from pitrsite.errors import PitrError
+from walcatalog.catalog import summary
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()  # full microseconds: commit times are compared exactly
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class Command(BaseCommand):
+    help = "Show segments per timeline, newest segment, partial size, gaps, recoverable window, capturer lag."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args, **opts) -> None:
+        try:
+            status = summary()
+        except PitrError as exc:
+            raise CommandError(str(exc)) from None
+        if opts["json"]:
+            self.stdout.write(_dumps(status))
+        else:
+            self._text(status)
+
+    def _text(self, s: dict) -> None:
+        w = self.stdout.write
+        w(f"segment size     {_size(s['segment_size'])}")
+        if not s["timelines"]:
+            w("segments         none yet: is the capturer running? (python manage.py fleet status)")
+        for t in s["timelines"]:
+            branch = f", branched from {t['parent']} at {t['switch_lsn']}" if t["parent"] else ""
+            w(f"timeline {t['timeline']:<7} {t['segments']} segments ({t['complete']} complete, "
+              f"{t['partial']} partial), {_size(t['bytes'])}{branch}")
+        if s["newest_segment"]:
+            n = s["newest_segment"]
+            w(f"newest segment   {n['name']} (last commit {n['last_commit_at'] or 'none'})")
+        if s["partial"]:
+            p = s["partial"]
+            w(f"partial          {p['name']}: {_size(p['size'])} captured, to {p['captured_to']}")
+        w(f"gaps             {len(s['gaps']) or 'none'}")
+        for gap in s["gaps"]:
+            w(f"  {gap['text']}")
+        w(f"window           {s['window']['description'] if s['window'] else 'none: nothing to restore from yet'}")
+        c = s.get("capturer") or {}
+        lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""
+        errors = f" ({'; '.join(c['errors'])})" if c.get("errors") else ""
+        w(f"capturer         {c.get('state', 'unknown')}"
+          f"{', streaming' if c.get('streaming') else ''}{lag}{errors}")
+
+
+def _dumps(status: dict) -> str:
+    return json.dumps(status, indent=2, default=_json_default)

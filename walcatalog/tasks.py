@@ -1,0 +1,33 @@
+"""Celery tasks of the WAL catalog: thin callers of walcatalog.indexer."""
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+
+from celery import shared_task
+
+from pitrsite.errors import PitrError
+from pitrsite.jobs import exclusive
+from walcatalog.indexer import index_archive
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="walcatalog.tasks.index_wal", ignore_result=True)
+def index_wal() -> dict | None:
+    """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive("index-wal", "WAL index pass"))
+        except PitrError as exc:
+            # A slow pass overlapping the next beat tick is normal: that tick has nothing to add.
+            log.info("index_wal skipped: %s", exc)
+            return None
+        try:
+            result = index_archive()
+        except PitrError as exc:  # e.g. the archive is not there yet: say so, keep the worker healthy
+            log.warning("index_wal: %s", exc)
+            return None
+        if result.new or result.completed or result.vanished or result.errors:
+            log.info("index_wal: %s", result)
+        return result.as_dict()
