@@ -14,21 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState
 from walcatalog.models import BaseBackup, WalSegment
 from dashboard import jobs
-
-
-@dataclass
-class Gap:
-    timeline: int
-    first: int  # first missing segment number
-    last: int   # last missing segment number
-    text: str
-
-    def as_dict(self) -> dict:
-        return {"timeline": self.timeline, "first": self.first, "last": self.last, "text": self.text}
 
 
 @dataclass
@@ -37,7 +25,7 @@ class Overview:
     newest: dict[int, dict] = field(default_factory=dict)  # timeline -> newest complete segment
     partial: dict | None = None
     segments: int = 0
-    gaps: list[Gap] = field(default_factory=list)
+    gaps: list[dict] = field(default_factory=list)  # walcatalog.catalog.Gap.as_dict()
     window_start: datetime | None = None
     window_end: datetime | None = None
     window_text: str = ""
@@ -51,59 +39,6 @@ class Overview:
     @property
     def protected(self) -> bool:
         return bool(self.capture.get("running")) and not self.gaps and self.window_start is not None
-
-
-def _field(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def catalog_gaps() -> list[Gap]:
-    from walcatalog import catalog
-
-    result = []
-    for gap in catalog.gaps():
-        timeline = int(_field(gap, "timeline", "tli"))
-        first = int(_field(gap, "first", "first_missing", "start_segno", "from_segno"))
-        last = int(_field(gap, "last", "last_missing", "end_segno", "to_segno"))
-        text = _field(gap, "text", "message") or (f"timeline {timeline}: segments {first}..{last} missing"
-                                                    if last != first else f"timeline {timeline}: segment {first} missing")
-        result.append(Gap(timeline, first, last, str(text)))
-    return result
-
-
-def catalog_window() -> tuple[datetime | None, datetime | None, str]:
-    """(start, end, why-not text) of the recoverable window."""
-    from walcatalog import catalog
-
-    try:
-        window = catalog.recoverable_window()
-    except PitrError as exc:
-        return None, None, str(exc)
-    if window is None:
-        return None, None, "no verified base backup yet"
-    start = _field(window, "start", "start_time", "from_time", "earliest")
-    end = _field(window, "end", "end_time", "to_time", "latest")
-    return start, end, ""
-
-
-def capture_state() -> dict[str, Any]:
-    from fleet.status import fleet_status
-
-    status = fleet_status()
-    role = status["roles"]["capturer"]
-    capturer = status.get("capturer") or {}
-    return {
-        "state": role["state"], "running": role["state"] == "running" and bool(capturer.get("streaming")),
-        "streaming": capturer.get("streaming"), "lag_bytes": capturer.get("lag_bytes"),
-        "lag_seconds": capturer.get("lag_seconds"), "restarts": role.get("restarts"),
-        "primary": status["roles"]["primary"]["state"], "primary_lsn": status.get("primary_lsn"),
-        "errors": status.get("errors", []),
-    }
 
 
 def storage_lines() -> list[str]:
@@ -126,20 +61,21 @@ def newest_segments() -> dict[int, dict]:
 
 
 def overview(with_capture: bool = True) -> Overview:
-    view = Overview()
+    from walcatalog import catalog
+
+    facts = catalog.summary(with_fleet=with_capture)
+    view = Overview(segments=facts["segments"], partial=facts["partial"], gaps=facts["gaps"])
     if with_capture:
-        try:
-            view.capture = capture_state()
-        except PitrError as exc:
-            view.capture = {"state": "unknown", "running": False}
-            view.problems.append(str(exc))
+        view.capture = facts["capturer"]
+        view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
         view.problems.extend(view.capture.get("errors", []))
+    window = facts["window"]
+    if window:
+        view.window_start, view.window_end = window["start"], window["end"]
+        view.window_text = window["description"]
+    else:
+        view.window_text = "nothing to restore from: no verified base backup and no commit captured"
     view.newest = newest_segments()
-    view.partial = (WalSegment.objects.filter(is_partial=True).order_by("-timeline", "-segno")
-                    .values("name", "size", "timeline", "last_commit_at").first())
-    view.segments = WalSegment.objects.count()
-    view.gaps = catalog_gaps()
-    view.window_start, view.window_end, view.window_text = catalog_window()
     view.last_backup = BaseBackup.objects.filter(state=JobState.DONE).order_by("-finished_at").first()
     if view.last_backup:
         moment = view.last_backup.stop_time or view.last_backup.finished_at
@@ -154,10 +90,11 @@ def overview_json(view: Overview) -> dict:
     return {
         "protected": view.protected, "capture": {k: v for k, v in view.capture.items() if k != "errors"},
         "newest": {str(t): row["name"] for t, row in view.newest.items()},
-        "partial": view.partial and {"name": view.partial["name"], "size": view.partial["size"]},
-        "segments": view.segments, "gaps": [g.as_dict() for g in view.gaps],
+        "partial": view.partial and {"name": view.partial["name"], "size": view.partial["size"],
+                                     "captured_to": view.partial["captured_to"]},
+        "segments": view.segments, "gaps": view.gaps,
         "window": {"start": view.window_start and view.window_start.isoformat(),
-                   "end": view.window_end and view.window_end.isoformat(), "why_not": view.window_text},
+                   "end": view.window_end and view.window_end.isoformat(), "text": view.window_text},
         "last_backup": view.last_backup and {"id": view.last_backup.pk, "label": view.last_backup.label,
                                              "age_seconds": view.last_backup_age},
         "storage": view.storage, "running": view.running,

@@ -56,7 +56,7 @@ def show(request: HttpRequest, template: str, nav: str, code: int = 200, **conte
 
 def _timeline_svg(view: status.Overview) -> str:
     picture = timeline.aggregate()
-    return mark_safe(timeline.render_svg(picture, [g.as_dict() for g in view.gaps],
+    return mark_safe(timeline.render_svg(picture, view.gaps,
                                          (view.window_start, view.window_end)))
 
 
