@@ -167,6 +167,9 @@ def check_port_free(name: str) -> None:
     if number is None:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Redis and gunicorn do: connections of a previous run lingering in TIME_WAIT must not count
+        # as "in use"; a socket that listens there still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((settings.PITR_HOST, number))
         except OSError as exc:

@@ -107,3 +107,9 @@ def test_services_up_restart_down(services_env):
         assert procs.wait_gone(before[name]["supervisor_pid"], 10)
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", int(env["PITR_WEB_PORT"]))) != 0, "the web port still answers"
+
+    # Down then straight up again (what `scripts/pitr down; scripts/pitr up` does): the ports are free again.
+    out = manage(env, "services", "up")
+    assert all(f"{name} started" in out for name in NAMES), out
+    assert all(entry["restarts"] == 0 for entry in status(env).values())
+    manage(env, "services", "down")
