@@ -139,10 +139,32 @@ def test_web_port_in_use(home):
 
 # --- config files -----------------------------------------------------------------------------------
 
+SETTING_NAME = re.compile(r"(PITR|DJANGO|CELERY)_[A-Z0-9_]+|DATABASE_URL")
+
+
+def helper_modules(tree: ast.Module) -> list[Path]:
+    """Project modules settings.py imports helpers from (walcatalog/storage.py reads PITR_STORAGE_*)."""
+    paths = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "pitrsite.config":
+            path = PROJECT / (node.module.replace(".", "/") + ".py")
+            if path.exists():
+                paths.append(path)
+    return paths
+
+
 def settings_env_names() -> set[str]:
-    """Every environment variable pitrsite/settings.py reads, by name (first argument of an env reader)."""
+    """Every environment variable settings.py reads at start-up, by name.
+
+    In settings.py: the first argument of an env reader; in the project modules it calls into: every
+    string constant that looks like one of our setting names.
+    """
     tree = ast.parse((PROJECT / "pitrsite" / "settings.py").read_text())
     names = set()
+    for path in helper_modules(tree):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SETTING_NAME.fullmatch(node.value):
+                names.add(node.value)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
