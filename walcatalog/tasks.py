@@ -31,3 +31,14 @@ def index_wal() -> dict | None:
         if result.new or result.completed or result.vanished or result.errors:
             log.info("index_wal: %s", result)
         return result.as_dict()
+
+
+@shared_task(name="walcatalog.tasks.run_backup")
+def run_backup(backup_id: int) -> None:
+    """Take the queued backup; progress goes into its row (the dashboard reads it)."""
+    from pitrsite.jobs import JobReporter
+    from walcatalog import backups
+    from walcatalog.models import BaseBackup
+
+    backup = BaseBackup.objects.get(pk=backup_id)
+    backups.run_backup(backup, JobReporter(backup))
