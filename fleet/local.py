@@ -293,6 +293,8 @@ class LocalDriver:
     def _check_port_free(self, role: str) -> None:
         port = self.layout.port(role)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As PostgreSQL binds: connections left in TIME_WAIT by a stopped server do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((settings.PITR_HOST, port))
             except OSError as exc:
