@@ -10,6 +10,7 @@ from pitrsite.config import (
     database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
     envstr, load_dotenv, persistent_secret,
 )
+from walcatalog.storage import archive_storage_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))
@@ -118,6 +119,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
                     if not DEBUG else "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Copies of WAL and backups (walcatalog/storage.py): filesystem, s3, azure or gcs from PITR_STORAGE_*.
+    "archive": archive_storage_setting(PITR_HOME),
 }
 
 # --- Celery ------------------------------------------------------------------
@@ -152,3 +155,14 @@ PITR_BACKUP_MAX_RATE = os.environ.get("PITR_BACKUP_MAX_RATE", "")
 
 # --- restores ----------------------------------------------------------------
 PITR_RESTORE_TIMEOUT = envfloat("PITR_RESTORE_TIMEOUT", 3600.0, lo=1.0)
+
+# --- cloud storage (walcatalog/storage.py, uploader.py, retention.py) ------------------------
+PITR_UPLOAD_INTERVAL = envfloat("PITR_UPLOAD_INTERVAL", 30.0)
+PITR_UPLOAD_PARALLEL = envint("PITR_UPLOAD_PARALLEL", 4, 1, 64)
+PITR_DOWNLOAD_PARALLEL = envint("PITR_DOWNLOAD_PARALLEL", 8, 1, 64)
+PITR_STORAGE_RETRIES = envint("PITR_STORAGE_RETRIES", 4, 1, 20)
+# Retention: keep the newest N verified backups and/or every moment of the last D days (0 = no such limit;
+# both 0 = nothing is ever deleted). When both are set, what either keeps is kept.
+PITR_RETENTION_KEEP_BACKUPS = envint("PITR_RETENTION_KEEP_BACKUPS", 0, 0, 100000)
+PITR_RETENTION_DAYS = envfloat("PITR_RETENTION_DAYS", 0.0)
+PITR_RETENTION_INTERVAL = envfloat("PITR_RETENTION_INTERVAL", 3600.0)

@@ -1,0 +1,318 @@
+"""The archive storage: where WAL and backups are copied, through django-storages.
+
+Django's ``STORAGES["archive"]`` is built from the environment by
+``archive_storage_setting()`` (called from settings.py): Django's
+FileSystemStorage (the default, a directory under PITR_HOME), or
+django-storages' S3Storage, AzureStorage or GoogleCloudStorage. Everything
+else reaches it through ``django.core.files.storage.storages["archive"]``,
+so the backend is only configuration.
+
+Keys are laid out so that a listing by timeline and segment range is one
+prefix listing, names sorting in LSN order::
+
+    wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
+    wal/history/<timeline>.history
+    backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
+    backups/<label>/descriptor.json          written last: the backup row + file list with sha256
+
+This module does I/O and hashing only (no models): the uploader, the restore
+engine and the rebuild call it from worker threads, and keep every database
+write in their own thread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+from pitrsite.config import envchoice, envstr
+from pitrsite.errors import PitrError
+
+log = logging.getLogger(__name__)
+
+STORAGE_NAME = "archive"
+BACKENDS = {
+    "filesystem": "django.core.files.storage.FileSystemStorage",
+    "s3": "storages.backends.s3.S3Storage",
+    "azure": "storages.backends.azure_storage.AzureStorage",
+    "gcs": "storages.backends.gcloud.GoogleCloudStorage",
+}
+DESCRIPTOR = "descriptor.json"
+DESCRIPTOR_FORMAT = 1
+CHUNK = 1 << 20
+# Remote backends read an object into a spooled temporary file: past this size it goes to disk, not memory.
+SPOOL_BYTES = 64 << 20
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class StorageError(PitrError):
+    pass
+
+
+class ChecksumError(StorageError):
+    """An object's bytes are not the bytes the catalog recorded."""
+
+
+# --- configuration (called from settings.py: no models, no Django setup needed) --------------------
+def archive_storage_setting(home: Path) -> dict:
+    """The STORAGES["archive"] entry from PITR_STORAGE_* variables; a missing required one is a one-line error."""
+    backend = envchoice("PITR_STORAGE_BACKEND", "filesystem", tuple(BACKENDS))
+    prefix = os.environ.get("PITR_STORAGE_PREFIX", "").strip("/")
+    if backend == "filesystem":
+        location = Path(os.environ.get("PITR_STORAGE_DIR") or home / "storage")
+        # allow_overwrite: a half-written file from a killed upload is replaced, not renamed around.
+        options = {"location": str(location / prefix if prefix else location), "allow_overwrite": True}
+    elif backend == "s3":
+        options = {
+            "bucket_name": _required("PITR_STORAGE_S3_BUCKET", backend),
+            "endpoint_url": os.environ.get("PITR_STORAGE_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("PITR_STORAGE_S3_REGION") or None,
+            "access_key": envstr("PITR_STORAGE_S3_ACCESS_KEY_ID") or None,
+            "secret_key": envstr("PITR_STORAGE_S3_SECRET_ACCESS_KEY") or None,
+            "location": prefix, "file_overwrite": True, "querystring_auth": False, "max_memory_size": SPOOL_BYTES,
+        }
+    elif backend == "azure":
+        options = {"azure_container": _required("PITR_STORAGE_AZURE_CONTAINER", backend), "location": prefix,
+                   "overwrite_files": True, "max_memory_size": SPOOL_BYTES, **_azure_credentials()}
+    else:
+        # The emulator (tests) is reached through STORAGE_EMULATOR_HOST, which google-cloud-storage honours;
+        # real credentials come from GOOGLE_APPLICATION_CREDENTIALS as google-auth reads it.
+        options = {"bucket_name": _required("PITR_STORAGE_GCS_BUCKET", backend),
+                   "project_id": os.environ.get("PITR_STORAGE_GCS_PROJECT") or None,
+                   "location": prefix, "file_overwrite": True, "querystring_auth": False,
+                   "max_memory_size": SPOOL_BYTES}
+    return {"BACKEND": BACKENDS[backend], "OPTIONS": options}
+
+
+def _required(name: str, backend: str) -> str:
+    value = envstr(name)
+    if not value:
+        raise ImproperlyConfigured(f"PITR_STORAGE_BACKEND={backend} needs {name}: set it in the environment or .env")
+    return value
+
+
+def _azure_credentials() -> dict:
+    connection = envstr("PITR_STORAGE_AZURE_CONNECTION_STRING")
+    if connection:
+        return {"connection_string": connection}
+    account = _required("PITR_STORAGE_AZURE_ACCOUNT_NAME", "azure")
+    key = envstr("PITR_STORAGE_AZURE_ACCOUNT_KEY")
+    endpoint = os.environ.get("PITR_STORAGE_AZURE_ENDPOINT", "").rstrip("/")
+    if endpoint:
+        # A custom blob endpoint (Azurite, a sovereign cloud): AzureStorage takes it through a connection string.
+        protocol = endpoint.split("://", 1)[0]
+        parts = [f"DefaultEndpointsProtocol={protocol}", f"AccountName={account}",
+                 *([f"AccountKey={key}"] if key else []), f"BlobEndpoint={endpoint}"]
+        return {"connection_string": ";".join(parts) + ";"}
+    return {"account_name": account, "account_key": key or None}
+
+
+def get_storage(name: str = STORAGE_NAME):
+    from django.core.files.storage import storages
+
+    return storages[name]
+
+
+def describe(name: str = STORAGE_NAME) -> str:
+    """Where a storage points, for messages: backend and bucket/container/directory."""
+    from django.conf import settings
+
+    entry = settings.STORAGES.get(name, {})
+    options = entry.get("OPTIONS", {})
+    where = (options.get("bucket_name") or options.get("azure_container") or options.get("location") or "?")
+    backend = next((k for k, v in BACKENDS.items() if v == entry.get("BACKEND")), entry.get("BACKEND", "?"))
+    return f"{backend}:{where}"
+
+
+# --- keys ---------------------------------------------------------------------------------------------------
+def wal_key(segment_name: str) -> str:
+    if len(segment_name) != 24:
+        raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
+    return f"wal/{segment_name[:8]}/{segment_name}"
+
+
+def history_key(tli: int) -> str:
+    return f"wal/history/{tli:08X}.history"
+
+
+def backup_key(label: str, file_name: str) -> str:
+    return f"backups/{label}/{file_name}"
+
+
+def descriptor_key(label: str) -> str:
+    return backup_key(label, DESCRIPTOR)
+
+
+# --- hashing and transfers ----------------------------------------------------------------------------
+def sha256_file(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sha256_object(storage, key: str) -> tuple[int, str]:
+    """Read the object back from storage and hash it: the honest check that it holds what we sent."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open(key, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+@dataclass
+class Uploaded:
+    key: str
+    size: int
+    sha256: str
+    upload_seconds: float
+    verify_seconds: float
+
+
+def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = None) -> Uploaded:
+    """Write one object (overwriting whatever is under the key) and verify it by reading it back."""
+    from django.core.files import File
+    from django.core.files.base import ContentFile
+
+    began = time.monotonic()
+    if isinstance(source, bytes):
+        size, sha = len(source), hashlib.sha256(source).hexdigest()
+    else:
+        size, sha = sha256_file(source)
+    if expect_sha256 and sha != expect_sha256:
+        raise ChecksumError(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "
+                            f"catalog says {expect_sha256[:12]}...): not uploaded")
+    if isinstance(source, bytes):
+        saved = storage.save(key, ContentFile(source))
+    else:
+        with open(source, "rb") as fh:
+            saved = storage.save(key, File(fh))
+    if saved != key:
+        raise StorageError(f"the storage stored {key} as {saved}: it must be configured to overwrite")
+    uploaded = time.monotonic()
+    got_size, got_sha = sha256_object(storage, key)
+    if (got_size, got_sha) != (size, sha):
+        raise ChecksumError(f"{key} read back from storage differs from what was sent "
+                            f"({got_size} bytes, sha256 {got_sha[:12]}... instead of {size}, {sha[:12]}...)")
+    return Uploaded(key, size, sha, uploaded - began, time.monotonic() - uploaded)
+
+
+def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None) -> int:
+    """Copy an object to dest, hashing on the way; a mismatch leaves nothing at dest and names the object."""
+    tmp = dest.with_name(dest.name + ".download")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with storage.open(key, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        if is_not_found(exc):
+            raise StorageError(f"{key} is missing from storage {describe()}") from None
+        raise
+    got = digest.hexdigest()
+    if got != expect_sha256 or (expect_size is not None and size != expect_size):
+        tmp.unlink(missing_ok=True)
+        raise ChecksumError(f"{key} in storage {describe()} is corrupted: sha256 {got[:16]}... ({size} bytes), "
+                            f"expected {expect_sha256[:16]}...")
+    os.replace(tmp, dest)
+    return size
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Each backend says "no such object" its own way (FileNotFoundError, Azure's ResourceNotFoundError...)."""
+    return isinstance(exc, FileNotFoundError) or type(exc).__name__ in ("ResourceNotFoundError", "NotFound")
+
+
+def read_bytes(storage, key: str) -> bytes:
+    with storage.open(key, "rb") as fh:
+        return fh.read()
+
+
+def list_keys(storage, prefix: str) -> list[str]:
+    """Every key under a prefix (one level of "directories" deep per listdir call), sorted."""
+    try:
+        dirs, files = storage.listdir(prefix)
+    except FileNotFoundError:  # FileSystemStorage: the directory does not exist yet
+        return []
+    # Backends differ: most list one level relative to the prefix; AzureStorage lists every blob below
+    # it, by full name (its location prefix included).
+    location = (getattr(storage, "location", "") or "").strip("/") if "/" in "".join(files) else ""
+    keys = [(f.removeprefix(location + "/") if location else f) if "/" in f else f"{prefix}/{f}" for f in files]
+    for d in dirs:
+        keys.extend(list_keys(storage, f"{prefix}/{posixpath.basename(d.rstrip('/'))}"))
+    return sorted(keys)
+
+
+# --- retries and bounded parallelism ---------------------------------------------------------------
+def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5) -> R:
+    """Call fn, retrying failures with exponential backoff; a checksum mismatch of a download is final."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - each backend raises its own family (botocore, azure, google)
+            if attempt == attempts:
+                raise
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc), attempt,
+                        attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R | None, BaseException | None]]:
+    """Run fn over items in a bounded thread pool; yield (item, result, error) as each finishes."""
+    items = list(items)
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="storage") as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        try:
+            for future in as_completed(futures):
+                error = future.exception()
+                yield futures[future], (None if error else future.result()), error
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def error_text(exc: BaseException) -> str:
+    return _first_line(exc)
+
+
+# --- descriptors --------------------------------------------------------------------------------------
+def descriptor_bytes(backup_row: dict, files: list[dict]) -> bytes:
+    """The backup row (walcatalog.serializers.backup_dict) plus its files: enough to rebuild the catalog."""
+    return json.dumps({"format": DESCRIPTOR_FORMAT, "backup": backup_row, "files": files},
+                      indent=2, sort_keys=True).encode()
+
+
+def parse_descriptor(data: bytes, key: str) -> dict:
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != DESCRIPTOR_FORMAT or not doc["backup"]["label"] or not isinstance(doc["files"], list):
+            raise ValueError("unknown format")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{key} is not a pitrsite backup descriptor ({exc})") from None
+    return doc
