@@ -93,10 +93,14 @@ def _range(value, name: str) -> tuple[float, float]:
 def _actions(value) -> tuple[str, ...]:
     if value is None:
         return ACTIONS
+    # "all", "" or an empty list mean every action (the dashboard's form sends [] for all); "none" means none.
     if isinstance(value, str):
-        value = [] if value.strip().lower() in ("", "none") else \
-            list(ACTIONS) if value.strip().lower() == "all" else value.split(",")
-    names = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
+        value = value.split(",")
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+    if names in ((), ("all",)):
+        return ACTIONS
+    if names == ("none",):
+        return ()
     unknown = [n for n in names if n not in ACTIONS]
     if unknown:
         raise ChaosError(f"unknown chaos action {unknown[0]!r}: choose from {', '.join(ACTIONS)}, all or none")
@@ -589,7 +593,7 @@ class Chaos:
         if passed < len(checks):
             problems.append(f"{len(checks) - passed} of {len(checks)} restored moments differ from the log")
         verdict = Verdict.FAILED if problems else Verdict.PASSED
-        summary = (f"{verdict.label}: {passed}/{len(checks)} restored moments exact; {len(self.events)} chaos "
+        summary = (f"{verdict.value}: {passed}/{len(checks)} restored moments exact; {len(self.events)} chaos "
                    f"actions, {len(self.events) - len(bad_events)} recovered; {self.run_row.writes_count} commits by "
                    f"{self.params.writers} writers, {resolution['unknown_attempts']} unknown outcomes resolved")
         if problems:
