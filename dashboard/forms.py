@@ -42,3 +42,16 @@ class RestoreForm(forms.Form):
         if kind == TargetKind.NAME and data.get("exclusive"):
             self.add_error("exclusive", "exclusive applies to time, LSN and xid targets, not name")
         return data
+
+
+class ChaosForm(forms.Form):
+    writers = forms.IntegerField(min_value=1, max_value=32, initial=6)
+    duration = forms.IntegerField(label="Duration (s)", min_value=5, max_value=86400, initial=300)
+    interval = forms.CharField(label="Interval (s)", initial="30-60", max_length=20, help_text="MIN-MAX seconds between actions")
+    restores = forms.IntegerField(min_value=1, max_value=100, initial=3)
+    actions = forms.CharField(required=False, max_length=300, help_text="comma-separated; empty for all")
+
+    def params(self) -> dict:
+        data = self.cleaned_data
+        return {"writers": data["writers"], "duration": data["duration"], "interval": data["interval"],
+                "restores": data["restores"], "actions": [a.strip() for a in data["actions"].split(",") if a.strip()]}

@@ -8,15 +8,22 @@ never an error page: the overview is what a user opens when things are wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from pitrsite.jobs import JobState
-from walcatalog.models import BaseBackup, WalSegment
+from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 from dashboard import jobs
+
+# The fingerprint decides freshness; the clock only catches what it cannot see cheaply
+# (retention clearing in_local_archive on old segments).
+CACHE_SECONDS = 30
 
 
 @dataclass
@@ -60,13 +67,51 @@ def newest_segments() -> dict[int, dict]:
     return result
 
 
-def overview(with_capture: bool = True) -> Overview:
+def fingerprint() -> str:
+    """Changes whenever what catalog.summary() reports can change; a few index-only queries.
+
+    Segments: count, newest id, commit-time bounds (indexed) and the partial
+    row (it grows in place). Backups and storage copies: count, newest id and
+    the states that decide the window. Timelines: count. The cache key, so the
+    expensive catalog questions are asked once per catalog state.
+    """
+    segs = WalSegment.objects.order_by()
+    # One aggregate per query: SQLite answers a lone MIN/MAX from an index, a combined one by scanning.
+    seg = [segs.count()] + [segs.aggregate(v=agg)["v"] for agg in (Max("id"), Min("last_commit_at"), Max("last_commit_at"))]
+    # `is_partial IN (1)` uses the index; SQLite does not for a bare `WHERE is_partial`.
+    partial = list(segs.filter(is_partial__in=[True]).values_list("id", "size", "scanned_to"))
+    backups = BaseBackup.objects.order_by().aggregate(
+        n=Count("id"), top=Max("id"), good=Count("id", filter=Q(state=JobState.DONE, manifest_verified=True)),
+        ended=Max("stop_lsn"))
+    copies = StorageCopy.objects.order_by().aggregate(n=Count("id"), top=Max("id"))
+    facts = (seg, partial, backups, copies, Timeline.objects.count())
+    return hashlib.sha1(repr(facts).encode()).hexdigest()
+
+
+def cached(name: str, key: str, compute: Callable[[], Any]) -> Any:
+    """compute() once per catalog state: the indexer changes it every few seconds at most, pages poll faster."""
+    full = f"pitr-dashboard:{name}:{key}"
+    value = cache.get(full)
+    if value is None:
+        value = compute()
+        cache.set(full, value, CACHE_SECONDS)
+    return value
+
+
+def catalog_summary(key: str | None = None) -> dict:
     from walcatalog import catalog
 
-    facts = catalog.summary(with_fleet=with_capture)
+    return cached("summary", key or fingerprint(), lambda: catalog.summary(with_fleet=False))
+
+
+def overview(with_capture: bool = True, key: str | None = None) -> Overview:
+    from walcatalog import catalog
+
+    key = key or fingerprint()
+    facts = catalog_summary(key)
     view = Overview(segments=facts["segments"], partial=facts["partial"], gaps=facts["gaps"])
     if with_capture:
-        view.capture = facts["capturer"]
+        view.capture = catalog.capturer_state()
         view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
         view.problems.extend(view.capture.get("errors", []))
     window = facts["window"]
@@ -75,7 +120,7 @@ def overview(with_capture: bool = True) -> Overview:
         view.window_text = window["description"]
     else:
         view.window_text = "nothing to restore from: no verified base backup and no commit captured"
-    view.newest = newest_segments()
+    view.newest = cached("newest", key, newest_segments)
     view.last_backup = BaseBackup.objects.filter(state=JobState.DONE).order_by("-finished_at").first()
     if view.last_backup:
         moment = view.last_backup.stop_time or view.last_backup.finished_at

@@ -1,9 +1,9 @@
 """The WAL timeline picture: segments per timeline over time, as inline SVG.
 
 The catalog may hold 100k segments and more, so nothing here touches one row
-per segment in Python: the database groups segments into BUCKETS time buckets
-per timeline and the picture draws one bar per non-empty bucket. A segment's
-time is its newest commit, or when it was indexed if it holds no commit.
+per segment in Python: one GROUP BY cuts each timeline's segment numbers into
+BUCKETS runs and returns each run's size and time span; the picture draws one
+bar per run where its commits happened (time on x), its height the WAL rate.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from datetime import datetime, timezone as dt_timezone
 from html import escape
 
 from django.db import connection
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from walcatalog.models import BaseBackup, WalSegment
 
@@ -21,17 +23,10 @@ MAX_BACKUP_MARKS = 200
 MAX_GAP_MARKS = 100
 
 
-def _epoch_sql(column: str) -> str:
-    """Seconds since 1970 of a datetime column, in this database's dialect."""
-    if connection.vendor == "sqlite":  # Django stores UTC text there
-        return f"((julianday({column}) - 2440587.5) * 86400.0)"
-    if connection.vendor == "postgresql":
-        return f"EXTRACT(EPOCH FROM {column})"
-    raise NotImplementedError(f"timeline picture: database {connection.vendor} is not supported")
-
-
 @dataclass
 class Bucket:
+    """Consecutive segments of one timeline (about 1/BUCKETS of it) and the time they span."""
+
     timeline: int
     index: int
     segments: int
@@ -39,6 +34,8 @@ class Bucket:
     commits: int
     first_segno: int
     last_segno: int
+    start: float  # unix seconds
+    end: float
 
 
 @dataclass
@@ -54,28 +51,42 @@ class Picture:
         return self.start is None
 
 
+def _seconds(value) -> float | None:
+    """A datetime from a raw query (SQLite gives text, PostgreSQL a datetime) as unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if timezone.is_naive(value):
+        value = value.replace(tzinfo=dt_timezone.utc)  # Django stores UTC
+    return value.timestamp()
+
+
 def aggregate(buckets: int = BUCKETS) -> Picture:
-    """Two queries: the time range, then segment counts per (timeline, bucket)."""
+    """One GROUP BY: each timeline's segment numbers cut into `buckets` runs, with their time span.
+
+    Bucketing by segment number is plain integer arithmetic in any database
+    (no per-row date functions); each run is then drawn where its commits
+    happened, so time stays on x.
+    """
     table = WalSegment._meta.db_table
-    t = _epoch_sql("COALESCE(last_commit_at, indexed_at)")
+    sql = (
+        f"SELECT s.timeline, (s.segno - r.lo) * %s / (r.hi - r.lo + 1) AS b, COUNT(*), SUM(s.size),"
+        f" SUM(s.commit_count), MIN(s.segno), MAX(s.segno),"
+        f" COALESCE(MIN(s.first_commit_at), MIN(s.last_commit_at), MIN(s.indexed_at)),"
+        f" COALESCE(MAX(s.last_commit_at), MAX(s.indexed_at))"
+        f" FROM {table} s JOIN (SELECT timeline, MIN(segno) AS lo, MAX(segno) AS hi FROM {table} GROUP BY timeline) r"
+        f" ON r.timeline = s.timeline GROUP BY s.timeline, b ORDER BY s.timeline, b")
     with connection.cursor() as cur:
-        cur.execute(f"SELECT MIN({t}), MAX({t}), COUNT(*) FROM {table}")
-        start, end, total = cur.fetchone()
-        if not total:
-            return Picture()
-        start, end = float(start), float(end)
-        span = max(end - start, 1.0)
-        cur.execute(
-            f"SELECT timeline, CAST((({t}) - %s) * %s / %s AS INTEGER) AS b, COUNT(*), SUM(size),"
-            f" SUM(commit_count), MIN(segno), MAX(segno)"
-            f" FROM {table} GROUP BY timeline, b ORDER BY timeline, b",
-            [start, buckets, span * (1 + 1e-9)],
-        )
+        cur.execute(sql, [buckets])
         rows = cur.fetchall()
-    found = [Bucket(int(r[0]), min(int(r[1]), buckets - 1), int(r[2]), int(r[3] or 0), int(r[4] or 0),
-                    int(r[5]), int(r[6])) for r in rows]
-    return Picture(start=start, end=start + span, timelines=sorted({b.timeline for b in found}),
-                   buckets=found, total_segments=int(total))
+    if not rows:
+        return Picture()
+    found = [Bucket(int(r[0]), int(r[1]), int(r[2]), int(r[3] or 0), int(r[4] or 0), int(r[5]), int(r[6]),
+                    _seconds(r[7]), _seconds(r[8])) for r in rows]
+    start, end = min(b.start for b in found), max(b.end for b in found)
+    return Picture(start=start, end=max(end, start + 1.0), timelines=sorted({b.timeline for b in found}),
+                   buckets=found, total_segments=sum(b.segments for b in found))
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -88,13 +99,14 @@ def _segment_time(timeline: int, segno: int) -> float | None:
 
 
 def _label(ts: float, span: float) -> str:
-    moment = datetime.fromtimestamp(ts, dt_timezone.utc)
-    return moment.strftime("%H:%M:%S" if span < 86400 else "%m-%d %H:%M") if span < 86400 * 60 else moment.strftime("%Y-%m-%d")
+    moment = timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc))
+    if span < 86400:
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%m-%d %H:%M") if span < 86400 * 60 else moment.strftime("%Y-%m-%d")
 
 
-def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None, datetime | None],
-               buckets: int = BUCKETS) -> str:
-    """The picture as an SVG string; gaps are dicts with timeline, first and last missing segno."""
+def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None, datetime | None]) -> str:
+    """The picture as an SVG string; gaps are catalog Gap dicts (timeline, first, last, text)."""
     if picture.empty:
         return '<p class="muted">No WAL segment is in the catalog yet.</p>'
     lanes = {tli: i for i, tli in enumerate(picture.timelines)}
@@ -112,19 +124,21 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         x0, x1 = x(w_start), x(w_end)
         out.append(f'<rect class="window" x="{x0:.1f}" y="{TOP - 6}" width="{max(x1 - x0, 2):.1f}" '
                    f'height="{LANE * len(lanes) + 6}"><title>recoverable window</title></rect>')
-    peak = max(b.segments for b in picture.buckets)
-    bar_w = max(plot_w / buckets, 1.0)
     for tli, lane in lanes.items():
         y = TOP + lane * LANE
-        out.append(f'<text class="lane" x="{LEFT - 8}" y="{y + LANE / 2 + 4:.0f}" text-anchor="end">TL {tli}</text>')
-        out.append(f'<line class="lane" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y + LANE - 6}" y2="{y + LANE - 6}"/>')
-    for b in picture.buckets:
+        out.append(f'<text class="lane" x="{LEFT - 8}" y="{y + LANE / 2 + 4:.0f}" text-anchor="end">TL {tli}</text>'
+                   f'<line class="lane" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y + LANE - 6}" y2="{y + LANE - 6}"/>')
+    # Bar height: segments per second of the run (the WAL rate), relative to the busiest run.
+    rates = [b.segments / max(b.end - b.start, 1.0) for b in picture.buckets]
+    peak = max(rates)
+    for b, rate in zip(picture.buckets, rates):
         y = TOP + lanes[b.timeline] * LANE
-        h = max(3.0, (LANE - 12) * b.segments / peak)
-        bx = LEFT + plot_w * b.index / buckets
-        out.append(f'<rect class="seg" x="{bx:.1f}" y="{y + LANE - 6 - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}">'
-                   f'<title>timeline {b.timeline}: {b.segments} segments ({b.first_segno}..{b.last_segno}), '
-                   f'{b.commits} commits, {b.bytes / 1048576:.1f} MiB</title></rect>')
+        h = max(4.0, (LANE - 12) * (rate / peak) ** 0.5)  # square root: quiet periods stay visible
+        bx = x(b.start)
+        out.append(f'<rect class="seg" x="{bx:.1f}" y="{y + LANE - 6 - h:.1f}" width="{max(x(b.end) - bx, 1.5):.1f}" '
+                   f'height="{h:.1f}"><title>timeline {b.timeline}: {b.segments} segments ({b.first_segno}..'
+                   f'{b.last_segno}), {b.commits} commits, {b.bytes / 1048576:.1f} MiB, '
+                   f'{_label(b.start, 0)} .. {_label(b.end, 0)}</title></rect>')
     for gap in gaps[:MAX_GAP_MARKS]:
         if gap["timeline"] not in lanes:
             continue
@@ -133,10 +147,10 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
             continue
         gx, y = x(ts), TOP + lanes[gap["timeline"]] * LANE
         out.append(f'<line class="gap" x1="{gx:.1f}" x2="{gx:.1f}" y1="{y}" y2="{y + LANE - 6}"/>'
-                   f'<circle class="gap" cx="{gx:.1f}" cy="{y + 4}" r="4"><title>gap on timeline {gap["timeline"]}: '
-                   f'{escape(gap["text"])}</title></circle>')
+                   f'<circle class="gap" cx="{gx:.1f}" cy="{y + 4}" r="4"><title>gap on {escape(gap["text"])}'
+                   f'</title></circle>')
     backups = (BaseBackup.objects.filter(stop_time__isnull=False).order_by("-stop_time")
-               .values("pk", "label", "stop_time", "timeline", "state")[:MAX_BACKUP_MARKS])
+               .values("label", "stop_time", "state")[:MAX_BACKUP_MARKS])
     for backup in backups:
         ts = backup["stop_time"].timestamp()
         if not picture.start <= ts <= picture.end:
@@ -144,7 +158,7 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         bx = x(ts)
         out.append(f'<line class="backup backup-{backup["state"]}" x1="{bx:.1f}" x2="{bx:.1f}" y1="{TOP - 8}" '
                    f'y2="{TOP + LANE * len(lanes)}"><title>base backup {escape(backup["label"])} '
-                   f'({backup["state"]}), ended {backup["stop_time"]:%Y-%m-%d %H:%M:%S}</title></line>'
+                   f'({backup["state"]}), ended {_label(ts, 0)}</title></line>'
                    f'<path class="backup backup-{backup["state"]}" d="M{bx - 4:.1f},{TOP - 14} h8 l-4,6 z"/>')
     axis_y = TOP + LANE * len(lanes) + 4
     for i in range(6):
@@ -156,6 +170,5 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
 
 
 def legend() -> list[tuple[str, str]]:
-    return [("seg", "segments (bar height: how many in that slice of time)"), ("window", "recoverable window"),
+    return [("seg", "WAL segments (bar height: WAL rate in that run)"), ("window", "recoverable window"),
             ("backup", "base backup (end)"), ("gap", "gap: missing segments")]
-

@@ -14,5 +14,8 @@ urlpatterns = [
     path("restores/new/", views.restore_new, name="restore_new"),
     path("restores/start/", views.restore_start, name="restore_start"),
     path("restores/<int:pk>/", views.restore_detail, name="restore"),
+    path("chaos/", views.chaos_runs, name="chaos_runs"),
+    path("chaos/start/", views.chaos_start, name="chaos_start"),
+    path("chaos/<int:pk>/", views.chaos_detail, name="chaos"),
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
 ]

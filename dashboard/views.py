@@ -22,13 +22,14 @@ from django.views.decorators.http import require_GET, require_POST
 from pitrsite.errors import PitrError
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
-from dashboard import actions, jobs, status, timeline
-from dashboard.forms import BackupForm, RestoreForm
+from dashboard import actions, chaos_plot, jobs, status, timeline
+from dashboard.forms import BackupForm, ChaosForm, RestoreForm
 
 PAGE = 50
 # What a restore goes through (restores/engine.py), shown greyed until each starts.
 RESTORE_STEPS = ("planning", "stopping the restore target", "emptying the data directory", "extracting the backup",
                  "staging WAL", "configuring recovery", "replaying WAL", "promoting", "verifying")
+CHAOS_STEPS = ("writing with chaos", "restoring and verifying")
 BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (pg_verifybackup)")
 
 
@@ -54,10 +55,10 @@ def show(request: HttpRequest, template: str, nav: str, code: int = 200, **conte
     return render(request, f"dashboard/{template}", context, status=code)
 
 
-def _timeline_svg(view: status.Overview) -> str:
-    picture = timeline.aggregate()
-    return mark_safe(timeline.render_svg(picture, view.gaps,
-                                         (view.window_start, view.window_end)))
+def _timeline_svg(view: status.Overview, key: str) -> str:
+    def draw() -> str:
+        return timeline.render_svg(timeline.aggregate(), view.gaps, (view.window_start, view.window_end))
+    return mark_safe(status.cached("timeline-svg", key, draw))
 
 
 @page
@@ -72,8 +73,9 @@ def overview_json(request: HttpRequest) -> JsonResponse:
 
 @page
 def timeline_page(request: HttpRequest) -> HttpResponse:
-    view = status.overview(with_capture=False)
-    return show(request, "timeline.html", "timeline", o=view, svg=_timeline_svg(view), legend=timeline.legend())
+    key = status.fingerprint()
+    view = status.overview(with_capture=False, key=key)
+    return show(request, "timeline.html", "timeline", o=view, svg=_timeline_svg(view, key), legend=timeline.legend())
 
 
 @page
@@ -157,3 +159,50 @@ def job_json(request: HttpRequest, kind: str, pk: int) -> JsonResponse:
     if model is None:
         raise Http404(f"no job kind {kind}")
     return JsonResponse(jobs.job_json(get_object_or_404(model, pk=pk)))
+
+
+def _chaos_model():
+    model = jobs.job_model("chaos")
+    if model is None:
+        raise Http404("chaos runs are not available in this version")
+    return model
+
+
+@page
+def chaos_runs(request: HttpRequest) -> HttpResponse:
+    rows = Paginator(_chaos_model().objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
+    return show(request, "chaos_runs.html", "chaos", page=rows, chaos_form=ChaosForm())
+
+
+@page
+def chaos_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(_chaos_model(), pk=pk)
+    svg = chaos_plot.render(run.writes_series, run.events, run.verifications)
+    return show(request, "chaos.html", "chaos", job=run, data=jobs.job_json(run), svg=mark_safe(svg),
+                legend=chaos_plot.legend(), verifications=[chaos_row(v) for v in run.verifications],
+                expected_steps=CHAOS_STEPS)
+
+
+def chaos_row(entry: dict) -> dict:
+    """One per-T verification as the table shows it; unknown keys are kept under 'other'."""
+    known = {"t", "ok", "restore_id", "missing", "extra", "checks", "error"}
+    return {"t": entry.get("t"), "ok": entry.get("ok"), "restore_id": entry.get("restore_id"),
+            "missing": entry.get("missing") or [], "extra": entry.get("extra") or [],
+            "checks": entry.get("checks") or {}, "error": entry.get("error", ""),
+            "other": {k: v for k, v in entry.items() if k not in known}}
+
+
+@staff_action
+def chaos_start(request: HttpRequest) -> HttpResponse:
+    _chaos_model()
+    form = ChaosForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "; ".join(f"{name}: {' '.join(errs)}" for name, errs in form.errors.items()))
+        return redirect("dashboard:chaos_runs")
+    try:
+        run = actions.start_chaos(form.params(), trigger="dashboard")
+    except PitrError as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:chaos_runs")
+    messages.success(request, f"chaos run #{run.pk} queued")
+    return redirect("dashboard:chaos", pk=run.pk)

@@ -19,6 +19,14 @@ from walcatalog.models import BaseBackup, WalSegment
 from tests.dashboard_data import make_backup, make_restore, make_segments
 
 
+
+@pytest.fixture(autouse=True)
+def fresh_dashboard_cache():
+    """Catalog answers are cached per catalog state; each test starts from none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
 @pytest.fixture
 def superuser(db) -> Client:
     client = Client()
@@ -89,18 +97,20 @@ def test_filters_and_search(superuser, catalog):
     assert "0 restore jobs" in html or "0 of" in html or "/change/" not in html
 
 
-def test_start_backup_page_queues_to_celery(superuser, catalog, broker):
+def test_start_backup_page_queues_to_celery(superuser, catalog, broker, django_capture_on_commit_callbacks):
     url = reverse("admin:walcatalog_basebackup_start")
     assert "Compression" in superuser.get(url).content.decode()
-    response = superuser.post(url, {"compression": "none"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = superuser.post(url, {"compression": "none"})
     backup = BaseBackup.objects.get(trigger="admin")
     assert response.status_code == 302 and response["Location"].endswith(f"/{backup.pk}/change/")
     assert backup.compression == "none" and broker() == [("walcatalog.tasks.run_backup", [backup.pk])]
 
 
-def test_start_backup_action(superuser, catalog, broker):
+def test_start_backup_action(superuser, catalog, broker, django_capture_on_commit_callbacks):
     url = reverse("admin:walcatalog_basebackup_changelist")
-    superuser.post(url, {"action": "start_backup_like", "_selected_action": [catalog["backup"].pk]})
+    with django_capture_on_commit_callbacks(execute=True):
+        superuser.post(url, {"action": "start_backup_like", "_selected_action": [catalog["backup"].pk]})
     new = BaseBackup.objects.get(trigger="admin")
     assert new.compression == catalog["backup"].compression
     assert broker() == [("walcatalog.tasks.run_backup", [new.pk])]

@@ -21,6 +21,14 @@ def samples(text: str) -> dict[tuple, float]:
     return found
 
 
+
+@pytest.fixture(autouse=True)
+def fresh_dashboard_cache():
+    """Catalog answers are cached per catalog state; each test starts from none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
 @pytest.fixture
 def catalog(db):
     start = timezone.now() - timedelta(hours=1)

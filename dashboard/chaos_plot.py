@@ -1,0 +1,98 @@
+"""A chaos run's writes over time as inline SVG, with the chaos actions and the restore targets marked."""
+from __future__ import annotations
+
+from datetime import datetime, timezone as dt_timezone
+from html import escape
+
+from django.utils import timezone
+
+WIDTH, HEIGHT, TOP, LEFT, RIGHT, BOTTOM = 960, 230, 26, 56, 16, 30
+MAX_POINTS = 300
+
+
+def _ts(value) -> float | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def _binned(series: list, start: float, end: float) -> list[tuple[float, float]]:
+    """Commits per second, summed into at most MAX_POINTS bins and shown as a per-second rate."""
+    span = max(end - start, 1.0)
+    bins = min(MAX_POINTS, max(1, int(span)))
+    width = span / bins
+    sums = [0.0] * bins
+    for second, commits in series:
+        sums[min(bins - 1, max(0, int((second - start) / width)))] += commits
+    return [(start + width * (i + 0.5), total / width) for i, total in enumerate(sums)]
+
+
+def verification_time(entry: dict) -> float | None:
+    for key in ("t", "T", "target_time", "moment"):
+        if key in entry:
+            return _ts(entry[key])
+    return None
+
+
+def render(series: list, events: list[dict], verifications: list[dict]) -> str:
+    times = [float(s) for s, _ in series]
+    marks = [t for e in events for t in (_ts(e.get("started_at")), _ts(e.get("recovered_at") or e.get("ended_at"))) if t]
+    targets = [t for t in (verification_time(v) for v in verifications) if t]
+    everything = times + marks + targets
+    if not everything:
+        return '<p class="muted">No write recorded yet.</p>'
+    start, end = min(everything), max(everything)
+    end = max(end, start + 1)
+    points = _binned(series, start, end) if series else []
+    peak = max((rate for _, rate in points), default=1.0) or 1.0
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(ts: float) -> float:
+        return LEFT + plot_w * (ts - start) / (end - start)
+
+    def y(rate: float) -> float:
+        return TOP + plot_h * (1 - rate / peak)
+
+    out = [f'<svg class="timeline chaos" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
+           f'aria-label="writes per second with chaos actions and restore targets" xmlns="http://www.w3.org/2000/svg">']
+    for event in events:
+        t0 = _ts(event.get("started_at"))
+        t1 = _ts(event.get("recovered_at") or event.get("ended_at")) or t0
+        if t0 is None:
+            continue
+        label = escape(f"{event.get('action', '?')} {event.get('target', '')}".strip())
+        out.append(f'<rect class="action-span" x="{x(t0):.1f}" y="{TOP}" width="{max(x(t1) - x(t0), 1.5):.1f}" '
+                   f'height="{plot_h}"><title>{label}: {escape(str(event.get("started_at")))} → '
+                   f'{escape(str(event.get("recovered_at") or event.get("ended_at") or "?"))}</title></rect>'
+                   f'<line class="action" x1="{x(t0):.1f}" x2="{x(t0):.1f}" y1="{TOP - 10}" y2="{TOP + plot_h}"/>'
+                   f'<text class="action" x="{x(t0) + 2:.1f}" y="{TOP - 13}">{label}</text>')
+    if points:
+        coords = " ".join(f"{x(t):.1f},{y(rate):.1f}" for t, rate in points)
+        out.append(f'<polyline class="writes" points="{coords}"/>')
+    for entry in verifications:
+        t = verification_time(entry)
+        if t is None:
+            continue
+        ok = entry.get("ok")
+        out.append(f'<line class="target target-{"ok" if ok else "bad"}" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP}" '
+                   f'y2="{TOP + plot_h}"><title>restore target T = {escape(str(entry.get("t", t)))}: '
+                   f'{"exact" if ok else "FAILED" if ok is False else "pending"}</title></line>')
+    out.append(f'<text class="tick" x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{peak:.0f}/s</text>'
+               f'<text class="tick" x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end">0</text>'
+               f'<line class="lane" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
+    for i in range(6):
+        ts = start + (end - start) * i / 5
+        label = timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc)).strftime("%H:%M:%S")
+        out.append(f'<text class="tick" x="{x(ts):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{label}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def legend() -> list[tuple[str, str]]:
+    return [("writes", "commits per second"), ("action", "chaos action (shaded until recovered)"),
+            ("target", "restore target T (red when the restore was not exact)")]
