@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -119,6 +119,9 @@ class ChaosParams:
     statement_timeout: float = 1.0  # client-side deadline of one statement (shorter than a pause)
     recovery_timeout: float = 180.0  # an action must be recovered from within this
     seed: int | None = None
+    # Self-test only: restore to T + offset but compare with the log at T. The run must then fail;
+    # it proves the checks catch an inexact restore. Always 0 in a real run.
+    restore_offset: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ChaosParams":
@@ -152,7 +155,8 @@ class ChaosParams:
                    pause=_range(data.get("pause", defaults.pause), "pause"),
                    write_pause=number("write_pause", 0.0, 60.0),
                    statement_timeout=number("statement_timeout", 0.5, 60.0),
-                   recovery_timeout=number("recovery_timeout", 10, 3600), seed=seed)
+                   recovery_timeout=number("recovery_timeout", 10, 3600), seed=seed,
+                   restore_offset=number("restore_offset", 0.0, 3600.0))
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -557,7 +561,8 @@ class Chaos:
         if window is None or window.end is None:
             raise ChaosError("failure picking moments (the catalog has no recoverable window)")
         after = max(window.start or backup.stop_time, backup.stop_time)
-        moments, picked = verify.pick_moments(rows, self.params.restores, after, window.end, self.rng)
+        until = window.end - timedelta(seconds=self.params.restore_offset)  # T + offset must stay restorable
+        moments, picked = verify.pick_moments(rows, self.params.restores, after, until, self.rng)
         picked.update(window=window.description, requested=self.params.restores, picked=len(moments))
         return moments, picked
 
@@ -567,7 +572,8 @@ class Chaos:
         for i, moment in enumerate(moments, 1):
             self.reporter.step(f"restoring T {i}/{total}")
             self.reporter.progress(i - 1, total)
-            result = verify_moment(rows, moment, writer_ids, self.driver)
+            shifted = moment.at + timedelta(seconds=self.params.restore_offset) if self.params.restore_offset else None
+            result = verify_moment(rows, moment, writer_ids, self.driver, restore_to=shifted)
             result["index"] = i
             self.verifications.append(result)
             self.update(verifications=self.verifications)
@@ -621,7 +627,7 @@ def verify_moment(rows: list[verify.LoggedRow], moment: verify.Moment, writer_id
     from restores.service import queue_restore
 
     began = time.monotonic()
-    result: dict = {**moment.as_json()}
+    result: dict = {**moment.as_json(), "restored_to": iso(restore_to or moment.at)}
     try:
         job = queue_restore(RestoreTarget.from_options(time=(restore_to or moment.at).isoformat()), trigger="chaos")
         result["restore_job"] = job.pk

@@ -31,12 +31,16 @@ class Command(BaseCommand):
         parser.add_argument("--write-pause", type=float, default=DEFAULTS.write_pause,
                             help="mean seconds between one writer's commits (default 0.1)")
         parser.add_argument("--seed", type=int, help="random seed, to repeat a run's choices")
+        parser.add_argument("--restore-offset", type=float, default=0.0,
+                            help="self-test: restore to T+OFFSET seconds but compare with the log at T; the run must "
+                                 "then fail, naming the extra ids (proves the checks catch an inexact restore)")
         parser.add_argument("--json", action="store_true", help="print the finished run as JSON")
 
     def handle(self, *args, **opts):
         params = {"writers": opts["writers"], "duration": opts["duration"], "interval": opts["interval"],
                   "restores": opts["restores"], "actions": opts["actions"], "pause": opts["pause"],
-                  "write_pause": opts["write_pause"], "seed": opts["seed"]}
+                  "write_pause": opts["write_pause"], "seed": opts["seed"],
+                  "restore_offset": opts["restore_offset"]}
         try:
             run = queue_chaos(params, trigger="command")
             self.stderr.write(f"chaos run #{run.pk}: files in PITR_HOME/chaos/run-{run.pk}/")
