@@ -33,7 +33,7 @@ def _binned(series: list, start: float, end: float) -> list[tuple[float, float]]
 
 
 def verification_time(entry: dict) -> float | None:
-    for key in ("t", "T", "target_time", "moment"):
+    for key in ("moment", "restored_to"):
         if key in entry:
             return _ts(entry[key])
     return None
@@ -65,7 +65,7 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
         t1 = _ts(event.get("recovered_at") or event.get("ended_at")) or t0
         if t0 is None:
             continue
-        label = escape(f"{event.get('action', '?')} {event.get('target', '')}".strip())
+        label = escape(str(event.get("action", "?")))
         out.append(f'<rect class="action-span" x="{x(t0):.1f}" y="{TOP}" width="{max(x(t1) - x(t0), 1.5):.1f}" '
                    f'height="{plot_h}"><title>{label}: {escape(str(event.get("started_at")))} → '
                    f'{escape(str(event.get("recovered_at") or event.get("ended_at") or "?"))}</title></rect>'
@@ -80,7 +80,7 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
             continue
         ok = entry.get("ok")
         out.append(f'<line class="target target-{"ok" if ok else "bad"}" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP}" '
-                   f'y2="{TOP + plot_h}"><title>restore target T = {escape(str(entry.get("t", t)))}: '
+                   f'y2="{TOP + plot_h}"><title>restore target T = {escape(str(entry.get("moment", "")))}: '
                    f'{"exact" if ok else "FAILED" if ok is False else "pending"}</title></line>')
     out.append(f'<text class="tick" x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{peak:.0f}/s</text>'
                f'<text class="tick" x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end">0</text>'

@@ -49,7 +49,9 @@ class ChaosForm(forms.Form):
     duration = forms.IntegerField(label="Duration (s)", min_value=5, max_value=86400, initial=300)
     interval = forms.CharField(label="Interval (s)", initial="30-60", max_length=20, help_text="MIN-MAX seconds between actions")
     restores = forms.IntegerField(min_value=1, max_value=100, initial=3)
-    actions = forms.CharField(required=False, max_length=300, help_text="comma-separated; empty for all")
+    actions = forms.CharField(required=False, max_length=300,
+                              help_text="comma-separated from capturer_restart, capturer_kill, primary_pause, "
+                                        "standby_pause, indexer_kill; empty for all")
 
     def params(self) -> dict:
         data = self.cleaned_data

@@ -184,12 +184,15 @@ def chaos_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def chaos_row(entry: dict) -> dict:
-    """One per-T verification as the table shows it; unknown keys are kept under 'other'."""
-    known = {"t", "ok", "restore_id", "missing", "extra", "checks", "error"}
-    return {"t": entry.get("t"), "ok": entry.get("ok"), "restore_id": entry.get("restore_id"),
-            "missing": entry.get("missing") or [], "extra": entry.get("extra") or [],
-            "checks": entry.get("checks") or {}, "error": entry.get("error", ""),
-            "other": {k: v for k, v in entry.items() if k not in known}}
+    """One per-T verification (restores.chaos.verify_moment's result) as the table shows it."""
+    count = entry.get("count") or {}
+    end = entry.get("end_lsn") or {}
+    return {"t": entry.get("moment") or entry.get("restored_to"), "kind": entry.get("kind", ""), "ok": entry.get("ok"),
+            "restore_id": entry.get("restore_job"), "checks": entry.get("checks") or {}, "error": entry.get("error", ""),
+            "expected_rows": entry.get("expected_rows"), "missing": entry.get("missing_ids") or [],
+            "missing_count": entry.get("missing_count", 0), "extra": entry.get("extra_ids") or [],
+            "extra_count": entry.get("extra_count", 0), "count": count, "end_lsn": end.get("final") if isinstance(end, dict) else end,
+            "seconds": entry.get("seconds")}
 
 
 @staff_action

@@ -52,3 +52,33 @@ def make_restore(state: str = JobState.RUNNING, backup: BaseBackup | None = None
                           "seconds": None}])
     values.update(fields)
     return RestoreJob.objects.create(**values)
+
+
+def make_chaos_run(state: str = JobState.DONE, verdict: str = "passed"):
+    """A finished chaos run shaped like restores.chaos writes it: events, per-T results, writes per second."""
+    from restores.models import ChaosRun
+
+    start = timezone.now() - timedelta(minutes=10)
+    t = start.timestamp()
+
+    def iso(seconds: float) -> str:
+        return (start + timedelta(seconds=seconds)).isoformat()
+
+    events = [{"action": "capturer_kill", "description": "SIGKILL of pg_receivewal", "started_at": iso(20),
+               "ended_at": iso(20.1), "recovered_at": iso(21.5), "ok": True, "recovery_seconds": 1.4},
+              {"action": "primary_pause", "description": "SIGSTOP of the primary", "started_at": iso(50),
+               "ended_at": iso(54), "recovered_at": iso(55), "ok": True, "recovery_seconds": 1.0}]
+    good = {"moment": iso(30.25), "kind": "commit", "restore_job": None, "ok": True, "expected_rows": 812,
+            "checks": {"ids": True, "prefixes": True, "end_lsn": True, "count": True}, "missing_ids": [],
+            "missing_count": 0, "extra_ids": [], "extra_count": 0, "end_lsn": {"final": "0/5A3C1D0"},
+            "count": {"restored": 812, "expected": 812}, "seconds": 14.2}
+    bad = {**good, "moment": iso(60.5), "ok": verdict == "passed", "expected_rows": 1500,
+           "checks": {"ids": verdict == "passed", "prefixes": True, "end_lsn": True, "count": verdict == "passed"},
+           "missing_ids": [] if verdict == "passed" else [1498, 1499], "missing_count": 0 if verdict == "passed" else 2,
+           "count": {"restored": 1500 if verdict == "passed" else 1498, "expected": 1500}}
+    return ChaosRun.objects.create(
+        state=state, verdict=verdict, summary=f"2 actions recovered; {2 if verdict == 'passed' else 1}/2 restores exact",
+        parameters={"writers": 6, "duration": 90, "interval": [20, 30], "restores": 2}, events=events,
+        verifications=[good, bad], writes_count=1600, writes_series=[[int(t) + s, 12 + s % 7] for s in range(0, 90)],
+        started_at=start, finished_at=start + timedelta(minutes=3), current_step="" if state == JobState.DONE else
+        "writing with chaos")

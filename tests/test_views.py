@@ -267,3 +267,30 @@ def test_backup_start_with_broker_down_fails_the_row(transactional_db, staff):
     assert backup.state == JobState.FAILED
     assert backup.error.startswith("failure queueing (Celery broker unreachable")
     assert "could not be queued" in response.content.decode()
+
+
+def test_chaos_pages(viewer, db):
+    from tests.dashboard_data import make_chaos_run
+
+    run = make_chaos_run(verdict="failed")
+    listing = viewer.get("/chaos/").content.decode()
+    assert f"/chaos/{run.pk}/" in listing and "1 / 2" in listing and 'id="start-chaos"' not in listing
+    html = viewer.get(f"/chaos/{run.pk}/").content.decode()
+    assert '<polyline class="writes"' in html
+    assert html.count('<line class="action"') == 2 and 'class="target target-ok"' in html and 'class="target target-bad"' in html
+    table = html[html.index('id="verifications"'):html.index("Chaos actions")]
+    assert "exact" in table and "failed" in table and "2: 1498, 1499" in table and "count(*) 1498 / 1500" in table
+    assert "capturer_kill" in html and "recovered" in html
+    data = viewer.get(f"/jobs/chaos/{run.pk}.json").json()
+    assert data["verdict"] == "failed" and len(data["results"]) == 2
+
+
+def test_chaos_start_denials_and_validation(staff, viewer, db):
+    from restores.models import ChaosRun
+
+    assert viewer.post("/chaos/start/", {"writers": 2}).status_code == 403
+    assert staff.get("/chaos/start/").status_code == 405
+    response = staff.post("/chaos/start/", {"writers": 2, "duration": 30, "interval": "30-10", "restores": 2},
+                          follow=True)
+    assert "interval 30-10: need 0 &lt; MIN &lt;= MAX" in response.content.decode()
+    assert not ChaosRun.objects.exists()
