@@ -109,7 +109,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-LOGIN_URL = "/admin/login/"
+# The dashboard's own login admits any active user (read-only unless staff); /admin/login/ admits staff only.
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
 # /metrics without a session: a bearer token when set, else loopback clients only (pitrsite/metrics.py).
 PITR_METRICS_TOKEN = envstr("PITR_METRICS_TOKEN")
 # Serve static files without collectstatic (runserver/gunicorn with DEBUG off).
