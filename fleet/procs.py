@@ -54,6 +54,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def pids_in_groups(groups: set[int]) -> list[int]:
+    """Live processes whose process group is one of `groups`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) in groups:
+            found.append(int(entry.name))
+    return found
+
+
 def signal_tree(pid: int, sig: int) -> None:
     """Signal a process and all its descendants (parent first for STOP, last for CONT)."""
     tree = [pid, *descendants(pid)]

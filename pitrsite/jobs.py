@@ -9,7 +9,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -177,7 +179,10 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
     if not job.claim():
         raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
     try:
-        work()
+        try:
+            work()
+        finally:
+            kill_children(job_key(job))  # nothing a job started outlives it
     except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise the unexpected ones
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, PitrError) and reason.startswith("failure "):
@@ -192,6 +197,47 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
     reporter.step("")
     job.finish(JobState.DONE)
     return job
+
+
+def job_key(job: Job) -> str:
+    return f"{type(job).__name__}-{job.pk}"
+
+
+def _children_file(key: str) -> Path:
+    return Path(settings.PITR_HOME) / "run" / "children" / f"{key}.pgids"
+
+
+def spawn(argv: list[str], owner: str, **kwargs) -> subprocess.Popen:
+    """Start a tool in its own process group, remembered under the owning job.
+
+    The tool dies with us (PR_SET_PDEATHSIG in the caller's kwargs), but what
+    it forks does not (pg_basebackup's WAL streamer): when the reaper finds
+    the job's process gone, it kills the whole group.
+    """
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+    path = _children_file(owner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(f"{proc.pid}\n")
+    return proc
+
+
+def kill_children(owner: str) -> int:
+    """SIGKILL every process still in the groups a job started; returns how many."""
+    path = _children_file(owner)
+    try:
+        groups = {int(line) for line in path.read_text().split()}
+    except FileNotFoundError:
+        return 0
+    killed = 0
+    for pid in procs.pids_in_groups(groups):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    path.unlink(missing_ok=True)
+    return killed
 
 
 def reap(model: type[Job], stale_after: float = 120.0) -> int:
@@ -209,6 +255,8 @@ def reap(model: type[Job], stale_after: float = 120.0) -> int:
                     error=f"{note}; last step was {job.current_step or 'none'}") == 1:
                 count += 1
                 log.warning("%s #%s %s", model.__name__, job.pk, note)
+                if job.owner_host == HOST:
+                    kill_children(job_key(job))
     return count
 
 

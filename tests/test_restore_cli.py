@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,14 +45,15 @@ def test_bad_target_on_the_command_line_is_one_line(fleet):
     assert result.stderr.strip().count("\n") == 0 and "has no time zone" in result.stderr
 
 
-def no_process_running(needle: str) -> bool:
-    for entry in __import__("pathlib").Path("/proc").iterdir():
+def no_client_running(program: str, needle: str) -> bool:
+    """No process of `program` with `needle` in its arguments (server-side walsenders do not count)."""
+    for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if needle in cmdline and "pytest" not in cmdline:
+            if argv and Path(argv[0].decode()).name == program and any(needle.encode() in a for a in argv):
                 return False
     return True
 
@@ -69,7 +71,11 @@ def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
     assert reap(BaseBackup) == 1
     job.refresh_from_db()
     assert job.state == JobState.INTERRUPTED and not job.restorable and "interrupted" in job.error
-    wait_for(lambda: no_process_running(job.label), 10, "pg_basebackup to die with its parent")
+    # pg_basebackup dies with its parent (PDEATHSIG); its forked WAL streamer exits when it reads EOF
+    # from the pipe to its dead parent, which it checks at least every status interval (10 s).
+    t0 = time.monotonic()
+    wait_for(lambda: no_client_running("pg_basebackup", job.label), 30, "pg_basebackup to die with its parent")
+    print(f"pg_basebackup gone {time.monotonic() - t0:.1f} s after the reap")
     again = json.loads(manage("backup", "--json").stdout)
     assert again["state"] == "done" and again["restorable"]
 
@@ -77,7 +83,9 @@ def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
 def test_killed_restore_reads_interrupted_and_the_next_one_works(fleet):
     manage("backup")
     proc = start_manage("restore", "--latest")
-    job = wait_for(lambda: RestoreJob.objects.filter(state=JobState.RUNNING).first(), 60, "the restore to start")
+    job = wait_for(lambda: RestoreJob.objects.filter(state=JobState.RUNNING).first() or proc.poll() is not None,
+                   120, "the restore to start")
+    assert proc.poll() is None, f"restore exited early: {proc.communicate()}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert reap(RestoreJob) == 1

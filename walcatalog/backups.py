@@ -18,7 +18,7 @@ from django.utils import timezone
 from fleet import pg
 from fleet.layout import Layout
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive, reap, run_job
+from pitrsite.jobs import JobState, Reporter, exclusive, job_key, reap, run_job, spawn
 from walcatalog import walnames
 from walcatalog.models import BaseBackup, Compression
 
@@ -67,7 +67,7 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
             "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
             "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress,
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
-    _run_with_progress(argv, reporter)
+    _run_with_progress(argv, reporter, job_key(backup))
     stop_time = timezone.now()
 
     reporter.step("verifying (pg_verifybackup)")
@@ -89,10 +89,10 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     backup.refresh_from_db()
 
 
-def _run_with_progress(argv: list[str], reporter: Reporter) -> None:
+def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
     env = {**pg.as_server_kwargs().get("env", os.environ), **pg.libpq_env()}
     kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
+    proc = spawn(argv, owner, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
     lines = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -112,7 +112,7 @@ def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     pg.give_to_server(scratch, scratch / "pg_wal")
     try:
-        extract(dest, scratch, reporter)
+        extract(dest, scratch, reporter, job_key(backup))
         pg.run([pg.tool("pg_verifybackup"), "--quiet", "--manifest-path", str(dest / "backup_manifest"),
                 "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)")
     finally:
@@ -128,7 +128,7 @@ def archive_file(dest: Path, stem: str) -> Path:
     raise BackupError(f"failure extracting ({stem}.tar is missing from {dest})")
 
 
-def extract(dest: Path, datadir: Path, reporter: Reporter) -> None:
+def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str) -> None:
     """Unpack base.tar into datadir and pg_wal.tar into datadir/pg_wal, as the server account.
 
     GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its
@@ -141,13 +141,13 @@ def extract(dest: Path, datadir: Path, reporter: Reporter) -> None:
         pg.give_to_server(into)
         argv = ["tar", "--extract", f"--file={archive}", f"--directory={into}", *TAR_FILTER[archive.suffix],
                 "--checkpoint=100", "--checkpoint-action=echo=%u"]
-        done = _tar(argv, reporter, done, total)
+        done = _tar(argv, reporter, done, total, owner)
 
 
-def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None) -> int:
+def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owner: str) -> int:
     env = pg.as_server_kwargs().get("env", os.environ)
     kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
+    proc = spawn(argv, owner, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
     start, lines = done, []
     assert proc.stderr is not None
     for line in proc.stderr:
