@@ -9,6 +9,7 @@ other's objects. A missing server fails the test with what to install.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -57,6 +58,7 @@ def moto_server():
         from moto.server import ThreadedMotoServer
     except ImportError:
         pytest.fail("moto server is not installed: pip install 'moto[server]' (it is in requirements.txt)")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

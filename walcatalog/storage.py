@@ -64,6 +64,10 @@ class ChecksumError(StorageError):
     """An object's bytes are not the bytes the catalog recorded."""
 
 
+class LocalChanged(ChecksumError):
+    """The local file is not what the catalog indexed: uploading it again will not help."""
+
+
 # --- configuration (called from settings.py: no models, no Django setup needed) --------------------
 def archive_storage_setting(home: Path) -> dict:
     """The STORAGES["archive"] entry from PITR_STORAGE_* variables; a missing required one is a one-line error."""
@@ -194,7 +198,7 @@ def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = 
     else:
         size, sha = sha256_file(source)
     if expect_sha256 and sha != expect_sha256:
-        raise ChecksumError(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "
+        raise LocalChanged(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "
                             f"catalog says {expect_sha256[:12]}...): not uploaded")
     if isinstance(source, bytes):
         saved = storage.save(key, ContentFile(source))
@@ -211,8 +215,8 @@ def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = 
     return Uploaded(key, size, sha, uploaded - began, time.monotonic() - uploaded)
 
 
-def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None) -> int:
-    """Copy an object to dest, hashing on the way; a mismatch leaves nothing at dest and names the object."""
+def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
+    """Copy an object to dest (through dest.download, renamed when complete); returns its size and sha256."""
     tmp = dest.with_name(dest.name + ".download")
     digest, size = hashlib.sha256(), 0
     try:
@@ -226,7 +230,14 @@ def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int
         if is_not_found(exc):
             raise StorageError(f"{key} is missing from storage {describe()}") from None
         raise
-    got = digest.hexdigest()
+    os.replace(tmp, dest)
+    return size, digest.hexdigest()
+
+
+def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None) -> int:
+    """Copy an object to dest, hashing on the way; a mismatch leaves nothing at dest and names the object."""
+    tmp = dest.with_name(dest.name + ".download")
+    size, got = fetch(storage, key, tmp)
     if got != expect_sha256 or (expect_size is not None and size != expect_size):
         tmp.unlink(missing_ok=True)
         raise ChecksumError(f"{key} in storage {describe()} is corrupted: sha256 {got[:16]}... ({size} bytes), "
@@ -261,13 +272,14 @@ def list_keys(storage, prefix: str) -> list[str]:
 
 
 # --- retries and bounded parallelism ---------------------------------------------------------------
-def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5) -> R:
-    """Call fn, retrying failures with exponential backoff; a checksum mismatch of a download is final."""
+def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5,
+                 final: tuple[type[BaseException], ...] = (LocalChanged,)) -> R:
+    """Call fn, retrying failures with exponential backoff; errors of the `final` types are not retried."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - each backend raises its own family (botocore, azure, google)
-            if attempt == attempts:
+            if attempt == attempts or isinstance(exc, final):
                 raise
             delay = backoff * 2 ** (attempt - 1)
             log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc), attempt,

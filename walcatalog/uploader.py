@@ -1,0 +1,276 @@
+"""Copy what the catalog holds to the archive storage, verified.
+
+One pass (beat every PITR_UPLOAD_INTERVAL s, or ``manage.py upload``)
+uploads everything that has no verified copy yet:
+
+- every complete, indexed segment of the local archive (the growing
+  ``.partial`` never: its row is partial until pg_receivewal renames it);
+- every timeline ``.history`` (from the catalog row, which holds its text);
+- every verified base backup: its files, then a JSON descriptor written last,
+  so a descriptor in storage means the whole backup is there.
+
+Each object is read back and hashed after upload (the simple, honest check
+that works the same on every backend; it costs one download per upload, see
+bench/storage.py) and only then recorded as verified in StorageCopy. A pass
+killed mid-way leaves objects without a verified row: the next pass uploads
+them again, overwriting whatever half was written.
+
+Transfers run in a bounded thread pool (PITR_UPLOAD_PARALLEL) with retries
+and backoff; every database write stays in the calling thread.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from pitrsite.errors import PitrError
+from pitrsite.jobs import Reporter, exclusive
+from walcatalog import storage as st
+from walcatalog.backups import backup_dir, restorable_backups
+from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
+from walcatalog.serializers import backup_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One object to upload, and the catalog row it belongs to."""
+
+    kind: str
+    key: str
+    source: Path | bytes
+    sha256: str = ""  # what the catalog says the bytes are, when it knows
+    segment_id: int | None = None
+    backup_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.key
+
+
+@dataclass
+class UploadResult:
+    storage: str = ""
+    pending: int = 0
+    uploaded: int = 0
+    bytes: int = 0
+    wal: int = 0
+    history: int = 0
+    backup_files: int = 0
+    descriptors: int = 0
+    upload_seconds: float = 0.0  # summed over transfers
+    verify_seconds: float = 0.0  # reading back and hashing, summed over transfers
+    seconds: float = 0.0  # wall clock of the pass
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        text = (f"{self.uploaded} of {self.pending} object(s) uploaded and verified to {self.storage} "
+                f"({self.wal} WAL, {self.history} history, {self.backup_files} backup files, "
+                f"{self.descriptors} descriptors; {self.bytes:,} bytes in {self.seconds:.2f} s)")
+        return text + (f"; {len(self.errors)} failed" if self.errors else "")
+
+
+class UploadError(PitrError):
+    pass
+
+
+def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
+                storage_name: str = st.STORAGE_NAME) -> UploadResult:
+    """One pass; at most one runs at a time per data home."""
+    with exclusive("upload", "upload pass"):
+        return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
+
+
+def verified_copies(storage_name: str = st.STORAGE_NAME):
+    return StorageCopy.objects.filter(storage=storage_name, verified_at__isnull=False)
+
+
+class _Pass:
+    def __init__(self, storage_name: str, workers: int, reporter: Reporter | None):
+        self.name, self.workers, self.reporter = storage_name, workers, reporter
+        self.storage = st.get_storage(storage_name)
+        self.result = UploadResult(storage=st.describe(storage_name))
+        self.done = 0
+
+    def run(self) -> UploadResult:
+        began = time.monotonic()
+        if self.reporter:
+            self.reporter.step("uploading to storage")
+        items = self.wal_items() + self.history_items() + self.backup_file_items()
+        self.result.pending = len(items)
+        self.transfer(items)
+        descriptors = self.descriptor_items()  # only backups whose files are all verified by now
+        self.result.pending += len(descriptors)
+        self.transfer(descriptors)
+        self.result.seconds = round(time.monotonic() - began, 3)
+        self.result.upload_seconds = round(self.result.upload_seconds, 3)
+        self.result.verify_seconds = round(self.result.verify_seconds, 3)
+        if self.reporter:
+            self.reporter.step("")
+        return self.result
+
+    # --- what needs uploading ---------------------------------------------------------------
+    def _has_verified(self, **link) -> Exists:
+        return Exists(verified_copies(self.name).filter(**link))
+
+    def wal_items(self) -> list[Item]:
+        archive = Path(settings.PITR_WAL_ARCHIVE)
+        rows = (WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="")
+                .annotate(copied=self._has_verified(segment=OuterRef("pk"))).filter(copied=False)
+                .order_by("timeline", "segno").values_list("pk", "name", "sha256"))
+        return [Item(StorageCopy.Kind.WAL, st.wal_key(name), archive / name, sha, segment_id=pk)
+                for pk, name, sha in rows]
+
+    def history_items(self) -> list[Item]:
+        keys = set(verified_copies(self.name).filter(kind=StorageCopy.Kind.HISTORY).values_list("key", flat=True))
+        return [Item(StorageCopy.Kind.HISTORY, st.history_key(t.tli), t.history.encode(), t.history_sha256)
+                for t in Timeline.objects.exclude(history="") if st.history_key(t.tli) not in keys]
+
+    def backup_file_items(self) -> list[Item]:
+        items = []
+        for backup in restorable_backups():
+            folder = backup_dir(backup)
+            if not folder.is_dir():
+                continue  # only in storage (or lost): nothing local to copy
+            done = set(verified_copies(self.name).filter(backup=backup).values_list("key", flat=True))
+            for path in sorted(p for p in folder.iterdir() if p.is_file()):
+                key = st.backup_key(backup.label, path.name)
+                if key not in done:
+                    items.append(Item(StorageCopy.Kind.BACKUP, key, path, backup_id=backup.pk))
+        return items
+
+    def descriptor_items(self) -> list[Item]:
+        items = []
+        for backup in restorable_backups():
+            key = st.descriptor_key(backup.label)
+            copies = {c.key: c for c in verified_copies(self.name).filter(backup=backup)}
+            if key in copies:
+                continue
+            folder = backup_dir(backup)
+            files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+            file_copies = [copies.get(st.backup_key(backup.label, f)) for f in files]
+            if not files or None in file_copies:
+                continue  # a file failed or is still missing: no descriptor, so storage never shows a half backup
+            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256} for f, c in zip(files, file_copies)]
+            items.append(Item(StorageCopy.Kind.DESCRIPTOR, key, st.descriptor_bytes(backup_dict(backup), listing),
+                              backup_id=backup.pk))
+        return items
+
+    # --- transfers ------------------------------------------------------------------------------
+    def transfer(self, items: list[Item]) -> None:
+        attempts = settings.PITR_STORAGE_RETRIES
+
+        def one(item: Item) -> st.Uploaded:  # worker thread: storage I/O only, no database
+            return st.with_retries(lambda: st.upload(self.storage, item.key, item.source, item.sha256 or None),
+                                   f"upload of {item.key}", attempts=attempts)
+
+        total = self.result.pending
+        for item, uploaded, error in st.parallel(items, one, self.workers):
+            self.done += 1
+            if error is not None:
+                message = f"{item.key}: {st.error_text(error)}"
+                self.result.errors.append(message)
+                log.warning("upload failed: %s", message)
+            else:
+                self.record(item, uploaded)
+            if self.reporter:
+                self.reporter.progress(self.done, total)
+
+    def record(self, item: Item, up: st.Uploaded) -> None:
+        now = timezone.now()
+        StorageCopy.objects.update_or_create(
+            storage=self.name, key=item.key,
+            defaults=dict(kind=item.kind, segment_id=item.segment_id, backup_id=item.backup_id, size=up.size,
+                          sha256=up.sha256, uploaded_at=now - timedelta(seconds=up.verify_seconds),
+                          verified_at=now))
+        r = self.result
+        r.uploaded += 1
+        r.bytes += up.size
+        r.upload_seconds += up.upload_seconds
+        r.verify_seconds += up.verify_seconds
+        counter = {StorageCopy.Kind.WAL: "wal", StorageCopy.Kind.HISTORY: "history",
+                   StorageCopy.Kind.BACKUP: "backup_files", StorageCopy.Kind.DESCRIPTOR: "descriptors"}[item.kind]
+        setattr(r, counter, getattr(r, counter) + 1)
+
+
+# --- storage check: what is where, and does it hold what the catalog says ------------------------------
+@dataclass
+class CheckResult:
+    storage: str = ""
+    local: int = 0  # files that should have a copy (complete indexed WAL, history, verified backups)
+    remote: int = 0  # objects under wal/ and backups/
+    verified: int = 0  # recorded copies read back with the recorded sha256
+    local_only: list[str] = field(default_factory=list)  # no object in storage yet
+    remote_only: list[str] = field(default_factory=list)  # in storage, not here (local archive lost, or pruned)
+    untracked: list[str] = field(default_factory=list)  # in storage, no copy record (rebuild_catalog adopts them)
+    missing: list[str] = field(default_factory=list)  # recorded as copied, gone from storage
+    mismatched: list[str] = field(default_factory=list)  # bytes differ from the recorded sha256
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.mismatched)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+    def __str__(self) -> str:
+        return (f"{self.storage}: {self.remote} object(s), {self.verified} verified; {len(self.local_only)} local only, "
+                f"{len(self.remote_only)} remote only, {len(self.untracked)} untracked, {len(self.missing)} missing, "
+                f"{len(self.mismatched)} checksum mismatch(es) in {self.seconds:.2f} s")
+
+
+def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = None) -> CheckResult:
+    """Compare the catalog, the local files and the storage; every recorded object is read back and hashed."""
+    began = time.monotonic()
+    storage = st.get_storage(storage_name)
+    result = CheckResult(storage=st.describe(storage_name))
+    remote = set(st.list_keys(storage, "wal")) | set(st.list_keys(storage, "backups"))
+    local = _local_keys()
+    copies = {c.key: c for c in StorageCopy.objects.filter(storage=storage_name)}
+    result.local, result.remote = len(local), len(remote)
+    result.local_only = sorted(local - remote)
+    result.remote_only = sorted(remote - local)
+    result.untracked = sorted(remote - set(copies))
+    result.missing = sorted(set(copies) - remote)
+    to_hash = [copies[k] for k in sorted(remote & set(copies))]
+
+    def one(copy: StorageCopy) -> tuple[int, str]:
+        return st.with_retries(lambda: st.sha256_object(storage, copy.key), f"reading {copy.key}")
+
+    for copy, got, error in st.parallel(to_hash, one, workers or settings.PITR_DOWNLOAD_PARALLEL):
+        if error is not None or got != (copy.size, copy.sha256):
+            why = st.error_text(error) if error else f"sha256 {got[1][:16]}... ({got[0]} bytes)"
+            result.mismatched.append(f"{copy.key}: {why}, recorded {copy.sha256[:16]}... ({copy.size} bytes)")
+        else:
+            result.verified += 1
+    result.mismatched.sort()
+    result.seconds = round(time.monotonic() - began, 3)
+    return result
+
+
+def _local_keys() -> set[str]:
+    archive = Path(settings.PITR_WAL_ARCHIVE)
+    keys = {st.wal_key(name) for name in WalSegment.objects.filter(is_partial=False, in_local_archive=True)
+            .values_list("name", flat=True) if (archive / name).is_file()}
+    keys |= {st.history_key(tli) for tli in Timeline.objects.exclude(history="").values_list("tli", flat=True)}
+    for backup in restorable_backups():
+        folder = backup_dir(backup)
+        if folder.is_dir():
+            keys |= {st.backup_key(backup.label, p.name) for p in folder.iterdir() if p.is_file()}
+            keys.add(st.descriptor_key(backup.label))
+    return keys
+
+
+__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "UploadError", "verified_copies", "BaseBackup"]
