@@ -20,6 +20,8 @@ def setup_schedule(sender: Celery, **kwargs) -> None:
     schedule = {
         "index-wal": ("walcatalog.tasks.index_wal", settings.PITR_INDEX_INTERVAL),
         "reap-jobs": ("pitrsite.tasks.reap_jobs", settings.PITR_REAP_INTERVAL),
+        "upload": ("walcatalog.tasks.upload", settings.PITR_UPLOAD_INTERVAL),
+        "retention": ("walcatalog.tasks.retention", settings.PITR_RETENTION_INTERVAL),
     }
     for name, (task, seconds) in schedule.items():
         if seconds > 0:  # 0 turns a schedule off

@@ -42,3 +42,34 @@ def run_backup(backup_id: int) -> None:
 
     backup = BaseBackup.objects.get(pk=backup_id)
     backups.run_backup(backup, JobReporter(backup))
+
+
+# --- archive storage (walcatalog/uploader.py, walcatalog/retention.py) -----------------------------------
+@shared_task(name="walcatalog.tasks.upload", ignore_result=True)
+def upload() -> dict | None:
+    """One upload pass (beat runs it every PITR_UPLOAD_INTERVAL s); skipped while another is still running."""
+    from walcatalog.uploader import upload_pass
+
+    try:
+        result = upload_pass()
+    except PitrError as exc:  # another pass still running, or storage misconfigured: say so, stay healthy
+        log.info("upload skipped: %s", exc)
+        return None
+    if result.uploaded or result.errors:
+        log.log(logging.WARNING if result.errors else logging.INFO, "upload: %s", result)
+    return result.as_dict()
+
+
+@shared_task(name="walcatalog.tasks.retention", ignore_result=True)
+def retention() -> dict | None:
+    """Apply the retention policy (beat, every PITR_RETENTION_INTERVAL s)."""
+    from walcatalog.retention import apply_retention
+
+    try:
+        result = apply_retention()
+    except PitrError as exc:  # a backup, upload or restore is running: the next tick will do
+        log.info("retention skipped: %s", exc)
+        return None
+    if result.deleted_backups or result.deleted_segments:
+        log.info("retention: %s", result)
+    return result.as_dict()
