@@ -42,7 +42,7 @@ def services_env():
         "PITR_ENV_FILE": str(home / "no-such.env"), "PITR_HOME": str(home),
         "PITR_REDIS_PORT": str(free_port()), "PITR_WEB_PORT": str(free_port()),
         # No beat schedules: this test is about the processes, not the indexer.
-        "PITR_INDEX_INTERVAL": "0", "PITR_REAP_INTERVAL": "0",
+        "PITR_INDEX_INTERVAL": "0", "PITR_REAP_INTERVAL": "0", "PITR_UPLOAD_INTERVAL": "0", "PITR_RETENTION_INTERVAL": "0",
     }
     yield env
     subprocess.run([sys.executable, str(PROJECT / "manage.py"), "services", "down"], env=env, cwd=PROJECT,
