@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from fleet import pg, procs
-from pitrsite.jobs import JobState, reap
+from pitrsite.errors import PitrError
+from pitrsite.jobs import JobReporter, JobState, exclusive, reap
+from restores.engine import run_restore
+from restores.planner import RestoreTarget
+from restores.service import queue_restore
 from restores.models import RestoreJob
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
@@ -63,7 +67,9 @@ def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
     proc = start_manage("backup", PITR_BACKUP_MAX_RATE="32k")
     job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING, current_step__startswith="copying").first(),
                    60, "the backup to start copying")
-    time.sleep(1)
+    second = manage("backup", check=False)
+    assert second.returncode != 0 and "another base backup is running" in second.stderr
+    assert second.stderr.strip().count("\n") == 0
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     job.refresh_from_db()
@@ -94,3 +100,14 @@ def test_killed_restore_reads_interrupted_and_the_next_one_works(fleet):
     again = json.loads(manage("restore", "--latest", "--json").stdout)
     assert again["state"] == "done" and again["promoted_at"]
     assert procs.alive(fleet.pid("restore_target"))
+
+
+def test_a_second_restore_while_one_runs_is_refused(fleet):
+    manage("backup")
+    job = queue_restore(RestoreTarget.from_options(immediate=True))
+    with exclusive("restore", "restore"):  # what a running restore holds (an flock: per open file, not per process)
+        with pytest.raises(PitrError, match="another restore is running"):
+            run_restore(job, JobReporter(job))
+    job.refresh_from_db()
+    assert job.state == JobState.QUEUED  # refused before it started: still runnable
+    assert run_restore(job, JobReporter(job)).state == JobState.DONE
