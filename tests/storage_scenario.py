@@ -65,7 +65,10 @@ def local_files_lost(settings, tmp_path: Path):
 @contextmanager
 def private_copy(settings, tmp_path: Path):
     """A private copy of the archive and backups (hard links; the .partial copied): safe to delete from."""
-    archive, backups = tmp_path / "copy-archive", tmp_path / "copy-backups"
+    # Under the data home, not tmp_path: tar reads the backup as the server account, which cannot enter
+    # pytest's private temporary directories.
+    root = Path(settings.PITR_HOME) / "test-copies" / tmp_path.name
+    archive, backups = root / "archive", root / "backups"
     src_archive, src_backups = Path(settings.PITR_WAL_ARCHIVE), Path(settings.PITR_BACKUP_DIR)
     archive.mkdir(parents=True)
     for path in src_archive.iterdir():
@@ -74,9 +77,13 @@ def private_copy(settings, tmp_path: Path):
         except FileNotFoundError:
             pass  # a .partial renamed while we listed: its complete name is linked too, or next time
     shutil.copytree(src_backups, backups, copy_function=os.link)
+    from fleet import pg
+
+    pg.give_to_server(backups, *(d for d in backups.rglob("*") if d.is_dir()))  # as the originals: tar reads them
     old = settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR
     settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = archive, backups
     try:
         yield archive, backups
     finally:
         settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = old
+        shutil.rmtree(root, ignore_errors=True)  # links and copies only: the originals keep their names

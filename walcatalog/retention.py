@@ -42,6 +42,9 @@ from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, WalSegment
 log = logging.getLogger(__name__)
 
 
+REMOVED = "removed by retention"
+
+
 class RetentionError(PitrError):
     pass
 
@@ -149,6 +152,7 @@ def _pass(policy: Policy, dry_run: bool, now: datetime, result: RetentionResult,
     kept_ids = {b.pk for b in kept}
     # Verified backups older than the oldest kept one, and failed/interrupted ones started before it.
     old_backups = [b for b in BaseBackup.objects.exclude(pk__in=kept_ids).exclude(state__in=ACTIVE_STATES)
+                   .exclude(error__startswith=REMOVED)
                    if (b.stop_lsn is not None and b.stop_lsn <= oldest.stop_lsn)
                    or (b.stop_lsn is None and b.created_at < oldest.created_at)]
     segments = list(WalSegment.objects.filter(end_lsn__lte=keep_from, is_partial=False).order_by("segno", "timeline"))
@@ -202,7 +206,7 @@ def _delete_objects(objects: list[StorageCopy], result: RetentionResult) -> None
 def _drop_backup(backup: BaseBackup, now: datetime) -> None:
     if backup.restores.exists():  # RestoreJob.backup is PROTECT: keep the row as those jobs' history
         BaseBackup.objects.filter(pk=backup.pk).update(
-            manifest_verified=False, path="", error=f"removed by retention on {now.date().isoformat()}")
+            manifest_verified=False, path="", error=f"{REMOVED} on {now.date().isoformat()}")
     else:
         backup.delete()
 
