@@ -88,7 +88,8 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
     for i in range(6):
         ts = start + (end - start) * i / 5
         label = timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc)).strftime("%H:%M:%S")
-        out.append(f'<text class="tick" x="{x(ts):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{label}</text>')
+        anchor = "start" if i == 0 else "end" if i == 5 else "middle"
+        out.append(f'<text class="tick" x="{x(ts):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{label}</text>')
     out.append("</svg>")
     return "".join(out)
 

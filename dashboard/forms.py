@@ -53,6 +53,14 @@ class ChaosForm(forms.Form):
                               help_text="comma-separated from capturer_restart, capturer_kill, primary_pause, "
                                         "standby_pause, indexer_kill; empty for all")
 
+    @staticmethod
+    def initial_from(parameters: dict) -> dict:
+        """A stored run's parameters (restores.chaos.ChaosParams.as_dict) as this form's fields."""
+        interval = parameters.get("interval") or (30, 60)
+        return {"writers": parameters.get("writers"), "duration": parameters.get("duration"),
+                "interval": f"{interval[0]:g}-{interval[1]:g}" if isinstance(interval, (list, tuple)) else interval,
+                "restores": parameters.get("restores"), "actions": ",".join(parameters.get("actions") or [])}
+
     def params(self) -> dict:
         data = self.cleaned_data
         return {"writers": data["writers"], "duration": data["duration"], "interval": data["interval"],

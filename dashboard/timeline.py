@@ -163,8 +163,9 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     axis_y = TOP + LANE * len(lanes) + 4
     for i in range(6):
         ts = picture.start + span * i / 5
+        anchor = "start" if i == 0 else "end" if i == 5 else "middle"  # the outer labels stay inside the picture
         out.append(f'<line class="tick" x1="{x(ts):.1f}" x2="{x(ts):.1f}" y1="{axis_y}" y2="{axis_y + 5}"/>'
-                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="middle">{_label(ts, span)}</text>')
+                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">{_label(ts, span)}</text>')
     out.append("</svg>")
     return "".join(out)
 

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 
 from dashboard.admin_tools import JOB_FIELDS, JobAdmin
 from dashboard.forms import RestoreForm
-from restores.models import RestoreJob
+from restores.models import ChaosRun, RestoreJob
 from walcatalog import walnames
 
 
@@ -73,8 +73,7 @@ class RestoreJobAdmin(JobAdmin):
                                     queryset=queryset, action="restore_again")
 
 
-# --- chaos runs (added by the chaos harness; rows are written by restores.chaos) -------------------
-from restores.models import ChaosRun  # noqa: E402
+# --- chaos runs (rows are written by restores.chaos) ---------------------------------------------
 
 
 @admin.register(ChaosRun)
@@ -97,18 +96,35 @@ class ChaosRunAdmin(JobAdmin):
     def passed_of(self, run: ChaosRun) -> str:
         return f"{run.passed_count}/{len(run.verifications)}" if run.verifications else "—"
 
-    def start_view(self, request: HttpRequest) -> HttpResponse:
-        from dashboard import actions
-        from dashboard.forms import ChaosForm
+    actions = ("run_again",)
 
-        if not self.has_start_permission(request):
-            raise PermissionDenied("starting chaos runs needs the add permission on chaos runs")
-        form = ChaosForm(request.POST or None)
+    def _chaos_form_and_start(self, request: HttpRequest, form, title: str, **page) -> HttpResponse:
+        from dashboard import actions
+
         if form.is_bound and form.is_valid():
             done = self.try_start(request, lambda: actions.start_chaos(form.params(), "admin"), "chaos run")
             if isinstance(done, HttpResponse):
                 return done
-            return self.form_page(request, "Start a chaos run", form, error=str(done), code=400)
-        return self.form_page(request, "Start a chaos run", form, code=400 if form.is_bound else 200,
+            return self.form_page(request, title, form, error=str(done), code=400, **page)
+        return self.form_page(request, title, form, code=400 if form.is_bound else 200,
                               note="Writers insert into test_data while failures are injected; then the restore "
-                                   "target is restored to logged moments and compared row for row.")
+                                   "target is restored to logged moments and compared row for row.", **page)
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        from dashboard.forms import ChaosForm
+
+        if not self.has_start_permission(request):
+            raise PermissionDenied("starting chaos runs needs the add permission on chaos runs")
+        return self._chaos_form_and_start(request, ChaosForm(request.POST or None), "Start a chaos run")
+
+    @admin.action(description="Run again with the same parameters…", permissions=["start"])
+    def run_again(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        from dashboard.forms import ChaosForm
+
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one chaos run", level="error")
+            return None
+        form = ChaosForm(request.POST if "apply" in request.POST else None,
+                         initial=ChaosForm.initial_from(queryset.get().parameters))
+        return self._chaos_form_and_start(request, form, f"Run chaos run #{queryset.get().pk} again",
+                                          queryset=queryset, action="run_again")
