@@ -160,7 +160,8 @@ class ChaosParams:
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data.update(interval=list(self.interval), pause=list(self.pause), actions=list(self.actions))
+        # No actions is stored as "none": an empty list reads back as all of them.
+        data.update(interval=list(self.interval), pause=list(self.pause), actions=list(self.actions) or "none")
         return data
 
 

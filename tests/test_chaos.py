@@ -1,0 +1,192 @@
+"""The chaos harness on the real fleet: every action, restores verified row for row, and a sabotaged run that fails.
+
+The short run needs the Celery worker and beat under the supervisor (fleet.services' command lines) in the
+test home, because one action SIGKILLs the worker that runs the WAL indexer; they are stopped afterwards.
+"""
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from fleet import pg, procs, services
+from fleet.layout import Layout
+from pitrsite.jobs import JobReporter, JobState
+from restores.chaos import ACTIONS, ChaosError, ChaosParams, queue_chaos, run_chaos
+from restores.models import ChaosRun, RestoreJob, Verdict
+from restores.verify import LoggedRow, load_log, pick_moments
+from tests.conftest import manage, subprocess_env
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+
+def start_app_services(layout: Layout) -> list[str]:
+    """Celery worker and beat, each under fleet.supervise, against the test database and fleet."""
+    started = []
+    for name in ("worker", "beat"):
+        logfile = layout.logs / f"{name}.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        procs.start_supervised(name, services.argv(name, layout), layout.run, logfile, cwd=layout.run,
+                               env=subprocess_env())
+        started.append(name)
+        services.wait_ready(name, layout, logfile)
+    return started
+
+
+@pytest.fixture(scope="module")
+def short_run(fleet, redis_server, django_db_setup, django_db_blocker):
+    """One short chaos run with every action; the worker and beat it needs are stopped right after."""
+    params = ChaosParams(writers=5, duration=45, interval=(1.5, 3.0), restores=2, actions=ACTIONS,
+                         pause=(1.5, 2.5), statement_timeout=1.0, recovery_timeout=90, seed=4)
+    layout = Layout.current()
+    started: list[str] = []
+    try:
+        started = start_app_services(layout)
+        with django_db_blocker.unblock():
+            run = queue_chaos(params, trigger="command")
+            run = run_chaos(run, JobReporter(run))
+    finally:
+        for name in reversed(started or ["beat", "worker"]):
+            procs.stop_supervised(name, layout.run)
+    return run
+
+
+@pytest.mark.django_db
+def test_short_chaos_run_is_exact(fleet, short_run):
+    run = ChaosRun.objects.get(pk=short_run.pk)
+    assert run.state == JobState.DONE, run.error
+    assert run.verdict == Verdict.PASSED, run.summary
+
+    # Every action happened, and the system came back from each on its own.
+    assert {e["action"] for e in run.events} == set(ACTIONS), [e["action"] for e in run.events]
+    for event in run.events:
+        assert event["ok"] and event["recovered_at"] >= event["ended_at"] >= event["started_at"], event
+    kill = next(e for e in run.events if e["action"] == "indexer_kill")
+    assert kill["target"] == "worker" and kill["new_pid"] != kill["pid"]
+
+    # At least two moments restored through the restore engine, each exact on every check.
+    assert len(run.verifications) >= 2
+    for check in run.verifications:
+        assert check["ok"] and all(check["checks"].values()), check
+        assert check["missing_count"] == 0 and check["extra_count"] == 0
+        assert check["restored_rows"] == check["expected_rows"] > 0
+        assert RestoreJob.objects.get(pk=check["restore_job"]).trigger == "chaos"
+
+    # The log is complete and agrees with the primary, unknown outcomes included.
+    header, rows = load_log(Path(run.run_dir) / "verification_log.json")
+    assert header["resolution"]["integrity_ok"] and len(rows) == run.writes_count > 100
+    assert header["commit_lsns"]["commits_not_found"] == 0
+    assert {r.writer for r in rows} == set(run.writer_ids)
+    with pg.connect(fleet.layout.port("primary")) as conn:
+        on_primary = {r[0] for r in conn.execute("SELECT id FROM test_data WHERE writer = ANY(%s)",
+                                                 [run.writer_ids]).fetchall()}
+    assert on_primary == {r.id for r in rows}
+    report = json.loads((Path(run.run_dir) / "report.json").read_text())
+    assert report["verdict"] == "passed" and report["passed"] == len(run.verifications)
+
+    # The shared fleet is left as it was found.
+    for role in ("primary", "standby", "capturer"):
+        assert fleet.state(role) == "running", role
+
+
+@pytest.mark.django_db
+def test_an_inexact_restore_fails_the_run_naming_the_ids(fleet, short_run):
+    """Sabotage: restore to T + 1 s but compare with the log at T. The command must fail and name the extra rows."""
+    result = manage("chaos", "--writers", "3", "--duration", "8", "--actions", "none", "--restores", "1",
+                    "--restore-offset", "1", "--json", check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "failed" in result.stderr
+    run = json.loads(result.stdout)
+    assert run["verdict"] == "failed" and run["state"] == "failed"
+    assert "restored moments differ from the log" in run["error"]
+    check = run["verifications"][0]
+    assert not check["ok"] and not check["checks"]["ids"] and not check["checks"]["end_lsn"]
+    assert check["extra_count"] > 0 and check["extra_ids"], check
+    # The ids named are exactly this run's rows committed in (T, T + 1 s].
+    moment = datetime.fromisoformat(check["moment"])
+    with pg.connect(fleet.layout.port("primary")) as conn:
+        later = {r[0] for r in conn.execute(
+            "SELECT id FROM test_data WHERE writer = ANY(%s) AND pg_xact_commit_timestamp(xmin) > %s "
+            "AND pg_xact_commit_timestamp(xmin) <= %s", [run["writer_ids"], moment, moment + timedelta(seconds=1)])}
+    assert set(check["extra_ids"]) == set(sorted(later)[:len(check["extra_ids"])]) and check["extra_count"] == len(later)
+
+
+def test_moments_where_wal_order_disagrees_with_commit_time_are_set_aside():
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def row(i: int, micros: int, lsn: int) -> LoggedRow:
+        at = t0 + timedelta(microseconds=micros)
+        return LoggedRow(id=i, writer=1, seq=i, xid=100 + i, created_at=at, committed_at=at, how="direct",
+                         commit_lsn=lsn)
+
+    # Rows 2 and 3 took their commit times in one order and wrote their commit records in the other.
+    rows = [row(1, 10, 1000), row(2, 20, 3000), row(3, 30, 2000), row(4, 40, 4000)]
+    moments, stats = pick_moments(rows, 10, t0, t0 + timedelta(seconds=1), random.Random(1))
+    chosen = {m.at for m in moments}
+    assert stats["set_aside_reordered"] == 1
+    assert rows[1].committed_at not in chosen  # T between the two: no restore can match "commit time <= T"
+    assert {rows[0].committed_at, rows[2].committed_at, rows[3].committed_at} <= chosen
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"writers": 0}, "writers must be from 1 to 32"),
+    ({"interval": "60"}, "is not MIN-MAX seconds"),
+    ({"interval": "60-30"}, "need 0 < MIN <= MAX"),
+    ({"actions": "capturer_kill,reboot"}, "unknown chaos action 'reboot'"),
+    ({"restores": "many"}, "is not a number"),
+])
+def test_bad_parameters_are_one_line_errors(params, message):
+    with pytest.raises(ChaosError, match=message) as info:
+        ChaosParams.from_dict(params)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.django_db
+def test_indexer_kill_needs_the_supervised_services(fleet):
+    if services.status("worker")["state"] == "running":
+        pytest.fail("this test expects the worker stopped: the chaos services fixture did not clean up")
+    runs = ChaosRun.objects.count()
+    with pytest.raises(ChaosError, match="needs the Celery worker and beat"):
+        queue_chaos({"actions": "indexer_kill"})
+    assert ChaosRun.objects.count() == runs, "a run that cannot start must not become a row"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_task_inside_the_worker_kills_beat_not_itself(fleet, redis_server):
+    """Queued to the supervised worker, the run's indexer_kill must hit beat: the worker is where it lives."""
+    from restores.tasks import run_chaos as run_chaos_task
+    from tests.conftest import wait_for
+
+    layout = Layout.current()
+    try:
+        start_app_services(layout)
+        worker_pid = services.status("worker")["pid"]
+        run = queue_chaos({"writers": 3, "duration": 12, "interval": "2-3", "restores": 1, "actions": "indexer_kill",
+                           "statement_timeout": 1.0, "recovery_timeout": 60}, trigger="celery")
+        run_chaos_task.delay(run.pk)
+        wait_for(lambda: ChaosRun.objects.get(pk=run.pk).state in (JobState.DONE, JobState.FAILED,
+                                                                   JobState.INTERRUPTED), 240, "the chaos task to end")
+        run.refresh_from_db()
+        assert run.state == JobState.DONE and run.verdict == Verdict.PASSED, f"{run.error} {run.summary}"
+        assert run.owner_pid != worker_pid and _descends_from(run.owner_pid, worker_pid)
+        kills = [e for e in run.events if e["action"] == "indexer_kill"]
+        assert kills and all(e["target"] == "beat" and e["ok"] for e in kills), run.events
+        assert services.status("worker")["pid"] == worker_pid, "the worker running the chaos task was killed"
+    finally:
+        for name in ("beat", "worker"):
+            procs.stop_supervised(name, layout.run)
+
+
+def _descends_from(pid: int | None, ancestor: int) -> bool:
+    while pid and pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+    return False
