@@ -423,18 +423,24 @@ class Chaos:
         self.watchdog = Watchdog()
         self.watchdog.start()
         tag = self.dir.name  # run-<id>: in payloads and application_name
+        self.per_second: dict[int, int] = {}
         for writer_id in writer_ids:
             writer = Writer(writer_id, f"chaos-{tag}", self.dir / f"writes-{writer_id}.jsonl", self.port, self.stop,
                             self.watchdog, self.params.write_pause, self.params.statement_timeout,
-                            random.Random(self.rng.random()))
+                            random.Random(self.rng.random()), self.per_second)
             writer.start()
             self.writers.append(writer)
         duration = self.params.duration
         began = time.monotonic()
         next_at = began + self.rng.uniform(*self.params.interval)
         bag: list[str] = []
+        shown = 0.0
         while (elapsed := time.monotonic() - began) < duration:
             self.reporter.progress(int(elapsed), int(duration))
+            if elapsed - shown >= 2.0:  # live figures for the dashboard
+                shown = elapsed
+                self.update(writes_count=self.committed_so_far(),
+                            writes_series=[[s, n] for s, n in sorted(self.per_second.items())])
             dead = [w for w in self.writers if not w.is_alive()]
             if dead:
                 raise ChaosError(f"failure writing (writer {dead[0].writer_id} stopped: {dead[0].fatal})")

@@ -122,7 +122,8 @@ class Writer(threading.Thread):
     """One concurrent client. Its log file is its own: no lock shared with other writers."""
 
     def __init__(self, writer_id: int, run_tag: str, log_path: Path, port: int, stop: threading.Event,
-                 watchdog: Watchdog, mean_pause: float, statement_timeout: float, rng: random.Random):
+                 watchdog: Watchdog, mean_pause: float, statement_timeout: float, rng: random.Random,
+                 per_second: dict[int, int] | None = None):
         super().__init__(name=f"chaos-writer-{writer_id}", daemon=True)
         self.writer_id, self.run_tag, self.log_path, self.port = writer_id, run_tag, log_path, port
         self.stop_event, self.watchdog, self.mean_pause = stop, watchdog, mean_pause
@@ -131,6 +132,8 @@ class Writer(threading.Thread):
         self.seq = 1
         self.conn: psycopg.Connection | None = None
         self.fatal: str | None = None
+        # Commits per unix second, shared by the writers, for a live plot (the final one comes from the log).
+        self.per_second = per_second if per_second is not None else {}
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -246,6 +249,8 @@ class Writer(threading.Thread):
     def record(self, entry: dict) -> None:
         if entry["status"] != "unknown":
             self.stats.committed += 1
+            second = int(time.time())
+            self.per_second[second] = self.per_second.get(second, 0) + 1
         self.log_file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
 
