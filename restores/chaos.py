@@ -4,8 +4,9 @@ One domain function, run_chaos(run, reporter), behind `manage.py chaos`,
 `manage.py demo` and the Celery task. A run:
 
 1. checks the fleet and takes a base backup (older than every moment it will pick);
-2. starts N writers (restores.chaos_writers) and, every MIN..MAX seconds, one
-   chaos action through the fleet driver, each followed by a wait until the
+2. starts N writers (restores.chaos_writers) and, every MIN..MAX seconds
+   (counted from the previous action's recovery), one chaos action through
+   the fleet driver, each followed by a wait until the
    system is healthy again on its own (see Health); the actions come in a
    random order, each once per round, so a short run still covers them all;
 3. stops the writers, resolves unknown outcomes on the primary, reads every
@@ -33,6 +34,8 @@ import logging
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -517,6 +520,7 @@ class Chaos:
     def _pause(self, role: str, event: dict) -> None:
         seconds = round(self.rng.uniform(*self.params.pause), 2)
         event.update(target=role, pid=self.driver.pid(role), paused_seconds=seconds)
+        resume_later(self.driver.pid(role), seconds + 5)
         self.driver.pause(role)
         try:
             time.sleep(seconds)
@@ -619,6 +623,31 @@ class Chaos:
         self.update(verdict=verdict, summary=summary, events=self.events, verifications=checks)
         if problems:
             raise VerdictFailed(f"failure verifying ({'; '.join(problems)})")
+
+
+RESUMER = """
+import os, signal, sys, time
+time.sleep(float(sys.argv[1]))
+for pid in sys.argv[2:]:
+    try:
+        os.kill(int(pid), signal.SIGCONT)
+    except OSError:
+        pass
+"""
+
+
+def resume_later(pid: int | None, seconds: float) -> None:
+    """A detached process that SIGCONTs the server's processes after ``seconds``.
+
+    The run resumes a paused server itself; this is for when the run dies in
+    the middle of a pause (SIGKILL, a crash): a primary must never stay
+    stopped because its chaos run is gone. A SIGCONT to a running process does nothing.
+    """
+    if not pid:
+        return
+    pids = [pid, *procs.descendants(pid)]
+    subprocess.Popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
 def verify_moment(rows: list[verify.LoggedRow], moment: verify.Moment, writer_ids: list[int],
