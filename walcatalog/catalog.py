@@ -63,7 +63,7 @@ def _size_from_catalog() -> int | None:
 def _size_from_archive(archive: Path) -> int | None:
     """A complete segment's file size is the segment size (a .partial is padded to it too)."""
     try:
-        names = sorted((p for p in archive.iterdir() if len(p.name) == 24 and walnames.is_wal_name(p.name, 1 << 30)),
+        names = sorted((p for p in archive.iterdir() if len(p.name) == 24 and walnames.is_wal_name(p.name, walnames.MIN_SEGMENT_SIZE)),
                        reverse=True)
     except FileNotFoundError:
         return None
