@@ -19,12 +19,13 @@ from django.utils import timezone
 from fleet import pg, procs
 from fleet.local import LocalDriver, get_driver
 from pitrsite.errors import PitrError
-from pitrsite.jobs import Reporter, exclusive, reap, run_job
+from pitrsite.jobs import Reporter, exclusive, job_key, reap, run_job
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
 from walcatalog import walnames
-from walcatalog.backups import backup_dir, extract
-from walcatalog.models import WalSegment
+from walcatalog import storage as st
+from walcatalog.backups import BackupError, archive_file, backup_dir, extract
+from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
 
@@ -53,6 +54,7 @@ class Restore:
         self.driver = driver or get_driver()
         self.datadir = self.driver.layout.datadir(ROLE)
         self.staging = self.driver.layout.staging / f"restore-{job.pk}"
+        self.used_local = self.used_storage = 0  # files taken from each place, for job.source
 
     def update(self, **fields) -> None:
         for key, value in fields.items():
@@ -72,10 +74,16 @@ class Restore:
         self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
         self.reporter.step("emptying the data directory")
         empty_directory(self.datadir)
+        source = self.backup_source(the_plan.backup)
         self.reporter.step("extracting the backup")
-        extract(backup_dir(the_plan.backup), self.datadir, self.reporter)
+        try:
+            extract(source, self.datadir, self.reporter, job_key(self.job))
+        finally:
+            if source != backup_dir(the_plan.backup):
+                shutil.rmtree(source, ignore_errors=True)
         self.reporter.step("staging WAL")
         self.stage(the_plan)
+        self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
         try:
@@ -97,18 +105,95 @@ class Restore:
         for timeline in the_plan.history:
             name = walnames.history_name(timeline.tli)
             self.put_staged(name, timeline.history.encode())
-        total = len(the_plan.segments)
-        for done, segment in enumerate(the_plan.segments, 1):
+        total, done, missing = len(the_plan.segments), 0, []
+        for segment in the_plan.segments:
             source = archive / segment.file_name
             dest = self.staging / segment.name
             if not source.exists():
-                raise RestoreError(f"failure staging WAL ({source} is missing from the local archive)")
+                if segment.is_partial:
+                    raise RestoreError(f"failure staging WAL ({source} is missing from the local archive; "
+                                       "a .partial is never copied to storage)")
+                missing.append(segment)  # lost locally: downloaded from storage below
+                continue
             if segment.is_partial:
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
                 self.give(dest)
             else:
                 link_or_copy(source, dest)
+            self.used_local += 1
+            done += 1
+            self.reporter.progress(done, total)
+        self.fetch_wal(missing, done, total)
+
+    # --- from the archive storage, when the local copy is missing ---------------------------------
+    def backup_source(self, backup: BaseBackup) -> Path:
+        """The backup's local directory, or a download of it from storage, checksums verified."""
+        local = backup_dir(backup)
+        try:
+            archive_file(local, "base"), archive_file(local, "pg_wal")
+            if (local / "backup_manifest").is_file():
+                self.used_local += 1
+                return local
+        except BackupError:
+            pass
+        copies = list(StorageCopy.objects.filter(storage=st.STORAGE_NAME, backup=backup, verified_at__isnull=False,
+                                                 kind=StorageCopy.Kind.BACKUP))
+        if not StorageCopy.objects.filter(storage=st.STORAGE_NAME, key=st.descriptor_key(backup.label),
+                                          verified_at__isnull=False).exists() or not copies:
+            raise RestoreError(f"failure extracting the backup ({backup.label} is missing from {local} and has no "
+                               f"complete verified copy in storage {st.describe()})")
+        self.reporter.step("downloading the backup")
+        dest = self.driver.layout.staging / f"restore-{self.job.pk}-backup"
+        shutil.rmtree(dest, ignore_errors=True)
+        pg.give_to_server(dest)  # tar reads it as the server account
+        try:
+            self.download([(c, dest / c.key.rsplit("/", 1)[1]) for c in copies], "extracting the backup",
+                          by_bytes=True)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return dest
+
+    def fetch_wal(self, segments: list[WalSegment], done: int, total: int) -> None:
+        """Download the segments the local archive lost, in parallel, each checked against the catalog."""
+        if not segments:
+            return
+        copies = {c.segment_id: c for c in StorageCopy.objects.filter(
+            storage=st.STORAGE_NAME, segment__in=segments, verified_at__isnull=False)}
+        absent = [s.name for s in segments if s.pk not in copies]
+        if absent:
+            span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
+            raise RestoreError(f"failure staging WAL ({span} missing from the local archive "
+                               f"{self.driver.layout.archive} and from storage {st.describe()})")
+        for segment in segments:
+            if segment.sha256 and copies[segment.pk].sha256 != segment.sha256:
+                raise RestoreError(f"failure staging WAL (the catalog's copy record of {copies[segment.pk].key} "
+                                   f"disagrees with the segment's sha256)")
+        self.download([(copies[s.pk], self.staging / s.name) for s in segments], "staging WAL", offset=done,
+                      total=total)
+
+    def download(self, pairs: list[tuple[StorageCopy, Path]], step: str, offset: int = 0, total: int | None = None,
+                 by_bytes: bool = False) -> None:
+        """Parallel downloads (PITR_DOWNLOAD_PARALLEL); the first failure fails the restore, naming the object."""
+        storage = st.get_storage(st.STORAGE_NAME)
+        attempts = settings.PITR_STORAGE_RETRIES
+
+        def one(pair: tuple[StorageCopy, Path]) -> int:  # worker thread: storage and file I/O only
+            copy, dest = pair
+            size = st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                                   f"download of {copy.key}", attempts=attempts,
+                                   final=(st.ChecksumError, st.StorageError))
+            self.give(dest)
+            return size
+
+        done = offset
+        total = sum(c.size for c, _ in pairs) if by_bytes else total
+        for (copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
+            if error is not None:
+                raise RestoreError(f"failure {step} ({st.error_text(error)})") from error
+            self.used_storage += 1
+            done += size if by_bytes else 1
             self.reporter.progress(done, total)
 
     def put_staged(self, name: str, data: bytes) -> None:

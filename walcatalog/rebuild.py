@@ -31,7 +31,7 @@ from pitrsite.jobs import JobState, Reporter, exclusive
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir
-from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
+from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
 
@@ -225,4 +225,4 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-__all__ = ["rebuild_from_storage", "RebuildResult", "RebuildError", "RestorePoint"]
+__all__ = ["rebuild_from_storage", "RebuildResult", "RebuildError"]

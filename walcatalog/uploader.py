@@ -34,7 +34,7 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter, exclusive
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, restorable_backups
-from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
+from walcatalog.models import StorageCopy, Timeline, WalSegment
 from walcatalog.serializers import backup_dict
 
 log = logging.getLogger(__name__)
@@ -273,4 +273,4 @@ def _local_keys() -> set[str]:
     return keys
 
 
-__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "UploadError", "verified_copies", "BaseBackup"]
+__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "UploadError", "verified_copies"]
