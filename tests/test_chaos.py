@@ -114,6 +114,17 @@ def test_an_inexact_restore_fails_the_run_naming_the_ids(fleet, short_run):
     assert set(check["extra_ids"]) == set(sorted(later)[:len(check["extra_ids"])]) and check["extra_count"] == len(later)
 
 
+@pytest.mark.django_db
+def test_demo_prints_the_verdict_the_dashboard_page_and_psql(fleet):
+    result = manage("demo", "--duration", "6", "--restores", "1")
+    out = result.stdout
+    assert "verdict: passed: 1/1 restored moments exact" in out, out + result.stderr
+    assert "exact:" in out and "missing 0, extra 0" in out
+    assert "/chaos/" in out and "admin_password" in out
+    psql_line = next(line for line in out.splitlines() if "psql" in line and "-p" in line)
+    assert f"-p {fleet.layout.port('restore_target')}" in psql_line and "created_at <=" in psql_line
+
+
 def test_moments_where_wal_order_disagrees_with_commit_time_are_set_aside():
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
