@@ -11,6 +11,10 @@ what the first page view after each index pass pays. No PostgreSQL server is nee
 absent, so the capture part of the overview reports "stopped" quickly.
 
     .venv/bin/python bench/dashboard.py [--segments 100000] [--jobs 1000] [--requests 60]
+        [--screenshot docs/screenshots/timeline-100k.png]
+
+--screenshot also renders /timeline/ of that catalog in Debian's chromium
+(/usr/bin/chromium, through Playwright) to see that it stays readable.
 
 Goal: p95 < 150 ms for / and /timeline/ (steady state; cold figures reported beside it).
 """
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -110,6 +115,30 @@ def measure(requests: int, cold_requests: int) -> dict:
     return results
 
 
+def screenshot(path: Path) -> None:
+    """The timeline page of the big catalog, as a browser shows it (CSS inlined, no server needed)."""
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    client = Client()
+    client.force_login(__import__("django.contrib.auth.models", fromlist=["User"]).User.objects.get(username="bench"))
+    html = client.get("/timeline/").content.decode()
+    css = (ROOT / "dashboard" / "static" / "dashboard" / "dashboard.css").read_text()
+    html = re.sub(r'<link rel="stylesheet"[^>]*>', f"<style>{css}</style>", html)
+    html = re.sub(r"<script[^>]*></script>", "", html)
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_content(html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path), full_page=True)
+        browser.close()
+    print(f"timeline screenshot written to {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=100_000)
@@ -117,6 +146,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--cold-requests", type=int, default=10)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "dashboard.json")
+    parser.add_argument("--screenshot", type=Path, help="also save the timeline page as a PNG")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="pitr-bench-dashboard-"))
     try:
@@ -125,6 +155,8 @@ def main() -> int:
         made = fill(args.segments, args.jobs)
         print(f"filled {made} in {time.perf_counter() - t0:.1f} s", flush=True)
         pages = measure(args.requests, args.cold_requests)
+        if args.screenshot:
+            screenshot(args.screenshot)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     from django.db import connection

@@ -19,7 +19,8 @@ from walcatalog.models import BaseBackup, WalSegment
 
 BUCKETS = 200
 WIDTH, LANE, TOP, LEFT, RIGHT, AXIS = 960, 46, 22, 64, 16, 34
-MAX_BACKUP_MARKS = 200
+MAX_BACKUP_MARKS = 2000
+BACKUP_MERGE_PX = 6
 MAX_GAP_MARKS = 100
 
 
@@ -149,17 +150,7 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         out.append(f'<line class="gap" x1="{gx:.1f}" x2="{gx:.1f}" y1="{y}" y2="{y + LANE - 6}"/>'
                    f'<circle class="gap" cx="{gx:.1f}" cy="{y + 4}" r="4"><title>gap on {escape(gap["text"])}'
                    f'</title></circle>')
-    backups = (BaseBackup.objects.filter(stop_time__isnull=False).order_by("-stop_time")
-               .values("label", "stop_time", "state")[:MAX_BACKUP_MARKS])
-    for backup in backups:
-        ts = backup["stop_time"].timestamp()
-        if not picture.start <= ts <= picture.end:
-            continue
-        bx = x(ts)
-        out.append(f'<line class="backup backup-{backup["state"]}" x1="{bx:.1f}" x2="{bx:.1f}" y1="{TOP - 8}" '
-                   f'y2="{TOP + LANE * len(lanes)}"><title>base backup {escape(backup["label"])} '
-                   f'({backup["state"]}), ended {_label(ts, 0)}</title></line>'
-                   f'<path class="backup backup-{backup["state"]}" d="M{bx - 4:.1f},{TOP - 14} h8 l-4,6 z"/>')
+    out.extend(_backup_marks(picture, x, lanes))
     axis_y = TOP + LANE * len(lanes) + 4
     for i in range(6):
         ts = picture.start + span * i / 5
@@ -168,6 +159,29 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
                    f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">{_label(ts, span)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _backup_marks(picture: Picture, x, lanes: dict) -> list[str]:
+    """One mark per backup; backups closer than a few pixels share one mark (its title says how many)."""
+    rows = (BaseBackup.objects.filter(stop_time__gte=datetime.fromtimestamp(picture.start, dt_timezone.utc),
+                                      stop_time__lte=datetime.fromtimestamp(picture.end, dt_timezone.utc))
+            .order_by("-stop_time").values("label", "stop_time", "state")[:MAX_BACKUP_MARKS])
+    groups: dict[int, list[dict]] = {}
+    for backup in rows:
+        groups.setdefault(round(x(backup["stop_time"].timestamp()) / BACKUP_MERGE_PX), []).append(backup)
+    full_lines = len(groups) <= 40  # many marks: triangles only, lines would hide the segments
+    out = []
+    for members in groups.values():
+        newest = members[0]
+        bx = x(newest["stop_time"].timestamp())
+        state = "done" if any(m["state"] == "done" for m in members) else newest["state"]
+        title = (f"base backup {escape(newest['label'])} ({newest['state']}), ended {_label(newest['stop_time'].timestamp(), 0)}"
+                 if len(members) == 1 else f"{len(members)} base backups, newest {escape(newest['label'])}")
+        if full_lines:
+            out.append(f'<line class="backup backup-{state}" x1="{bx:.1f}" x2="{bx:.1f}" y1="{TOP - 8}" '
+                       f'y2="{TOP + LANE * len(lanes)}"/>')
+        out.append(f'<path class="backup backup-{state}" d="M{bx - 4:.1f},{TOP - 14} h8 l-4,6 z"><title>{title}</title></path>')
+    return out
 
 
 def legend() -> list[tuple[str, str]]:
