@@ -186,6 +186,12 @@ def test_env_example_lists_every_setting():
     assert not missing, f"settings.py reads {missing} but .env.example does not list them (name, default, comment)"
 
 
+def test_env_example_names_each_setting_once():
+    names = re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (PROJECT / ".env.example").read_text(), re.M)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    assert not twice, f".env.example lists {twice} more than once"
+
+
 def test_env_example_entries_have_a_comment():
     lines = (PROJECT / ".env.example").read_text().splitlines()
     for index, line in enumerate(lines):
