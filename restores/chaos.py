@@ -343,6 +343,7 @@ class Chaos:
         self.verifications: list[dict] = []
         self.writers: list[Writer] = []
         self.port = self.driver.layout.port("primary")
+        self.run_tag = f"chaos-{self.dir.name}"  # chaos-run-<id>
 
     def update(self, **fields) -> None:
         for key, value in fields.items():
@@ -385,7 +386,7 @@ class Chaos:
         refresh_catalog()
 
         self.reporter.step("resolving unknown writes")
-        rows, resolution = verify.collect(self.dir, writer_ids, self.port)
+        rows, resolution = verify.collect(self.dir, writer_ids, self.port, self.run_tag)
         self.update(writes_count=len(rows), unknown_count=resolution["unknown_attempts"],
                     writes_series=series(rows))
         self.reporter.step("reading commit LSNs")
@@ -425,10 +426,10 @@ class Chaos:
         self.stop = threading.Event()
         self.watchdog = Watchdog()
         self.watchdog.start()
-        tag = self.dir.name  # run-<id>: in payloads and application_name
+        tag = self.run_tag  # in payloads and application_name
         self.per_second: dict[int, int] = {}
         for writer_id in writer_ids:
-            writer = Writer(writer_id, f"chaos-{tag}", self.dir / f"writes-{writer_id}.jsonl", self.port, self.stop,
+            writer = Writer(writer_id, tag, self.dir / f"writes-{writer_id}.jsonl", self.port, self.stop,
                             self.watchdog, self.params.write_pause, self.params.statement_timeout,
                             random.Random(self.rng.random()), self.per_second)
             writer.start()

@@ -167,7 +167,8 @@ class Writer(threading.Thread):
         backoff = 0.2
         while not self.stop_event.is_set():
             try:
-                self.conn = pg.connect(self.port, timeout=2, application_name=f"pitr-{self.run_tag}-w{self.writer_id}",
+                self.conn = pg.connect(self.port, timeout=2, application_name=application_name(self.run_tag,
+                                                                                                self.writer_id),
                                        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
                                        options=f"-c statement_timeout={int(self.timeout * 1000)}")
                 return True
@@ -252,6 +253,11 @@ class Writer(threading.Thread):
             second = int(time.time())
             self.per_second[second] = self.per_second.get(second, 0) + 1
         self.log_file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+
+def application_name(run_tag: str, writer_id: int | str) -> str:
+    """How a writer's connections show in pg_stat_activity (a LIKE pattern when writer_id is '%')."""
+    return f"pitr-{run_tag}-w{writer_id}"
 
 
 def read_jsonl(path: Path) -> list[dict]:

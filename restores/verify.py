@@ -49,7 +49,7 @@ import psycopg
 
 from fleet import pg
 from pitrsite.errors import PitrError
-from restores.chaos_writers import iso, read_jsonl
+from restores.chaos_writers import application_name, iso, read_jsonl
 from walcatalog import walnames, waldump
 
 LIST_LIMIT = 50  # ids listed per moment; the counts are always complete
@@ -97,7 +97,8 @@ class Moment:
 
 
 # --- building the log ---------------------------------------------------------------------
-def collect(run_dir: Path, writer_ids: list[int], port: int, wait_idle: float = 30.0) -> tuple[list[LoggedRow], dict]:
+def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
+            wait_idle: float = 30.0) -> tuple[list[LoggedRow], dict]:
     """The writers' JSON lines, with every unknown outcome and pending commit time resolved on the primary.
 
     Returns the committed rows and a report of the resolution and of the
@@ -110,7 +111,7 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, wait_idle: float = 
               "unknown_at_end": len(unknown), "resolved_committed": 0, "resolved_not_committed": 0,
               "commit_time_pending": sum(1 for e in committed.values() if e["status"] != "committed")}
     with pg.connect(port, timeout=10) as conn:
-        _wait_no_writer_backends(conn, run_dir.name, wait_idle)
+        _wait_no_writer_backends(conn, run_tag, wait_idle)
         primary = {(w, s): (rid, xid, created, committed_at) for rid, w, s, xid, created, committed_at in conn.execute(
             "SELECT id, writer, seq, xmin::text::bigint, created_at, pg_xact_commit_timestamp(xmin) "
             "FROM test_data WHERE writer = ANY(%s)", [writer_ids]).fetchall()}
@@ -149,12 +150,12 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, wait_idle: float = 
     return rows, report
 
 
-def _wait_no_writer_backends(conn: psycopg.Connection, tag: str, timeout: float) -> None:
+def _wait_no_writer_backends(conn: psycopg.Connection, run_tag: str, timeout: float) -> None:
     """A backend whose client gave up may still be finishing its commit: wait until none is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
-                            "AND pid <> pg_backend_pid()", [f"pitr-{tag}-w%"]).fetchone()[0]
+                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]).fetchone()[0]
         if not busy:
             return
         time.sleep(0.2)

@@ -125,6 +125,46 @@ def test_demo_prints_the_verdict_the_dashboard_page_and_psql(fleet):
     assert f"-p {fleet.layout.port('restore_target')}" in psql_line and "created_at <=" in psql_line
 
 
+def test_a_write_that_did_not_commit_is_retried_under_the_same_seq(fleet, tmp_path):
+    """An INSERT held past its deadline (a table lock) has an unknown outcome; the retry commits it, no seq is lost."""
+    import threading
+    import time
+
+    from restores.chaos_writers import Watchdog, Writer
+    from restores.verify import collect
+    from tests.conftest import wait_for
+
+    port = fleet.layout.port("primary")
+    with pg.connect(port) as conn:
+        writer_id = conn.execute("SELECT coalesce(max(writer), 0) + 1000 FROM test_data").fetchone()[0]
+    stop, watchdog = threading.Event(), Watchdog()
+    watchdog.start()
+    writer = Writer(writer_id, "chaos-test-retry", tmp_path / f"writes-{writer_id}.jsonl", port, stop, watchdog,
+                    mean_pause=0.02, statement_timeout=1.0, rng=random.Random(3))
+    writer.start()
+    try:
+        wait_for(lambda: writer.stats.committed >= 5, 30, "the writer's first commits")
+        with pg.connect(port, autocommit=False) as locker:
+            # Conflicts with INSERT's ROW EXCLUSIVE lock: the writer's next INSERT waits, then times out.
+            locker.execute("LOCK TABLE test_data IN SHARE ROW EXCLUSIVE MODE")
+            wait_for(lambda: writer.stats.unknown >= 1, 30, "the writer to give up on a blocked INSERT")
+            time.sleep(0.5)
+            locker.rollback()
+        wait_for(lambda: writer.stats.resolved_by_retry >= 1, 30, "the retry of the blocked write to commit")
+        count = writer.stats.committed
+        wait_for(lambda: writer.stats.committed >= count + 5, 30, "more commits after the retry")
+    finally:
+        stop.set()
+        writer.join(10)
+        watchdog.stop()
+    assert writer.fatal is None, writer.fatal
+    rows, report = collect(tmp_path, [writer_id], port, "chaos-test-retry")
+    assert report["integrity_ok"], report["problems"]
+    assert report["unknown_attempts"] >= 1 and writer.stats.resolved_by_lookup == 0
+    assert sorted(r.seq for r in rows) == list(range(1, len(rows) + 1)), "a retried write must keep its seq"
+    assert any(r.how == "retry" for r in rows)
+
+
 def test_moments_where_wal_order_disagrees_with_commit_time_are_set_aside():
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
