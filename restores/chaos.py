@@ -354,17 +354,15 @@ class Chaos:
         self.reporter.step("checking the fleet")
         preflight(self.params, self.driver)
         self.dir.mkdir(parents=True, exist_ok=True)
-        target = indexer_target()
-        self.indexer = target[0] if target and "indexer_kill" in self.params.actions else None
-        self.health_ = Health(self.driver, 0, use_services=target is not None)
+        self.health = Health(self.driver, 0, use_services=indexer_target() is not None)
         writer_ids = self.pick_writer_ids()
         self.update(run_dir=str(self.dir), writer_ids=writer_ids)
 
         self.reporter.step("backing up")
         backup = self.backup()
         self.update(backup=backup)
-        start_lsn = self.health_.primary_lsn() or 0
-        self.health_.since_lsn = start_lsn
+        start_lsn = self.health.primary_lsn() or 0
+        self.health.since_lsn = start_lsn
 
         self.reporter.step("writing with chaos")
         began = datetime.now(timezone.utc)
@@ -376,8 +374,8 @@ class Chaos:
         ended = datetime.now(timezone.utc)
 
         self.reporter.step("settling")
-        goal = self.health_.primary_lsn() or start_lsn
-        settled_at, failing = self.health_.wait(goal, self.params.recovery_timeout)
+        goal = self.health.primary_lsn() or start_lsn
+        settled_at, failing = self.health.wait(goal, self.params.recovery_timeout)
         if settled_at is None:
             raise ChaosError(f"failure settling (not healthy after {self.params.recovery_timeout:.0f} s: "
                              f"{'; '.join(f'{k}: {v}' for k, v in failing.items())})")
@@ -495,11 +493,11 @@ class Chaos:
             event.update(new_pid=status["pid"], restarted_at=now_iso())
         goal = None
         while goal is None and time.monotonic() - began < timeout:
-            goal = self.health_.primary_lsn()
+            goal = self.health.primary_lsn()
         if goal is None:
             return None, {"primary": "does not answer"}
         event["goal_lsn"] = walnames.format_lsn(goal)
-        return self.health_.wait(goal, max(1.0, timeout - (time.monotonic() - began)))
+        return self.health.wait(goal, max(1.0, timeout - (time.monotonic() - began)))
 
     def do_capturer_restart(self, event: dict) -> None:
         old = self.driver.pid("capturer")
