@@ -164,7 +164,8 @@ def main() -> int:
     goal = 150.0
     report = {"benchmark": "dashboard", "catalog": made, "database": connection.vendor, "pages": pages,
               "goal_p95_ms": goal, "met": all(pages[u]["steady"]["p95_ms"] < goal for u in ("/", "/timeline/")),
-              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
