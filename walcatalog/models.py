@@ -45,7 +45,8 @@ class WalSegment(models.Model):
     commit_count = models.IntegerField(default=0)
     scanned_to = models.BigIntegerField(default=0, help_text="LSN up to which pg_waldump has read this segment")
     mtime_ns = models.BigIntegerField(default=0, help_text="file mtime at the last index pass")
-    in_local_archive = models.BooleanField(default=True)
+    # Indexed: the dashboard asks for the few rows whose file left the archive on every refresh.
+    in_local_archive = models.BooleanField(default=True, db_index=True)
     indexed_at = models.DateTimeField(auto_now=True)
 
     class Meta:
