@@ -49,10 +49,20 @@ class Overview:
 
 
 def storage_lines() -> list[str]:
+    """Where copies go and how far uploads got (asked once per catalog state: the not-uploaded count is an anti-join)."""
     lines = [f"local archive: filesystem {settings.PITR_WAL_ARCHIVE}"]
-    archive = settings.STORAGES.get("archive")
-    if archive:
-        lines.append(f"archive storage: {archive.get('BACKEND', '?').rsplit('.', 1)[-1]}")
+    if "archive" not in settings.STORAGES:
+        return lines
+    from walcatalog.storage import describe
+
+    lines.append(f"archive storage: {describe('archive')}")
+    copies = StorageCopy.objects.filter(storage="archive").order_by()
+    counts = dict(copies.values_list("kind").annotate(n=Count("id")))
+    newest = copies.aggregate(at=Max("uploaded_at"))["at"]
+    waiting = WalSegment.objects.filter(is_partial=False).exclude(copies__storage="archive").count()
+    lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
+                 + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
+    lines.append(f"complete segments not uploaded yet: {waiting}")
     return lines
 
 
@@ -125,7 +135,7 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     if view.last_backup:
         moment = view.last_backup.stop_time or view.last_backup.finished_at
         view.last_backup_age = (timezone.now() - moment).total_seconds() if moment else None
-    view.storage = storage_lines()
+    view.storage = cached("storage", key, storage_lines)
     view.running = [jobs.job_json(job) for job in jobs.running_jobs()]
     view.job_counts = jobs.counts_by_state()
     return view

@@ -294,3 +294,15 @@ def test_chaos_start_denials_and_validation(staff, viewer, db):
                           follow=True)
     assert "interval 30-10: need 0 &lt; MIN &lt;= MAX" in response.content.decode()
     assert not ChaosRun.objects.exists()
+
+
+def test_overview_storage_state(viewer, catalog):
+    from walcatalog.models import StorageCopy, WalSegment
+
+    segment = WalSegment.objects.filter(is_partial=False).first()
+    StorageCopy.objects.create(kind="wal", storage="archive", key=f"wal/{segment.name}", segment=segment,
+                               size=segment.size, sha256="0" * 64, uploaded_at=timezone.now())
+    html = viewer.get("/").content.decode()
+    complete = WalSegment.objects.filter(is_partial=False).count()
+    assert "archive storage: " in html and "copies: 1 WAL segments, 0 backup files" in html
+    assert f"complete segments not uploaded yet: {complete - 1}" in html
