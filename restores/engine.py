@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +70,13 @@ class Restore:
                     wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
                     wal_last=the_plan.segments[-1].file_name if the_plan.segments else "",
                     uses_partial=the_plan.partial is not None, target_lsn=the_plan.target_lsn)
+        wal = self.start_wal_download(the_plan)
+        try:
+            self.restore(the_plan, wal)
+        finally:
+            wal.close()
 
+    def restore(self, the_plan: Plan, wal: "WalDownload") -> None:
         self.reporter.step("stopping the restore target")
         self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
         self.reporter.step("emptying the data directory")
@@ -82,7 +89,7 @@ class Restore:
             if source != backup_dir(the_plan.backup):
                 shutil.rmtree(source, ignore_errors=True)
         self.reporter.step("staging WAL")
-        self.stage(the_plan)
+        self.stage(the_plan, wal)
         self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
@@ -97,7 +104,7 @@ class Restore:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     # --- steps -----------------------------------------------------------------
-    def stage(self, the_plan: Plan) -> None:
+    def stage(self, the_plan: Plan, wal: "WalDownload") -> None:
         """Hard-link complete segments (instant, read-only use), copy the .partial under its final name."""
         archive = self.driver.layout.archive
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -105,16 +112,14 @@ class Restore:
         for timeline in the_plan.history:
             name = walnames.history_name(timeline.tli)
             self.put_staged(name, timeline.history.encode())
-        total, done, missing = len(the_plan.segments), 0, []
+        total, done = len(the_plan.segments), 0
         for segment in the_plan.segments:
             source = archive / segment.file_name
             dest = self.staging / segment.name
+            if segment.name in wal.names:
+                continue  # lost locally: downloading since planning, linked in below
             if not source.exists():
-                if segment.is_partial:
-                    raise RestoreError(f"failure staging WAL ({source} is missing from the local archive; "
-                                       "a .partial is never copied to storage)")
-                missing.append(segment)  # lost locally: downloaded from storage below
-                continue
+                raise RestoreError(f"failure staging WAL ({source} is missing from the local archive)")
             if segment.is_partial:
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
@@ -124,7 +129,12 @@ class Restore:
             self.used_local += 1
             done += 1
             self.reporter.progress(done, total)
-        self.fetch_wal(missing, done, total)
+        if wal.names:
+            wal.wait(self.reporter, done, total)
+            for name in sorted(wal.names):
+                os.link(wal.folder / name, self.staging / name)
+            self.used_storage += len(wal.names)
+            self.reporter.progress(total, total)
 
     # --- from the archive storage, when the local copy is missing ---------------------------------
     def backup_source(self, backup: BaseBackup) -> Path:
@@ -155,23 +165,31 @@ class Restore:
             raise
         return dest
 
-    def fetch_wal(self, segments: list[WalSegment], done: int, total: int) -> None:
-        """Download the segments the local archive lost, in parallel, each checked against the catalog."""
-        if not segments:
-            return
+    def start_wal_download(self, the_plan: Plan) -> "WalDownload":
+        """Start downloading the planned segments the local archive lost; refuse at once what no one holds.
+
+        Started before the target is touched, the downloads overlap stopping it and fetching and
+        extracting the backup; stage() waits for them.
+        """
+        archive = self.driver.layout.archive
+        missing = [s for s in the_plan.segments if not (archive / s.file_name).exists()]
+        partial = next((s for s in missing if s.is_partial), None)
+        if partial is not None:
+            raise RestoreError(f"failure planning ({archive / partial.file_name} is missing from the local archive; "
+                               "a .partial is never copied to storage)")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.STORAGE_NAME, segment__in=segments, verified_at__isnull=False)}
-        absent = [s.name for s in segments if s.pk not in copies]
+            storage=st.STORAGE_NAME, segment__in=missing, verified_at__isnull=False)}
+        absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
-            raise RestoreError(f"failure staging WAL ({span} missing from the local archive "
-                               f"{self.driver.layout.archive} and from storage {st.describe()})")
-        for segment in segments:
+            raise RestoreError(f"failure planning ({span} missing from the local archive {archive} "
+                               f"and from storage {st.describe()})")
+        for segment in missing:
             if segment.sha256 and copies[segment.pk].sha256 != segment.sha256:
-                raise RestoreError(f"failure staging WAL (the catalog's copy record of {copies[segment.pk].key} "
-                                   f"disagrees with the segment's sha256)")
-        self.download([(copies[s.pk], self.staging / s.name) for s in segments], "staging WAL", offset=done,
-                      total=total)
+                raise RestoreError(f"failure planning (the copy record of {copies[segment.pk].key} disagrees "
+                                   "with the catalog's sha256 of the segment)")
+        folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
+        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
 
     def download(self, pairs: list[tuple[StorageCopy, Path]], step: str, offset: int = 0, total: int | None = None,
                  by_bytes: bool = False) -> None:
@@ -280,6 +298,58 @@ class Restore:
         self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command and the target
         self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
                     plan={**self.job.plan, "stop_reason": reason})
+
+
+class WalDownload:
+    """Parallel downloads (PITR_DOWNLOAD_PARALLEL) of WAL segments in a background thread, sha256 checked.
+
+    The thread does storage and file I/O only: the database and the reporter stay in the job's thread.
+    The first failure stops it; wait() turns it into the restore's error, naming the object.
+    """
+
+    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path):
+        self.pairs, self.folder = pairs, folder
+        self.names = {dest.name for _, dest in pairs}
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"wal-download-{folder.name}", daemon=True)
+        if pairs:
+            shutil.rmtree(folder, ignore_errors=True)
+            pg.give_to_server(folder)
+            self.thread.start()
+
+    def _run(self) -> None:
+        storage = st.get_storage(st.STORAGE_NAME)
+        attempts = settings.PITR_STORAGE_RETRIES
+
+        def one(pair: tuple[StorageCopy, Path]) -> None:
+            if self.stopping.is_set():
+                raise RestoreError("stopped")
+            copy, dest = pair
+            st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                            f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
+            Restore.give(dest)
+
+        try:
+            for _, _, error in st.parallel(self.pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
+                if error is not None:
+                    self.error = error
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
+            self.error = exc
+
+    def wait(self, reporter: Reporter, done: int, total: int) -> None:
+        while self.thread.is_alive():
+            self.thread.join(0.3)
+            reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
+        if self.error is not None:
+            raise RestoreError(f"failure staging WAL ({st.error_text(self.error)})") from self.error
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def end_of_recovery(pg_wal: Path) -> tuple[int | None, str, int | None]:

@@ -133,6 +133,14 @@ def test_restore_from_storage_exact_and_corruption_detected(archive_storage, nar
     assert failed.error.startswith("failure staging WAL")
     assert any(m.startswith(victim.key) for m in check_storage().mismatched)
 
+    # Held nowhere: refused at planning, before the restore target is touched.
+    name = victim.segment.name
+    victim.delete()
+    gone = restore_from_storage(settings, tmp_path / "gone", target)
+    assert gone.state == JobState.FAILED
+    assert gone.error.startswith(f"failure planning ({name} missing from the local archive"), gone.error
+    assert "stopping the restore target" not in [s["name"] for s in gone.steps]
+
 
 @pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
 def test_commands(archive_storage, narrowed):
