@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psycopg
 from django.conf import settings
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, QuerySet, Sum, Window as W
-from django.db.models.functions import Lead
+from django.db import connection
+from django.db.models import Count, Exists, Max, Min, OuterRef, Sum
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState
@@ -76,10 +76,30 @@ def _size_from_archive(archive: Path) -> int | None:
 
 
 # --- what the catalog holds -----------------------------------------------------
-def held() -> QuerySet[WalSegment]:
-    """Segments we can still restore from: in the local archive or copied to a storage."""
-    return WalSegment.objects.filter(
-        Q(in_local_archive=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk")))).order_by()
+def timelines_held() -> list[int]:
+    """Timelines with segment rows: a loose index scan, a few index probes whatever the row count."""
+    found: list[int] = []
+    rows = WalSegment.objects.order_by()
+    while (tli := rows.filter(timeline__gt=found[-1] if found else -1).aggregate(t=Min("timeline"))["t"]) is not None:
+        found.append(tli)
+    return found
+
+
+def segment_spans() -> dict[int, tuple[int, int]]:
+    """(lowest, highest) segno per timeline; each a single min/max probe of the (timeline, segno) index."""
+    spans = {}
+    for tli in timelines_held():
+        rows = WalSegment.objects.filter(timeline=tli).order_by()
+        spans[tli] = (rows.aggregate(v=Min("segno"))["v"], rows.aggregate(v=Max("segno"))["v"])
+    return spans
+
+
+def not_held() -> set[tuple[int, int]]:
+    """(timeline, segno) of rows whose file left the local archive with no storage copy (usually none)."""
+    copies = StorageCopy.objects.filter(segment=OuterRef("pk"))
+    # in_local_archive__in=[False]: SQLite gets "IN (0)", which uses the index; "NOT column" would scan.
+    return set(WalSegment.objects.filter(in_local_archive__in=[False]).filter(~Exists(copies))
+               .values_list("timeline", "segno"))
 
 
 @dataclass(frozen=True)
@@ -148,10 +168,17 @@ def _expected_ranges(spans: dict[int, tuple[int, int]], seg_size: int) -> dict[i
     return expected
 
 
-def gaps(timeline: int | None = None) -> list[Gap]:
-    """Runs of missing segments per timeline (all timelines, or one), oldest first."""
-    spans = {row["timeline"]: (row["lo"], row["hi"])
-             for row in held().values("timeline").annotate(lo=Min("segno"), hi=Max("segno"))}
+def gaps(timeline: int | None = None, lost: set[tuple[int, int]] | None = None) -> list[Gap]:
+    """Runs of missing segments per timeline (all timelines, or one), oldest first.
+
+    A segment is missing when it has no row, or its row says the file left the
+    local archive and no storage holds a copy (``lost``: not_held(), when the
+    caller has it already).
+    """
+    spans = segment_spans()
+    lost = not_held() if lost is None else lost
+    if lost:
+        spans = _held_spans(spans, lost)
     if not spans or (timeline is not None and timeline not in spans):
         return []
     seg_size = segment_size()
@@ -162,27 +189,83 @@ def gaps(timeline: int | None = None) -> list[Gap]:
     for tli, (lo, hi) in sorted(expected.items()):
         if hi < lo:
             continue
-        rows = held().filter(timeline=tli, segno__gte=lo, segno__lte=hi)
-        stats = rows.aggregate(n=Count("id"), first=Min("segno"), last=Max("segno"))
-        if stats["n"] == hi - lo + 1:
-            continue  # the common case: complete, found by one count
-        result.extend(_holes(tli, lo, hi, rows, stats, seg_size))
+        missing = [(segno, segno) for t, segno in lost if t == tli and lo <= segno <= hi]
+        rows = WalSegment.objects.filter(timeline=tli, segno__gte=lo, segno__lte=hi).order_by()
+        if rows.count() != hi - lo + 1:  # the common case, complete, costs this one index count
+            missing.extend(_holes(tli, lo, hi))
+        result.extend(Gap(tli, first, last, seg_size) for first, last in _merge(missing))
     return result
 
 
-def _holes(tli: int, lo: int, hi: int, rows: QuerySet, stats: dict, seg_size: int) -> list[Gap]:
-    if not stats["n"]:
-        return [Gap(tli, lo, hi, seg_size)]
-    found = []
-    if stats["first"] > lo:
-        found.append(Gap(tli, lo, stats["first"] - 1, seg_size))
-    # Only rows followed by a hole come back: the window function finds them in the database.
-    after = rows.annotate(next_segno=W(Lead("segno"), order_by=F("segno").asc())).filter(
-        next_segno__gt=F("segno") + 1).values_list("segno", "next_segno")
-    found.extend(Gap(tli, segno + 1, nxt - 1, seg_size) for segno, nxt in after)
-    if stats["last"] < hi:
-        found.append(Gap(tli, stats["last"] + 1, hi, seg_size))
-    return sorted(found, key=lambda g: g.first)
+def _held_spans(spans: dict[int, tuple[int, int]], lost: set[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """Spans shrunk past rows at either end that are not held (e.g. old files deleted locally)."""
+    result = {}
+    for tli, (lo, hi) in spans.items():
+        gone = sorted(segno for t, segno in lost if t == tli)
+        held = WalSegment.objects.filter(timeline=tli).exclude(segno__in=gone).order_by()
+        first = held.aggregate(lo=Min("segno"), hi=Max("segno"))
+        if first["lo"] is not None:
+            result[tli] = (first["lo"], first["hi"])
+    return result
+
+
+# Counting an index range is cheap; bisection finds a few holes in a few dozen counts.
+# Past this many counts (many holes) one window-function query is cheaper.
+BISECT_BUDGET = 64
+
+
+def _holes(tli: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Segno runs with no row inside [lo, hi]."""
+    def count(a: int, b: int) -> int:
+        return WalSegment.objects.filter(timeline=tli, segno__gte=a, segno__lte=b).order_by().count()
+
+    holes: list[tuple[int, int]] = []
+    todo = [(lo, hi, count(lo, hi))]
+    queries = 1
+    while todo:
+        a, b, n = todo.pop()
+        if n == b - a + 1:
+            continue
+        if n == 0:
+            holes.append((a, b))
+            continue
+        if queries >= BISECT_BUDGET:
+            return _holes_by_window(tli, lo, hi)
+        mid = (a + b) // 2
+        left = count(a, mid)
+        queries += 1
+        todo += [(a, mid, left), (mid + 1, b, n - left)]
+    return holes
+
+
+def _holes_by_window(tli: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    table = WalSegment._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT segno, nxt FROM (SELECT segno, LEAD(segno) OVER (ORDER BY segno) AS nxt FROM {table} "
+            f"WHERE timeline = %s AND segno >= %s AND segno <= %s) AS s WHERE nxt > segno + 1",
+            [tli, lo, hi])
+        holes = [(segno + 1, nxt - 1) for segno, nxt in cur.fetchall()]
+        cur.execute(f"SELECT min(segno), max(segno) FROM {table} WHERE timeline = %s AND segno >= %s "
+                    f"AND segno <= %s", [tli, lo, hi])
+        first, last = cur.fetchone()
+    if first is None:
+        return [(lo, hi)]
+    if first > lo:
+        holes.append((lo, first - 1))
+    if last < hi:
+        holes.append((last + 1, hi))
+    return holes
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(runs):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 # --- the recoverable window ------------------------------------------------------------
@@ -221,58 +304,104 @@ def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else "unknown"
 
 
-def recoverable_window() -> Window | None:
-    """The moments a restore can reach now; None when there is nothing to restore from."""
+def recoverable_window(gap_list: list[Gap] | None = None,
+                       lost: set[tuple[int, int]] | None = None) -> Window | None:
+    """The moments a restore can reach now; None when there is nothing to restore from.
+
+    ``gap_list`` and ``lost`` are gaps() and not_held() when the caller has them already.
+    Every lookup walks an index from one end, so the cost does not grow with the catalog.
+    """
+    lost = not_held() if lost is None else lost
+    gap_list = gaps(lost=lost) if gap_list is None else gap_list
     backup = (BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True, stop_lsn__isnull=False)
               .order_by("stop_lsn").first())
-    segments = held()
+    with_commits = WalSegment.objects.filter(last_commit_at__isnull=False).order_by()
     if backup is not None:
         start, start_lsn, tli = backup.stop_time, backup.stop_lsn, backup.timeline
     else:
-        first = segments.aggregate(lsn=Min("start_lsn"), at=Min("first_commit_at"))
-        if first["lsn"] is None or first["at"] is None:
+        spans = segment_spans()
+        if not spans:
             return None
-        start, start_lsn, tli = first["at"], first["lsn"], None
-    gap = next((g for g in gaps() if g.end_lsn > start_lsn), None)
-    if gap is not None:
-        segments = segments.filter(end_lsn__lte=gap.start_lsn)
-    newest = segments.filter(last_commit_lsn__gte=start_lsn).aggregate(
-        at=Max("last_commit_at"), lsn=Max("last_commit_lsn"), tli=Max("timeline"))
-    end, end_lsn = newest["at"], newest["lsn"]
-    if end is None or (start is not None and end < start):
-        end, end_lsn = start, start_lsn  # nothing committed after the backup yet: only its own end
-    return Window(start, start_lsn, end, end_lsn, newest["tli"] or tli,
+        start_lsn = min(lo for lo, _ in spans.values()) * segment_size()
+        # The oldest commits are in the segments whose newest commit is oldest (index on last_commit_at);
+        # a few rows cover commit times that are slightly out of LSN order.
+        firsts = [f for f, key in with_commits.order_by("last_commit_at").values_list("first_commit_at", "timeline")[:16]
+                  if f is not None]
+        if not firsts:
+            return None
+        start, tli = min(firsts), None
+    gap = next((g for g in gap_list if g.end_lsn > start_lsn), None)
+    newest = _newest_commit(start_lsn, gap, lost)
+    if newest is None or (start is not None and newest[0] < start):
+        end, end_lsn, end_tli = start, start_lsn, tli  # nothing committed after the backup yet: only its own end
+    else:
+        end, end_lsn, end_tli = newest
+    return Window(start, start_lsn, end, end_lsn, end_tli or tli,
                   "base backup" if backup else "oldest segment",
                   backup.pk if backup else None, backup.label if backup else "", gap)
+
+
+def _newest_commit(start_lsn: int, gap: Gap | None,
+                   lost: set[tuple[int, int]]) -> tuple[datetime, int, int] | None:
+    """(time, LSN, timeline) of the newest commit after start_lsn and before the gap, if any.
+
+    Walks the (timeline, segno) index down from the newest segment of each
+    timeline; a few rows cover commit times that are slightly out of LSN order.
+    """
+    for tli in sorted(segment_spans(), reverse=True):
+        if gap is not None and tli > gap.timeline:
+            continue
+        rows = WalSegment.objects.filter(timeline=tli, last_commit_at__isnull=False, last_commit_lsn__gte=start_lsn)
+        if gap is not None:
+            rows = rows.filter(segno__lt=gap.first, end_lsn__lte=gap.start_lsn)
+        top = [r for r in rows.order_by("-segno").values_list("last_commit_at", "last_commit_lsn", "segno")[:8]
+               if (tli, r[2]) not in lost]
+        if top:
+            return max(r[0] for r in top), top[0][1], tli
+    return None
 
 
 # --- one summary for walstatus, the dashboard and metrics -----------------------------------
 def summary(with_fleet: bool = True) -> dict:
     """Segments per timeline, newest segment, partial, gaps, window and capturer lag."""
-    segs = WalSegment.objects.order_by()
     timelines = {t.tli: t for t in Timeline.objects.all()}
+    lost = not_held()
+    seg_size = _segment_size_or_none()
     per_tli = []
-    for row in segs.values("timeline").annotate(
-            segments=Count("id"), complete=Count("id", filter=Q(is_partial=False)),
-            partial=Count("id", filter=Q(is_partial=True)), local=Count("id", filter=Q(in_local_archive=True)),
-            first=Min("segno"), last=Max("segno"), bytes=Sum("size"), newest_commit=Max("last_commit_at"),
-    ).order_by("timeline"):
-        t = timelines.get(row["timeline"])
-        row["parent"] = t.parent_tli if t else None
-        row["switch_lsn"] = t.switch_lsn_text if t and t.switch_lsn is not None else None
-        per_tli.append(row)
-    newest = segs.filter(is_partial=False).order_by("-timeline", "-segno").first()
-    partial = segs.filter(is_partial=True).order_by("-timeline", "-segno").first()
-    window = recoverable_window()
+    # Partials are few and is_partial is indexed: one small grouped query for all timelines.
+    # (is_partial__in, not is_partial=True: SQLite gets "IN (1)", which uses the index; a bare column does not.)
+    partials = {row["timeline"]: (row["n"], row["b"] or 0) for row in WalSegment.objects.filter(is_partial__in=[True])
+                .order_by().values("timeline").annotate(n=Count("id"), b=Sum("size"))}
+    for tli, (first, last) in segment_spans().items():
+        rows = WalSegment.objects.filter(timeline=tli).order_by()
+        partial_count, partial_bytes = partials.get(tli, (0, 0))
+        count = rows.count()
+        t = timelines.get(tli)
+        per_tli.append({
+            "timeline": tli, "segments": count, "complete": count - partial_count, "partial": partial_count,
+            "lost": sum(1 for t_, _ in lost if t_ == tli), "first": first, "last": last,
+            "bytes": (count - partial_count) * (seg_size or 0) + partial_bytes,
+            "newest_commit": rows.filter(last_commit_at__isnull=False).aggregate(v=Max("last_commit_at"))["v"],
+            "parent": t.parent_tli if t else None,
+            "switch_lsn": t.switch_lsn_text if t and t.switch_lsn is not None else None,
+        })
+    segs = WalSegment.objects.order_by()
+    # Walk the (timeline, segno) index from the top: the newest complete segment is right below the partial.
+    newest = next((seg for seg in segs.order_by("-timeline", "-segno")[:4] if not seg.is_partial), None) \
+        or segs.filter(is_partial=False).order_by("-timeline", "-segno").first()
+    partial = segs.filter(is_partial__in=[True]).order_by("-timeline", "-segno").first()
+    gap_list = gaps(lost=lost)
+    window = recoverable_window(gap_list, lost)
     result = {
-        "segment_size": _segment_size_or_none(),
+        "segment_size": seg_size,
         "segments": sum(r["segments"] for r in per_tli),
         "timelines": per_tli,
         "newest_segment": _segment_dict(newest),
         "partial": _segment_dict(partial),
-        "gaps": [g.as_dict() for g in gaps()],
+        "gaps": [g.as_dict() for g in gap_list],
         "window": window.as_dict() if window else None,
-        "last_indexed_at": segs.aggregate(at=Max("indexed_at"))["at"],
+        # The growing partial is re-indexed on every pass that sees it change.
+        "last_indexed_at": max((s.indexed_at for s in (newest, partial) if s), default=None),
     }
     if with_fleet:
         result["capturer"] = capturer_state()
