@@ -6,11 +6,9 @@ SIGCONT, kill is SIGKILL.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -292,18 +290,11 @@ class LocalDriver:
 
     def _check_port_free(self, role: str) -> None:
         port = self.layout.port(role)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # As PostgreSQL binds: connections left in TIME_WAIT by a stopped server do not count.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((settings.PITR_HOST, port))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                setting = {"primary": "PITR_PRIMARY_PORT", "standby": "PITR_STANDBY_PORT",
-                           "restore_target": "PITR_RESTORE_PORT"}[role]
-                raise FleetError(f"port {port} for the {role} is already in use by another process: "
-                                 f"stop it or set {setting} to a free port") from None
+        if procs.port_in_use(settings.PITR_HOST, port):
+            setting = {"primary": "PITR_PRIMARY_PORT", "standby": "PITR_STANDBY_PORT",
+                       "restore_target": "PITR_RESTORE_PORT"}[role]
+            raise FleetError(f"port {port} for the {role} is already in use by another process: "
+                             f"stop it or set {setting} to a free port")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:

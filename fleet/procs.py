@@ -1,12 +1,15 @@
 """Process helpers over /proc: liveness, stopped state, descendants, detached starts."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 
 def read_pid(path: Path) -> int | None:
@@ -34,9 +37,8 @@ def paused(pid: int | None) -> bool:
     return pid is not None and proc_state(pid) in ("T", "t")
 
 
-def descendants(pid: int) -> list[int]:
-    """All live descendants of pid (PostgreSQL backends, walsenders, ...)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, ppid, process group) of every live process, from /proc/PID/stat."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -44,8 +46,16 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        state, ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if state not in ("Z", "X"):
+            yield int(entry.name), state, int(ppid), int(pgrp)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (PostgreSQL backends, walsenders, ...)."""
+    children: dict[int, list[int]] = {}
+    for child, _, ppid, _ in _processes():
+        children.setdefault(ppid, []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -56,18 +66,21 @@ def descendants(pid: int) -> list[int]:
 
 def pids_in_groups(groups: set[int]) -> list[int]:
     """Live processes whose process group is one of `groups`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    return [pid for pid, _, _, pgrp in _processes() if pgrp in groups]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port. Bound as servers bind (SO_REUSEADDR), so connections
+    a stopped server left in TIME_WAIT do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] not in ("Z", "X") and int(fields[2]) in groups:
-            found.append(int(entry.name))
-    return found
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return True
+    return False
 
 
 def signal_tree(pid: int, sig: int) -> None:
