@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.restore_helpers import wait_captured, write_rows
+from tests.storage_servers import moto_server  # noqa: F401
 from walcatalog import storage as st
 
 pytestmark = [pytest.mark.fleet]
@@ -23,6 +24,7 @@ def test_beat_uploads_completed_segments(worker_storage, celery_worker, primary)
     from walcatalog.models import StorageCopy, WalSegment
 
     rows = write_rows(primary, 3, "beat-upload", switch_every=3)  # ends with a switch: a complete segment
+    primary.execute("SELECT txid_current()")  # WAL after the switch: capture reaches the primary's position
     wait_captured()
     last_lsn = rows[-1].lsn_after
 
@@ -37,3 +39,49 @@ def test_beat_uploads_completed_segments(worker_storage, celery_worker, primary)
     assert path.is_file() and st.sha256_file(path) == (copy.size, copy.sha256)
     assert copy.key == st.wal_key(copy.segment.name)
     assert not any(p.name.endswith(".partial") for p in worker_storage.rglob("*"))
+
+
+@pytest.mark.parametrize("backend", ["s3"])
+def test_upload_killed_mid_pass_is_resumed(backend, transactional_db, fleet, primary, request, settings, tmp_path):
+    """SIGKILL `manage.py upload` while it works; the next pass uploads exactly what has no verified copy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from restores.engine import refresh_catalog
+    from tests.conftest import PROJECT, subprocess_env
+    from tests.storage_servers import storage_env, storage_setting
+    from walcatalog.models import StorageCopy
+    from walcatalog.uploader import check_storage, upload_pass
+
+    # ~20 MB of WAL (20 complete 1 MiB segments) in a table of its own, so the pass has work to be killed in.
+    primary.execute("CREATE TABLE storage_kill_filler (b text)")
+    primary.execute("INSERT INTO storage_kill_filler SELECT repeat(md5(g::text), 30) FROM generate_series(1, 15000) g")
+    primary.execute("DROP TABLE storage_kill_filler")
+    primary.execute("SELECT pg_switch_wal()")
+    primary.execute("SELECT txid_current()")  # WAL after the switch: capture reaches the primary's position
+    wait_captured()
+    refresh_catalog()
+    env = storage_env(backend, request, tmp_path)
+    proc = subprocess.Popen([sys.executable, str(PROJECT / "manage.py"), "upload", "--parallel", "1"],
+                            env=subprocess_env(**env), cwd=PROJECT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: StorageCopy.objects.count() >= 3 or proc.poll() is not None, 60,
+                 "the upload pass to record its first copies", interval=0.02)
+        assert proc.poll() is None, "the pass finished before it could be killed: give it more to upload"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done_before = set(StorageCopy.objects.filter(verified_at__isnull=False).values_list("key", flat=True))
+
+    settings.STORAGES = {**settings.STORAGES, "archive": storage_setting(env, tmp_path)}
+    resumed = upload_pass()
+    assert not resumed.errors and resumed.uploaded > 0
+    uploaded_now = set(StorageCopy.objects.values_list("key", flat=True)) - done_before
+    assert resumed.uploaded == len(uploaded_now)  # nothing verified before was sent again
+    check = check_storage()
+    assert check.ok and check.local_only == [] and check.verified == StorageCopy.objects.count()
