@@ -190,9 +190,9 @@ def gaps(timeline: int | None = None, lost: set[tuple[int, int]] | None = None) 
         if hi < lo:
             continue
         missing = [(segno, segno) for t, segno in lost if t == tli and lo <= segno <= hi]
-        rows = WalSegment.objects.filter(timeline=tli, segno__gte=lo, segno__lte=hi).order_by()
-        if rows.count() != hi - lo + 1:  # the common case, complete, costs this one index count
-            missing.extend(_holes(tli, lo, hi))
+        n = WalSegment.objects.filter(timeline=tli, segno__gte=lo, segno__lte=hi).order_by().count()
+        if n != hi - lo + 1:  # the common case, complete, costs this one index count
+            missing.extend(_holes(tli, lo, hi, n))
         result.extend(Gap(tli, first, last, seg_size) for first, last in _merge(missing))
     return result
 
@@ -214,14 +214,14 @@ def _held_spans(spans: dict[int, tuple[int, int]], lost: set[tuple[int, int]]) -
 BISECT_BUDGET = 64
 
 
-def _holes(tli: int, lo: int, hi: int) -> list[tuple[int, int]]:
-    """Segno runs with no row inside [lo, hi]."""
+def _holes(tli: int, lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    """Segno runs with no row inside [lo, hi], which holds ``n`` rows."""
     def count(a: int, b: int) -> int:
         return WalSegment.objects.filter(timeline=tli, segno__gte=a, segno__lte=b).order_by().count()
 
     holes: list[tuple[int, int]] = []
-    todo = [(lo, hi, count(lo, hi))]
-    queries = 1
+    todo = [(lo, hi, n)]
+    queries = 0
     while todo:
         a, b, n = todo.pop()
         if n == b - a + 1:
