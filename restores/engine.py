@@ -4,6 +4,12 @@ Steps: plan, stop the target, empty it, extract the backup, stage the WAL
 range (a .partial is copied and renamed, never moved), configure recovery,
 start, follow replay to promotion, verify it takes writes. The primary and
 the archive are only read.
+
+When the local backup directory or a planned WAL file is missing, it comes
+from the archive storage (walcatalog/storage.py): the WAL downloads start
+right after planning and overlap the backup's download and extraction, in
+parallel (PITR_DOWNLOAD_PARALLEL), each checked against the catalog's sha256
+before use; job.source says local, storage or mixed.
 """
 from __future__ import annotations
 
