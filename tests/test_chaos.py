@@ -23,6 +23,23 @@ from tests.conftest import manage, subprocess_env
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def forget_chaos_rows(django_db_setup, django_db_blocker):
+    """What the chaos runs here commit outside any test's transaction (their rows, their restores and backups,
+    and the catalog rows that the runs, the worker and the manage.py subprocesses indexed) is removed at the
+    end, so the tests that follow start from an empty catalog as they expect. The WAL stays in the archive:
+    the next index pass finds it again."""
+    yield
+    from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
+
+    with django_db_blocker.unblock():
+        ChaosRun.objects.all().delete()
+        RestoreJob.objects.filter(trigger="chaos").delete()
+        BaseBackup.objects.filter(trigger="chaos").delete()
+        for model in (StorageCopy, RestorePoint, WalSegment, Timeline):
+            model.objects.all().delete()
+
+
 def start_app_services(layout: Layout) -> list[str]:
     """Celery worker and beat, each under fleet.supervise, against the test database and fleet."""
     started = []
