@@ -127,17 +127,30 @@ def index_archive(archive_dir: Path | None = None, reporter: Reporter | None = N
     return result
 
 
-def _load_rows() -> dict[str, _Row]:
+# What the fast path compares, per file name: (id, is_partial, size, mtime_ns, in_local_archive, unfinished).
+# Plain tuples from raw SQL: this runs every few seconds over every row; model instances cost 10x.
+_Brief = tuple[int, bool, int, int, bool, bool]
+_ROW_FIELDS = ("id", "timeline", "segno", "name", "is_partial", "size", "mtime_ns", "scanned_to", "start_lsn",
+               "end_lsn", "in_local_archive")
+
+
+def _load_rows() -> dict[str, _Brief]:
     table = WalSegment._meta.db_table
     with connection.cursor() as cur:
-        # Raw SQL: this runs every few seconds over every row; model instances would cost 10x.
-        cur.execute(f"SELECT id, timeline, segno, name, is_partial, size, mtime_ns, scanned_to, start_lsn, "
-                    f"end_lsn, in_local_archive FROM {table}")
-        rows = [_Row(*r[:4], bool(r[4]), *r[5:10], bool(r[10])) for r in cur.fetchall()]
-    return {row.file_name: row for row in rows}
+        cur.execute(f"SELECT name, is_partial, id, size, mtime_ns, in_local_archive, scanned_to < end_lsn "
+                    f"FROM {table}")
+        return {(name + ".partial" if partial else name): (id_, bool(partial), size, mtime, bool(local),
+                                                           bool(unfinished))
+                for name, partial, id_, size, mtime, local, unfinished in cur.fetchall()}
 
 
-def _list(archive: Path) -> dict[str, _File]:
+def _full_row(row_id: int) -> _Row | None:
+    values = WalSegment.objects.filter(pk=row_id).values_list(*_ROW_FIELDS).first()
+    return _Row(*values) if values else None
+
+
+def _list(archive: Path) -> dict[str, tuple[str, int, int]]:
+    """name -> (path, size, mtime_ns) of every regular file (strings, not Paths: 100k of them)."""
     files = {}
     with os.scandir(archive) as entries:
         for entry in entries:
@@ -147,7 +160,7 @@ def _list(archive: Path) -> dict[str, _File]:
                 st = entry.stat()
             except FileNotFoundError:  # renamed or removed while we listed
                 continue
-            files[entry.name] = _File(entry.name, Path(entry.path), st.st_size, st.st_mtime_ns)
+            files[entry.name] = (entry.path, st.st_size, st.st_mtime_ns)
     return files
 
 
@@ -166,11 +179,14 @@ def sha256_file(path: Path) -> str:
 
 
 class _Pass:
-    def __init__(self, archive: Path, files: dict[str, _File], rows: dict[str, _Row], result: IndexResult,
-                 reporter: Reporter | None):
+    def __init__(self, archive: Path, files: dict[str, tuple[str, int, int]], rows: dict[str, _Brief],
+                 result: IndexResult, reporter: Reporter | None):
         self.archive, self.files, self.rows, self.result, self.reporter = archive, files, rows, result, reporter
         self._seg_size: int | None = None
-        self.by_key = {(r.timeline, r.segno): r for r in rows.values()}
+
+    def file(self, name: str) -> _File | None:
+        entry = self.files.get(name)
+        return _File(name, Path(entry[0]), entry[1], entry[2]) if entry else None
 
     @property
     def seg_size(self) -> int:
@@ -180,16 +196,19 @@ class _Pass:
 
     def run(self) -> None:
         work: list[tuple[walnames.WalFile, _File]] = []
-        for name, f in self.files.items():
+        for name, (_, size, mtime_ns) in self.files.items():
             row = self.rows.get(name)
-            if row is not None and self._unchanged(row, f):
+            if row is not None and self._unchanged(row, size, mtime_ns):
                 self.result.unchanged += 1
-                if not row.is_partial and row.scanned_to < row.end_lsn and self._successor(row) is not None:
-                    work.append((walnames.parse_wal_name(name, self.seg_size), f))
+                if row[5] and not row[1]:  # complete, but its last record may continue in a successor
+                    wal = walnames.parse_wal_name(name, self.seg_size)
+                    if self._successor(wal) is not None:
+                        work.append((wal, self.file(name)))
                 continue
             wal = self._parse(name)
             if wal is None:
                 continue
+            f = self.file(name)
             if wal.kind == "history":
                 self._history(f)
             elif wal.kind == "partial" and walnames.segment_name(wal.timeline, wal.segno, self.seg_size) in self.files:
@@ -215,16 +234,17 @@ class _Pass:
                 self.reporter.progress(done, len(work))
 
     # --- classification ---------------------------------------------------
-    def _unchanged(self, row: _Row, f: _File) -> bool:
-        if not row.in_local_archive:
+    def _unchanged(self, row: _Brief, size: int, mtime_ns: int) -> bool:
+        row_id, partial, row_size, row_mtime, local, _ = row
+        if not local:
             return False
-        if row.is_partial:
-            return f.mtime_ns == row.mtime_ns and not self._racy(row, f)
-        return f.size == row.size and f.mtime_ns == row.mtime_ns
+        if partial:  # its size on disk is always the segment size (padded): mtime tells
+            return mtime_ns == row_mtime and not self._racy(row_id, mtime_ns)
+        return size == row_size and mtime_ns == row_mtime
 
-    def _racy(self, row: _Row, f: _File) -> bool:
-        indexed_at = WalSegment.objects.filter(pk=row.id).values_list("indexed_at", flat=True).first()
-        return indexed_at is None or _ns(indexed_at) <= f.mtime_ns + RACY_NS
+    def _racy(self, row_id: int, mtime_ns: int) -> bool:
+        indexed_at = WalSegment.objects.filter(pk=row_id).values_list("indexed_at", flat=True).first()
+        return indexed_at is None or _ns(indexed_at) <= mtime_ns + RACY_NS
 
     def _parse(self, name: str) -> walnames.WalFile | None:
         try:
@@ -237,7 +257,7 @@ class _Pass:
     def _successor(self, seg: _Row | walnames.WalFile) -> _File | None:
         """The next segment's file on the same timeline, complete or partial."""
         name = walnames.segment_name(seg.timeline, seg.segno + 1, self.seg_size)
-        return self.files.get(name) or self.files.get(name + ".partial")
+        return self.file(name) or self.file(name + ".partial")
 
     # --- timelines -----------------------------------------------------------
     def _ensure_timelines(self, tlis: set[int]) -> None:
@@ -275,7 +295,9 @@ class _Pass:
 
     # --- segments --------------------------------------------------------------
     def _segment(self, wal: walnames.WalFile, f: _File) -> None:
-        row = self.by_key.get((wal.timeline, wal.segno))
+        name = walnames.segment_name(wal.timeline, wal.segno, self.seg_size)
+        brief = self.rows.get(name) or self.rows.get(name + ".partial")
+        row = _full_row(brief[0]) if brief else None
         partial = wal.kind == "partial"
         if row is None:
             self._create(wal, f)
@@ -403,17 +425,21 @@ class _Pass:
             self.result.updated += 1
 
     def _mark_vanished(self) -> None:
-        gone = [row.id for name, row in self.rows.items() if row.in_local_archive and name not in self.files
-                and not self._other_name_present(row)]
-        for i in range(0, len(gone), 500):
-            self.result.vanished += WalSegment.objects.filter(pk__in=gone[i:i + 500], in_local_archive=True).update(
+        gone = {name: row[0] for name, row in self.rows.items()
+                if row[4] and name not in self.files and not self._other_name_present(name)}
+        ids = list(gone.values())
+        for i in range(0, len(ids), 500):
+            self.result.vanished += WalSegment.objects.filter(pk__in=ids[i:i + 500], in_local_archive=True).update(
                 in_local_archive=False, indexed_at=timezone.now())
-        for row_id in gone:
-            log.warning("WAL segment row #%s: its file is no longer in the local archive", row_id)
+        if gone:  # once per row: from now on the row says so and is skipped
+            names = sorted(gone)
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            log.warning("no longer in the local archive: %s%s", ", ".join(names[:5]), more)
 
-    def _other_name_present(self, row: _Row) -> bool:
+    def _other_name_present(self, name: str) -> bool:
         # partial -> complete rename between the row load and the listing
-        return row.name in self.files or (row.name + ".partial") in self.files
+        base = name.removesuffix(".partial")
+        return base in self.files or (base + ".partial") in self.files
 
     def _restore_points(self, segment_id: int, timeline: int, dump: waldump.DumpResult) -> None:
         if dump.restore_points:
