@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +128,17 @@ def pytest_sessionfinish(session, exitstatus):
     home = os.environ.get("PITR_TEST_HOME")
     if home and not os.environ.get("PITR_KEEP_TEST_HOME") and os.environ.get("PITR_TEST_SUBPROCESS") is None:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def no_fleet(settings, tmp_path):
+    """Point the fleet settings at an empty home and a closed port: 'nothing is running', whatever
+    the session fleet is doing (status, capture and metrics then read nothing from it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    settings.PITR_HOME = tmp_path
+    settings.PITR_WAL_ARCHIVE = tmp_path / "wal_archive"
+    settings.PITR_BACKUP_DIR = tmp_path / "backups"
+    settings.PITR_PRIMARY_PORT = settings.PITR_STANDBY_PORT = settings.PITR_RESTORE_PORT = closed
+    return tmp_path

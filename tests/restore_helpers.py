@@ -53,3 +53,20 @@ def primary_ids_committed(conn, until: datetime, exclusive: bool = False) -> set
 def restored_ids(driver) -> set[int]:
     with pg.connect(driver.layout.port("restore_target")) as conn:
         return {r[0] for r in conn.execute("SELECT id FROM test_data").fetchall()}
+
+
+def empty_catalog() -> None:
+    """Delete every catalog and job row, dependants first (PROTECT on restore -> backup)."""
+    from django.apps import apps
+
+    for label in ("restores.ChaosRun", "restores.RestoreJob", "walcatalog.StorageCopy", "walcatalog.RestorePoint",
+                  "walcatalog.WalSegment", "walcatalog.Timeline", "walcatalog.BaseBackup"):
+        apps.get_model(label).objects.all().delete()
+
+
+def newest_commit():
+    from django.db.models import Max
+
+    from walcatalog.models import WalSegment
+
+    return WalSegment.objects.aggregate(t=Max("last_commit_at"))["t"]

@@ -39,3 +39,6 @@ elif os.environ.get("PITR_TEST_SUBPROCESS"):
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# WhiteNoise warns for a missing STATIC_ROOT on every request; tests serve through finders anyway.
+STATIC_ROOT = PITR_HOME / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)

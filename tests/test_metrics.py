@@ -30,7 +30,7 @@ def fresh_dashboard_cache():
     cache.clear()
 
 @pytest.fixture
-def catalog(db):
+def catalog(db, no_fleet):
     start = timezone.now() - timedelta(hours=1)
     make_segments(1, [n for n in range(1, 50) if n != 20], start, timedelta(seconds=30))
     make_segments(2, range(50, 60), start + timedelta(minutes=30), timedelta(seconds=30), partial_last=True)
@@ -63,7 +63,7 @@ def test_metrics_parse_and_say_what_the_catalog_holds(catalog):
     assert catalog["start"].timestamp() < start < end <= timezone.now().timestamp()
 
 
-def test_metrics_empty_catalog_has_no_made_up_values(db):
+def test_metrics_empty_catalog_has_no_made_up_values(db, no_fleet):
     found = samples(Client().get("/metrics").content.decode())
     assert ("pitr_last_backup_age_seconds", ()) not in found
     assert ("pitr_recoverable_window_start_timestamp_seconds", ()) not in found

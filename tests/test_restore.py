@@ -10,7 +10,9 @@ from restores.engine import run_restore
 from restores.models import RestoreJob
 from restores.planner import PlanError, RestoreTarget, plan
 from restores.service import queue_restore
-from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
+from tests.restore_helpers import (
+    empty_catalog, newest_commit, primary_ids_committed, restored_ids, wait_captured, write_rows,
+)
 from walcatalog import walnames
 from walcatalog.backups import queue_backup, run_backup
 from walcatalog.models import BaseBackup, WalSegment
@@ -36,6 +38,7 @@ def history(fleet, django_db_setup, django_db_blocker):
         refresh_catalog()
         yield {"backup": backup, "rows": before + middle + after + tail, "point_after": middle[-1],
                "tail": tail, "conn_port": fleet.layout.port("primary")}
+        empty_catalog()  # committed outside the tests' transactions: later modules expect an empty catalog
 
 
 def restore(target: RestoreTarget) -> RestoreJob:
@@ -105,7 +108,7 @@ def test_target_inside_the_partial_segment(fleet, primary, history):
 
 
 def test_newest_captured_commit_is_a_valid_target(fleet, primary, history):
-    newest = WalSegment.objects.order_by("-last_commit_at").first().last_commit_at
+    newest = newest_commit()
     job = restore(RestoreTarget.from_options(time=newest.isoformat()))
     assert restored_ids(fleet) == primary_ids_committed(primary, newest)
     assert job.plan["recovery"].get("recovery_target_lsn")
@@ -143,7 +146,7 @@ def assert_rejected(fleet, target: RestoreTarget, message: str) -> str:
 
 
 def test_rejects_time_after_newest_commit(fleet, history):
-    newest = WalSegment.objects.order_by("-last_commit_at").first().last_commit_at
+    newest = newest_commit()
     text = assert_rejected(fleet, RestoreTarget.from_options(time=(newest + timedelta(seconds=1)).isoformat()),
                            "after the newest captured commit")
     assert newest.isoformat() in text

@@ -20,11 +20,11 @@ from restores.engine import run_restore
 from restores.planner import RestoreTarget
 from restores.service import queue_restore
 from tests.conftest import wait_for
-from tests.restore_helpers import primary_ids_committed, restored_ids, write_rows
+from tests.restore_helpers import empty_catalog, primary_ids_committed, restored_ids, write_rows
 from walcatalog import walnames
 from walcatalog.backups import queue_backup, run_backup
 from walcatalog.indexer import index_archive
-from walcatalog.models import BaseBackup, RestorePoint, Timeline, WalSegment
+from walcatalog.models import Timeline
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db]
 
@@ -44,8 +44,7 @@ def second_fleet(fleet):
                                   PITR_STANDBY_PORT=free_port(), PITR_RESTORE_PORT=free_port())
     with overrides:
         # The catalog describes one cluster: start this test's from empty (rolled back afterwards).
-        for model in (RestorePoint, WalSegment, Timeline, BaseBackup):
-            model.objects.all().delete()
+        empty_catalog()
         driver = LocalDriver()
         driver.up()
         try:

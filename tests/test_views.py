@@ -49,7 +49,7 @@ def viewer(db) -> Client:
 
 
 @pytest.fixture
-def catalog(db):
+def catalog(db, no_fleet):
     """Timeline 1 with a gap at segments 40..41, timeline 2 after it, one verified backup, a partial."""
     start = timezone.now() - timedelta(hours=2)
     make_segments(1, [n for n in range(1, 80) if n not in (40, 41)], start, timedelta(minutes=1))
