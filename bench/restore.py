@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,7 +80,6 @@ def main() -> None:
     driver = LocalDriver()
     driver.up()
     port = driver.layout.port("primary")
-    env = {**os.environ, **pg.libpq_env()}
     host = ["-h", "127.0.0.1", "-p", str(port)]
     try:
         print(f"loading pgbench scale {opts.scale} ...", flush=True)

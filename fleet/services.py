@@ -7,10 +7,8 @@ Everything listens on loopback only.
 """
 from __future__ import annotations
 
-import errno
 import json
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -164,19 +162,9 @@ def down(layout: Layout | None = None) -> list[str]:
 
 def check_port_free(name: str) -> None:
     number = port(name)
-    if number is None:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As Redis and gunicorn do: connections of a previous run lingering in TIME_WAIT must not count
-        # as "in use"; a socket that listens there still does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((settings.PITR_HOST, number))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise ServiceError(f"port {number} for {name} is already in use by another process: "
-                               f"stop it or set {PORT_SETTINGS[name]} to a free port") from None
+    if number is not None and procs.port_in_use(settings.PITR_HOST, number):
+        raise ServiceError(f"port {number} for {name} is already in use by another process: "
+                           f"stop it or set {PORT_SETTINGS[name]} to a free port")
 
 
 def wait_ready(name: str, layout: Layout, logfile: Path, timeout: float = READY_TIMEOUT) -> None:
