@@ -7,6 +7,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
+from tests.test_settings_errors import home  # noqa: F401  (a fresh data home the server account can reach)
 from walcatalog import storage as st
 
 each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=True)
@@ -67,3 +68,10 @@ def test_configuration_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PITR_STORAGE_S3_SECRET_ACCESS_KEY_FILE", str(secret))
     options = st.archive_storage_setting(tmp_path)["OPTIONS"]
     assert options["secret_key"] == "s3cret" and options["bucket_name"] == "b"
+
+
+def test_bad_storage_setting_is_one_line_from_manage(home):
+    from tests.test_settings_errors import clean_env, one_line_error, run_manage
+
+    line = one_line_error(run_manage(clean_env(home, PITR_STORAGE_BACKEND="s3"), "upload"))
+    assert "PITR_STORAGE_BACKEND=s3 needs PITR_STORAGE_S3_BUCKET" in line
