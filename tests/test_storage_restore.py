@@ -159,3 +159,19 @@ def test_commands(archive_storage, narrowed):
 
     with pytest.raises(CommandError, match="the catalog is not empty"):
         call_command("rebuild_catalog", "--from-storage", stdout=StringIO(), stderr=StringIO())
+
+    # Rebuilt, then the indexer's next pass finds the local files again (same bytes: marked local).
+    copied = dict(WalSegment.objects.filter(copies__isnull=False).values_list("name", "sha256"))
+    RestoreJob.objects.all().delete()
+    for model in (StorageCopy, RestorePoint, WalSegment, BaseBackup, Timeline):
+        model.objects.all().delete()
+    out = StringIO()
+    call_command("rebuild_catalog", "--from-storage", "--json", stdout=out, stderr=StringIO())
+    assert json.loads(out.getvalue())["segments"] == len(copied)
+    assert not WalSegment.objects.filter(in_local_archive=True).exists()
+    from walcatalog.indexer import index_archive
+
+    index_archive()
+    local = dict(WalSegment.objects.filter(name__in=copied, in_local_archive=True).values_list("name", "sha256"))
+    assert local == copied
+    assert BaseBackup.objects.get(label=narrowed["backup"].label).path  # its local directory is found too
