@@ -7,8 +7,8 @@ Needs the fleet running in that PITR_HOME (`python manage.py fleet up`). The cat
 SQLite database in a temporary directory (never the configured one), migrated first; set --database-url to
 measure on PostgreSQL instead (it must be an empty database you can throw away).
 
-1. real: writes --new segments' worth of rows on the primary (20 commits per segment, pg_switch_wal after
-   each), waits until the capturer has them, indexes the real archive once (hash + pg_waldump per new
+1. real: writes about --new segments' worth of rows on the primary (20 commits per segment, pg_switch_wal
+   after each), waits until the capturer has them, indexes the real archive once (hash + pg_waldump per new
    file), then times a second pass with nothing new (median of 5).
 2. scale: a scratch archive of --scale sparse files on a made-up timeline, cataloged with matching
    rows, plus the real segments; times a pass with nothing new (median of 3), then copies 10 more real
@@ -56,7 +56,7 @@ def write_segments(count: int, seg_size: int) -> list[str]:
     from fleet import pg
     from fleet.layout import Layout
 
-    rows_per_commit = max(1, seg_size // 200 // 20)
+    rows_per_commit = max(1, seg_size // 500 // 20)  # about a segment of WAL (rows plus index entries)
     names = []
     with pg.connect(Layout.port("primary")) as conn:
         for _ in range(count):
@@ -88,7 +88,8 @@ def real_phase(new: int) -> dict:
     wait_archived(archive, names)
     seconds, result = timed(index_archive)
     idle = [timed(index_archive) for _ in range(5)]
-    return {"segment_size": seg_size, "new_segments": new, "archive_files": len(os.listdir(archive)),
+    return {"segment_size": seg_size, "switches": new, "new_segments": result.new,
+            "archive_files": len(os.listdir(archive)),
             "pass_seconds": round(seconds, 3), "per_new_segment_ms": round(1000 * seconds / max(1, result.new), 1),
             "result": result.as_dict(),
             "idle_pass_seconds": round(statistics.median(t for t, _ in idle), 4),
