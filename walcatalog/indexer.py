@@ -85,7 +85,7 @@ class _File:
 
 @dataclass
 class _Row:
-    """The part of a WalSegment row the fast path compares (loaded for every row in one query)."""
+    """What indexing a new or changed file needs of its row (loaded only for those files)."""
 
     id: int
     timeline: int
@@ -98,10 +98,6 @@ class _Row:
     start_lsn: int
     end_lsn: int
     in_local_archive: bool
-
-    @property
-    def file_name(self) -> str:
-        return self.name + (".partial" if self.is_partial else "")
 
 
 def index_archive(archive_dir: Path | None = None, reporter: Reporter | None = None) -> IndexResult:
