@@ -415,3 +415,16 @@ def test_archive_that_does_not_exist_is_a_one_line_error(db, tmp_path):
         index_archive(tmp_path / "nope")
     result = manage("index_wal", "--archive", str(tmp_path / "nope"), check=False)
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_task_skips_while_another_pass_holds_the_lock(fleet, empty_catalog, caplog):
+    from pitrsite.jobs import exclusive
+    from walcatalog.tasks import index_wal
+
+    caplog.set_level(logging.INFO, logger="walcatalog")
+    with exclusive("index-wal", "WAL index pass"):  # what a slow earlier pass holds
+        assert index_wal() is None
+    assert WalSegment.objects.count() == 0
+    assert any("skipped" in r.getMessage() for r in caplog.records)
+    done = index_wal()  # lock free again: a normal pass
+    assert done is not None and done["new"] > 0 and WalSegment.objects.exists()
