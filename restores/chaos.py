@@ -227,6 +227,12 @@ def _inside(pid: int | None) -> bool:
     return False
 
 
+def restarted(name: str, old_pid: int) -> dict | None:
+    """The service's status once its supervisor runs a new process in place of old_pid."""
+    status = services.status(name)
+    return status if status["state"] == "running" and status["pid"] != old_pid else None
+
+
 def run_dir_of(run: ChaosRun) -> Path:
     return Path(settings.PITR_HOME) / "chaos" / f"run-{run.pk}"
 
@@ -484,11 +490,10 @@ class Chaos:
         began = time.monotonic()
         if action == "indexer_kill" and "error" not in event:
             name, old = event["target"], event["pid"]
-            back = lambda: (lambda s: s["state"] == "running" and s["pid"] != old and s)(services.status(name))  # noqa: E731
-            while time.monotonic() - began < timeout and not back():
+            while time.monotonic() - began < timeout and not restarted(name, old):
                 time.sleep(0.2)
-            status = back()
-            if not status:
+            status = restarted(name, old)
+            if status is None:
                 return None, {name: f"not restarted by its supervisor within {timeout:.0f} s"}
             event.update(new_pid=status["pid"], restarted_at=now_iso())
         goal = None
