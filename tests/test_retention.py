@@ -17,7 +17,7 @@ from pitrsite.jobs import JobReporter, JobState
 from restores.engine import run_restore
 from restores.planner import PlanError, RestoreTarget, plan
 from restores.service import queue_restore
-from tests.restore_helpers import primary_ids_committed, restored_ids
+from tests.restore_helpers import empty_catalog, primary_ids_committed, restored_ids
 from tests.storage_scenario import make_scenario, narrow_catalog, private_copy
 from tests.storage_servers import archive_storage, moto_server  # noqa: F401
 from walcatalog import storage as st
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.django_db]
 def two_backups(fleet, django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         yield make_scenario(fleet, backups=2, rows_between=8, switch_every=4)
+        empty_catalog()  # what this module committed must not leak into the next
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from restores.engine import run_restore
 from restores.models import RestoreJob
 from restores.planner import RestoreTarget
 from restores.service import queue_restore
-from tests.restore_helpers import primary_ids_committed, restored_ids
+from tests.restore_helpers import empty_catalog, primary_ids_committed, restored_ids
 from tests.storage_scenario import local_files_lost, make_scenario, narrow_catalog
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
 from walcatalog import storage as st
@@ -34,6 +34,7 @@ each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=Tru
 def scenario(fleet, django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         yield make_scenario(fleet, backups=1, rows_between=12, switch_every=4)
+        empty_catalog()  # what this module committed must not leak into the next
 
 
 @pytest.fixture
