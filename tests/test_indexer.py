@@ -18,6 +18,7 @@ from django.db import connection
 
 from fleet.generate import generate
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
+from tests.test_timeline_switch import second_fleet  # noqa: F401 - a private fleet to promote
 from walcatalog import catalog, indexer, walnames, waldump
 from walcatalog.indexer import index_archive
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
@@ -428,3 +429,30 @@ def test_task_skips_while_another_pass_holds_the_lock(fleet, empty_catalog, capl
     assert any("skipped" in r.getMessage() for r in caplog.records)
     done = index_wal()  # lock free again: a normal pass
     assert done is not None and done["new"] > 0 and WalSegment.objects.exists()
+
+
+def test_real_timeline_switch_leaves_no_gap(db, second_fleet):
+    """Promote a standby of a private fleet, capture follows it: both timelines hold together, no gap."""
+    from fleet import pg
+    from tests.restore_helpers import write_rows
+    from tests.test_timeline_switch import capture_lag, fail_over
+
+    driver = second_fleet
+    with pg.connect(driver.layout.port("primary")) as conn:
+        write_rows(conn, 4, "walcat-tl1", switch_every=2)
+    fail_over(driver)
+    with pg.connect(driver.layout.port("standby")) as conn:
+        write_rows(conn, 4, "walcat-tl2", switch_every=2)
+        wait_for(lambda: capture_lag(conn) == 0, 30, "the capturer to follow the new primary")
+    result = index_archive()
+    assert not result.errors and result.timelines == 1, result
+    tl2 = Timeline.objects.get(tli=2)
+    switch_seg = walnames.segment_of_lsn(tl2.switch_lsn, SEG)
+    assert WalSegment.objects.filter(timeline=2, segno=switch_seg).exists(), "timeline 2 starts at its switch"
+    assert catalog.gaps() == []
+    status = catalog.summary(with_fleet=False)
+    assert [t["timeline"] for t in status["timelines"]] == [1, 2]
+    assert status["timelines"][1]["parent"] == 1 and status["partial"]["timeline"] == 2
+    # Timeline 2's first segment gone: the switch is no longer covered.
+    WalSegment.objects.filter(timeline=2, segno=switch_seg).update(in_local_archive=False)
+    assert [(g.timeline, g.first) for g in catalog.gaps()] == [(2, switch_seg)]
