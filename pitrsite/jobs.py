@@ -131,7 +131,7 @@ class JobReporter:
             self._save(progress_done=done, progress_total=total)
 
     def log(self, message: str) -> None:
-        log.info("job %s #%s: %s", type(self.job).__name__, self.job.pk, message)
+        log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, message)
 
     def heartbeat(self) -> None:
         self._save()
