@@ -13,7 +13,7 @@ from django.db.models import Max, Q
 
 from pitrsite.errors import PitrError
 from restores.models import TargetKind
-from walcatalog import walnames
+from walcatalog import catalog, walnames
 from walcatalog.backups import restorable_backups
 from walcatalog.models import BaseBackup, Timeline, WalSegment
 
@@ -160,7 +160,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
     backups = list(restorable_backups())
     if not backups:
         raise PlanError("no verified base backup yet: run `python manage.py backup` first")
-    seg_size = backups[0].segment_size or walnames.DEFAULT_SEGMENT_SIZE
+    seg_size = catalog.segment_size()
     chain = Chain(_target_timeline(target, backups))
     segments = WalSegment.objects.filter(chain.q(seg_size))
     candidates = [b for b in backups if chain.holds(b)]

@@ -19,7 +19,7 @@ from fleet import pg
 from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState, Reporter, exclusive, job_key, reap, run_job, spawn
-from walcatalog import walnames
+from walcatalog import catalog, walnames
 from walcatalog.models import BaseBackup, Compression
 
 # pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
@@ -83,7 +83,7 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
         stop_time=stop_time,
         size_raw=sum(f["Size"] for f in manifest["Files"]),
         size_stored=sum(p.stat().st_size for p in files),
-        segment_size=_segment_size(),
+        segment_size=catalog.segment_size(),
         manifest_verified=True,
     )
     backup.refresh_from_db()
@@ -167,11 +167,6 @@ def _raw_size(dest: Path) -> int:
         return sum(f["Size"] for f in json.loads((dest / "backup_manifest").read_text())["Files"])
     except (OSError, KeyError, ValueError):
         return 0
-
-
-def _segment_size() -> int:
-    with pg.connect(Layout.current().port("primary"), dbname="postgres") as conn:
-        return int(conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
 
 
 def restorable_backups():
