@@ -100,8 +100,10 @@ def main() -> None:
                     settings.PITR_DBNAME], step="pgbench run", env=pg.libpq_env(), timeout=600)
             with pg.connect(port) as conn:
                 target = conn.execute("SELECT max(pg_xact_commit_timestamp(xmin)) FROM pgbench_history").fetchone()[0]
+                # A commit after T, then a switch: the bare restore's plain cp reads complete segments only,
+                # and PostgreSQL will not end recovery before it has seen a commit past a time target.
+                conn.execute("SELECT txid_current()")
                 conn.execute("SELECT pg_switch_wal()")
-                conn.execute("SELECT txid_current()")  # a commit after T, so a time target can stop
             wait_captured(60)
             job = queue_restore(RestoreTarget.from_options(time=target.isoformat()), trigger="bench")
             ours_restore = timed(lambda: run_restore(job, NullReporter()))
@@ -137,8 +139,11 @@ def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
     for entry in datadir.iterdir():
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     pg.give_to_server(datadir / "pg_wal")
-    for archive, into in (("base.tar.zst", datadir), ("pg_wal.tar.zst", datadir / "pg_wal")):
-        pg.run(["tar", "--zstd", "-x", "-f", str(backup_dir / archive), "-C", str(into)], step="bare tar")
+    # PostgreSQL 15 compresses base.tar with zstd but writes pg_wal.tar plain.
+    for stem, into in (("base", datadir), ("pg_wal", datadir / "pg_wal")):
+        archive = next(backup_dir.glob(f"{stem}.tar*"))
+        pg.run(["tar", *(["--zstd"] if archive.suffix == ".zst" else []), "-x", "-f", str(archive), "-C", str(into)],
+               step="bare tar")
     driver.put_file("restore_target", "recovery.signal", "")
     driver.write_node_conf("restore_target", {
         "restore_command": f'cp "{driver.layout.archive}/%f" "%p"',
@@ -146,7 +151,10 @@ def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
     pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(driver.layout.logfile("restore_target")), "-W", "-s",
             "start"], step="bare pg_ctl start")
     deadline = time.monotonic() + 3600
+    time.sleep(1)
     while time.monotonic() < deadline:
+        if not (datadir / "postmaster.pid").exists():
+            raise RuntimeError(f"bare restore failed: see {driver.layout.logfile('restore_target')}")
         try:
             with pg.connect(driver.layout.port("restore_target"), dbname="postgres", timeout=2) as conn:
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:

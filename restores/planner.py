@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Max, Q
+from django.db.models import Exists, Max, OuterRef, Q
 
 from pitrsite.errors import PitrError
 from restores.models import TargetKind
 from walcatalog import catalog, walnames
 from walcatalog.backups import restorable_backups
-from walcatalog.models import BaseBackup, Timeline, WalSegment
+from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 EXAMPLE_TIME = "2026-11-27T14:03:27+00:00"
 
@@ -293,13 +293,16 @@ def _wal_range(chain: Chain, segments, backup: BaseBackup, end_segno: int | None
     if end_segno < first:
         return []
     wanted = {segno: chain.timeline_at(segno, seg_size) for segno in range(first, end_segno + 1)}
-    found = {(s.timeline, s.segno): s for s in segments.filter(segno__gte=first, segno__lte=end_segno)}
+    # A catalogued segment counts only where a copy exists: in the local archive or verified in storage.
+    held = segments.filter(segno__gte=first, segno__lte=end_segno).filter(
+        Q(in_local_archive=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
+    found = {(s.timeline, s.segno): s for s in held}
     missing = [segno for segno, tli in wanted.items() if (tli, segno) not in found]
     if missing:
         names = [walnames.segment_name(wanted[s], s, seg_size) for s in (missing[0], missing[-1])]
         span = names[0] if len(missing) == 1 else f"{names[0]}..{names[1]} ({len(missing)} segments)"
-        raise PlanError(f"WAL gap: {span} missing from the catalog: restore to a moment before it, "
-                        "or after a backup taken since")
+        raise PlanError(f"WAL gap: {span} missing from the archive and from storage: restore to a moment "
+                        "before it, or after a backup taken since")
     ordered = [found[(tli, segno)] for segno, tli in wanted.items()]
     partials = [s for s in ordered[:-1] if s.is_partial]
     if partials:

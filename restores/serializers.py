@@ -18,5 +18,5 @@ def restore_dict(job: RestoreJob) -> dict:
         "plan": job.plan, "wal_first": job.wal_first, "wal_last": job.wal_last, "wal_files": job.wal_files,
         "uses_partial": job.uses_partial, "target_lsn": _lsn(job.target_lsn), "replay_lsn": _lsn(job.replay_lsn),
         "promoted_at": job.promoted_at.isoformat() if job.promoted_at else None,
-        "final_lsn": _lsn(job.final_lsn), "final_timeline": job.final_timeline,
+        "final_lsn": _lsn(job.final_lsn), "final_timeline": job.final_timeline, "source": job.source,
     }

@@ -180,6 +180,18 @@ def test_rejects_a_gap_naming_the_segment(fleet, history):
     assert hole.name in str(info.value) and "\n" not in str(info.value)
 
 
+def test_rejects_a_segment_held_nowhere(fleet, history):
+    """Catalogued but lost locally and never copied to storage: refused before any job exists."""
+    row = history["rows"][25]
+    target = RestoreTarget.from_options(time=row.committed_at.isoformat())
+    needed = plan(target).segments
+    lost = needed[len(needed) // 2]
+    WalSegment.objects.filter(pk=lost.pk).update(in_local_archive=False)  # rolled back with the test
+    with pytest.raises(PlanError, match="missing from the archive and from storage") as info:
+        plan(target)
+    assert lost.name in str(info.value)
+
+
 def test_rejects_when_no_backup_is_verified(fleet, history):
     BaseBackup.objects.update(manifest_verified=False)  # rolled back with the test
     assert_rejected(fleet, RestoreTarget.from_options(latest=True), "no verified base backup")
