@@ -195,3 +195,13 @@ def test_rejects_a_segment_held_nowhere(fleet, history):
 def test_rejects_when_no_backup_is_verified(fleet, history):
     BaseBackup.objects.update(manifest_verified=False)  # rolled back with the test
     assert_rejected(fleet, RestoreTarget.from_options(latest=True), "no verified base backup")
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "lz4", "zstd"])
+def test_each_compression_restores(fleet, primary, history, compression):
+    backup = queue_backup(compression)
+    run_backup(backup, JobReporter(backup))
+    assert backup.restorable and backup.size_stored > 0
+    job = restore(RestoreTarget.from_options(immediate=True, backup_id=backup.pk))
+    assert job.backup_id == backup.pk
+    assert restored_ids(fleet) == primary_ids_committed(primary, backup.start_time, exclusive=True)
