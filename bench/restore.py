@@ -150,11 +150,14 @@ def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
         "recovery_target_time": target.isoformat(sep=" "), "recovery_target_action": "promote"})
     pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(driver.layout.logfile("restore_target")), "-W", "-s",
             "start"], step="bare pg_ctl start")
+    # Polled like pitrsite's engine polls (every 0.2 s), so neither side gains from its wait loop.
     deadline = time.monotonic() + 3600
-    time.sleep(1)
+    started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid exists
     while time.monotonic() < deadline:
-        if not (datadir / "postmaster.pid").exists():
+        if not (datadir / "postmaster.pid").exists() and time.monotonic() > started_by:
             raise RuntimeError(f"bare restore failed: see {driver.layout.logfile('restore_target')}")
+        if (datadir / "postmaster.pid").exists():
+            started_by = 0.0
         try:
             with pg.connect(driver.layout.port("restore_target"), dbname="postgres", timeout=2) as conn:
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
