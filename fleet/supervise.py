@@ -50,11 +50,20 @@ class Supervisor:
             account = pwd.getpwnam(self.user)
             kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [],
                       "env": {**os.environ, "HOME": account.pw_dir, "USER": self.user}}
-        self.child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, **kwargs)
+        # Its own process group, so that what it forked (Celery's pool, gunicorn's workers) can be found
+        # and killed with it, as systemd's KillMode=control-group does.
+        self.child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, process_group=0, **kwargs)
         (self.rundir / f"{self.name}.pid").write_text(f"{self.child.pid}\n")
         self.state["child_pid"] = self.child.pid
         self.save_state()
         self.log(f"started pid {self.child.pid}: {' '.join(self.argv)}")
+
+    def kill_leftovers(self) -> None:
+        """Orphans of a dead child (a SIGKILLed Celery worker leaves its pool processes) die with it."""
+        try:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def on_term(self, signum, frame) -> None:
         self.stopping = True
@@ -76,6 +85,7 @@ class Supervisor:
             started = time.monotonic()
             self.spawn()
             code = self.child.wait()
+            self.kill_leftovers()
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             self.state["last_exit"] = {"at": now(), "how": how}
             if self.stopping:

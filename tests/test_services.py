@@ -85,6 +85,7 @@ def test_services_up_restart_down(services_env):
     # The chaos harness's move: SIGKILL the worker; its supervisor must start a new one.
     old_pid = before["worker"]["pid"]
     pidfile = Path(env["PITR_HOME"]) / "run" / "worker.pid"
+    pool = wait_for(lambda: procs.descendants(old_pid), 30, "the worker's pool processes")
     os.kill(old_pid, signal.SIGKILL)
     # Poll the supervisor's pid file (cheap), then ask the command once (a manage.py start costs seconds).
     new_pid = wait_for(lambda: (lambda pid: pid if pid != old_pid and procs.alive(pid) else None)(
@@ -94,6 +95,8 @@ def test_services_up_restart_down(services_env):
     assert after["restarts"] == 1 and procs.alive(after["pid"])
     assert "killed by signal 9" in after["last_exit"]["how"]
     assert not procs.alive(old_pid)
+    # Its orphaned pool processes go with it: nothing of the dead worker keeps running a task.
+    assert not [pid for pid in pool if procs.alive(pid)], "the killed worker's pool processes outlived it"
     log = (Path(env["PITR_HOME"]) / "logs" / "worker.log").read_text()
     assert "restart #1" in log
 
