@@ -15,40 +15,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def setup_env(home: Path) -> None:
-    os.environ.update(PITR_HOME=str(home), DJANGO_SETTINGS_MODULE="pitrsite.settings",
-                      DATABASE_URL=f"sqlite:////{home}/bench.sqlite3", PITR_LOG_LEVEL="WARNING")
-    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT"):
-        os.environ[name] = str(free_port())
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class NullReporter:
-    def step(self, name): pass
-    def progress(self, done, total=None): pass
-    def log(self, message): pass
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PROJECT, fleet_with_pgbench, pgbench, private_home, timed  # noqa: E402
 
 
 def main() -> None:
@@ -59,45 +32,33 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
     opts = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="pitr-bench-"))
-    os.chmod(home, 0o755)
-    setup_env(home)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    home = private_home("pitr-bench-")
+    driver = fleet_with_pgbench(opts.scale)
     from django.conf import settings
 
     from fleet import pg
-    from fleet.local import LocalDriver
+    from pitrsite.jobs import JobReporter
     from restores.engine import run_restore
     from restores.planner import RestoreTarget
     from restores.service import queue_restore
     from tests.restore_helpers import wait_captured
     from walcatalog.backups import queue_backup, run_backup
 
-    call_command("migrate", verbosity=0)
-    driver = LocalDriver()
-    driver.up()
     port = driver.layout.port("primary")
     host = ["-h", "127.0.0.1", "-p", str(port)]
     try:
-        print(f"loading pgbench scale {opts.scale} ...", flush=True)
-        pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-i", "-s", str(opts.scale), "-q",
-                settings.PITR_DBNAME], step="pgbench -i", env=pg.libpq_env(), timeout=3600)
         results = {"scale": opts.scale, "rounds": []}
         for n in range(opts.rounds):
             bare_dir = home / f"bare-backup-{n}"
             backup = queue_backup("zstd", trigger="bench")
-            ours_backup = timed(lambda: run_backup(backup, NullReporter()))
+            ours_backup = timed(lambda: run_backup(backup, JobReporter(backup)))
             pg.give_to_server(bare_dir.parent)
             bare_backup = timed(lambda: pg.run([pg.tool("pg_basebackup"), *host, "-U", settings.PITR_REPL_USER,
                                                 "--no-password", "-D", str(bare_dir), "-Ft", "-Xstream",
                                                 "--checkpoint=fast", "--compress=client-zstd"],
                                                step="bare pg_basebackup", env=pg.libpq_env(), timeout=3600))
             # WAL to replay after the backup: a short pgbench run, then a target time inside it.
-            pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-T", "15", "-c", "2",
-                    settings.PITR_DBNAME], step="pgbench run", env=pg.libpq_env(), timeout=600)
+            pgbench(driver, "-T", "15", "-c", "2")
             with pg.connect(port) as conn:
                 target = conn.execute("SELECT max(pg_xact_commit_timestamp(xmin)) FROM pgbench_history").fetchone()[0]
                 # A commit after T, then a switch: the bare restore's plain cp reads complete segments only,
@@ -106,10 +67,11 @@ def main() -> None:
                 conn.execute("SELECT pg_switch_wal()")
             wait_captured(60)
             job = queue_restore(RestoreTarget.from_options(time=target.isoformat()), trigger="bench")
-            ours_restore = timed(lambda: run_restore(job, NullReporter()))
+            clear_target(driver)  # both sides start from an empty, stopped restore target (untimed)
+            ours_restore = timed(lambda: run_restore(job, JobReporter(job)))
             job.refresh_from_db()
             assert job.state == "done", job.error
-            driver.stop("restore_target", mode="immediate")
+            clear_target(driver)
             bare_restore = timed(lambda: bare_restore_run(driver, bare_dir, target, pg, settings))
             driver.stop("restore_target", mode="immediate")
             row = {"backup_pitrsite_s": ours_backup, "backup_bare_s": bare_backup,
@@ -133,11 +95,16 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def clear_target(driver) -> None:
+    from restores.engine import empty_directory
+
+    driver.stop("restore_target", mode="immediate")
+    empty_directory(driver.layout.datadir("restore_target"))
+
+
 def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
     """What a DBA would do by hand with the same backup, archive and target."""
     datadir = driver.layout.datadir("restore_target")
-    for entry in datadir.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     pg.give_to_server(datadir / "pg_wal")
     # PostgreSQL 15 compresses base.tar with zstd but writes pg_wal.tar plain.
     for stem, into in (("base", datadir), ("pg_wal", datadir / "pg_wal")):

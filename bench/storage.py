@@ -27,15 +27,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(PROJECT / "bench"))
-
-from restore import NullReporter, free_port, setup_env, timed  # noqa: E402  (bench/restore.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PROJECT, fleet_with_pgbench, free_port, pgbench, private_home, timed  # noqa: E402
 
 BUCKET = "pitr-bench"
 
@@ -65,24 +61,20 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
     opts = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="pitr-bench-storage-"))
-    os.chmod(home, 0o755)
-    setup_env(home)
+    home = private_home("pitr-bench-storage-")
     moto, endpoint = start_moto(home)
     os.environ.update(PITR_STORAGE_BACKEND="s3", PITR_STORAGE_S3_BUCKET=BUCKET, PITR_STORAGE_S3_ENDPOINT_URL=endpoint,
                       PITR_STORAGE_S3_REGION="us-east-1", PITR_STORAGE_S3_ACCESS_KEY_ID="bench",
                       PITR_STORAGE_S3_SECRET_ACCESS_KEY="bench", PITR_DOWNLOAD_PARALLEL="8")
     import boto3
-    import django
 
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                  aws_secret_access_key="bench").create_bucket(Bucket=BUCKET)
-    django.setup()
+    driver = fleet_with_pgbench(opts.scale)
     from django.conf import settings
-    from django.core.management import call_command
 
     from fleet import pg
-    from fleet.local import LocalDriver
+    from pitrsite.jobs import JobReporter
     from restores.engine import run_restore
     from restores.planner import RestoreTarget
     from restores.service import queue_restore
@@ -92,19 +84,11 @@ def main() -> None:
     from walcatalog.models import StorageCopy
     from walcatalog.uploader import upload_pass
 
-    call_command("migrate", verbosity=0)
-    driver = LocalDriver()
-    driver.up()
     port = driver.layout.port("primary")
-    host = ["-h", "127.0.0.1", "-p", str(port)]
     try:
-        print(f"loading pgbench scale {opts.scale} ...", flush=True)
-        pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-i", "-s", str(opts.scale), "-q",
-                settings.PITR_DBNAME], step="pgbench -i", env=pg.libpq_env(), timeout=3600)
         backup = queue_backup("zstd", trigger="bench")
-        run_backup(backup, NullReporter())
-        pg.run([pg.tool("pgbench"), *host, "-U", settings.PITR_PG_SUPERUSER, "-T", str(opts.seconds), "-c", "2",
-                settings.PITR_DBNAME], step="pgbench run", env=pg.libpq_env(), timeout=600)
+        run_backup(backup, JobReporter(backup))
+        pgbench(driver, "-T", str(opts.seconds), "-c", "2")
         with pg.connect(port) as conn:
             target = conn.execute("SELECT max(pg_xact_commit_timestamp(xmin)) FROM pgbench_history").fetchone()[0]
             conn.execute("SELECT pg_switch_wal()")

@@ -1,0 +1,66 @@
+"""What the benchmarks share: a private data home on free ports, a fleet loaded with pgbench, a timer."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def private_home(prefix: str) -> Path:
+    """A temporary data home the postgres OS user can reach, with Django settings pointing at it."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(home, 0o755)
+    os.environ.update(PITR_HOME=str(home), DJANGO_SETTINGS_MODULE="pitrsite.settings",
+                      DATABASE_URL=f"sqlite:////{home}/bench.sqlite3", PITR_LOG_LEVEL="WARNING")
+    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT"):
+        os.environ[name] = str(free_port())
+    return home
+
+
+def fleet_with_pgbench(scale: int):
+    """Django set up, the fleet up, pgbench loaded at `scale`; returns the driver (call driver.down())."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from fleet.local import LocalDriver
+
+    call_command("migrate", verbosity=0)
+    driver = LocalDriver()
+    driver.up()
+    print(f"loading pgbench scale {scale} ...", flush=True)
+    try:
+        pgbench(driver, "-i", "-s", str(scale), "-q")
+    except BaseException:
+        driver.down()
+        raise
+    return driver
+
+
+def pgbench(driver, *args: str) -> None:
+    from django.conf import settings
+
+    from fleet import pg
+
+    pg.run([pg.tool("pgbench"), "-h", "127.0.0.1", "-p", str(driver.layout.port("primary")),
+            "-U", settings.PITR_PG_SUPERUSER, *args, settings.PITR_DBNAME],
+           step=f"pgbench {' '.join(args)}", env=pg.libpq_env(), timeout=3600)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
