@@ -16,7 +16,7 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter, JobState
 from restores.engine import run_restore
 from restores.models import RestoreJob
-from restores.planner import RestoreTarget
+from restores.planner import PlanError, RestoreTarget
 from restores.service import queue_restore
 from tests.restore_helpers import empty_catalog, primary_ids_committed, restored_ids
 from tests.storage_scenario import local_files_lost, make_scenario, narrow_catalog
@@ -134,13 +134,13 @@ def test_restore_from_storage_exact_and_corruption_detected(archive_storage, nar
     assert failed.error.startswith("failure staging WAL")
     assert any(m.startswith(victim.key) for m in check_storage().mismatched)
 
-    # Held nowhere: refused at planning, before the restore target is touched.
+    # Held nowhere: refused by the planner before a job exists, so nothing is touched.
     name = victim.segment.name
     victim.delete()
-    gone = restore_from_storage(settings, tmp_path / "gone", target)
-    assert gone.state == JobState.FAILED
-    assert gone.error.startswith(f"failure planning ({name} missing from the local archive"), gone.error
-    assert "stopping the restore target" not in [s["name"] for s in gone.steps]
+    jobs = RestoreJob.objects.count()
+    with pytest.raises(PlanError, match=f"WAL gap: {name} missing from the archive and from storage"):
+        restore_from_storage(settings, tmp_path / "gone", target)
+    assert RestoreJob.objects.count() == jobs
 
 
 @pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
