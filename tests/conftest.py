@@ -142,3 +142,11 @@ def no_fleet(settings, tmp_path):
     settings.PITR_BACKUP_DIR = tmp_path / "backups"
     settings.PITR_PRIMARY_PORT = settings.PITR_STANDBY_PORT = settings.PITR_RESTORE_PORT = closed
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def fresh_dashboard_cache():
+    """The dashboard caches catalog answers per catalog state (process memory): each test starts from none."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -18,14 +18,6 @@ from walcatalog.models import BaseBackup, WalSegment
 from tests.dashboard_data import make_backup, make_restore, make_segments
 
 
-
-@pytest.fixture(autouse=True)
-def fresh_dashboard_cache():
-    """Catalog answers are cached per catalog state; each test starts from none."""
-    from django.core.cache import cache
-
-    cache.clear()
-
 @pytest.fixture
 def superuser(db) -> Client:
     client = Client()

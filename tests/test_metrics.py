@@ -21,14 +21,6 @@ def samples(text: str) -> dict[tuple, float]:
     return found
 
 
-
-@pytest.fixture(autouse=True)
-def fresh_dashboard_cache():
-    """Catalog answers are cached per catalog state; each test starts from none."""
-    from django.core.cache import cache
-
-    cache.clear()
-
 @pytest.fixture
 def catalog(db, no_fleet):
     start = timezone.now() - timedelta(hours=1)

@@ -26,14 +26,6 @@ PAGES = ["/", "/overview.json", "/timeline/", "/backups/", "/restores/", "/resto
 ACTIONS = ["/backups/start/", "/restores/start/"]
 
 
-
-@pytest.fixture(autouse=True)
-def fresh_dashboard_cache():
-    """Catalog answers are cached per catalog state; each test starts from none."""
-    from django.core.cache import cache
-
-    cache.clear()
-
 @pytest.fixture
 def staff(db) -> Client:
     client = Client()
