@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 
 from pitrsite.config import envchoice, envstr
 from pitrsite.errors import PitrError
@@ -293,8 +294,16 @@ def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator
     items = list(items)
     if not items:
         return
+    def run(item: T) -> R:
+        try:
+            return fn(item)
+        finally:
+            # Django opens a connection per thread on first use (a foreign key read is enough) and
+            # never closes it: a pool thread must not keep one open after its task.
+            connections.close_all()
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="storage") as pool:
-        futures = {pool.submit(fn, item): item for item in items}
+        futures = {pool.submit(run, item): item for item in items}
         try:
             for future in as_completed(futures):
                 error = future.exception()
