@@ -211,7 +211,9 @@ def test_partial_grows_then_turns_complete_in_the_same_row(fleet, primary, empty
     row.refresh_from_db()
     assert row.is_partial and result.updated >= 1 and result.hashed == 0
     assert row.size > size_before and row.scanned_to > scanned_before
-    assert row.last_commit_at == committed
+    # Our commit is in the partial's commit-time range; it need not be the last one (autoanalyze of
+    # test_data after these 200 rows, for one, commits too).
+    assert row.first_commit_at <= committed <= row.last_commit_at
 
     name = switch_wal(primary)
     assert name == row.name
