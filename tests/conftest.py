@@ -150,3 +150,20 @@ def fresh_dashboard_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def broker(redis_server):
+    """The real Redis broker, emptied; returns a function listing queued task names and arguments."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+
+    def queued() -> list[tuple[str, list]]:
+        messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+        return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
+    return queued

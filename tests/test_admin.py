@@ -1,12 +1,9 @@
 """Admin: every model registered and browsable; start actions queue to Celery; denials."""
 from __future__ import annotations
 
-import base64
-import json
 from datetime import timedelta
 
 import pytest
-import redis
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -32,17 +29,6 @@ def catalog(db):
     backup = make_backup(1, 3, start + timedelta(minutes=3))
     job = make_restore(backup=backup, progress_done=1, progress_total=4)
     return {"backup": backup, "restore": job}
-
-
-@pytest.fixture
-def broker(redis_server):
-    client = redis.Redis.from_url(redis_server)
-    client.flushdb()
-
-    def queued() -> list[tuple[str, list]]:
-        messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
-        return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
-    return queued
 
 
 def test_every_model_is_registered():

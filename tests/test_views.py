@@ -6,12 +6,10 @@ from the queue), and the restore form is checked by the real planner.
 """
 from __future__ import annotations
 
-import json
 import re
 from datetime import timedelta
 
 import pytest
-import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
@@ -48,18 +46,6 @@ def catalog(db, no_fleet):
     make_segments(2, range(80, 100), start + timedelta(minutes=80), timedelta(minutes=1), partial_last=True)
     backup = make_backup(1, 10, start + timedelta(minutes=10))
     return {"start": start, "backup": backup}
-
-
-@pytest.fixture
-def broker(redis_server):
-    """The real Redis broker, emptied; returns a function listing queued task names and arguments."""
-    client = redis.Redis.from_url(redis_server)
-    client.flushdb()
-
-    def queued() -> list[tuple[str, list]]:
-        messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
-        return [(m["headers"]["task"], json.loads(__import__("base64").b64decode(m["body"]))[0]) for m in messages]
-    return queued
 
 
 @pytest.mark.parametrize("url", PAGES + ["/backups/1/", "/restores/1/", "/jobs/backup/1.json"])
