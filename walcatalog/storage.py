@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import tenacity
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
@@ -44,7 +45,7 @@ STORAGE_NAME = "archive"
 BACKENDS = {
     "filesystem": "django.core.files.storage.FileSystemStorage",
     "s3": "storages.backends.s3.S3Storage",
-    "azure": "storages.backends.azure_storage.AzureStorage",
+    "azure": "walcatalog.azure_storage.ArchiveAzureStorage",
     "gcs": "storages.backends.gcloud.GoogleCloudStorage",
 }
 DESCRIPTOR = "descriptor.json"
@@ -86,10 +87,13 @@ def archive_storage_setting(home: Path) -> dict:
             "access_key": envstr("PITR_STORAGE_S3_ACCESS_KEY_ID") or None,
             "secret_key": envstr("PITR_STORAGE_S3_SECRET_ACCESS_KEY") or None,
             "location": prefix, "file_overwrite": True, "querystring_auth": False, "max_memory_size": SPOOL_BYTES,
+            # One attempt per call: with_retries() decides how often to try, so attempts never multiply.
+            "client_config": _s3_config(),
         }
     elif backend == "azure":
         options = {"azure_container": _required("PITR_STORAGE_AZURE_CONTAINER", backend), "location": prefix,
-                   "overwrite_files": True, "max_memory_size": SPOOL_BYTES, **_azure_credentials()}
+                   "overwrite_files": True, "max_memory_size": SPOOL_BYTES, **_azure_credentials(),
+                   "client_options": {"retry_total": 0}}  # with_retries() is the one retry layer
     else:
         # The emulator (tests) is reached through STORAGE_EMULATOR_HOST, which google-cloud-storage honours;
         # real credentials come from GOOGLE_APPLICATION_CREDENTIALS as google-auth reads it.
@@ -98,6 +102,12 @@ def archive_storage_setting(home: Path) -> dict:
                    "location": prefix, "file_overwrite": True, "querystring_auth": False,
                    "max_memory_size": SPOOL_BYTES}
     return {"BACKEND": BACKENDS[backend], "OPTIONS": options}
+
+
+def _s3_config():
+    from botocore.config import Config
+
+    return Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
 
 def _required(name: str, backend: str) -> str:
@@ -273,20 +283,35 @@ def list_keys(storage, prefix: str) -> list[str]:
 
 
 # --- retries and bounded parallelism ---------------------------------------------------------------
+# Errors that another attempt cannot mend: a changed local file, a missing or unreadable one, refused
+# credentials. Everything else (timeouts, resets, 5xx) is retried.
+NOT_RETRIED: tuple[type[BaseException], ...] = (LocalChanged, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def _credentials_refused(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)  # botocore's ClientError carries the service's error code
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return name in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError", "DefaultCredentialsError") \
+        or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure")
+
+
 def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5,
-                 final: tuple[type[BaseException], ...] = (LocalChanged,)) -> R:
-    """Call fn, retrying failures with exponential backoff; errors of the `final` types are not retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - each backend raises its own family (botocore, azure, google)
-            if attempt == attempts or isinstance(exc, final):
-                raise
-            delay = backoff * 2 ** (attempt - 1)
-            log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc), attempt,
-                        attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+                 final: tuple[type[BaseException], ...] = ()) -> R:
+    """Call fn, retrying failures with exponential backoff (tenacity); NOT_RETRIED, refused credentials and
+    errors of the `final` types are raised at once. The S3 and Azure clients are built without retries of
+    their own (archive_storage_setting), so this is the one place that decides how often to try."""
+    def retryable(exc: BaseException) -> bool:
+        return not isinstance(exc, NOT_RETRIED + final) and not _credentials_refused(exc)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(state.outcome.exception()),
+                    state.attempt_number, attempts - 1, state.next_action.sleep)
+
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), reraise=True,
+                                 wait=tenacity.wait_exponential(multiplier=backoff, exp_base=2, min=backoff),
+                                 retry=tenacity.retry_if_exception(retryable), before_sleep=before_sleep)
+    return retrying(fn)
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R | None, BaseException | None]]:
