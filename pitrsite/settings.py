@@ -7,10 +7,9 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
-    database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
+    archive_storage_setting, database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
     envstr, load_dotenv, persistent_secret,
 )
-from walcatalog.storage import archive_storage_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))

@@ -8,6 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
 from tests.test_settings_errors import home  # noqa: F401  (a fresh data home the server account can reach)
+from pitrsite.config import archive_storage_setting
 from walcatalog import storage as st
 
 each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=True)
@@ -57,16 +58,16 @@ def test_configuration_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "s3")
     monkeypatch.delenv("PITR_STORAGE_S3_BUCKET", raising=False)
     with pytest.raises(ImproperlyConfigured, match="PITR_STORAGE_BACKEND=s3 needs PITR_STORAGE_S3_BUCKET"):
-        st.archive_storage_setting(tmp_path)
+        archive_storage_setting(tmp_path)
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "ftp")
     with pytest.raises(ImproperlyConfigured, match="PITR_STORAGE_BACKEND='ftp' is not one of filesystem, s3"):
-        st.archive_storage_setting(tmp_path)
+        archive_storage_setting(tmp_path)
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "s3")
     monkeypatch.setenv("PITR_STORAGE_S3_BUCKET", "b")
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     monkeypatch.setenv("PITR_STORAGE_S3_SECRET_ACCESS_KEY_FILE", str(secret))
-    options = st.archive_storage_setting(tmp_path)["OPTIONS"]
+    options = archive_storage_setting(tmp_path)["OPTIONS"]
     assert options["secret_key"] == "s3cret" and options["bucket_name"] == "b"
 
 
@@ -134,7 +135,7 @@ def test_sdk_retries_do_not_multiply_ours(backend, tmp_path, settings):
         mp.setenv("PITR_STORAGE_BACKEND", backend)
         for name, value in env.items():
             mp.setenv(name, value)
-        settings.STORAGES = {**settings.STORAGES, "retry-probe": st.archive_storage_setting(tmp_path)}
+        settings.STORAGES = {**settings.STORAGES, "retry-probe": archive_storage_setting(tmp_path)}
         storage = storages["retry-probe"]
         with pytest.raises(Exception):
             st.with_retries(lambda: storage.exists("wal/x"), "probe", attempts=3, backoff=0.01)
