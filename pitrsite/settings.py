@@ -111,7 +111,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # The dashboard's own login admits any active user (read-only unless staff); /admin/login/ admits staff only.
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
-# /metrics without a session: a bearer token when set, else loopback clients only (pitrsite/metrics.py).
+# /metrics without a session: a bearer token when set, else loopback clients only (dashboard/metrics.py).
 PITR_METRICS_TOKEN = envstr("PITR_METRICS_TOKEN")
 # Serve static files without collectstatic (runserver/gunicorn with DEBUG off).
 WHITENOISE_USE_FINDERS = True
