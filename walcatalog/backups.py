@@ -20,7 +20,8 @@ from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState, Reporter, exclusive, job_key, reap, run_job, spawn
 from walcatalog import catalog, walnames
-from walcatalog.models import BaseBackup, Compression
+from walcatalog import storage as st
+from walcatalog.models import BaseBackup, Compression, StorageCopy
 
 # pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
@@ -173,3 +174,22 @@ def _raw_size(dest: Path) -> int:
 def restorable_backups():
     """Verified, finished backups, newest end first."""
     return BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True).order_by("-stop_lsn")
+
+
+def held_locally(backup: BaseBackup) -> bool:
+    """Its directory still holds the archives and the manifest a restore extracts."""
+    local = backup_dir(backup)
+    try:
+        archive_file(local, "base"), archive_file(local, "pg_wal")
+    except BackupError:
+        return False
+    return (local / "backup_manifest").is_file()
+
+
+def storage_copies(backup: BaseBackup, storage: str) -> list[StorageCopy]:
+    """Its verified file copies in storage, or [] unless the descriptor (written last) is verified too."""
+    copies = list(StorageCopy.objects.filter(storage=storage, backup=backup, verified_at__isnull=False,
+                                             kind=StorageCopy.Kind.BACKUP))
+    complete = StorageCopy.objects.filter(storage=storage, key=st.descriptor_key(backup.label),
+                                          verified_at__isnull=False).exists()
+    return copies if complete else []
