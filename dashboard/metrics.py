@@ -40,8 +40,16 @@ class PitrCollector(Collector):
                    1 if capture.get("running") else 0)
         yield _set(GaugeMetricFamily("pitr_capture_lag_bytes", "WAL bytes the primary wrote that capture has not flushed"),
                    capture.get("lag_bytes"))
-        yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "capturer flush lag reported by the primary"),
+        yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "seconds since the capturer last received WAL "
+                                     "while it is behind (0 when caught up): the recovery point objective"),
                    capture.get("lag_seconds"))
+        yield _set(GaugeMetricFamily("pitr_capture_broken", "1 when the slot or WAL capture needed is gone: a gap"),
+                   1 if capture.get("health") == "broken" else 0)
+        disk = GaugeMetricFamily("pitr_disk_free_bytes", "free bytes of the filesystem each place writes to",
+                                 labels=["place"])
+        for place, usage in (capture.get("disk") or {}).items():
+            disk.add_metric([place], usage["free_bytes"])
+        yield disk
         yield _set(GaugeMetricFamily("pitr_recoverable_window_start_timestamp_seconds",
                                      "earliest moment a restore can reach (unix time)"),
                    view.window_start and view.window_start.timestamp())

@@ -124,6 +124,8 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
         view.capture = catalog.capturer_state()
         view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
         view.problems.extend(view.capture.get("errors", []))
+        if view.capture.get("reason"):
+            view.problems.append(view.capture["reason"])
     window = facts["window"]
     if window:
         view.window_start, view.window_end = window["start"], window["end"]

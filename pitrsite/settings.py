@@ -43,6 +43,9 @@ PITR_BACKUP_SLOT = os.environ.get("PITR_BACKUP_SLOT", "backup_slot")
 # initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
 PITR_WAL_SEGSIZE_MB = envint("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 
+# Status warns (and exits non-zero) when the archive, backup or restore filesystem has less free space.
+PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
+
 # --- schedules (seconds; 0 turns one off) -----------------------------------
 PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
 PITR_REAP_INTERVAL = envfloat("PITR_REAP_INTERVAL", 15.0)

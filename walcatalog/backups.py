@@ -50,6 +50,28 @@ def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
         return run_job(backup, reporter, lambda: _take(backup, reporter))
 
 
+def check_room(layout: Layout, compression: str) -> None:
+    """Refuse a backup that cannot fit, before pg_basebackup fills the disk capture also writes to.
+
+    The estimate is the primary's database size: the archives hold that much uncompressed (half, as a
+    conservative guess, when compressed), and verification unpacks all of it into the staging directory.
+    """
+    with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
+        size = int(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0])
+    need: dict[int, list] = {}
+    layout.staging.mkdir(parents=True, exist_ok=True)
+    for path, amount in ((layout.backups, size if compression == Compression.NONE else size // 2),
+                         (layout.staging, size)):
+        entry = need.setdefault(os.stat(path).st_dev, [path, 0])
+        entry[1] += amount
+    for path, amount in need.values():
+        free = shutil.disk_usage(path).free
+        if free < amount:
+            raise BackupError(f"backup refused: it needs about {amount / 2**20:,.0f} MiB in {path} (the backup and "
+                              f"its verification copy of a {size / 2**20:,.0f} MiB database), "
+                              f"{free / 2**20:,.0f} MiB free")
+
+
 def backup_dir(backup: BaseBackup) -> Path:
     return Layout.current().backups / backup.label
 
@@ -60,6 +82,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     if dest.exists():
         raise BackupError(f"failure preparing ({dest} already exists)")
     pg.give_to_server(layout.backups)
+    reporter.step("checking free space")
+    check_room(layout, backup.compression)
     BaseBackup.objects.filter(pk=backup.pk).update(path=str(dest), start_time=timezone.now())
 
     reporter.step("copying files (pg_basebackup)")

@@ -41,6 +41,9 @@ class Command(BaseCommand):
             self.stdout.write(_dumps(status))
         else:
             self._text(status)
+        reason = (status.get("capturer") or {}).get("reason")
+        if reason:  # exit 0 means capture streams
+            raise CommandError(reason)
 
     def _text(self, s: dict) -> None:
         w = self.stdout.write
@@ -64,8 +67,7 @@ class Command(BaseCommand):
         c = s.get("capturer") or {}
         lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""
         errors = f" ({'; '.join(c['errors'])})" if c.get("errors") else ""
-        w(f"capturer         {c.get('state', 'unknown')}"
-          f"{', streaming' if c.get('streaming') else ''}{lag}{errors}")
+        w(f"capturer         {c.get('state', 'unknown')}, {c.get('health', 'unknown')}{lag}{errors}")
 
 
 def _dumps(status: dict) -> str:
