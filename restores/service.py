@@ -26,6 +26,7 @@ def clean_killed_restore(job: RestoreJob) -> None:
     """After the reaper found a restore's process dead: the target it left replaying must not promote
     itself unverified, and the job's staging directories go."""
     driver = get_driver()
-    driver.stop(ROLE, mode="immediate")
+    if job.current_step not in ("", "planning"):  # before that, the target still holds the previous restore
+        driver.stop(ROLE, mode="immediate")
     for suffix in ("", "-wal", "-backup"):
         shutil.rmtree(driver.layout.staging / f"restore-{job.pk}{suffix}", ignore_errors=True)

@@ -186,3 +186,19 @@ def test_heartbeat_beats_during_a_silent_step(fleet, monkeypatch):
     # No step or progress is reported: only the heartbeat thread writes the row.
     run_job(job, JobReporter(job), silent_step)
     assert beats[-1] > beats[0] > job.started_at, f"heartbeat_at never moved: {beats}"
+
+
+def test_restore_killed_while_planning_leaves_the_previous_target_running(fleet):
+    from pitrsite.jobs import HOST, reap_local
+
+    if fleet.state("restore_target") != "running":
+        manage("backup")
+        manage("restore", "--immediate")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    job = RestoreJob.objects.create(target_kind="immediate", state=JobState.RUNNING, current_step="planning",
+                                    owner_host=HOST, owner_pid=dead.pid)
+    assert reap_local() == 1
+    job.refresh_from_db()
+    assert job.state == JobState.INTERRUPTED
+    assert fleet.state("restore_target") == "running", "it had not touched the target: the last restore stays up"
