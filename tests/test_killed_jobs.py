@@ -76,9 +76,9 @@ def test_killed_backup_reads_interrupted_at_once_and_leaves_nothing(fleet):
     listed = {b["label"]: b for b in json.loads(manage("backups", "--json").stdout)}  # no reaper ran: the read reaps
     assert listed[job.label]["state"] == "interrupted" and not listed[job.label]["restorable"]
     assert "interrupted" in listed[job.label]["error"]
-    wait_for(lambda: not client_pids("pg_basebackup", job.label), 10, "the killed backup's pg_basebackup to be gone")
+    wait_for(lambda: not client_pids("pg_basebackup", job.label), 5, "the killed backup's pg_basebackup to be gone")
     t0 = time.monotonic()
-    wait_for(lambda: not basebackup_slots(fleet), 30, "the temporary slot to vanish with its connection")
+    wait_for(lambda: not basebackup_slots(fleet), 5, "the temporary slot to vanish with its connection")
     print(f"slot gone {time.monotonic() - t0:.1f} s after the reaping read")
     assert not Path(BaseBackup.objects.get(pk=job.pk).path).exists(), "the partial backup directory is left"
     assert not (Path(settings.PITR_HOME) / "staging" / f"verify-{job.label}").exists()
@@ -159,6 +159,7 @@ def test_busy_restore_port_is_refused_before_the_target_is_touched(fleet):
     assert (datadir / "PG_VERSION").exists()
     port = fleet.layout.port("restore_target")
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the stopped target's TIME_WAITs linger
         squatter.bind((settings.PITR_HOST, port))
         squatter.listen()
         line = one_line(manage("restore", "--immediate", check=False))
