@@ -7,10 +7,9 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
-    database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat, envint, envport, envpow2,
-    envstr, load_dotenv, persistent_secret,
+    archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
+    envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
 )
-from walcatalog.storage import archive_storage_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))
@@ -112,7 +111,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # The dashboard's own login admits any active user (read-only unless staff); /admin/login/ admits staff only.
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
-# /metrics without a session: a bearer token when set, else loopback clients only (pitrsite/metrics.py).
+# /metrics without a session: a bearer token when set, else loopback clients only (dashboard/metrics.py).
 PITR_METRICS_TOKEN = envstr("PITR_METRICS_TOKEN")
 # Serve static files without collectstatic (runserver/gunicorn with DEBUG off).
 WHITENOISE_USE_FINDERS = True

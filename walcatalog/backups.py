@@ -126,7 +126,8 @@ def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
     try:
         extract(dest, scratch, reporter, job_key(backup))
         pg.run([pg.tool("pg_verifybackup"), "--quiet", "--manifest-path", str(dest / "backup_manifest"),
-                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)")
+                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)",
+               timeout=None)  # proportional to the backup's size: no fixed bound fits every database
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
