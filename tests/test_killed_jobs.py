@@ -203,3 +203,23 @@ def test_restore_killed_while_planning_leaves_the_previous_target_running(fleet)
     job.refresh_from_db()
     assert job.state == JobState.INTERRUPTED
     assert fleet.state("restore_target") == "running", "it had not touched the target: the last restore stays up"
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+@pytest.mark.parametrize("url", ["/backups/", "/jobs/backup/{pk}.json", "/"])
+def test_dashboard_reads_reap(client, django_user_model, url):
+    from django.urls import reverse
+
+    from pitrsite.jobs import HOST
+
+    client.force_login(django_user_model.objects.create_user("viewer", password="x"))
+    job = BaseBackup.objects.create(label="pitr_killed", state=JobState.RUNNING, owner_host=HOST, owner_pid=dead_pid())
+    path = reverse("dashboard:job_json", args=["backup", job.pk]) if "{pk}" in url else url
+    assert client.get(path).status_code == 200
+    job.refresh_from_db()
+    assert job.state == JobState.INTERRUPTED
