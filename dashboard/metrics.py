@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dashboard import jobs, status
-from pitrsite.jobs import JobState
+from pitrsite.jobs import JobState, reap_local
 
 
 def _set(family: GaugeMetricFamily, value, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -34,6 +34,7 @@ class PitrCollector(Collector):
     """Reads the overview once per scrape; absent facts are absent samples, not zeros."""
 
     def collect(self) -> Iterator[Metric]:
+        reap_local()  # job counts by state must not count a dead job as running
         view = status.overview()
         capture = view.capture
         yield _set(GaugeMetricFamily("pitr_capture_up", "1 when pg_receivewal runs and streams from the primary"),

@@ -288,6 +288,19 @@ class LocalDriver:
             raise FleetError(f"{role} is not running: run `python manage.py fleet start {role}`")
         return pid
 
+    def check_port_ours(self, role: str) -> None:
+        """Before touching a role: its port is free, or held by this role's own server."""
+        if self.state(role) != "stopped" and self._pid_file_port(role) == self.layout.port(role):
+            return
+        self._check_port_free(role)
+
+    def _pid_file_port(self, role: str) -> int | None:
+        # postmaster.pid, line 4: the port the server listens on.
+        try:
+            return int((self.layout.datadir(role) / "postmaster.pid").read_text().splitlines()[3])
+        except (OSError, IndexError, ValueError):
+            return None
+
     def _check_port_free(self, role: str) -> None:
         port = self.layout.port(role)
         if procs.port_in_use(settings.PITR_HOST, port):

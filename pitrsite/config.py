@@ -83,6 +83,23 @@ def envport(name: str, default: int) -> int:
     return envint(name, default, 1024, 65535)
 
 
+def envpow2(name: str, default: int, lo: int, hi: int) -> int:
+    """A power of two in lo..hi (initdb --wal-segsize accepts nothing else)."""
+    number = envint(name, default, lo, hi)
+    if number & (number - 1):
+        raise ImproperlyConfigured(f"{name}={number} is not a power of two: use one of 1, 2, 4, ..., {hi}")
+    return number
+
+
+def distinct_ports(ports: dict[str, int]) -> None:
+    """Two of our servers on one port: the second would fail late, or talk to the first."""
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            raise ImproperlyConfigured(f"{seen[port]} and {name} are both {port}: give each its own port")
+        seen[port] = name
+
+
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name) or default
     if value not in choices:

@@ -7,8 +7,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
-    archive_storage_setting, database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
-    envstr, load_dotenv, persistent_secret,
+    archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
+    envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ PITR_CAPTURE_SLOT = os.environ.get("PITR_CAPTURE_SLOT", "pitr_slot")
 PITR_STANDBY_SLOT = os.environ.get("PITR_STANDBY_SLOT", "standby_slot")
 PITR_BACKUP_SLOT = os.environ.get("PITR_BACKUP_SLOT", "backup_slot")
 # initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
-PITR_WAL_SEGSIZE_MB = envint("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
+PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 
 # Status warns (and exits non-zero) when the archive, backup or restore filesystem has less free space.
 PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
@@ -129,6 +129,9 @@ STORAGES = {
 
 # --- Celery ------------------------------------------------------------------
 PITR_REDIS_PORT = envport("PITR_REDIS_PORT", 56379)
+distinct_ports({"PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
+                "PITR_RESTORE_PORT": PITR_RESTORE_PORT, "PITR_REDIS_PORT": PITR_REDIS_PORT,
+                "PITR_WEB_PORT": PITR_WEB_PORT})
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or f"redis://127.0.0.1:{PITR_REDIS_PORT}/0"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -30,7 +30,7 @@ from django.utils import timezone
 from fleet import pg, procs
 from fleet.local import LocalDriver, get_driver
 from pitrsite.errors import PitrError
-from pitrsite.jobs import Reporter, exclusive, job_key, reap, run_job
+from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob, TargetKind
 from restores.planner import Plan, RestoreTarget, plan
 from walcatalog import walnames
@@ -54,8 +54,7 @@ def target_of(job: RestoreJob) -> RestoreTarget:
 def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py restore` and the Celery task."""
     reap(RestoreJob)
-    with exclusive("restore", "restore"):
-        run_job(job, reporter, lambda: Restore(job, reporter).run())
+    run_exclusive(job, "restore", "restore", reporter, lambda: Restore(job, reporter).run())
     job.refresh_from_db()
     return job
 
@@ -75,6 +74,7 @@ class Restore:
 
     def run(self) -> None:
         self.reporter.step("planning")
+        self.driver.check_port_ours(ROLE)  # a busy port must stop us before the target is touched
         refresh_catalog()
         the_plan = plan(target_of(self.job))
         self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),

@@ -49,6 +49,11 @@ class RestoreJob(Job):
             return self.target_kind
         return f"{self.target_kind} {self.target_value}" + (" (exclusive)" if self.exclusive else "")
 
+    def on_reaped(self) -> None:
+        from restores.service import clean_killed_restore  # the domain module imports this one
+
+        clean_killed_restore(self)
+
     @property
     def final_lsn_text(self) -> str:
         return walnames.format_lsn(self.final_lsn) if self.final_lsn is not None else ""

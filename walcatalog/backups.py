@@ -18,7 +18,7 @@ from django.utils import timezone
 from fleet import pg
 from fleet.layout import Layout
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive, job_key, reap, run_job, spawn
+from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
 from walcatalog import catalog, walnames
 from walcatalog import storage as st
 from walcatalog.models import BaseBackup, Compression, StorageCopy
@@ -39,6 +39,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    refuse_if_running("backup", "base backup")
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
 
@@ -46,8 +47,19 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
 def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
     """Take the backup the row describes; one at a time per data home."""
     reap(BaseBackup)  # a backup whose worker was killed must not block this one
-    with exclusive("backup", "base backup"):
-        return run_job(backup, reporter, lambda: _take(backup, reporter))
+    return run_exclusive(backup, "backup", "base backup", reporter, lambda: _take(backup, reporter))
+
+
+def clean_killed_backup(backup: BaseBackup) -> None:
+    """After the reaper killed a dead backup's tools: its half-written directory and scratch copy go.
+
+    pg_basebackup's temporary slot belongs to its WAL streamer's connection, so it
+    is dropped by the primary when that process is killed with the job's group.
+    """
+    if backup.manifest_verified:
+        return  # never delete what was verified
+    for path in (backup_dir(backup), Layout.current().staging / f"verify-{backup.label}"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_room(layout: Layout, compression: str) -> None:

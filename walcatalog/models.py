@@ -104,6 +104,11 @@ class BaseBackup(Job):
     def restorable(self) -> bool:
         return self.state == JobState.DONE and self.manifest_verified
 
+    def on_reaped(self) -> None:
+        from walcatalog.backups import clean_killed_backup  # the domain module imports this one
+
+        clean_killed_backup(self)
+
     @property
     def start_lsn_text(self) -> str:
         return walnames.format_lsn(self.start_lsn) if self.start_lsn is not None else ""

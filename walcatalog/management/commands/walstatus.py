@@ -7,6 +7,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from pitrsite.errors import PitrError
+from pitrsite.jobs import reap_local
 from walcatalog.catalog import summary
 
 
@@ -33,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args, **opts) -> None:
+        reap_local()  # a killed job reads interrupted at once
         try:
             status = summary()
         except PitrError as exc:
