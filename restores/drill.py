@@ -109,8 +109,15 @@ def check_copy(job: RestoreJob, expected: Expected, reporter: Reporter, detail: 
     if detail["amcheck"]["exit"] == 0:
         return DrillVerdict.PASSED, ""
     what = "found corruption" if detail["amcheck"]["exit"] == AMCHECK_CORRUPTION else "could not check the copy"
-    first = detail["amcheck"]["summary"][0] if detail["amcheck"]["summary"] else "no output"
-    return DrillVerdict.FAILED, f"pg_amcheck {what}: {first}"
+    return DrillVerdict.FAILED, f"pg_amcheck {what}: {first_finding(detail['amcheck']['summary'])}"
+
+
+def first_finding(lines: list[str]) -> str:
+    """pg_amcheck names the relation on one line and says what is wrong on the next: one line of both."""
+    if not lines:
+        return "no output"
+    head = lines[0].strip()
+    return f"{head} {lines[1].strip()}" if head.endswith(":") and len(lines) > 1 else head
 
 
 def amcheck(port: int) -> dict:
