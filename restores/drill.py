@@ -159,3 +159,22 @@ def last_drill() -> RestoreJob | None:
 def last_success() -> RestoreJob | None:
     return (RestoreJob.objects.filter(trigger=DRILL_TRIGGER, drill_verdict=DrillVerdict.PASSED)
             .order_by("-finished_at", "-pk").first())
+
+
+def summary() -> dict:
+    """What the overview and /metrics show: the last drill's verdict and age, the last success, a warning."""
+    now = timezone.now()
+    last, good = last_drill(), last_success()
+
+    def age(job: RestoreJob | None) -> float | None:
+        return (now - job.finished_at).total_seconds() if job and job.finished_at else None
+
+    interval = settings.PITR_DRILL_INTERVAL
+    warning = ""
+    if last is not None and last.drill_verdict == DrillVerdict.FAILED:
+        warning = f"the last restore drill (#{last.pk}) failed: {last.drill_detail.get('reason') or last.error}"
+    elif last is not None and interval > 0 and age(last) > 2 * interval:
+        warning = (f"the last restore drill (#{last.pk}) is {age(last) / 3600:.1f} h old, over twice "
+                   f"PITR_DRILL_INTERVAL ({interval / 3600:.1f} h): is Celery beat running?")
+    return {"interval": interval, "last": last, "last_age": age(last), "last_verdict": last and last.drill_verdict,
+            "last_success": good, "last_success_age": age(good), "warning": warning}

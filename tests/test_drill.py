@@ -18,6 +18,23 @@ from walcatalog.backups import queue_backup, run_backup
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 
+def shown() -> tuple[dict[str, float], str, dict]:
+    """What /metrics, the overview page and overview.json say about drills, read as a user would."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = Client().get("/metrics")  # the test client is loopback: no login needed
+    assert metrics.status_code == 200
+    found = {s.name: s.value for f in text_string_to_metric_families(metrics.content.decode())
+             for s in f.samples if s.name.startswith("pitr_restore_drill_")}
+    client = Client()
+    client.force_login(User.objects.get_or_create(username="drill-viewer")[0])
+    page = client.get("/")
+    assert page.status_code == 200
+    return found, page.content.decode(), client.get("/overview.json").json()["drill"]
+
+
 @pytest.fixture(scope="module")
 def backed_up(fleet, django_db_setup, django_db_blocker):
     """A verified backup, then rows written after it (some in the .partial): what a drill must bring back."""
@@ -51,7 +68,7 @@ def rot_index_page(backup, index_path: str) -> None:
 
 
 @pytest.fixture
-def rotten_backup(fleet, backed_up, transactional_db):
+def rotten_backup(fleet, backed_up, db):
     """The newest backup holds a static table whose index page rotted inside the backup file."""
     from walcatalog.models import BaseBackup
 
@@ -73,7 +90,7 @@ def rotten_backup(fleet, backed_up, transactional_db):
     BaseBackup.objects.filter(pk=backup.pk).delete()
 
 
-def test_drill_passes_on_a_healthy_fleet(fleet, primary, backed_up, transactional_db):
+def test_drill_passes_on_a_healthy_fleet(fleet, primary, backed_up, db):
     job = drill.new_drill("test")
     job = drill.run_drill(job, JobReporter(job))
     assert job.drill_verdict == DrillVerdict.PASSED, job.drill_detail
@@ -88,6 +105,13 @@ def test_drill_passes_on_a_healthy_fleet(fleet, primary, backed_up, transactiona
     with pg.connect(fleet.layout.port("restore_target")) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'").fetchone()[0] == 1
 
+    metrics, page, facts = shown()
+    assert metrics["pitr_restore_drill_last_verdict"] == 1
+    assert metrics["pitr_restore_drill_last_success_timestamp_seconds"] == pytest.approx(job.finished_at.timestamp())
+    assert 0 <= metrics["pitr_restore_drill_last_age_seconds"] < 600
+    assert facts["verdict"] == "passed" and facts["last_id"] == job.pk and not facts["warning"]
+    assert f'#{job.pk}</a> <span class="state state-done">passed</span>' in page
+
 
 def test_drill_fails_on_a_rotten_backup(fleet, rotten_backup):
     job = drill.new_drill("test")
@@ -101,6 +125,42 @@ def test_drill_fails_on_a_rotten_backup(fleet, rotten_backup):
     assert detail["reason"].startswith('pg_amcheck found corruption: btree index "pitr.public.drill_static_pkey": '
                                        'ERROR:  invalid page in block 1'), detail["reason"]
     assert job.error == detail["reason"]
+
+    metrics, page, facts = shown()
+    assert metrics["pitr_restore_drill_last_verdict"] == 0
+    assert "pitr_restore_drill_last_success_timestamp_seconds" not in metrics  # none passed in this test
+    assert facts["verdict"] == "failed" and facts["warning"].startswith(f"the last restore drill (#{job.pk}) failed")
+    assert f'#{job.pk}</a> <span class="state state-failed">failed</span>' in page
+    assert 'id="drill-warning"' in page and "drill_static_pkey" in page
+
+
+def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_up, db):
+    with exclusive("restore", "restore"):  # what a running restore holds
+        job = drill.new_drill("test")
+        job = drill.run_drill(job, JobReporter(job))
+    assert job.drill_verdict == DrillVerdict.SKIPPED
+    assert job.state == JobState.FAILED and job.finished_at is not None
+    assert job.error.startswith("skipped: another restore is running (pid ")
+    metrics, _, facts = shown()
+    assert "pitr_restore_drill_last_verdict" not in metrics and facts["verdict"] is None  # proves nothing
+
+
+def test_stale_drill_warns(db, no_fleet, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.PITR_DRILL_INTERVAL = 3600
+    old = RestoreJob.objects.create(target_kind="latest", trigger=DRILL_TRIGGER, state=JobState.DONE,
+                                    drill_verdict=DrillVerdict.PASSED,
+                                    finished_at=timezone.now() - timedelta(hours=2, minutes=30))
+    metrics, page, facts = shown()
+    assert metrics["pitr_restore_drill_last_verdict"] == 1
+    assert metrics["pitr_restore_drill_last_age_seconds"] == pytest.approx(9000, abs=60)
+    assert facts["warning"].startswith(f"the last restore drill (#{old.pk}) is 2.5 h old, over twice")
+    assert 'id="drill-warning"' in page
+    settings.PITR_DRILL_INTERVAL = 4 * 3600
+    assert not shown()[2]["warning"]
 
 
 def pg_lsn(text: str) -> int:
