@@ -28,7 +28,7 @@ from walcatalog import walnames
 log = logging.getLogger(__name__)
 
 # --heapallindexed: every heap tuple must be found in each B-tree (catches an index missing rows,
-# not only a malformed page); measured cheap against the restore itself (README, "Restore drills").
+# not only a malformed page): 2.6 s instead of 0.6 s on 150 MB, small next to the restore (README).
 AMCHECK_OPTIONS = ("--all", "--install-missing", "--heapallindexed")
 AMCHECK_CORRUPTION = 2  # pg_amcheck's exit status when it found corruption (1: it could not check)
 SUMMARY_LINES = 20
