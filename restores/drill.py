@@ -58,7 +58,7 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     detail = {"expected_end_lsn": walnames.format_lsn(expected.lsn), "expected_end_segment": expected.segment}
     try:
         job = run_restore(job, reporter)
-    except Exception as exc:  # noqa: BLE001 - run_job has recorded it; the drill records its verdict
+    except Exception as exc:  # run_job has recorded it as the job's failure; the drill adds its verdict
         job.refresh_from_db()
         if job.state == JobState.QUEUED:  # refused before it was claimed: the restore lock
             return record(job, DrillVerdict.SKIPPED, f"skipped: {exc}", detail)
@@ -85,9 +85,10 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
 def expected_end() -> Expected:
     """Plan the latest restore now: the staged WAL will hold at least what the catalog holds now."""
     refresh_catalog()
-    segments = plan(RestoreTarget(kind=TargetKind.LATEST)).segments
-    if not segments:
-        raise PitrError("no WAL captured after the newest backup")
+    the_plan = plan(RestoreTarget(kind=TargetKind.LATEST))
+    segments = the_plan.segments
+    if not segments:  # the backup's own pg_wal is all there is
+        return Expected(lsn=the_plan.backup.stop_lsn, segment=f"backup {the_plan.backup.label}")
     last = segments[-1]
     # A .partial's valid WAL ends where the indexer's pg_waldump stopped; a complete segment's last
     # record may cross into the next, uncaptured one, so only its newest commit is certain to replay.
@@ -103,7 +104,7 @@ def check_copy(job: RestoreJob, expected: Expected, reporter: Reporter, detail: 
     detail["end_reached"] = job.final_lsn is not None and job.final_lsn >= expected.lsn
     if not detail["end_reached"]:
         return DrillVerdict.FAILED, (f"recovery ended at {job.final_lsn_text or 'an unknown LSN'}, before the end of "
-                                     f"the staged WAL ({detail['expected_end_lsn']} in {expected.segment})")
+                                     f"the staged WAL ({walnames.format_lsn(expected.lsn)} in {expected.segment})")
     reporter.step("drill: pg_amcheck")
     detail["amcheck"] = amcheck(Layout.current().port("restore_target"))
     if detail["amcheck"]["exit"] == 0:

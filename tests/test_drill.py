@@ -1,35 +1,38 @@
 """Restore drills on the real fleet: pass when the copy is whole, fail (with the reason) when it is not."""
 from __future__ import annotations
 
-import json
-import sys
-import subprocess
+from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet import pg
 from pitrsite.jobs import JobReporter, JobState, exclusive
 from restores import drill
 from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob
-from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.restore_helpers import empty_catalog, restored_ids, wait_captured, write_rows
+from walcatalog import walnames
 from walcatalog.backups import queue_backup, run_backup
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 
+def viewer() -> Client:
+    client = Client()
+    client.force_login(User.objects.get_or_create(username="drill-viewer")[0])
+    return client
+
+
 def shown() -> tuple[dict[str, float], str, dict]:
     """What /metrics, the overview page and overview.json say about drills, read as a user would."""
-    from django.contrib.auth.models import User
-    from django.test import Client
-    from prometheus_client.parser import text_string_to_metric_families
-
     metrics = Client().get("/metrics")  # the test client is loopback: no login needed
     assert metrics.status_code == 200
     found = {s.name: s.value for f in text_string_to_metric_families(metrics.content.decode())
              for s in f.samples if s.name.startswith("pitr_restore_drill_")}
-    client = Client()
-    client.force_login(User.objects.get_or_create(username="drill-viewer")[0])
+    client = viewer()
     page = client.get("/")
     assert page.status_code == 200
     return found, page.content.decode(), client.get("/overview.json").json()["drill"]
@@ -97,13 +100,18 @@ def test_drill_passes_on_a_healthy_fleet(fleet, primary, backed_up, db):
     assert job.state == JobState.DONE and job.trigger == DRILL_TRIGGER
     detail = job.drill_detail
     assert detail["end_reached"] is True
-    assert job.final_lsn >= pg_lsn(detail["expected_end_lsn"])
+    assert job.final_lsn >= walnames.parse_lsn(detail["expected_end_lsn"])
     assert detail["amcheck"]["exit"] == 0 and detail["amcheck"]["seconds"] >= 0
     assert "--heapallindexed" in detail["amcheck"]["options"]
     # the newest moment: every row written before the drill began is in the copy
     assert {row.id for row in backed_up} <= restored_ids(fleet)
     with pg.connect(fleet.layout.port("restore_target")) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'").fetchone()[0] == 1
+    # the same copy, held to an end one byte further than recovery reached, fails and says where it ended
+    verdict, reason = drill.check_copy(job, drill.Expected(job.final_lsn + 1, "its segment"), JobReporter(job), {})
+    assert verdict == DrillVerdict.FAILED
+    assert reason == (f"recovery ended at {job.final_lsn_text}, before the end of the staged WAL "
+                      f"({walnames.format_lsn(job.final_lsn + 1)} in its segment)")
 
     metrics, page, facts = shown()
     assert metrics["pitr_restore_drill_last_verdict"] == 1
@@ -132,6 +140,8 @@ def test_drill_fails_on_a_rotten_backup(fleet, rotten_backup):
     assert facts["verdict"] == "failed" and facts["warning"].startswith(f"the last restore drill (#{job.pk}) failed")
     assert f'#{job.pk}</a> <span class="state state-failed">failed</span>' in page
     assert 'id="drill-warning"' in page and "drill_static_pkey" in page
+    detail = viewer().get(f"/restores/{job.pk}/").content.decode()
+    assert '<dd id="drill"><span class="state state-failed">failed</span> pg_amcheck found corruption' in detail
 
 
 def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_up, db):
@@ -146,10 +156,6 @@ def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_
 
 
 def test_stale_drill_warns(db, no_fleet, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     settings.PITR_DRILL_INTERVAL = 3600
     old = RestoreJob.objects.create(target_kind="latest", trigger=DRILL_TRIGGER, state=JobState.DONE,
                                     drill_verdict=DrillVerdict.PASSED,
@@ -163,7 +169,3 @@ def test_stale_drill_warns(db, no_fleet, settings):
     assert not shown()[2]["warning"]
 
 
-def pg_lsn(text: str) -> int:
-    from walcatalog import walnames
-
-    return walnames.parse_lsn(text)
