@@ -5,7 +5,8 @@ After promotion it checks that recovery reached the end of the WAL staged for it
 captured record the catalog knew of when the drill began), then runs pg_amcheck on the copy
 (heap and B-tree checks, every database; the amcheck extension is installed into the throw-away
 copy). The verdict, the pg_amcheck summary and the durations go on the job. A drill refused
-because another restore runs is recorded as skipped, never left queued.
+because another restore or a chaos run holds the restore target is recorded as skipped, never
+left queued.
 """
 from __future__ import annotations
 
@@ -19,9 +20,15 @@ from django.utils import timezone
 from fleet import pg
 from fleet.layout import Layout
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive
+from pitrsite.jobs import ACTIVE_STATES, JobState, Reporter, exclusive
 from restores.engine import refresh_catalog, run_restore
-from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob, TargetKind
+from restores.models import (
+    DRILL_TRIGGER,
+    ChaosRun,
+    DrillVerdict,
+    RestoreJob,
+    TargetKind,
+)
 from restores.planner import RestoreTarget, plan
 from walcatalog import walnames
 
@@ -51,6 +58,9 @@ def new_drill(trigger_detail: str = "") -> RestoreJob:
 def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py drill` and the beat task."""
     began = time.monotonic()
+    chaos = ChaosRun.objects.filter(state__in=ACTIVE_STATES).first()
+    if chaos is not None:  # it restores and then reads the restore target: a drill in between would fool it
+        return record(job, DrillVerdict.SKIPPED, f"skipped: {chaos} is using the restore target", {})
     try:
         expected = expected_end()
     except PitrError as exc:

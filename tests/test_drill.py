@@ -155,6 +155,17 @@ def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_
     assert "pitr_restore_drill_last_verdict" not in metrics and facts["verdict"] is None  # proves nothing
 
 
+def test_drill_during_a_chaos_run_is_skipped(db, no_fleet):
+    from restores.models import ChaosRun
+
+    chaos = ChaosRun.objects.create(state=JobState.RUNNING)
+    job = drill.new_drill("test")
+    job = drill.run_drill(job, JobReporter(job))
+    assert (job.drill_verdict, job.state) == (DrillVerdict.SKIPPED, JobState.FAILED)
+    assert job.error == f"skipped: chaos run #{chaos.pk} is using the restore target"
+    assert job.started_at is None  # the restore target was never touched
+
+
 def test_stale_drill_warns(db, no_fleet, settings):
     settings.PITR_DRILL_INTERVAL = 3600
     old = RestoreJob.objects.create(target_kind="latest", trigger=DRILL_TRIGGER, state=JobState.DONE,
