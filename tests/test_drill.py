@@ -1,6 +1,7 @@
 """Restore drills on the real fleet: pass when the copy is whole, fail (with the reason) when it is not."""
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -13,9 +14,15 @@ from fleet import pg
 from pitrsite.jobs import JobReporter, JobState, exclusive
 from restores import drill
 from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob
-from tests.restore_helpers import empty_catalog, restored_ids, wait_captured, write_rows
+from tests.restore_helpers import (
+    empty_catalog,
+    restored_ids,
+    rot_index_page,
+    wait_captured,
+    write_rows,
+)
 from walcatalog import walnames
-from walcatalog.backups import queue_backup, run_backup
+from walcatalog.backups import backup_dir, queue_backup, run_backup
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -51,25 +58,6 @@ def backed_up(fleet, django_db_setup, django_db_blocker):
         empty_catalog()  # committed outside the tests' transactions: later modules expect an empty catalog
 
 
-def rot_index_page(backup, index_path: str) -> None:
-    """Overwrite page 1 of an index file inside the backup's uncompressed base.tar: bit rot after verification.
-
-    pg_verifybackup passed when the backup was taken; nothing re-reads the bytes until a restored
-    server reads that page. With data checksums on, the page's checksum no longer matches.
-    """
-    import tarfile
-
-    from walcatalog.backups import archive_file, backup_dir
-
-    path = archive_file(backup_dir(backup), "base")
-    with tarfile.open(path) as tar:
-        member = tar.getmember(index_path)
-    assert member.size >= 2 * 8192, f"{index_path} has no page 1"
-    with open(path, "r+b") as fh:
-        fh.seek(member.offset_data + 8192 + 512)  # inside page 1, past its header
-        fh.write(b"\xde\xad" * 256)
-
-
 @pytest.fixture
 def rotten_backup(fleet, backed_up, db):
     """The newest backup holds a static table whose index page rotted inside the backup file."""
@@ -91,6 +79,7 @@ def rotten_backup(fleet, backed_up, db):
     # Other tests must never restore from it.
     RestoreJob.objects.filter(backup=backup).delete()
     BaseBackup.objects.filter(pk=backup.pk).delete()
+    shutil.rmtree(backup_dir(backup), ignore_errors=True)
 
 
 def test_drill_passes_on_a_healthy_fleet(fleet, primary, backed_up, db):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -9,9 +10,8 @@ from fleet import pg
 from pitrsite.jobs import JobReporter, JobState, exclusive
 from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob
 from tests.conftest import manage, wait_for
-from tests.restore_helpers import wait_captured, write_rows
-from tests.test_drill import rot_index_page
-from walcatalog.backups import queue_backup, run_backup
+from tests.restore_helpers import rot_index_page, wait_captured, write_rows
+from walcatalog.backups import backup_dir, queue_backup, run_backup
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -66,6 +66,7 @@ def test_drill_command_exit_status_says_the_verdict(fleet, backup):
     assert "Traceback" not in failed.stderr
     RestoreJob.objects.filter(backup=rotten).delete()
     rotten.delete()
+    shutil.rmtree(backup_dir(rotten), ignore_errors=True)
 
 
 def test_beat_runs_a_drill_by_itself(fleet, backup, celery_worker):
