@@ -76,20 +76,27 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
             log.exception("drill #%s: the restore raised", job.pk)
         return record(job, DrillVerdict.FAILED, f"the restore failed: {job.error or exc}", detail)
     detail["restore_seconds"] = round(time.monotonic() - began, 1)
-    locked = False
-    try:
-        with exclusive("restore", "restore"):  # no restore may replace the copy while it is checked
-            locked = True
-            if restored_since(job):
-                verdict, reason = DrillVerdict.SKIPPED, "skipped: another restore replaced the copy before its checks"
-            else:
-                verdict, reason = check_copy(job, expected, reporter, detail)
-    except PitrError as exc:
-        verdict = DrillVerdict.FAILED if locked else DrillVerdict.SKIPPED
-        reason = f"the checks failed: {exc}" if locked else f"skipped: the copy could not be checked ({exc})"
+    verdict, reason = checked(job, expected, reporter, detail)
     reporter.step("")
     detail["total_seconds"] = round(time.monotonic() - began, 1)
     return record(job, verdict, reason, detail)
+
+
+def checked(job: RestoreJob, expected: Expected, reporter: Reporter, detail: dict) -> tuple[str, str]:
+    """check_copy() under the restore lock, so no restore replaces the copy while it is checked."""
+    locked = False
+    try:
+        with exclusive("restore", "restore"):
+            locked = True
+            if restored_since(job):
+                return DrillVerdict.SKIPPED, "skipped: another restore replaced the copy before its checks"
+            return check_copy(job, expected, reporter, detail)
+    except Exception as exc:  # a drill that could not check never reads passed, nor stays pending
+        if not locked:
+            return DrillVerdict.SKIPPED, f"skipped: the copy could not be checked ({exc})"
+        if not isinstance(exc, PitrError):
+            log.exception("drill #%s: the checks raised", job.pk)
+        return DrillVerdict.FAILED, f"the checks failed: {pg.first_line(str(exc)) if str(exc) else type(exc).__name__}"
 
 
 def expected_end() -> Expected:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
@@ -131,6 +133,31 @@ def test_drill_fails_on_a_rotten_backup(fleet, rotten_backup):
     assert 'id="drill-warning"' in page and "drill_static_pkey" in page
     detail = viewer().get(f"/restores/{job.pk}/").content.decode()
     assert '<dd id="drill"><span class="state state-failed">failed</span> pg_amcheck found corruption' in detail
+
+
+@pytest.fixture
+def bindir_without_amcheck() -> Path:
+    """The PostgreSQL binaries without pg_amcheck, where the postgres OS user can reach them (not pytest's tmp)."""
+    bindir = Path(tempfile.mkdtemp(prefix="pitr-bin-"))
+    bindir.chmod(0o755)
+    yield bindir
+    shutil.rmtree(bindir, ignore_errors=True)
+
+
+def test_drill_that_cannot_run_pg_amcheck_fails(fleet, backed_up, db, settings, bindir_without_amcheck):
+    from fleet import pg as fleet_pg
+
+    bindir = bindir_without_amcheck  # the restore works, the check cannot run
+    for tool in fleet_pg.bindir().iterdir():
+        if tool.name != "pg_amcheck":
+            (bindir / tool.name).symlink_to(tool)
+    settings.PITR_PG_BINDIR = str(bindir)
+    job = drill.new_drill("test")
+    job = drill.run_drill(job, JobReporter(job))
+    assert job.promoted_at is not None  # the restore itself went through
+    assert (job.drill_verdict, job.state) == (DrillVerdict.FAILED, JobState.FAILED)
+    assert job.error == f"the checks failed: pg_amcheck not found in {bindir}: install the PostgreSQL server " \
+                        "package or set PITR_PG_BINDIR"
 
 
 def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_up, db):
