@@ -73,6 +73,21 @@ class PitrCollector(Collector):
             for state in JobState.values:
                 counts.add_metric([kind, state], float(view.job_counts.get(kind, {}).get(state, 0)))
         yield counts
+        yield from drill_metrics(view.drill)
+
+
+def drill_metrics(drill: dict) -> Iterator[Metric]:
+    """The last restore drill (restores/drill.py); absent until one has a verdict."""
+    last, good = drill.get("last"), drill.get("last_success")
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_verdict", "1 when the last restore drill passed, 0 when it failed"),
+               None if last is None else int(last.drill_verdict == "passed"))
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_age_seconds", "seconds since the last restore drill ended"),
+               drill.get("last_age"))
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_success_timestamp_seconds",
+                                 "when the last passed restore drill ended (unix time)"),
+               good and good.finished_at and good.finished_at.timestamp())
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_success_age_seconds",
+                                 "seconds since the last passed restore drill ended"), drill.get("last_success_age"))
 
 
 def _loopback(request: HttpRequest) -> bool:

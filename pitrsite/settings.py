@@ -162,6 +162,10 @@ PITR_BACKUP_MAX_RATE = os.environ.get("PITR_BACKUP_MAX_RATE", "")
 
 # --- restores ----------------------------------------------------------------
 PITR_RESTORE_TIMEOUT = envfloat("PITR_RESTORE_TIMEOUT", 3600.0, lo=1.0)
+# Restore drill (restores/drill.py): restore the newest moment into the restore target, check it, every
+# PITR_DRILL_INTERVAL s (0 = off). Daily: a broken restore path is found within a day, and a drill (a full
+# restore, replacing the restore target's contents) stays a small share of the machine's time.
+PITR_DRILL_INTERVAL = envfloat("PITR_DRILL_INTERVAL", 86400.0)
 
 # --- cloud storage (walcatalog/storage.py, uploader.py, retention.py) ------------------------
 PITR_UPLOAD_INTERVAL = envfloat("PITR_UPLOAD_INTERVAL", 30.0)

@@ -12,6 +12,15 @@ def run_restore(job_id: int) -> None:
     restore(job, JobReporter(job))
 
 
+@shared_task(name="restores.tasks.drill")
+def drill(job_id: int | None = None) -> None:
+    """Beat sends no id (a new drill); a caller that queued a drill job sends its id."""
+    from restores.drill import new_drill, run_drill
+
+    job = RestoreJob.objects.get(pk=job_id) if job_id is not None else new_drill("beat")
+    run_drill(job, JobReporter(job))
+
+
 @shared_task(name="restores.tasks.run_chaos")
 def run_chaos(run_id: int) -> None:
     from restores.chaos import run_chaos as chaos
