@@ -14,8 +14,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from fleet import pg, procs
+from fleet import pg
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
+from pitrsite import procs
 from pitrsite.config import persistent_secret
 from pitrsite.errors import FleetError
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
-from fleet import procs
+from pitrsite import procs
 from pitrsite.errors import PitrError
 
 log = logging.getLogger(__name__)

@@ -47,9 +47,10 @@ import psycopg
 from django.conf import settings
 from django.db.models import Max
 
-from fleet import pg, procs, services
+from fleet import pg, services
 from fleet.local import LocalDriver, get_driver
 from fleet.status import fleet_check
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter, Reporter, exclusive, reap, run_job
 from restores import verify

@@ -27,8 +27,9 @@ import psycopg
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg, procs
+from fleet import pg
 from fleet.local import LocalDriver, get_driver
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob, TargetKind

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import pg, procs, services
+from fleet import pg, services
 from fleet.layout import Layout
+from pitrsite import procs
 from pitrsite.jobs import JobReporter, JobState
 from restores.chaos import ACTIONS, ChaosError, ChaosParams, queue_chaos, run_chaos
 from restores.models import ChaosRun, RestoreJob, Verdict

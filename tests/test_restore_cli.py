@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import pg, procs
+from fleet import pg
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter, JobState, exclusive, reap
 from restores.engine import run_restore
