@@ -21,13 +21,12 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
 from walcatalog import catalog, walnames
 from walcatalog import storage as st
-from walcatalog.models import BaseBackup, Compression, StorageCopy
+from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, StorageCopy
 
 # pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
 TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
 SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
-DEFAULT_COMPRESSION = Compression.ZSTD
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
