@@ -16,11 +16,8 @@ before use; job.source says local, storage or mixed.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -32,12 +29,13 @@ from fleet.local import LocalDriver, get_driver
 from pitrsite import procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
-from restores.models import RestoreJob, TargetKind
+from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
+from restores.proof import ServerLog, end_of_recovery, recovery_shortfall
+from restores.staging import WalCheck, WalDownload, give, link_or_copy
 from walcatalog import walnames
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
-from walcatalog.indexer import sha256_file
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
@@ -92,8 +90,8 @@ class Restore:
             check.close()
             wal.close()
 
-    def restore(self, the_plan: Plan, backup_copies: list[StorageCopy], wal: "WalDownload",
-                check: "WalCheck") -> None:
+    def restore(self, the_plan: Plan, backup_copies: list[StorageCopy], wal: WalDownload,
+                check: WalCheck) -> None:
         self.reporter.step("stopping the restore target")
         self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
         self.reporter.step("emptying the data directory")
@@ -125,7 +123,7 @@ class Restore:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     # --- steps -----------------------------------------------------------------
-    def stage(self, the_plan: Plan, wal: "WalDownload", check: "WalCheck") -> None:
+    def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:
         """Hard-link complete segments (instant, read-only use), copy the .partial under its final name."""
         archive = self.driver.layout.archive
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -149,7 +147,7 @@ class Restore:
             if segment.is_partial:
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
-                self.give(dest)
+                give(dest)
             else:
                 link_or_copy(source, dest)
             self.used_local += 1
@@ -188,7 +186,7 @@ class Restore:
             raise
         return dest
 
-    def start_wal_download(self, the_plan: Plan) -> "WalDownload":
+    def start_wal_download(self, the_plan: Plan) -> WalDownload:
         """Start downloading the planned segments the local archive lost; refuse at once what no one holds.
 
         Started before the target is touched, the downloads overlap stopping it and fetching and
@@ -214,7 +212,7 @@ class Restore:
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
         return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
 
-    def start_wal_check(self, the_plan: Plan, wal: "WalDownload") -> "WalCheck":
+    def start_wal_check(self, the_plan: Plan, wal: WalDownload) -> WalCheck:
         """Hash the planned local segments against the catalog while the backup is extracted."""
         archive = self.driver.layout.archive
         local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
@@ -235,7 +233,7 @@ class Restore:
             size = st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
                                    f"download of {copy.key}", attempts=attempts,
                                    final=(st.ChecksumError, st.StorageError))
-            self.give(dest)
+            give(dest)
             return size
 
         done = offset
@@ -250,13 +248,7 @@ class Restore:
     def put_staged(self, name: str, data: bytes) -> None:
         path = self.staging / name
         path.write_bytes(data)
-        self.give(path)
-
-    @staticmethod
-    def give(path: Path) -> None:
-        account = pg.server_account()
-        if account is not None:
-            os.chown(path, account.pw_uid, account.pw_gid)
+        give(path)
 
     def configure(self, the_plan: Plan) -> None:
         for stale in ("standby.signal", "postmaster.pid", "recovery.done"):
@@ -332,210 +324,6 @@ class Restore:
                     plan={**self.job.plan, "stop_reason": reason})
 
 
-def recovery_shortfall(the_plan: Plan, end_lsn: int | None, log: "ServerLog") -> str | None:
-    """Why recovery did not reach what the plan asked for, or None when it did.
-
-    A target (time, xid, LSN, name, immediate) must have been the reason replay stopped: PostgreSQL logs
-    "recovery stopping ..." for that. The latest WAL has no target to stop at, so replay must have reached
-    the end of the WAL that was staged: the partial's captured end, or past the last segment's last commit.
-    """
-    if end_lsn is None:
-        return "the promoted server wrote no timeline history: where recovery ended is unknown"
-    if the_plan.target.kind != TargetKind.LATEST:
-        if log.stopped is None:
-            return f"recovery ended at {walnames.format_lsn(end_lsn)} without reaching its target ({log.reason()})"
-        return None
-    expected, what = latest_end(the_plan)
-    if end_lsn < expected:
-        return (f"recovery ended at {walnames.format_lsn(end_lsn)}, before {walnames.format_lsn(expected)} "
-                f"({what}): {log.reason()}")
-    return None
-
-
-def latest_end(the_plan: Plan) -> tuple[int, str]:
-    """The least LSN a restore to the latest WAL must reach, and what it is, for messages."""
-    if not the_plan.segments:
-        return the_plan.backup.stop_lsn, "the end of the backup"
-    last = the_plan.segments[-1]
-    if last.is_partial:
-        return last.scanned_to, f"the end of the WAL captured in {last.file_name}"
-    if last.last_commit_lsn is not None:
-        return last.last_commit_lsn + 1, f"the last commit in {last.name}"
-    return last.start_lsn, f"the start of {last.name}"
-
-
-# The startup process's complaints when it meets WAL it cannot read (xlogreader.c): replay ends there.
-WAL_COMPLAINT = re.compile(r"^(invalid|incorrect|unexpected|record with|missing contrecord|there is no contrecord|"
-                           r"could not (read|open|find)|requested WAL segment)")
-# "%m [%p] %q%u@%d " (fleet/local.py): session lines carry user@db, the startup process's lines do not.
-LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] (?P<session>\S*@\S* )?(?P<level>[A-Z]+):\s+(?P<text>.*)$")
-
-
-@dataclass
-class ServerLog:
-    """What the server's own processes (not client sessions) logged since the restore started it."""
-
-    fatal: str | None = None  # the first FATAL or PANIC of the server itself
-    complaint: str | None = None  # the last line where reading WAL failed
-    stopped: str | None = None  # "recovery stopping ...": a recovery target was reached
-    last: str | None = None  # the last line of all
-
-    @classmethod
-    def read(cls, path: Path, offset: int) -> "ServerLog":
-        found = cls()
-        if not path.exists():
-            return found
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            lines = fh.read().decode(errors="replace").splitlines()
-        for line in lines:
-            match = LOG_LINE.match(line)
-            if not match or match["session"]:
-                continue  # a client's line: "the database system is starting up" is our own probe's
-            text, level = match["text"].strip(), match["level"]
-            found.last = text
-            if level in ("FATAL", "PANIC") and found.fatal is None:
-                found.fatal = text
-            elif WAL_COMPLAINT.match(text):
-                found.complaint = text
-            elif text.startswith("recovery stopping"):
-                found.stopped = text
-        return found
-
-    def reason(self) -> str:
-        parts = [p for p in (self.fatal, self.complaint) if p]
-        return "; ".join(parts) or self.last or "the server log says nothing more"
-
-
-class WalCheck:
-    """Hashes the planned local segments against the catalog's sha256 in a background thread.
-
-    Started before the target is touched, it overlaps extraction. A segment whose bytes are not the bytes
-    that were cataloged is fetched from its verified storage copy when one exists; otherwise wait() fails
-    the restore naming it, before the server starts. The thread does file and storage I/O only.
-    """
-
-    def __init__(self, items: list[tuple[str, Path, str, StorageCopy | None]], folder: Path):
-        self.items, self.folder = items, folder  # (name, local path, cataloged sha256, good copy or None)
-        self.replaced: set[str] = set()
-        self.corrupt: list[str] = []
-        self.error: BaseException | None = None
-        self.bytes, self.seconds = 0, 0.0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"wal-check-{folder.name}", daemon=True)
-        if items:
-            self.thread.start()
-
-    def _run(self) -> None:
-        began, storage = time.monotonic(), None
-        try:
-            for name, path, sha, copy in self.items:
-                if self.stopping.is_set():
-                    return
-                self.bytes += path.stat().st_size
-                if sha256_file(path) == sha:
-                    continue
-                if copy is None:
-                    self.corrupt.append(name)
-                    continue
-                if storage is None:
-                    storage = st.get_storage(st.STORAGE_NAME)
-                    pg.give_to_server(self.folder)
-                dest = self.folder / name
-                st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
-                                f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
-                                final=(st.StorageError,))
-                Restore.give(dest)
-                self.replaced.add(name)
-        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
-            self.error = exc
-        finally:
-            self.seconds = time.monotonic() - began
-
-    def wait(self) -> None:
-        if self.thread.is_alive() or self.thread.ident is not None:
-            self.thread.join()
-        if self.error is not None:
-            raise RestoreError(f"failure checking WAL ({st.error_text(self.error)})") from self.error
-        if self.corrupt:
-            span = self.corrupt[0] if len(self.corrupt) == 1 else f"{self.corrupt[0]} and {len(self.corrupt) - 1} more"
-            raise RestoreError(f"failure checking WAL ({span} in the local archive is not the WAL that was "
-                               f"cataloged (sha256 differs) and storage {st.describe()} holds no verified copy)")
-
-    def summary(self) -> dict:
-        return {"segments": len(self.items), "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "replaced_from_storage": sorted(self.replaced)}
-
-    def close(self) -> None:
-        self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class WalDownload:
-    """Parallel downloads (PITR_DOWNLOAD_PARALLEL) of WAL segments in a background thread, sha256 checked.
-
-    The thread does storage and file I/O only: the database and the reporter stay in the job's thread.
-    The first failure stops it; wait() turns it into the restore's error, naming the object.
-    """
-
-    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path):
-        self.pairs, self.folder = pairs, folder
-        self.names = {dest.name for _, dest in pairs}
-        self.error: BaseException | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"wal-download-{folder.name}", daemon=True)
-        if pairs:
-            shutil.rmtree(folder, ignore_errors=True)
-            pg.give_to_server(folder)
-            self.thread.start()
-
-    def _run(self) -> None:
-        storage = st.get_storage(st.STORAGE_NAME)
-        attempts = settings.PITR_STORAGE_RETRIES
-
-        def one(pair: tuple[StorageCopy, Path]) -> None:
-            if self.stopping.is_set():
-                raise RestoreError("stopped")
-            copy, dest = pair
-            st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
-                            f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
-            Restore.give(dest)
-
-        try:
-            for _, _, error in st.parallel(self.pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
-                if error is not None:
-                    self.error = error
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
-            self.error = exc
-
-    def wait(self, reporter: Reporter, done: int, total: int) -> None:
-        while self.thread.is_alive():
-            self.thread.join(0.3)
-            reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
-        if self.error is not None:
-            raise RestoreError(f"failure staging WAL ({st.error_text(self.error)})") from self.error
-
-    def close(self) -> None:
-        self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def end_of_recovery(pg_wal: Path) -> tuple[int | None, str, int | None]:
-    """The switch point PostgreSQL wrote into the new timeline's history file at promotion."""
-    histories = sorted(pg_wal.glob("*.history"))
-    if not histories:
-        return None, "", None
-    newest = histories[-1]
-    entries = walnames.parse_history(newest.read_text())
-    last = entries[-1]
-    return last.switch_lsn, last.reason, int(newest.name.split(".")[0], 16)
-
-
 def empty_directory(path: Path) -> None:
     """Remove everything inside the restore target's data directory, nothing else."""
     if path.name != "data" or path.parent.name != ROLE:
@@ -545,14 +333,6 @@ def empty_directory(path: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def link_or_copy(source: Path, dest: Path) -> None:
-    try:
-        os.link(source, dest)
-    except OSError:  # another filesystem: copy instead
-        shutil.copyfile(source, dest)
-        Restore.give(dest)
 
 
 def refresh_catalog() -> None:

@@ -1,0 +1,158 @@
+"""Getting a restore's WAL in place: hashing the local copies, downloading lost or rotted ones.
+
+Both classes run a background thread that does file and storage I/O only (the database and the reporter
+stay in the job's thread), started before the restore target is touched so that they overlap extraction.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from fleet import pg
+from pitrsite.errors import PitrError
+from pitrsite.jobs import Reporter
+from walcatalog import storage as st
+from walcatalog.indexer import sha256_file
+from walcatalog.models import StorageCopy
+
+
+class StagingError(PitrError):
+    pass
+
+
+def give(path: Path) -> None:
+    """Hand a staged file to the server account, which runs restore_command."""
+    account = pg.server_account()
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
+class WalCheck:
+    """Hashes the planned local segments against the catalog's sha256 in a background thread.
+
+    Started before the target is touched, it overlaps extraction. A segment whose bytes are not the bytes
+    that were cataloged is fetched from its verified storage copy when one exists; otherwise wait() fails
+    the restore naming it, before the server starts. The thread does file and storage I/O only.
+    """
+
+    def __init__(self, items: list[tuple[str, Path, str, StorageCopy | None]], folder: Path):
+        self.items, self.folder = items, folder  # (name, local path, cataloged sha256, good copy or None)
+        self.replaced: set[str] = set()
+        self.corrupt: list[str] = []
+        self.error: BaseException | None = None
+        self.bytes, self.seconds = 0, 0.0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"wal-check-{folder.name}", daemon=True)
+        if items:
+            self.thread.start()
+
+    def _run(self) -> None:
+        began, storage = time.monotonic(), None
+        try:
+            for name, path, sha, copy in self.items:
+                if self.stopping.is_set():
+                    return
+                self.bytes += path.stat().st_size
+                if sha256_file(path) == sha:
+                    continue
+                if copy is None:
+                    self.corrupt.append(name)
+                    continue
+                if storage is None:
+                    storage = st.get_storage(st.STORAGE_NAME)
+                    pg.give_to_server(self.folder)
+                dest = self.folder / name
+                st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                                f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
+                                final=(st.StorageError,))
+                give(dest)
+                self.replaced.add(name)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - began
+
+    def wait(self) -> None:
+        if self.thread.is_alive() or self.thread.ident is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise StagingError(f"failure checking WAL ({st.error_text(self.error)})") from self.error
+        if self.corrupt:
+            span = self.corrupt[0] if len(self.corrupt) == 1 else f"{self.corrupt[0]} and {len(self.corrupt) - 1} more"
+            raise StagingError(f"failure checking WAL ({span} in the local archive is not the WAL that was "
+                               f"cataloged (sha256 differs) and storage {st.describe()} holds no verified copy)")
+
+    def summary(self) -> dict:
+        return {"segments": len(self.items), "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "replaced_from_storage": sorted(self.replaced)}
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class WalDownload:
+    """Parallel downloads (PITR_DOWNLOAD_PARALLEL) of WAL segments in a background thread, sha256 checked.
+
+    The thread does storage and file I/O only: the database and the reporter stay in the job's thread.
+    The first failure stops it; wait() turns it into the restore's error, naming the object.
+    """
+
+    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path):
+        self.pairs, self.folder = pairs, folder
+        self.names = {dest.name for _, dest in pairs}
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"wal-download-{folder.name}", daemon=True)
+        if pairs:
+            shutil.rmtree(folder, ignore_errors=True)
+            pg.give_to_server(folder)
+            self.thread.start()
+
+    def _run(self) -> None:
+        storage = st.get_storage(st.STORAGE_NAME)
+        attempts = settings.PITR_STORAGE_RETRIES
+
+        def one(pair: tuple[StorageCopy, Path]) -> None:
+            if self.stopping.is_set():
+                raise StagingError("stopped")
+            copy, dest = pair
+            st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                            f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
+            give(dest)
+
+        try:
+            for _, _, error in st.parallel(self.pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
+                if error is not None:
+                    self.error = error
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
+            self.error = exc
+
+    def wait(self, reporter: Reporter, done: int, total: int) -> None:
+        while self.thread.is_alive():
+            self.thread.join(0.3)
+            reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
+        if self.error is not None:
+            raise StagingError(f"failure staging WAL ({st.error_text(self.error)})") from self.error
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem: copy instead
+        shutil.copyfile(source, dest)
+        give(dest)
