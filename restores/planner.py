@@ -25,6 +25,10 @@ class PlanError(PitrError):
     pass
 
 
+class NotYetCaptured(PlanError):
+    """The target lies after what the catalog holds: it may only not be indexed yet."""
+
+
 @dataclass(frozen=True)
 class RestoreTarget:
     kind: str
@@ -187,7 +191,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
         when = target.time if target.kind == TargetKind.TIME else _xid_commit_time(target.xid, primary_port)
         if newest_commit is None or when > newest_commit:
             newest = newest_commit.isoformat() if newest_commit else "none yet"
-            raise PlanError(f"target {when.isoformat()} is after the newest captured commit ({newest}): "
+            raise NotYetCaptured(f"target {when.isoformat()} is after the newest captured commit ({newest}): "
                             "restore to that moment or earlier, or use --latest")
         result.backup = _backup_before(candidates, lambda b: b.stop_time <= when, f"time {when.isoformat()}")
         # Replay stops at the first commit after the target, so the range must reach it.
@@ -215,7 +219,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
         lsn = target.lsn
         captured = _captured_end(segments)
         if lsn >= captured:
-            raise PlanError(f"target LSN {target.value} is at or after the end of the captured WAL "
+            raise NotYetCaptured(f"target LSN {target.value} is at or after the end of the captured WAL "
                             f"({walnames.format_lsn(captured)}): choose an earlier LSN or use --latest")
         result.backup = _backup_before(candidates, lambda b: b.stop_lsn <= lsn, f"LSN {target.value}")
         result.target_lsn = lsn

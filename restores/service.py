@@ -3,23 +3,52 @@ from __future__ import annotations
 
 import shutil
 
+import psycopg
+from django.utils import timezone
+
+from fleet import pg
+from fleet.layout import Layout
 from fleet.local import get_driver
+from pitrsite.errors import PitrError
 from pitrsite.jobs import refuse_if_running
-from restores.engine import ROLE, refresh_catalog
-from restores.models import RestoreJob
-from restores.planner import RestoreTarget, plan
+from restores.engine import ROLE
+from restores.models import RestoreJob, TargetKind
+from restores.planner import NotYetCaptured, RestoreTarget, plan
+from walcatalog import walnames
 
 
 def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob:
-    """Validate the target against the catalog first: an impossible one never becomes a job."""
+    """Validate the target against the catalog as it is: an impossible one never becomes a job.
+
+    No index pass here (it runs pg_waldump, and this runs inside a web request): the job indexes what was
+    captured since and plans for real. A target just past the catalog is let through for that reason, if
+    it is not in the future; one past everything captured is refused by the job, before anything is touched.
+    """
     target.validate()
     refuse_if_running("restore", "restore")
     get_driver().check_port_ours(ROLE)  # found now, not after the target was stopped and emptied
-    refresh_catalog()
-    plan(target)
+    try:
+        plan(target)
+    except NotYetCaptured:
+        if not_written_yet(target):
+            raise
     return RestoreJob.objects.create(target_kind=target.kind, target_value=target.value, exclusive=target.exclusive,
                                      target_timeline=target.timeline, requested_backup_id=target.backup_id,
                                      trigger=trigger)
+
+
+def not_written_yet(target: RestoreTarget) -> bool:
+    """A time in the future, or an LSN the primary has not reached: no index pass can make it restorable."""
+    if target.kind == TargetKind.TIME:
+        return target.time > timezone.now()
+    if target.kind == TargetKind.LSN:
+        try:
+            with pg.connect(Layout.current().port("primary"), dbname="postgres", timeout=3) as conn:
+                current = walnames.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+        except (PitrError, psycopg.Error):
+            return False  # the job finds out, before it touches anything
+        return target.lsn >= current
+    return False
 
 
 def clean_killed_restore(job: RestoreJob) -> None:

@@ -209,3 +209,19 @@ def test_each_compression_restores(fleet, primary, history, compression):
     job = restore(RestoreTarget.from_options(immediate=True, backup_id=backup.pk))
     assert job.backup_id == backup.pk
     assert restored_ids(fleet) == primary_ids_committed(primary, backup.start_time, exclusive=True)
+
+
+def test_queueing_runs_no_index_pass_and_the_job_plans_what_was_captured_since(fleet, primary, history):
+    """The request that queues a restore reads the catalog as it is (no pg_waldump in a web request); a
+    moment committed since the last pass is let through, and the job indexes it and restores it exactly."""
+    from django.db.models import Max
+
+    row = write_rows(primary, 1, "queued-before-indexing")[0]
+    wait_captured()
+    indexed = WalSegment.objects.aggregate(n=Max("scanned_to"))["n"]
+    job = queue_restore(RestoreTarget.from_options(time=row.committed_at.isoformat()))
+    assert WalSegment.objects.aggregate(n=Max("scanned_to"))["n"] == indexed  # nothing was indexed
+    job = run_restore(job, JobReporter(job))
+    assert job.state == JobState.DONE, job.error
+    assert row.id in restored_ids(fleet)
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
