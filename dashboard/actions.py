@@ -1,8 +1,7 @@
 """Starting jobs from the web: the domain's queue_* function makes the row, then Celery gets its id.
 
 Used by the dashboard views and the admin actions alike. Imports are lazy so
-the pages work while an engine is being built, and so importing the
-dashboard never imports Celery task modules.
+that importing the dashboard never imports Celery task modules.
 """
 from __future__ import annotations
 

@@ -149,11 +149,6 @@ class LocalDriver:
                 procs.wait_gone(child, 10)
             procs.wait_gone(pid, 10)
 
-    def run_on(self, role: str, argv: list[str], step: str = "running a command") -> str:
-        """Run a command where the node lives (here: this machine, as the server account)."""
-        check_role(role)
-        return pg.run(argv, step=step, env=pg.libpq_env()).stdout
-
     def put_file(self, role: str, relpath: str, content: str | bytes, mode: int = 0o600) -> Path:
         """Write a file into a server's data directory, owned by the server account."""
         path = self.layout.datadir(role) / relpath

@@ -22,7 +22,6 @@ from pitrsite.errors import FleetError
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
-SERVER_TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_receivewal", "pg_waldump", "pg_verifybackup")
 
 
 def bindir() -> Path:

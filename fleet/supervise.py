@@ -3,7 +3,9 @@
 Deliberately free of Django: it supervises the WAL capturer (and the web,
 worker and beat processes in local mode) and must keep running when those die.
 
-    python -m fleet.supervise --name capturer --rundir RUN --log LOG [--user postgres] -- ARGV...
+    python -m fleet.supervise --name capturer --rundir RUN [--user postgres] -- ARGV...
+
+Its stdout and stderr (and the child's) go where its starter points them: logs/NAME.log.
 
 Files in RUN: NAME.supervisor.pid (this process), NAME.pid (the child),
 NAME.state.json (restart count, last exit). SIGTERM stops the child and the
