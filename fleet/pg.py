@@ -18,7 +18,7 @@ from typing import Sequence
 import psycopg
 from django.conf import settings
 
-from pitrsite.errors import FleetError
+from pitrsite.errors import FleetError, StepFailed
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -91,6 +91,10 @@ def first_line(text: str) -> str:
     return "no output"
 
 
+class ToolFailed(StepFailed, FleetError):
+    """A server tool (initdb, pg_ctl, pg_basebackup, ...) exited non-zero, timed out or is missing."""
+
+
 def run(argv: Sequence[str], *, step: str, as_server: bool = True, timeout: float | None = 600,
         env: dict | None = None, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command to completion; a failure raises FleetError('failure <step> (<first line>)').
@@ -104,11 +108,11 @@ def run(argv: Sequence[str], *, step: str, as_server: bool = True, timeout: floa
         result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                                 cwd=cwd or "/", **kwargs)
     except FileNotFoundError as exc:
-        raise FleetError(f"failure {step} ({exc.filename} not found)") from None
+        raise ToolFailed(step, f"{exc.filename} not found") from None
     except subprocess.TimeoutExpired:
-        raise FleetError(f"failure {step} (timed out after {timeout:.0f} s)") from None
+        raise ToolFailed(step, f"timed out after {timeout:.0f} s") from None
     if check and result.returncode != 0:
-        raise FleetError(f"failure {step} ({first_line(result.stderr or result.stdout)})")
+        raise ToolFailed(step, f"{first_line(result.stderr or result.stdout)}")
     return result
 
 

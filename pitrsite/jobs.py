@@ -26,17 +26,13 @@ from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
 from pitrsite import procs
-from pitrsite.errors import PitrError
+from pitrsite.errors import LockBusy, PitrError, StepFailed, first_line
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # A job on another host is declared dead after STALE_AFTER s without a heartbeat; it beats far more often.
 STALE_AFTER = 120.0
 HEARTBEAT_INTERVAL = 20.0
-
-
-class Refused(PitrError):
-    """Another job holds the lock this one needs: nothing was started."""
 
 
 class JobState(models.TextChoices):
@@ -204,15 +200,13 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
         finally:
             kill_children(job_key(job))  # nothing a job started outlives it
     except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise the unexpected ones
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, PitrError) and reason.startswith("failure "):
-            message = reason
-        else:
-            message = f"failure {job.current_step or 'starting'} ({reason})"
+        failed = exc if isinstance(exc, StepFailed) else StepFailed(job.current_step or "starting", first_line(exc))
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        job.finish(JobState.INTERRUPTED if interrupted else JobState.FAILED, message)
+        job.finish(JobState.INTERRUPTED if interrupted else JobState.FAILED, str(failed))
+        if isinstance(exc, (StepFailed, LockBusy)):
+            raise
         if isinstance(exc, PitrError):
-            raise PitrError(message) from exc
+            raise failed from exc
         raise
     reporter.step("")
     job.finish(JobState.DONE)
@@ -224,7 +218,7 @@ def run_exclusive(job: Job, lock: str, what: str, reporter: Reporter, work: Call
     try:
         with exclusive(lock, what):
             return run_job(job, reporter, work)
-    except Refused as exc:
+    except LockBusy as exc:
         job.refuse(str(exc))
         raise
 
@@ -353,7 +347,7 @@ def exclusive(name: str, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise Refused(f"another {what} is running ({holder}): wait for it to finish") from None
+            raise LockBusy(f"another {what} is running ({holder}): wait for it to finish") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {HOST}".encode(), 0)
         yield

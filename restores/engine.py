@@ -27,7 +27,7 @@ from django.utils import timezone
 from fleet import pg
 from fleet.local import LocalDriver, get_driver
 from pitrsite import procs
-from pitrsite.errors import PitrError
+from pitrsite.errors import PitrError, StepFailed
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
@@ -143,7 +143,7 @@ class Restore:
                 done += 1
                 continue
             if not source.exists():
-                raise RestoreError(f"failure staging WAL ({source} is missing from the local archive)")
+                raise StepFailed("staging WAL", f"{source} is missing from the local archive")
             if segment.is_partial:
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
@@ -168,8 +168,8 @@ class Restore:
             return []
         copies = storage_copies(backup, st.STORAGE_NAME)
         if not copies:
-            raise RestoreError(f"failure planning ({backup.label} is missing from {backup_dir(backup)} and has no "
-                               f"complete verified copy in storage {st.describe()})")
+            raise StepFailed("planning", f"{backup.label} is missing from {backup_dir(backup)} and has no "
+                               f"complete verified copy in storage {st.describe()}")
         return copies
 
     def download_backup(self, copies: list[StorageCopy]) -> Path:
@@ -196,19 +196,19 @@ class Restore:
         missing = [s for s in the_plan.segments if not (archive / s.file_name).exists()]
         partial = next((s for s in missing if s.is_partial), None)
         if partial is not None:
-            raise RestoreError(f"failure planning ({archive / partial.file_name} is missing from the local archive; "
-                               "a .partial is never copied to storage)")
+            raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
+                               "a .partial is never copied to storage")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
             storage=st.STORAGE_NAME, segment__in=missing, verified_at__isnull=False)}
         absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
-            raise RestoreError(f"failure planning ({span} missing from the local archive {archive} "
-                               f"and from storage {st.describe()})")
+            raise StepFailed("planning", f"{span} missing from the local archive {archive} "
+                               f"and from storage {st.describe()}")
         for segment in missing:
             if segment.sha256 and copies[segment.pk].sha256 != segment.sha256:
-                raise RestoreError(f"failure planning (the copy record of {copies[segment.pk].key} disagrees "
-                                   "with the catalog's sha256 of the segment)")
+                raise StepFailed("planning", f"the copy record of {copies[segment.pk].key} disagrees "
+                                   "with the catalog's sha256 of the segment")
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
         return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
 
@@ -240,7 +240,7 @@ class Restore:
         total = sum(c.size for c, _ in pairs) if by_bytes else total
         for (copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
             if error is not None:
-                raise RestoreError(f"failure {step} ({st.error_text(error)})") from error
+                raise StepFailed(step, st.error_text(error)) from error
             self.used_storage += 1
             done += size if by_bytes else 1
             self.reporter.progress(done, total)
@@ -282,7 +282,7 @@ class Restore:
             started_by = 0.0
             if not procs.alive(pid):
                 why = self.server_fatal(log_offset) or f"the server exited: see {self.driver.layout.logfile(ROLE)}"
-                raise RestoreError(f"failure replaying WAL ({why})")
+                raise StepFailed("replaying WAL", why)
             state = self.probe()
             if state is not None:
                 in_recovery, replay = state
@@ -293,7 +293,7 @@ class Restore:
                     self.reporter.step("promoting")
                     return
             time.sleep(0.2)
-        raise RestoreError(f"failure replaying WAL (not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s)")
+        raise StepFailed("replaying WAL", f"not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s")
 
     def probe(self) -> tuple[bool, int | None] | None:
         try:
@@ -318,7 +318,7 @@ class Restore:
         if problem:
             # A copy that stopped short must not be taken for the moment asked for.
             self.driver.stop(ROLE, mode="immediate")
-            raise RestoreError(f"failure verifying ({problem}; the restore target was stopped)")
+            raise StepFailed("verifying", f"{problem}; the restore target was stopped")
         self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command and the target
         self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
                     plan={**self.job.plan, "stop_reason": reason})

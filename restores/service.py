@@ -11,30 +11,39 @@ from fleet.layout import Layout
 from fleet.local import get_driver
 from pitrsite.errors import PitrError
 from pitrsite.jobs import refuse_if_running
-from restores.engine import ROLE
+from restores.engine import ROLE, refresh_catalog
 from restores.models import RestoreJob, TargetKind
-from restores.planner import NotYetCaptured, RestoreTarget, plan
+from restores.planner import NotYetCaptured, PlanError, RestoreTarget, plan
 from walcatalog import walnames
 
 
 def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob:
-    """Validate the target against the catalog as it is: an impossible one never becomes a job.
+    """Validate the target against the catalog: an impossible one never becomes a job.
 
-    No index pass here (it runs pg_waldump, and this runs inside a web request): the job indexes what was
-    captured since and plans for real. A target just past the catalog is let through for that reason, if
-    it is not in the future; one past everything captured is refused by the job, before anything is touched.
+    A valid target costs no index pass here (it runs pg_waldump, and this runs inside a web request): the
+    job indexes what was captured since and plans for real. A target just past the catalog is let through
+    for that reason, unless it is in the future. Only a refusal is checked again after an index pass, as
+    it may come from a catalog a few seconds old (a restore point or segment not indexed yet).
     """
     target.validate()
     refuse_if_running("restore", "restore")
     get_driver().check_port_ours(ROLE)  # found now, not after the target was stopped and emptied
     try:
+        validate_against_catalog(target)
+    except PlanError:
+        refresh_catalog()
+        validate_against_catalog(target)
+    return RestoreJob.objects.create(target_kind=target.kind, target_value=target.value, exclusive=target.exclusive,
+                                     target_timeline=target.timeline, requested_backup_id=target.backup_id,
+                                     trigger=trigger)
+
+
+def validate_against_catalog(target: RestoreTarget) -> None:
+    try:
         plan(target)
     except NotYetCaptured:
         if not_written_yet(target):
             raise
-    return RestoreJob.objects.create(target_kind=target.kind, target_value=target.value, exclusive=target.exclusive,
-                                     target_timeline=target.timeline, requested_backup_id=target.backup_id,
-                                     trigger=trigger)
 
 
 def not_written_yet(target: RestoreTarget) -> bool:

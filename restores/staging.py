@@ -14,15 +14,11 @@ from pathlib import Path
 from django.conf import settings
 
 from fleet import pg
-from pitrsite.errors import PitrError
+from pitrsite.errors import StepFailed
 from pitrsite.jobs import Reporter
 from walcatalog import storage as st
 from walcatalog.indexer import sha256_file
 from walcatalog.models import StorageCopy
-
-
-class StagingError(PitrError):
-    pass
 
 
 def give(path: Path) -> None:
@@ -81,11 +77,11 @@ class WalCheck:
         if self.thread.is_alive() or self.thread.ident is not None:
             self.thread.join()
         if self.error is not None:
-            raise StagingError(f"failure checking WAL ({st.error_text(self.error)})") from self.error
+            raise StepFailed("checking WAL", st.error_text(self.error)) from self.error
         if self.corrupt:
             span = self.corrupt[0] if len(self.corrupt) == 1 else f"{self.corrupt[0]} and {len(self.corrupt) - 1} more"
-            raise StagingError(f"failure checking WAL ({span} in the local archive is not the WAL that was "
-                               f"cataloged (sha256 differs) and storage {st.describe()} holds no verified copy)")
+            raise StepFailed("checking WAL", f"{span} in the local archive is not the WAL that was "
+                               f"cataloged (sha256 differs) and storage {st.describe()} holds no verified copy")
 
     def summary(self) -> dict:
         return {"segments": len(self.items), "bytes": self.bytes, "seconds": round(self.seconds, 3),
@@ -122,7 +118,7 @@ class WalDownload:
 
         def one(pair: tuple[StorageCopy, Path]) -> None:
             if self.stopping.is_set():
-                raise StagingError("stopped")
+                raise StepFailed("staging WAL", "stopped")
             copy, dest = pair
             st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
                             f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
@@ -141,7 +137,7 @@ class WalDownload:
             self.thread.join(0.3)
             reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
         if self.error is not None:
-            raise StagingError(f"failure staging WAL ({st.error_text(self.error)})") from self.error
+            raise StepFailed("staging WAL", st.error_text(self.error)) from self.error
 
     def close(self) -> None:
         self.stopping.set()

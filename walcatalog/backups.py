@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from fleet import pg
 from fleet.layout import Layout
-from pitrsite.errors import PitrError
+from pitrsite.errors import PitrError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
 from walcatalog import catalog, walnames
 from walcatalog import storage as st
@@ -91,7 +91,7 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     layout = Layout.current()
     dest = backup_dir(backup)
     if dest.exists():
-        raise BackupError(f"failure preparing ({dest} already exists)")
+        raise StepFailed("preparing", f"{dest} already exists")
     pg.give_to_server(layout.backups)
     reporter.step("checking free space")
     check_room(layout, backup.compression)
@@ -139,7 +139,7 @@ def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
             lines.append(line.strip())
     if proc.wait() != 0:
         errors = [l for l in lines if "error" in l.lower()] or lines or ["no output"]
-        raise BackupError(f"failure copying files ({errors[0].removeprefix('pg_basebackup: ')})")
+        raise StepFailed("copying files", f"{errors[0].removeprefix('pg_basebackup: ')}")
 
 
 def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
@@ -162,7 +162,7 @@ def archive_file(dest: Path, stem: str) -> Path:
         path = dest / f"{stem}.tar{suffix}"
         if path.exists():
             return path
-    raise BackupError(f"failure extracting ({stem}.tar is missing from {dest})")
+    raise StepFailed("extracting", f"{stem}.tar is missing from {dest}")
 
 
 def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str) -> None:
@@ -195,7 +195,7 @@ def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owne
         else:
             lines.append(line.strip())
     if proc.wait() != 0:
-        raise BackupError(f"failure extracting ({pg.first_line(chr(10).join(lines))})")
+        raise StepFailed("extracting", f"{pg.first_line(chr(10).join(lines))}")
     return done
 
 
@@ -216,7 +216,7 @@ def held_locally(backup: BaseBackup) -> bool:
     local = backup_dir(backup)
     try:
         archive_file(local, "base"), archive_file(local, "pg_wal")
-    except BackupError:
+    except StepFailed:  # "failure extracting (base.tar is missing ...)"
         return False
     return (local / "backup_manifest").is_file()
 
