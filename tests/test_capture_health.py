@@ -174,3 +174,32 @@ def test_backup_that_cannot_fit_is_refused_in_one_line(private_fleet, transactio
         backup.refresh_from_db()
         assert backup.state == JobState.FAILED and "MiB free" in backup.error
         assert not any(private_fleet.layout.backups.iterdir())
+
+
+def test_fleet_up_recreates_the_slot_only_while_the_wal_is_held(private_fleet, settings):
+    from fleet import pg
+    from pitrsite.errors import FleetError
+
+    def drop_slots() -> None:
+        """No slot at all (the standby's would keep the WAL for us too): stop their clients first."""
+        private_fleet.stop("capturer")
+        private_fleet.stop("standby", mode="immediate")
+        with pg.connect(private_fleet.layout.port("primary"), dbname="postgres") as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+
+    private_fleet.up()
+    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    drop_slots()
+    private_fleet.up()  # the primary still holds everything: the slot is recreated and capture continues
+    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 60, "capture to stream again")
+    drop_slots()
+    with pg.connect(private_fleet.layout.port("primary")) as conn:
+        for _ in range(5):  # switch and checkpoint: the primary recycles WAL no slot holds
+            conn.execute("INSERT INTO test_data (payload) SELECT repeat('x', 500) FROM generate_series(1, 200)")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    with pytest.raises(FleetError, match="no longer holds WAL .* is lost"):
+        private_fleet.up()
+    with pg.connect(private_fleet.layout.port("primary"), dbname="postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                                [settings.PITR_CAPTURE_SLOT]).fetchone()
