@@ -55,7 +55,7 @@ class ChaosForm(forms.Form):
 
     @staticmethod
     def initial_from(parameters: dict) -> dict:
-        """A stored run's parameters (restores.chaos.ChaosParams.as_dict) as this form's fields."""
+        """A stored run's parameters (chaos.params.ChaosParams.as_dict) as this form's fields."""
         interval = parameters.get("interval") or (30, 60)
         return {"writers": parameters.get("writers"), "duration": parameters.get("duration"),
                 "interval": f"{interval[0]:g}-{interval[1]:g}" if isinstance(interval, (list, tuple)) else interval,

@@ -11,11 +11,3 @@ def run_restore(job_id: int) -> None:
     job = RestoreJob.objects.get(pk=job_id)
     restore(job, JobReporter(job))
 
-
-@shared_task(name="restores.tasks.run_chaos")
-def run_chaos(run_id: int) -> None:
-    from restores.chaos import run_chaos as chaos
-    from restores.models import ChaosRun
-
-    run = ChaosRun.objects.get(pk=run_id)
-    chaos(run, JobReporter(run))

@@ -15,9 +15,12 @@ import pytest
 from fleet import pg, procs, services
 from fleet.layout import Layout
 from pitrsite.jobs import JobReporter, JobState
-from restores.chaos import ACTIONS, ChaosError, ChaosParams, queue_chaos, run_chaos
-from restores.models import ChaosRun, RestoreJob, Verdict
-from restores.verify import LoggedRow, load_log, pick_moments
+from chaos.log import LoggedRow, load_log
+from chaos.models import ChaosRun, Verdict
+from chaos.moments import pick_moments
+from chaos.params import ACTIONS, ChaosError, ChaosParams
+from chaos.run import queue_chaos, run_chaos
+from restores.models import RestoreJob
 from tests.conftest import manage, subprocess_env
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -93,7 +96,7 @@ def test_short_chaos_run_is_exact(fleet, short_run):
         assert RestoreJob.objects.get(pk=check["restore_job"]).trigger == "chaos"
 
     # The log is complete and agrees with the primary, unknown outcomes included.
-    header, rows = load_log(Path(run.run_dir) / "verification_log.json")
+    header, rows = load_log(Path(run.run_dir) / "verification_log.jsonl")
     assert header["resolution"]["integrity_ok"] and len(rows) == run.writes_count > 100
     assert header["commit_lsns"]["commits_not_found"] == 0
     assert {r.writer for r in rows} == set(run.writer_ids)
@@ -147,8 +150,8 @@ def test_a_write_that_did_not_commit_is_retried_under_the_same_seq(fleet, tmp_pa
     import threading
     import time
 
-    from restores.chaos_writers import Watchdog, Writer
-    from restores.verify import collect
+    from chaos.writers import Watchdog, Writer
+    from chaos.log import collect
     from tests.conftest import wait_for
 
     port = fleet.layout.port("primary")
@@ -225,7 +228,7 @@ def test_indexer_kill_needs_the_supervised_services(fleet):
 @pytest.mark.django_db(transaction=True)
 def test_celery_task_inside_the_worker_kills_beat_not_itself(fleet, redis_server):
     """Queued to the supervised worker, the run's indexer_kill must hit beat: the worker is where it lives."""
-    from restores.tasks import run_chaos as run_chaos_task
+    from chaos.tasks import run_chaos as run_chaos_task
     from tests.conftest import wait_for
 
     layout = Layout.current()

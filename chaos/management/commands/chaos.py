@@ -7,8 +7,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from restores.chaos import ACTION_HELP, ACTIONS, ChaosParams, chaos_dict, queue_chaos, run_chaos
-from restores.models import Verdict
+from chaos.models import Verdict
+from chaos.params import ACTION_HELP, ACTIONS, ChaosParams
+from chaos.report import chaos_dict
+from chaos.run import queue_chaos, run_chaos
 
 DEFAULTS = ChaosParams()
 
@@ -51,6 +53,6 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(chaos_dict(run), indent=2, default=str))
         else:
             self.stdout.write(f"chaos run #{run.pk} {run.summary}")
-            self.stdout.write(f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.json")
+            self.stdout.write(f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.jsonl")
         if run.verdict != Verdict.PASSED:
             raise CommandError(f"chaos run #{run.pk} failed: {run.error or run.summary}")
