@@ -20,6 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from chaos.health import wait_primary_lsn
 from chaos.params import ACTION_HELP, ChaosError
 from chaos.writers import now_iso
 from fleet import procs, services
@@ -117,9 +118,7 @@ class Actions:
             if status is None:
                 return None, {name: f"not restarted by its supervisor within {timeout:.0f} s"}
             event.update(new_pid=status["pid"], restarted_at=now_iso())
-        goal = None
-        while goal is None and time.monotonic() - began < timeout:
-            goal = self.health.primary_lsn()
+        goal, _ = wait_primary_lsn(self.driver.layout.port("primary"), max(1.0, timeout - (time.monotonic() - began)))
         if goal is None:
             return None, {"primary": "does not answer"}
         event["goal_lsn"] = walnames.format_lsn(goal)

@@ -33,12 +33,7 @@ class Health:
         self.driver, self.since_lsn, self.use_services = driver, since_lsn, use_services
 
     def primary_lsn(self) -> int | None:
-        try:
-            with pg.connect(self.driver.layout.port("primary"), dbname="postgres", timeout=2,
-                            options="-c statement_timeout=2000") as conn:
-                return walnames.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
-        except (PitrError, psycopg.Error):
-            return None
+        return primary_lsn(self.driver.layout.port("primary"))
 
     def failures(self, goal: int) -> dict[str, str]:
         """What is not healthy yet (empty: healthy)."""
@@ -105,6 +100,31 @@ class Health:
                 return now_iso(), {}
             time.sleep(0.5)
         return None, failing
+
+
+def primary_lsn(port: int) -> int | None:
+    """The primary's current WAL position, or None when it does not answer within 2 s."""
+    try:
+        with pg.connect(port, dbname="postgres", timeout=2, options="-c statement_timeout=2000") as conn:
+            return walnames.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+    except (PitrError, psycopg.Error):
+        return None
+
+
+def wait_primary_lsn(port: int, timeout: float) -> tuple[int | None, int]:
+    """(the primary's LSN or None after ``timeout``, attempts made).
+
+    A refusing primary answers at once: back off (0.1 s doubling to 1 s) instead of spinning.
+    """
+    deadline, attempts, backoff = time.monotonic() + timeout, 0, 0.1
+    while True:
+        attempts += 1
+        lsn = primary_lsn(port)
+        left = deadline - time.monotonic()
+        if lsn is not None or left <= 0:
+            return lsn, attempts
+        time.sleep(min(backoff, left))
+        backoff = min(backoff * 2, 1.0)
 
 
 def indexed_to() -> int:

@@ -47,3 +47,17 @@ def test_the_dashboard_form_starts_with_the_parameters_defaults():
     assert form.fields["writers"].initial == defaults.writers
     assert form.fields["duration"].initial == defaults.duration
     assert form.fields["restores"].initial == defaults.restores
+
+
+def test_waiting_for_a_primary_that_refuses_connections_backs_off():
+    """Issue 9: after an action the run asked a refusing primary for its LSN in a busy loop, for up to 180 s."""
+    import socket
+
+    from chaos.health import wait_primary_lsn
+
+    with socket.socket() as sock:  # a loopback port nothing listens on: connections are refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    lsn, attempts = wait_primary_lsn(port, timeout=3.0)
+    assert lsn is None
+    assert 2 <= attempts <= 15, f"{attempts} connection attempts in 3 s"
