@@ -20,10 +20,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from chaos.damage import Damage, restore_latest_caught, rot_segment, stray_history
 from chaos.health import wait_primary_lsn
 from chaos.params import ACTION_HELP, ChaosError
 from chaos.writers import now_iso
-from fleet import procs, services
+from fleet import pg, procs, services
 from pitrsite.errors import PitrError
 from walcatalog import walnames
 
@@ -159,6 +160,58 @@ class Actions:
         event.update(target=name, pid=pid)
         os.kill(pid, signal.SIGKILL)
         procs.wait_gone(pid, 10)
+
+    def do_bitrot(self, event: dict) -> None:
+        from chaos.health import indexed_to
+
+        self.complete_a_segment()
+        damage = rot_segment(self.driver.layout.archive, self.run_row.backup.start_lsn or 0)
+        event.update(target=damage.path.name, offset=damage.offset, bytes=len(damage.original))
+        self._judge_and_repair(damage, event, indexed_to())
+
+    def do_stray(self, event: dict) -> None:
+        from chaos.health import indexed_to
+
+        indexed, stop = indexed_to(), self.run_row.backup.stop_lsn or 0
+        damage = stray_history(self.driver.layout.archive, max(stop, indexed - (indexed - stop) // 2))
+        event.update(target=damage.path.name)
+        self._judge_and_repair(damage, event, indexed)
+
+    def _judge_and_repair(self, damage: Damage, event: dict, indexed: int) -> None:
+        """Restore to the latest WAL, record whether the damage was caught, then undo it and reindex."""
+        from walcatalog.indexer import index_archive
+
+        try:
+            self.index_once()
+            verdict = restore_latest_caught(damage, self.dir, self.run_row.writer_ids,
+                                            self.driver.layout.port("restore_target"), indexed)
+        finally:
+            damage.repair()
+            damage.forget()
+            index_archive()
+        event.update(**verdict)
+        if not verdict["caught"]:
+            detail = verdict.get("error") or f"{verdict['missing_count']} rows missing, {verdict['extra_count']} extra"
+            raise ChaosError(f"{event['action']} not caught: the latest restore {verdict['how']} ({detail})")
+
+    def complete_a_segment(self) -> None:
+        """Switch WAL and wait until the catalog holds the completed segment: bitrot needs one after the backup."""
+        from chaos.health import indexed_to
+
+        with pg.connect(self.driver.layout.port("primary"), dbname="postgres", timeout=5) as conn:
+            switched = walnames.parse_lsn(conn.execute("SELECT pg_switch_wal()::text").fetchone()[0])
+        deadline = time.monotonic() + self.params.recovery_timeout
+        while indexed_to() < switched and time.monotonic() < deadline:
+            self.index_once()
+            time.sleep(0.5)
+
+    def index_once(self) -> None:
+        from walcatalog.indexer import index_archive
+
+        try:
+            index_archive()
+        except PitrError as exc:  # the damage itself may make the indexer complain: the restore decides
+            self.reporter.log(f"index pass after damage: {exc}")
 
     def heal(self) -> None:
         """Resume anything paused and make sure the capturer runs: the fleet is left as found."""

@@ -5,6 +5,7 @@ test home, because one action SIGKILLs the worker that runs the WAL indexer; the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from datetime import datetime, timedelta, timezone
@@ -261,3 +262,28 @@ def _descends_from(pid: int | None, ancestor: int) -> bool:
             return False
         pid = int(stat[stat.rindex(")") + 2:].split()[1])
     return False
+
+
+@pytest.mark.django_db
+def test_bitrot_and_stray_history_are_caught_and_repaired(fleet):
+    """Issue 10: damage the archive, restore to the latest WAL: refused naming it, or exact; then it is undone."""
+    from walcatalog.models import WalSegment
+
+    params = ChaosParams(writers=3, duration=30, interval=(3.0, 5.0), restores=1, actions=("bitrot", "stray"),
+                         statement_timeout=1.0, recovery_timeout=120, seed=10)
+    run = queue_chaos(params, trigger="command")
+    run = run_chaos(run, JobReporter(run))
+    events = {e["action"]: e for e in run.events}
+    assert set(events) == {"bitrot", "stray"}, run.events
+    for event in events.values():
+        assert event["caught"] and event["ok"], event
+        assert event["how"] in ("refused", "exact") and event["restore_job"], event
+    assert run.state == JobState.DONE and run.verdict == Verdict.PASSED, f"{run.error} {run.summary}"
+
+    # Repaired: the rotten segment has its catalogued checksum and mtime again; the stray file is gone.
+    archive = fleet.layout.archive
+    segment = WalSegment.objects.get(name=events["bitrot"]["target"], is_partial=False)
+    path = archive / segment.name
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == segment.sha256
+    assert path.stat().st_mtime_ns == segment.mtime_ns
+    assert not (archive / events["stray"]["target"]).exists()
