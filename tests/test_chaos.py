@@ -267,8 +267,11 @@ def _descends_from(pid: int | None, ancestor: int) -> bool:
 @pytest.mark.django_db
 def test_bitrot_and_stray_history_are_caught_and_repaired(fleet):
     """Issue 10: damage the archive, restore to the latest WAL: refused naming it, or exact; then it is undone."""
+    from fleet.status import fleet_check
+    from tests.conftest import wait_for
     from walcatalog.models import WalSegment
 
+    wait_for(lambda: not fleet_check(fleet), 120, "the fleet to be ready (capturer streaming through its slot)")
     params = ChaosParams(writers=3, duration=30, interval=(3.0, 5.0), restores=1, actions=("bitrot", "stray"),
                          statement_timeout=1.0, recovery_timeout=120, seed=10)
     run = queue_chaos(params, trigger="command")
