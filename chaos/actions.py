@@ -24,7 +24,8 @@ from chaos.damage import Damage, restore_latest_caught, rot_segment, stray_histo
 from chaos.health import wait_primary_lsn
 from chaos.params import ACTION_HELP, ChaosError
 from chaos.writers import now_iso
-from fleet import pg, procs, services
+from fleet import pg, services
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from walcatalog import walnames
 

@@ -6,11 +6,11 @@ from django import forms
 from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
-from walcatalog.models import BaseBackup, Compression
+from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
 
 
 class BackupForm(forms.Form):
-    compression = forms.ChoiceField(choices=Compression.choices, initial=Compression.GZIP)
+    compression = forms.ChoiceField(choices=Compression.choices, initial=DEFAULT_COMPRESSION)
 
 
 class RestoreForm(forms.Form):

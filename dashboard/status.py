@@ -42,6 +42,7 @@ class Overview:
     running: list = field(default_factory=list)
     job_counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    drill: dict = field(default_factory=dict)  # restores.drill.summary()
 
     @property
     def protected(self) -> bool:
@@ -124,6 +125,8 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
         view.capture = catalog.capturer_state()
         view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
         view.problems.extend(view.capture.get("errors", []))
+        if view.capture.get("reason"):
+            view.problems.append(view.capture["reason"])
     window = facts["window"]
     if window:
         view.window_start, view.window_end = window["start"], window["end"]
@@ -138,7 +141,16 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     view.storage = cached("storage", key, storage_lines)
     view.running = [jobs.job_json(job) for job in jobs.running_jobs()]
     view.job_counts = jobs.counts_by_state()
+    view.drill = drill_summary()
+    if view.drill["warning"]:
+        view.problems.append(view.drill["warning"])
     return view
+
+
+def drill_summary() -> dict:
+    from restores.drill import summary
+
+    return summary()
 
 
 def overview_json(view: Overview) -> dict:
@@ -154,4 +166,7 @@ def overview_json(view: Overview) -> dict:
                                              "age_seconds": view.last_backup_age},
         "storage": view.storage, "running": view.running,
         "job_counts": view.job_counts, "problems": view.problems,
+        "drill": {"last_id": view.drill["last"] and view.drill["last"].pk, "verdict": view.drill["last_verdict"],
+                  "age_seconds": view.drill["last_age"], "last_success_age_seconds": view.drill["last_success_age"],
+                  "interval": view.drill["interval"], "warning": view.drill["warning"]},
     }

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import metrics, views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -22,4 +22,5 @@ urlpatterns = [
     path("chaos/start/", views.chaos_start, name="chaos_start"),
     path("chaos/<int:pk>/", views.chaos_detail, name="chaos"),
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
+    path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus scrapes /metrics
 ]

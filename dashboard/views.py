@@ -20,6 +20,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from pitrsite.errors import PitrError
+from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
 from dashboard import actions, chaos_plot, jobs, status, timeline
@@ -46,7 +47,11 @@ def staff_action(view: Callable) -> Callable:
 
 
 def page(login_view: Callable) -> Callable:
-    return login_required(require_GET(login_view))
+    @wraps(login_view)
+    def reaped(request: HttpRequest, *args, **kwargs):
+        reap_local()  # a SIGKILLed job reads interrupted on the next page, not at the next beat
+        return login_view(request, *args, **kwargs)
+    return login_required(require_GET(reaped))
 
 
 def show(request: HttpRequest, template: str, nav: str, code: int = 200, **context) -> HttpResponse:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from fleet import pg, procs
+from fleet import pg
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
+from pitrsite import procs
 from pitrsite.config import persistent_secret
 from pitrsite.errors import FleetError
 
@@ -257,7 +258,7 @@ class LocalDriver:
             pg.run([pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
                     "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(datadir), "-R",
                     f"--slot={settings.PITR_STANDBY_SLOT}", "-X", "stream", "--checkpoint=fast"],
-                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env())
+                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env(), timeout=None)  # as long as the copy takes
             created = "standby created; "
         self.start("standby")
         return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"
@@ -287,6 +288,19 @@ class LocalDriver:
         if not procs.alive(pid):
             raise FleetError(f"{role} is not running: run `python manage.py fleet start {role}`")
         return pid
+
+    def check_port_ours(self, role: str) -> None:
+        """Before touching a role: its port is free, or held by this role's own server."""
+        if self.state(role) != "stopped" and self._pid_file_port(role) == self.layout.port(role):
+            return
+        self._check_port_free(role)
+
+    def _pid_file_port(self, role: str) -> int | None:
+        # postmaster.pid, line 4: the port the server listens on.
+        try:
+            return int((self.layout.datadir(role) / "postmaster.pid").read_text().splitlines()[3])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def _check_port_free(self, role: str) -> None:
         port = self.layout.port(role)

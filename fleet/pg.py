@@ -93,8 +93,11 @@ def first_line(text: str) -> str:
 
 
 def run(argv: Sequence[str], *, step: str, as_server: bool = True, timeout: float | None = 600,
-        env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a command to completion; a failure raises FleetError('failure <step> (<first line>)')."""
+        env: dict | None = None, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command to completion; a failure raises FleetError('failure <step> (<first line>)').
+
+    check=False returns a non-zero exit too, for tools whose exit status is a finding (pg_amcheck).
+    """
     kwargs = as_server_kwargs() if as_server else {}
     if env:
         kwargs["env"] = {**kwargs.get("env", os.environ), **env}
@@ -105,7 +108,7 @@ def run(argv: Sequence[str], *, step: str, as_server: bool = True, timeout: floa
         raise FleetError(f"failure {step} ({exc.filename} not found)") from None
     except subprocess.TimeoutExpired:
         raise FleetError(f"failure {step} (timed out after {timeout:.0f} s)") from None
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise FleetError(f"failure {step} ({first_line(result.stderr or result.stdout)})")
     return result
 

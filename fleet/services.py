@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 
-from fleet import procs
 from fleet.layout import Layout
+from pitrsite import procs
 from pitrsite.config import persistent_secret
 from pitrsite.errors import PitrError
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import psycopg
 from django.conf import settings
@@ -14,9 +17,15 @@ from pitrsite.errors import FleetError
 REPLICATION_SQL = """
 SELECT application_name, state, sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint AS lag_bytes,
-       extract(epoch FROM coalesce(flush_lag, '0'))::float AS lag_seconds
+       extract(epoch FROM coalesce(flush_lag, '0'))::float AS flush_lag_seconds,
+       extract(epoch FROM now() - reply_time)::float AS reply_age_seconds
 FROM pg_stat_replication
 """
+OLDEST_WAL_SQL = "SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"
+# pg_receivewal's own complaints, as its log shows them ("pg_receivewal: error: ...").
+RECEIVER_ERROR = re.compile(r"pg_receivewal: (?:error|fatal): (.*)$")
+WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial)?$")
+LOG_TAIL = 64 << 10
 SLOTS_SQL = """
 SELECT slot_name, active, active_pid, restart_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
@@ -36,7 +45,8 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
     if capturer_state.exists():
         roles["capturer"]["restarts"] = json.loads(capturer_state.read_text()).get("restarts", 0)
     result = {"driver": driver.name, "home": str(driver.layout.home), "roles": roles,
-              "replication": [], "slots": [], "primary_lsn": None, "capturer": None, "errors": []}
+              "replication": [], "slots": [], "primary_lsn": None, "capturer": None, "errors": [],
+              "disk": disk_space(driver)}
     if roles["primary"]["state"] != "running":
         result["errors"].append(f"primary is {roles['primary']['state']}: replication state unknown")
         return result
@@ -47,20 +57,120 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             result["replication"] = cur.execute(REPLICATION_SQL).fetchall()
             result["slots"] = cur.execute(SLOTS_SQL).fetchall()
+            oldest_wal = conn.execute(OLDEST_WAL_SQL).fetchone()[0]
     except (FleetError, psycopg.Error) as exc:
         result["errors"].append(str(exc).splitlines()[0])
         return result
-    receiver = next((r for r in result["replication"] if r["application_name"] == "pg_receivewal"), None)
-    slot = next((s for s in result["slots"] if s["slot_name"] == settings.PITR_CAPTURE_SLOT), None)
-    result["capturer"] = {
-        "streaming": receiver is not None,
-        "flush_lsn": receiver["flush_lsn"] if receiver else None,
-        "lag_bytes": receiver["lag_bytes"] if receiver else (slot["retained_bytes"] if slot else None),
-        "lag_seconds": receiver["lag_seconds"] if receiver else None,
-    }
+    result["capturer"] = capture_health(driver, roles["capturer"]["state"], result, oldest_wal)
+    for name, disk in result["disk"].items():
+        if disk["low"]:
+            result["errors"].append(f"{name} filesystem {disk['path']} has {disk['free_percent']}% free "
+                                    f"(below PITR_DISK_WARN_PERCENT={settings.PITR_DISK_WARN_PERCENT:g})")
     standby = next((r for r in result["replication"] if r["application_name"] == "pitrsite_standby"), None)
     roles["standby"]["replication"] = standby["state"] if standby else "not streaming"
     return result
+
+
+def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wal: str | None) -> dict:
+    """Is capture streaming? When not, why: from the slot, the walsender and the capturer's own log.
+
+    `health` is streaming, paused, stopped, retrying (pg_receivewal restarts and fails: a full disk, a
+    bad file in the archive) or broken (the slot or the WAL it needed is gone: a gap nothing can fill).
+    Lag is honest: bytes the primary wrote that the archive does not hold, and seconds since the capturer
+    last answered while it is behind (0 when caught up).
+    """
+    receiver = next((r for r in status["replication"] if r["application_name"] == "pg_receivewal"), None)
+    slot = next((s for s in status["slots"] if s["slot_name"] == settings.PITR_CAPTURE_SLOT), None)
+    newest = newest_archived(driver.layout.archive)
+    lag_bytes = receiver["lag_bytes"] if receiver else (slot["retained_bytes"] if slot else None)
+    if receiver:
+        lag_seconds = 0.0 if not lag_bytes else max(0.0, receiver["reply_age_seconds"] or 0.0)
+    else:
+        lag_seconds = archive_age(driver.layout.archive)
+    entry = {"streaming": bool(receiver) and role_state == "running", "health": "streaming", "reason": "",
+             "last_error": None, "flush_lsn": receiver["flush_lsn"] if receiver else None,
+             "lag_bytes": lag_bytes, "lag_seconds": lag_seconds, "newest_file": newest, "lost_after": None}
+    last_error = receiver_error(driver.layout.logfile("capturer"))
+    if slot is None:
+        entry.update(health="broken", lost_after=newest,
+                     reason=f"replication slot {settings.PITR_CAPTURE_SLOT} is missing on the primary: WAL after "
+                            f"{newest or 'the archive'} is no longer kept for capture and, once recycled, is lost; a "
+                            "new base backup starts a new recoverable window")
+    elif role_state != "running":
+        what = "paused (SIGSTOP): run `python manage.py fleet resume capturer`" if role_state == "paused" \
+            else "stopped: run `python manage.py fleet start capturer`"
+        entry.update(health=role_state if role_state in ("paused", "stopped") else "stopped", reason=f"capturer is {what}")
+    elif not receiver:
+        removed = last_error and "has already been removed" in last_error
+        entry.update(health="broken" if removed else "retrying", last_error=last_error,
+                     lost_after=newest if removed else None,
+                     reason=(f"WAL after {newest} was removed from the primary before it was captured "
+                             f"(the primary's oldest WAL is {oldest_wal or 'unknown'}): that range is lost; a new base "
+                             "backup starts a new recoverable window") if removed else
+                            f"capturer is not streaming: {last_error or 'no connection to the primary yet'}")
+    return entry
+
+
+def newest_archived(archive: Path) -> str | None:
+    try:
+        names = [p.name for p in archive.iterdir() if WAL_FILE.match(p.name)]
+    except FileNotFoundError:
+        return None
+    return max(names, key=lambda n: n[:24]) if names else None
+
+
+def archive_age(archive: Path) -> float | None:
+    """Seconds since the archive last received WAL (pg_receivewal writes the newest file as WAL arrives)."""
+    import time
+
+    newest = newest_archived(archive)
+    if newest is None:
+        return None
+    try:
+        return max(0.0, time.time() - (archive / newest).stat().st_mtime)
+    except FileNotFoundError:  # renamed from .partial meanwhile
+        return 0.0
+
+
+def receiver_error(logfile: Path) -> str | None:
+    """The last error pg_receivewal printed, from the end of the capturer's log."""
+    try:
+        with open(logfile, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - LOG_TAIL))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        match = RECEIVER_ERROR.search(line)
+        if match:
+            return match[1].strip()
+    return None
+
+
+def disk_space(driver: LocalDriver) -> dict[str, dict]:
+    """Free space of the filesystems capture, backups and restores write to; low below PITR_DISK_WARN_PERCENT."""
+    places = {"archive": driver.layout.archive, "backups": driver.layout.backups,
+              "restore_target": driver.layout.datadir("restore_target").parent}
+    found = {}
+    for name, path in places.items():
+        try:
+            usage = shutil.disk_usage(path)
+        except FileNotFoundError:
+            continue
+        percent = 100.0 * usage.free / usage.total if usage.total else 0.0
+        found[name] = {"path": str(path), "free_bytes": usage.free, "total_bytes": usage.total,
+                       "free_percent": round(percent, 1), "low": percent < settings.PITR_DISK_WARN_PERCENT}
+    return found
+
+
+def capture_problem(status: dict) -> str | None:
+    """One line when capture is not streaming (status commands exit non-zero with it), else None."""
+    if status["roles"]["primary"]["state"] != "running":
+        return f"capture state unknown: primary is {status['roles']['primary']['state']}"
+    capture = status.get("capturer")
+    if capture is None:
+        return "capture state unknown: " + ("; ".join(status["errors"]) or "the primary did not answer")
+    return None if capture["health"] == "streaming" else f"capture {capture['health']}: {capture['reason']}"
 
 
 def fleet_check(driver: LocalDriver | None = None) -> list[str]:
@@ -87,4 +197,7 @@ def fleet_check(driver: LocalDriver | None = None) -> list[str]:
                 problems.append(f"replication slot {name} is missing: run `python manage.py fleet up`")
             elif not slots[name]["active"]:
                 problems.append(f"replication slot {name} is not active: run `python manage.py fleet up`")
+        problem = capture_problem(status)
+        if problem:
+            problems.append(problem)
     return problems

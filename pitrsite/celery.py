@@ -22,6 +22,7 @@ def setup_schedule(sender: Celery, **kwargs) -> None:
         "reap-jobs": ("pitrsite.tasks.reap_jobs", settings.PITR_REAP_INTERVAL),
         "upload": ("walcatalog.tasks.upload", settings.PITR_UPLOAD_INTERVAL),
         "retention": ("walcatalog.tasks.retention", settings.PITR_RETENTION_INTERVAL),
+        "restore-drill": ("restores.tasks.drill", settings.PITR_DRILL_INTERVAL),
     }
     for name, (task, seconds) in schedule.items():
         if seconds > 0:  # 0 turns a schedule off

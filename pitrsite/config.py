@@ -83,6 +83,23 @@ def envport(name: str, default: int) -> int:
     return envint(name, default, 1024, 65535)
 
 
+def envpow2(name: str, default: int, lo: int, hi: int) -> int:
+    """A power of two in lo..hi (initdb --wal-segsize accepts nothing else)."""
+    number = envint(name, default, lo, hi)
+    if number & (number - 1):
+        raise ImproperlyConfigured(f"{name}={number} is not a power of two: use one of 1, 2, 4, ..., {hi}")
+    return number
+
+
+def distinct_ports(ports: dict[str, int]) -> None:
+    """Two of our servers on one port: the second would fail late, or talk to the first."""
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            raise ImproperlyConfigured(f"{seen[port]} and {name} are both {port}: give each its own port")
+        seen[port] = name
+
+
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name) or default
     if value not in choices:
@@ -144,3 +161,75 @@ def persistent_secret(path: Path, nbytes: int = 32) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
     return value
+
+
+# --- the archive storage (STORAGES["archive"]): used by walcatalog.storage ----------------------------
+STORAGE_BACKENDS = {
+    "filesystem": "django.core.files.storage.FileSystemStorage",
+    "s3": "storages.backends.s3.S3Storage",
+    "azure": "walcatalog.azure_storage.ArchiveAzureStorage",
+    "gcs": "storages.backends.gcloud.GoogleCloudStorage",
+}
+SPOOL_BYTES = 64 << 20  # remote backends spool an object read past this size to disk, not memory
+
+
+def archive_storage_setting(home: Path) -> dict:
+    """The STORAGES["archive"] entry from PITR_STORAGE_* variables; a missing required one is a one-line error."""
+    backend = envchoice("PITR_STORAGE_BACKEND", "filesystem", tuple(STORAGE_BACKENDS))
+    prefix = os.environ.get("PITR_STORAGE_PREFIX", "").strip("/")
+    if backend == "filesystem":
+        location = Path(os.environ.get("PITR_STORAGE_DIR") or home / "storage")
+        # allow_overwrite: a half-written file from a killed upload is replaced, not renamed around.
+        options = {"location": str(location / prefix if prefix else location), "allow_overwrite": True}
+    elif backend == "s3":
+        options = {
+            "bucket_name": _required("PITR_STORAGE_S3_BUCKET", backend),
+            "endpoint_url": os.environ.get("PITR_STORAGE_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("PITR_STORAGE_S3_REGION") or None,
+            "access_key": envstr("PITR_STORAGE_S3_ACCESS_KEY_ID") or None,
+            "secret_key": envstr("PITR_STORAGE_S3_SECRET_ACCESS_KEY") or None,
+            "location": prefix, "file_overwrite": True, "querystring_auth": False, "max_memory_size": SPOOL_BYTES,
+            # One attempt per call: with_retries() decides how often to try, so attempts never multiply.
+            "client_config": _s3_config(),
+        }
+    elif backend == "azure":
+        options = {"azure_container": _required("PITR_STORAGE_AZURE_CONTAINER", backend), "location": prefix,
+                   "overwrite_files": True, "max_memory_size": SPOOL_BYTES, **_azure_credentials(),
+                   "client_options": {"retry_total": 0}}  # with_retries() is the one retry layer
+    else:
+        # The emulator (tests) is reached through STORAGE_EMULATOR_HOST, which google-cloud-storage honours;
+        # real credentials come from GOOGLE_APPLICATION_CREDENTIALS as google-auth reads it.
+        options = {"bucket_name": _required("PITR_STORAGE_GCS_BUCKET", backend),
+                   "project_id": os.environ.get("PITR_STORAGE_GCS_PROJECT") or None,
+                   "location": prefix, "file_overwrite": True, "querystring_auth": False,
+                   "max_memory_size": SPOOL_BYTES}
+    return {"BACKEND": STORAGE_BACKENDS[backend], "OPTIONS": options}
+
+
+def _s3_config():
+    from botocore.config import Config
+
+    return Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
+def _required(name: str, backend: str) -> str:
+    value = envstr(name)
+    if not value:
+        raise ImproperlyConfigured(f"PITR_STORAGE_BACKEND={backend} needs {name}: set it in the environment or .env")
+    return value
+
+
+def _azure_credentials() -> dict:
+    connection = envstr("PITR_STORAGE_AZURE_CONNECTION_STRING")
+    if connection:
+        return {"connection_string": connection}
+    account = _required("PITR_STORAGE_AZURE_ACCOUNT_NAME", "azure")
+    key = envstr("PITR_STORAGE_AZURE_ACCOUNT_KEY")
+    endpoint = os.environ.get("PITR_STORAGE_AZURE_ENDPOINT", "").rstrip("/")
+    if endpoint:
+        # A custom blob endpoint (Azurite, a sovereign cloud): AzureStorage takes it through a connection string.
+        protocol = endpoint.split("://", 1)[0]
+        parts = [f"DefaultEndpointsProtocol={protocol}", f"AccountName={account}",
+                 *([f"AccountKey={key}"] if key else []), f"BlobEndpoint={endpoint}"]
+        return {"connection_string": ";".join(parts) + ";"}
+    return {"account_name": account, "account_key": key or None}

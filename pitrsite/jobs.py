@@ -13,21 +13,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, TextIO
 
+from django.apps import apps
 from django.conf import settings
-from django.db import models
+from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
-from fleet import procs
+from pitrsite import procs
 from pitrsite.errors import PitrError
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
+# A job on another host is declared dead after STALE_AFTER s without a heartbeat; it beats far more often.
+STALE_AFTER = 120.0
+HEARTBEAT_INTERVAL = 20.0
+
+
+class Refused(PitrError):
+    """Another job holds the lock this one needs: nothing was started."""
 
 
 class JobState(models.TextChoices):
@@ -90,6 +99,16 @@ class Job(models.Model):
     def finish(self, state: str, error: str = "") -> None:
         self.state, self.error, self.finished_at = state, error, timezone.now()
         type(self).objects.filter(pk=self.pk).update(state=state, error=error, finished_at=self.finished_at)
+
+    def refuse(self, reason: str) -> None:
+        """queued -> failed with the reason: a job no worker will run must not read queued."""
+        now = timezone.now()
+        if type(self).objects.filter(pk=self.pk, state=JobState.QUEUED).update(
+                state=JobState.FAILED, error=f"refused: {reason}", finished_at=now) == 1:
+            self.state, self.error, self.finished_at = JobState.FAILED, f"refused: {reason}", now
+
+    def on_reaped(self) -> None:
+        """Clean up what the dead process left (servers, slots, directories); models override it."""
 
 
 class Reporter(Protocol):
@@ -180,7 +199,8 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
         raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
     try:
         try:
-            work()
+            with heartbeat(job):
+                work()
         finally:
             kill_children(job_key(job))  # nothing a job started outlives it
     except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise the unexpected ones
@@ -197,6 +217,42 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
     reporter.step("")
     job.finish(JobState.DONE)
     return job
+
+
+def run_exclusive(job: Job, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> Job:
+    """run_job under the lock `lock`; refused, the row says why instead of staying queued."""
+    try:
+        with exclusive(lock, what):
+            return run_job(job, reporter, work)
+    except Refused as exc:
+        job.refuse(str(exc))
+        raise
+
+
+@contextmanager
+def heartbeat(job: Job, interval: float | None = None) -> Iterator[None]:
+    """Beat heartbeat_at from a daemon thread while the job runs, so a silent long step
+    (an extract, a replay) is not declared dead by a reaper on another host."""
+    stop = threading.Event()
+    every = interval or HEARTBEAT_INTERVAL
+    model, pk = type(job), job.pk
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every):
+                try:
+                    model.objects.filter(pk=pk, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+                except DatabaseError as exc:  # a busy database: the next beat will do
+                    log.debug("heartbeat of %s #%s: %s", model.__name__, pk, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_key(job)}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a beat stuck on a locked database must not hold up the job's end
 
 
 def job_key(job: Job) -> str:
@@ -240,24 +296,49 @@ def kill_children(owner: str) -> int:
     return killed
 
 
-def reap(model: type[Job], stale_after: float = 120.0) -> int:
-    """Mark running jobs whose process is gone as interrupted; returns how many."""
+def job_models() -> list[type[Job]]:
+    """Every concrete job model installed (base backups, restores, chaos runs, ...)."""
+    return [m for m in apps.get_models() if issubclass(m, Job) and not m._meta.abstract]
+
+
+def reap(model: type[Job], stale_after: float = STALE_AFTER, local_only: bool = False) -> int:
+    """Mark running jobs whose process is gone as interrupted; returns how many.
+
+    local_only: only jobs of this host, checked by pid; cheap enough for every read of job state.
+    """
     count = 0
-    for job in model.objects.filter(state=JobState.RUNNING):
+    running = model.objects.filter(state=JobState.RUNNING)
+    for job in running.filter(owner_host=HOST) if local_only else running:
         if job.owner_host == HOST:
             dead = not procs.alive(job.owner_pid)
         else:  # another machine: trust the heartbeat
             dead = job.heartbeat_at is None or (timezone.now() - job.heartbeat_at).total_seconds() > stale_after
-        if dead:
-            note = f"interrupted: the process running it ({job.owner_host} pid {job.owner_pid}) is gone"
-            if model.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-                    state=JobState.INTERRUPTED, finished_at=timezone.now(),
-                    error=f"{note}; last step was {job.current_step or 'none'}") == 1:
-                count += 1
-                log.warning("%s #%s %s", model.__name__, job.pk, note)
-                if job.owner_host == HOST:
-                    kill_children(job_key(job))
+        if dead and _mark_interrupted(job):
+            count += 1
     return count
+
+
+def reap_local() -> int:
+    """Reap this host's dead jobs of every kind: called wherever job state is read."""
+    return sum(reap(model, local_only=True) for model in job_models())
+
+
+def _mark_interrupted(job: Job) -> bool:
+    """running -> interrupted (once, whoever reaps first), then clean up what the dead process left."""
+    model = type(job)
+    note = f"interrupted: the process running it ({job.owner_host} pid {job.owner_pid}) is gone"
+    if model.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+            state=JobState.INTERRUPTED, finished_at=timezone.now(),
+            error=f"{note}; last step was {job.current_step or 'none'}") != 1:
+        return False
+    log.warning("%s #%s %s", model.__name__, job.pk, note)
+    if job.owner_host == HOST:  # its processes and files are here
+        kill_children(job_key(job))
+        try:
+            job.on_reaped()
+        except (PitrError, OSError, DatabaseError) as exc:  # the row is right already; say what is left
+            log.warning("%s #%s: cleanup after the kill failed: %s", model.__name__, job.pk, exc)
+    return True
 
 
 @contextmanager
@@ -272,9 +353,15 @@ def exclusive(name: str, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise PitrError(f"another {what} is running ({holder}): wait for it to finish") from None
+            raise Refused(f"another {what} is running ({holder}): wait for it to finish") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {HOST}".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def refuse_if_running(name: str, what: str) -> None:
+    """At submission: refuse a job whose lock is held now, rather than queue one no worker will run."""
+    with exclusive(name, what):
+        pass

@@ -7,10 +7,9 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
-    database_from_url, default_pg_bindir, envbool, envchoice, envfloat, envint, envport,
-    envstr, load_dotenv, persistent_secret,
+    archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
+    envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
 )
-from walcatalog.storage import archive_storage_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))
@@ -42,7 +41,10 @@ PITR_CAPTURE_SLOT = os.environ.get("PITR_CAPTURE_SLOT", "pitr_slot")
 PITR_STANDBY_SLOT = os.environ.get("PITR_STANDBY_SLOT", "standby_slot")
 PITR_BACKUP_SLOT = os.environ.get("PITR_BACKUP_SLOT", "backup_slot")
 # initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
-PITR_WAL_SEGSIZE_MB = envint("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
+PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
+
+# Status warns (and exits non-zero) when the archive, backup or restore filesystem has less free space.
+PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
 
 # --- schedules (seconds; 0 turns one off) -----------------------------------
 PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
@@ -113,7 +115,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # The dashboard's own login admits any active user (read-only unless staff); /admin/login/ admits staff only.
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
-# /metrics without a session: a bearer token when set, else loopback clients only (pitrsite/metrics.py).
+# /metrics without a session: a bearer token when set, else loopback clients only (dashboard/metrics.py).
 PITR_METRICS_TOKEN = envstr("PITR_METRICS_TOKEN")
 # Serve static files without collectstatic (runserver/gunicorn with DEBUG off).
 WHITENOISE_USE_FINDERS = True
@@ -128,6 +130,9 @@ STORAGES = {
 
 # --- Celery ------------------------------------------------------------------
 PITR_REDIS_PORT = envport("PITR_REDIS_PORT", 56379)
+distinct_ports({"PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
+                "PITR_RESTORE_PORT": PITR_RESTORE_PORT, "PITR_REDIS_PORT": PITR_REDIS_PORT,
+                "PITR_WEB_PORT": PITR_WEB_PORT})
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or f"redis://127.0.0.1:{PITR_REDIS_PORT}/0"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -158,6 +163,10 @@ PITR_BACKUP_MAX_RATE = os.environ.get("PITR_BACKUP_MAX_RATE", "")
 
 # --- restores ----------------------------------------------------------------
 PITR_RESTORE_TIMEOUT = envfloat("PITR_RESTORE_TIMEOUT", 3600.0, lo=1.0)
+# Restore drill (restores/drill.py): restore the newest moment into the restore target, check it, every
+# PITR_DRILL_INTERVAL s (0 = off). Daily: a broken restore path is found within a day, and a drill (a full
+# restore, replacing the restore target's contents) stays a small share of the machine's time.
+PITR_DRILL_INTERVAL = envfloat("PITR_DRILL_INTERVAL", 86400.0)
 
 # --- cloud storage (walcatalog/storage.py, uploader.py, retention.py) ------------------------
 PITR_UPLOAD_INTERVAL = envfloat("PITR_UPLOAD_INTERVAL", 30.0)

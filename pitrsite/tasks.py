@@ -4,16 +4,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.apps import apps
 
-from pitrsite.jobs import Job, reap
+from pitrsite.jobs import job_models, reap
 
 log = logging.getLogger(__name__)
-
-
-def job_models() -> list[type[Job]]:
-    """Every concrete job model installed (base backups, restores, chaos runs, ...)."""
-    return [m for m in apps.get_models() if issubclass(m, Job) and not m._meta.abstract]
 
 
 @shared_task(name="pitrsite.tasks.reap_jobs", ignore_result=True)

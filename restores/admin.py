@@ -16,9 +16,9 @@ from walcatalog import walnames
 class RestoreJobAdmin(JobAdmin):
     start_label = "Start a restore"
     list_display = ("id", "target_description", "state", "progress", "current_step", "backup", "replay_lsn_text",
-                    "promoted_at", "final_lsn_text", "final_timeline", "trigger", "created_at")
+                    "promoted_at", "final_lsn_text", "final_timeline", "trigger", "drill_verdict", "created_at")
     list_display_links = ("id", "target_description")
-    list_filter = ("state", "target_kind", "exclusive", "trigger", "uses_partial", "source")
+    list_filter = ("state", "target_kind", "exclusive", "trigger", "uses_partial", "source", "drill_verdict")
     search_fields = ("target_value", "error", "backup__label")
     list_select_related = ("backup",)
     date_hierarchy = "created_at"

@@ -1,9 +1,11 @@
 """Restore a base backup plus WAL into the restore target and promote it.
 
-Steps: plan, stop the target, empty it, extract the backup, stage the WAL
-range (a .partial is copied and renamed, never moved), configure recovery,
-start, follow replay to promotion, verify it takes writes. The primary and
-the archive are only read.
+Steps: plan, find every input (the backup, each WAL file), stop the target,
+empty it, extract the backup while the local WAL is hashed against the
+catalog, stage the WAL range (a .partial is copied and renamed, never moved),
+configure recovery, start, follow replay to promotion, then prove recovery
+ended where the plan said and the server takes writes. The primary and the
+archive are only read.
 
 When the local backup directory or a planned WAL file is missing, it comes
 from the archive storage (walcatalog/storage.py): the WAL downloads start
@@ -14,24 +16,28 @@ before use; job.source says local, storage or mixed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg, procs
+from fleet import pg
 from fleet.local import LocalDriver, get_driver
+from pitrsite import procs
 from pitrsite.errors import PitrError
-from pitrsite.jobs import Reporter, exclusive, job_key, reap, run_job
-from restores.models import RestoreJob
+from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
+from restores.models import RestoreJob, TargetKind
 from restores.planner import Plan, RestoreTarget, plan
 from walcatalog import walnames
 from walcatalog import storage as st
-from walcatalog.backups import BackupError, archive_file, backup_dir, extract
+from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
+from walcatalog.indexer import sha256_file
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
@@ -49,8 +55,7 @@ def target_of(job: RestoreJob) -> RestoreTarget:
 def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py restore` and the Celery task."""
     reap(RestoreJob)
-    with exclusive("restore", "restore"):
-        run_job(job, reporter, lambda: Restore(job, reporter).run())
+    run_exclusive(job, "restore", "restore", reporter, lambda: Restore(job, reporter).run())
     job.refresh_from_db()
     return job
 
@@ -70,32 +75,42 @@ class Restore:
 
     def run(self) -> None:
         self.reporter.step("planning")
+        self.driver.check_port_ours(ROLE)  # a busy port must stop us before the target is touched
         refresh_catalog()
         the_plan = plan(target_of(self.job))
         self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
                     wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
                     wal_last=the_plan.segments[-1].file_name if the_plan.segments else "",
                     uses_partial=the_plan.partial is not None, target_lsn=the_plan.target_lsn)
+        # Every input is found before the target is touched (pgBackRest's order): the backup, each WAL file.
+        backup_copies = self.backup_copies(the_plan.backup)
         wal = self.start_wal_download(the_plan)
+        check = self.start_wal_check(the_plan, wal)
         try:
-            self.restore(the_plan, wal)
+            self.restore(the_plan, backup_copies, wal, check)
         finally:
+            check.close()
             wal.close()
 
-    def restore(self, the_plan: Plan, wal: "WalDownload") -> None:
+    def restore(self, the_plan: Plan, backup_copies: list[StorageCopy], wal: "WalDownload",
+                check: "WalCheck") -> None:
         self.reporter.step("stopping the restore target")
         self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
         self.reporter.step("emptying the data directory")
         empty_directory(self.datadir)
-        source = self.backup_source(the_plan.backup)
+        source = self.download_backup(backup_copies) if backup_copies else backup_dir(the_plan.backup)
         self.reporter.step("extracting the backup")
         try:
             extract(source, self.datadir, self.reporter, job_key(self.job))
         finally:
             if source != backup_dir(the_plan.backup):
                 shutil.rmtree(source, ignore_errors=True)
+        self.reporter.step("checking WAL against the catalog")
+        check.wait()
+        self.job.plan = {**self.job.plan, "wal_check": check.summary()}
+        self.update(plan=self.job.plan)
         self.reporter.step("staging WAL")
-        self.stage(the_plan, wal)
+        self.stage(the_plan, wal, check)
         self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
@@ -105,12 +120,12 @@ class Restore:
             self.driver.start(ROLE, wait=False)
             self.follow_replay(the_plan, log_offset)
             self.reporter.step("verifying")
-            self.verify()
+            self.verify(the_plan, log_offset)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     # --- steps -----------------------------------------------------------------
-    def stage(self, the_plan: Plan, wal: "WalDownload") -> None:
+    def stage(self, the_plan: Plan, wal: "WalDownload", check: "WalCheck") -> None:
         """Hard-link complete segments (instant, read-only use), copy the .partial under its final name."""
         archive = self.driver.layout.archive
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -124,6 +139,11 @@ class Restore:
             dest = self.staging / segment.name
             if segment.name in wal.names:
                 continue  # lost locally: downloading since planning, linked in below
+            if segment.name in check.replaced:  # the local copy rotted: its verified copy from storage
+                os.link(check.folder / segment.name, dest)
+                self.used_storage += 1
+                done += 1
+                continue
             if not source.exists():
                 raise RestoreError(f"failure staging WAL ({source} is missing from the local archive)")
             if segment.is_partial:
@@ -143,22 +163,19 @@ class Restore:
             self.reporter.progress(total, total)
 
     # --- from the archive storage, when the local copy is missing ---------------------------------
-    def backup_source(self, backup: BaseBackup) -> Path:
-        """The backup's local directory, or a download of it from storage, checksums verified."""
-        local = backup_dir(backup)
-        try:
-            archive_file(local, "base"), archive_file(local, "pg_wal")
-            if (local / "backup_manifest").is_file():
-                self.used_local += 1
-                return local
-        except BackupError:
-            pass
-        copies = list(StorageCopy.objects.filter(storage=st.STORAGE_NAME, backup=backup, verified_at__isnull=False,
-                                                 kind=StorageCopy.Kind.BACKUP))
-        if not StorageCopy.objects.filter(storage=st.STORAGE_NAME, key=st.descriptor_key(backup.label),
-                                          verified_at__isnull=False).exists() or not copies:
-            raise RestoreError(f"failure extracting the backup ({backup.label} is missing from {local} and has no "
+    def backup_copies(self, backup: BaseBackup) -> list[StorageCopy]:
+        """[] when the local directory holds the backup, else its verified copies in storage; neither: refused."""
+        if held_locally(backup):
+            self.used_local += 1
+            return []
+        copies = storage_copies(backup, st.STORAGE_NAME)
+        if not copies:
+            raise RestoreError(f"failure planning ({backup.label} is missing from {backup_dir(backup)} and has no "
                                f"complete verified copy in storage {st.describe()})")
+        return copies
+
+    def download_backup(self, copies: list[StorageCopy]) -> Path:
+        """The backup's files from storage into a scratch directory, checksums verified."""
         self.reporter.step("downloading the backup")
         dest = self.driver.layout.staging / f"restore-{self.job.pk}-backup"
         shutil.rmtree(dest, ignore_errors=True)
@@ -196,6 +213,16 @@ class Restore:
                                    "with the catalog's sha256 of the segment)")
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
         return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
+
+    def start_wal_check(self, the_plan: Plan, wal: "WalDownload") -> "WalCheck":
+        """Hash the planned local segments against the catalog while the backup is extracted."""
+        archive = self.driver.layout.archive
+        local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
+        good = {c.segment_id: c for c in StorageCopy.objects.filter(
+            storage=st.STORAGE_NAME, segment__in=local, verified_at__isnull=False)}
+        items = [(s.name, archive / s.file_name, s.sha256,
+                  good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
+        return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")
 
     def download(self, pairs: list[tuple[StorageCopy, Path]], step: str, offset: int = 0, total: int | None = None,
                  by_bytes: bool = False) -> None:
@@ -246,14 +273,8 @@ class Restore:
         return path.stat().st_size if path.exists() else 0
 
     def server_fatal(self, offset: int) -> str | None:
-        path = self.driver.layout.logfile(ROLE)
-        if not path.exists():
-            return None
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            lines = fh.read().decode(errors="replace").splitlines()
-        fatal = [l for l in lines if "FATAL:" in l or "PANIC:" in l]
-        return fatal[0].split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip() if fatal else None
+        log = ServerLog.read(self.driver.layout.logfile(ROLE), offset)
+        return log.reason() if log.fatal else None
 
     def follow_replay(self, the_plan: Plan, log_offset: int) -> None:
         """Poll replay progress until the server promotes itself (recovery_target_action=promote)."""
@@ -295,15 +316,161 @@ class Restore:
         # The restore target inherits the primary's roles and passwords with the backup.
         return pg.connect(self.driver.layout.port(ROLE), dbname="postgres", timeout=timeout)
 
-    def verify(self) -> None:
+    def verify(self, the_plan: Plan, log_offset: int) -> None:
         with self.connect() as conn:
             # Only a read-write server can assign a transaction id: proves promotion, changes no data.
             conn.execute("SELECT txid_current()")
             tli = int(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])
         end_lsn, reason, new_tli = end_of_recovery(self.datadir / "pg_wal")
+        problem = recovery_shortfall(the_plan, end_lsn, ServerLog.read(self.driver.layout.logfile(ROLE), log_offset))
+        if problem:
+            # A copy that stopped short must not be taken for the moment asked for.
+            self.driver.stop(ROLE, mode="immediate")
+            raise RestoreError(f"failure verifying ({problem}; the restore target was stopped)")
         self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command and the target
         self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
                     plan={**self.job.plan, "stop_reason": reason})
+
+
+def recovery_shortfall(the_plan: Plan, end_lsn: int | None, log: "ServerLog") -> str | None:
+    """Why recovery did not reach what the plan asked for, or None when it did.
+
+    A target (time, xid, LSN, name, immediate) must have been the reason replay stopped: PostgreSQL logs
+    "recovery stopping ..." for that. The latest WAL has no target to stop at, so replay must have reached
+    the end of the WAL that was staged: the partial's captured end, or past the last segment's last commit.
+    """
+    if end_lsn is None:
+        return "the promoted server wrote no timeline history: where recovery ended is unknown"
+    if the_plan.target.kind != TargetKind.LATEST:
+        if log.stopped is None:
+            return f"recovery ended at {walnames.format_lsn(end_lsn)} without reaching its target ({log.reason()})"
+        return None
+    expected, what = latest_end(the_plan)
+    if end_lsn < expected:
+        return (f"recovery ended at {walnames.format_lsn(end_lsn)}, before {walnames.format_lsn(expected)} "
+                f"({what}): {log.reason()}")
+    return None
+
+
+def latest_end(the_plan: Plan) -> tuple[int, str]:
+    """The least LSN a restore to the latest WAL must reach, and what it is, for messages."""
+    if not the_plan.segments:
+        return the_plan.backup.stop_lsn, "the end of the backup"
+    last = the_plan.segments[-1]
+    if last.is_partial:
+        return last.scanned_to, f"the end of the WAL captured in {last.file_name}"
+    if last.last_commit_lsn is not None:
+        return last.last_commit_lsn + 1, f"the last commit in {last.name}"
+    return last.start_lsn, f"the start of {last.name}"
+
+
+# The startup process's complaints when it meets WAL it cannot read (xlogreader.c): replay ends there.
+WAL_COMPLAINT = re.compile(r"^(invalid|incorrect|unexpected|record with|missing contrecord|there is no contrecord|"
+                           r"could not (read|open|find)|requested WAL segment)")
+# "%m [%p] %q%u@%d " (fleet/local.py): session lines carry user@db, the startup process's lines do not.
+LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] (?P<session>\S*@\S* )?(?P<level>[A-Z]+):\s+(?P<text>.*)$")
+
+
+@dataclass
+class ServerLog:
+    """What the server's own processes (not client sessions) logged since the restore started it."""
+
+    fatal: str | None = None  # the first FATAL or PANIC of the server itself
+    complaint: str | None = None  # the last line where reading WAL failed
+    stopped: str | None = None  # "recovery stopping ...": a recovery target was reached
+    last: str | None = None  # the last line of all
+
+    @classmethod
+    def read(cls, path: Path, offset: int) -> "ServerLog":
+        found = cls()
+        if not path.exists():
+            return found
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode(errors="replace").splitlines()
+        for line in lines:
+            match = LOG_LINE.match(line)
+            if not match or match["session"]:
+                continue  # a client's line: "the database system is starting up" is our own probe's
+            text, level = match["text"].strip(), match["level"]
+            found.last = text
+            if level in ("FATAL", "PANIC") and found.fatal is None:
+                found.fatal = text
+            elif WAL_COMPLAINT.match(text):
+                found.complaint = text
+            elif text.startswith("recovery stopping"):
+                found.stopped = text
+        return found
+
+    def reason(self) -> str:
+        parts = [p for p in (self.fatal, self.complaint) if p]
+        return "; ".join(parts) or self.last or "the server log says nothing more"
+
+
+class WalCheck:
+    """Hashes the planned local segments against the catalog's sha256 in a background thread.
+
+    Started before the target is touched, it overlaps extraction. A segment whose bytes are not the bytes
+    that were cataloged is fetched from its verified storage copy when one exists; otherwise wait() fails
+    the restore naming it, before the server starts. The thread does file and storage I/O only.
+    """
+
+    def __init__(self, items: list[tuple[str, Path, str, StorageCopy | None]], folder: Path):
+        self.items, self.folder = items, folder  # (name, local path, cataloged sha256, good copy or None)
+        self.replaced: set[str] = set()
+        self.corrupt: list[str] = []
+        self.error: BaseException | None = None
+        self.bytes, self.seconds = 0, 0.0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"wal-check-{folder.name}", daemon=True)
+        if items:
+            self.thread.start()
+
+    def _run(self) -> None:
+        began, storage = time.monotonic(), None
+        try:
+            for name, path, sha, copy in self.items:
+                if self.stopping.is_set():
+                    return
+                self.bytes += path.stat().st_size
+                if sha256_file(path) == sha:
+                    continue
+                if copy is None:
+                    self.corrupt.append(name)
+                    continue
+                if storage is None:
+                    storage = st.get_storage(st.STORAGE_NAME)
+                    pg.give_to_server(self.folder)
+                dest = self.folder / name
+                st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                                f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
+                                final=(st.StorageError,))
+                Restore.give(dest)
+                self.replaced.add(name)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - began
+
+    def wait(self) -> None:
+        if self.thread.is_alive() or self.thread.ident is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise RestoreError(f"failure checking WAL ({st.error_text(self.error)})") from self.error
+        if self.corrupt:
+            span = self.corrupt[0] if len(self.corrupt) == 1 else f"{self.corrupt[0]} and {len(self.corrupt) - 1} more"
+            raise RestoreError(f"failure checking WAL ({span} in the local archive is not the WAL that was "
+                               f"cataloged (sha256 differs) and storage {st.describe()} holds no verified copy)")
+
+    def summary(self) -> dict:
+        return {"segments": len(self.items), "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "replaced_from_storage": sorted(self.replaced)}
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class WalDownload:

@@ -17,6 +17,16 @@ class TargetKind(models.TextChoices):
     LATEST = "latest"
 
 
+class DrillVerdict(models.TextChoices):
+    PENDING = "", "pending"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped", "skipped (another restore was running)"
+
+
+DRILL_TRIGGER = "drill"
+
+
 class RestoreJob(Job):
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
@@ -35,6 +45,11 @@ class RestoreJob(Job):
     final_lsn = models.BigIntegerField(null=True, blank=True)
     final_timeline = models.PositiveIntegerField(null=True, blank=True)
     source = models.CharField(max_length=16, default="local", help_text="where backup and WAL came from")
+    # Set only on restore drills (trigger "drill", restores/drill.py).
+    drill_verdict = models.CharField(max_length=8, choices=DrillVerdict.choices, default=DrillVerdict.PENDING,
+                                     blank=True, db_index=True)
+    drill_detail = models.JSONField(default=dict, blank=True,
+                                    help_text="drill checks: end of WAL reached, pg_amcheck summary, durations, reason")
 
     class Meta:
         ordering = ["-created_at"]
@@ -48,6 +63,11 @@ class RestoreJob(Job):
         if self.target_kind in (TargetKind.IMMEDIATE, TargetKind.LATEST):
             return self.target_kind
         return f"{self.target_kind} {self.target_value}" + (" (exclusive)" if self.exclusive else "")
+
+    def on_reaped(self) -> None:
+        from restores.service import clean_killed_restore  # the domain module imports this one
+
+        clean_killed_restore(self)
 
     @property
     def final_lsn_text(self) -> str:

@@ -14,7 +14,8 @@ from django.db.models import Exists, Max, OuterRef, Q
 from pitrsite.errors import PitrError
 from restores.models import TargetKind
 from walcatalog import catalog, walnames
-from walcatalog.backups import restorable_backups
+from walcatalog import storage as st
+from walcatalog.backups import held_locally, restorable_backups, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 EXAMPLE_TIME = "2026-11-27T14:03:27+00:00"
@@ -163,7 +164,8 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
     seg_size = catalog.segment_size()
     chain = Chain(_target_timeline(target, backups))
     segments = WalSegment.objects.filter(chain.q(seg_size))
-    candidates = [b for b in backups if chain.holds(b)]
+    on_chain = [b for b in backups if chain.holds(b)]
+    candidates = [b for b in on_chain if available(b)]  # a lost newer backup must not hide an older one
     if target.backup_id is not None:
         forced = BaseBackup.objects.filter(pk=target.backup_id).first()
         if forced is None:
@@ -171,9 +173,12 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
         if not forced.restorable:
             raise PlanError(f"backup #{forced.pk} is not restorable (state {forced.state}, "
                             f"manifest verified: {forced.manifest_verified})")
+        if not available(forced):
+            raise PlanError(f"backup #{forced.pk} is held neither locally nor in storage {st.describe()}")
         candidates = [forced] if chain.holds(forced) else []
     if not candidates:
-        raise PlanError(f"no verified backup lies on timeline {chain.tli}'s history")
+        lost = f" ({len(on_chain)} there are held neither locally nor in storage)" if on_chain else ""
+        raise PlanError(f"no verified backup lies on timeline {chain.tli}'s history{lost}")
 
     newest_commit = segments.aggregate(t=Max("last_commit_at"))["t"]
     result = Plan(target=target, backup=candidates[0], timeline=chain.tli, history=chain.history_rows())
@@ -233,6 +238,10 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
     result.recovery.update({"recovery_target_timeline": str(chain.tli), "recovery_target_action": "promote"})
     result.segments = _wal_range(chain, segments, result.backup, end_segno, seg_size)
     return result
+
+
+def available(backup: BaseBackup) -> bool:
+    return held_locally(backup) or bool(storage_copies(backup, st.STORAGE_NAME))
 
 
 def _target_timeline(target: RestoreTarget, backups: list[BaseBackup]) -> int:

@@ -19,4 +19,5 @@ def restore_dict(job: RestoreJob) -> dict:
         "uses_partial": job.uses_partial, "target_lsn": _lsn(job.target_lsn), "replay_lsn": _lsn(job.replay_lsn),
         "promoted_at": job.promoted_at.isoformat() if job.promoted_at else None,
         "final_lsn": _lsn(job.final_lsn), "final_timeline": job.final_timeline, "source": job.source,
+        "drill_verdict": job.drill_verdict or None, "drill_detail": job.drill_detail,
     }

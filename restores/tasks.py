@@ -11,3 +11,12 @@ def run_restore(job_id: int) -> None:
     job = RestoreJob.objects.get(pk=job_id)
     restore(job, JobReporter(job))
 
+
+@shared_task(name="restores.tasks.drill")
+def drill(job_id: int | None = None) -> None:
+    """Beat sends no id (a new drill); a caller that queued a drill job sends its id."""
+    from restores.drill import new_drill, run_drill
+
+    job = RestoreJob.objects.get(pk=job_id) if job_id is not None else new_drill("beat")
+    run_drill(job, JobReporter(job))
+

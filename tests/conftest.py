@@ -103,7 +103,13 @@ def redis_server():
 
 
 @pytest.fixture
-def celery_worker(redis_server, transactional_db, fleet):
+def celery_worker_env() -> dict:
+    """Extra environment of the celery_worker subprocess; a module overrides it (a beat interval, say)."""
+    return {}
+
+
+@pytest.fixture
+def celery_worker(redis_server, transactional_db, fleet, celery_worker_env):
     """A real Celery worker with beat embedded, against the test database and fleet."""
     logfile = Path(settings.PITR_HOME) / "logs" / "celery-test.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,8 @@ def celery_worker(redis_server, transactional_db, fleet):
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "pitrsite", "worker", "--beat", "--pool=solo", "--loglevel=INFO",
              "--schedule", str(Path(settings.PITR_HOME) / "celerybeat-schedule")],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=PROJECT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(**celery_worker_env), cwd=PROJECT,
+            start_new_session=True)
     wait_for(lambda: b"ready." in logfile.read_bytes() or proc.poll() is not None, 60, "the Celery worker to start")
     if proc.poll() is not None:
         pytest.fail(f"the Celery worker exited with {proc.returncode}: see {logfile}")

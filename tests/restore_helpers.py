@@ -70,3 +70,22 @@ def newest_commit():
     from walcatalog.models import WalSegment
 
     return WalSegment.objects.aggregate(t=Max("last_commit_at"))["t"]
+
+
+def rot_index_page(backup, index_path: str) -> None:
+    """Overwrite page 1 of an index file inside the backup's uncompressed base.tar: bit rot after verification.
+
+    pg_verifybackup passed when the backup was taken; nothing re-reads the bytes until a restored
+    server reads that page. With data checksums on, the page's checksum no longer matches.
+    """
+    import tarfile
+
+    from walcatalog.backups import archive_file, backup_dir
+
+    path = archive_file(backup_dir(backup), "base")
+    with tarfile.open(path) as tar:
+        member = tar.getmember(index_path)
+    assert member.size >= 2 * 8192, f"{index_path} has no page 1"
+    with open(path, "r+b") as fh:
+        fh.seek(member.offset_data + 8192 + 512)  # inside page 1, past its header
+        fh.write(b"\xde\xad" * 256)

@@ -147,7 +147,7 @@ def storage_env(backend: str, request, tmp_path: Path) -> dict[str, str]:
 
 def storage_setting(env: dict[str, str], home: Path) -> dict:
     """The STORAGES["archive"] entry settings.py would build from these variables."""
-    from walcatalog.storage import archive_storage_setting
+    from pitrsite.config import archive_storage_setting
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

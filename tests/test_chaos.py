@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import pg, procs, services
+from fleet import pg, services
 from fleet.layout import Layout
+from pitrsite import procs
 from pitrsite.jobs import JobReporter, JobState
 from chaos.log import LoggedRow, load_log
 from chaos.models import ChaosRun, Verdict

@@ -10,10 +10,10 @@ from django.db.migrations.executor import MigrationExecutor
 def test_chaos_runs_survive_the_move_to_the_chaos_app():
     """A database at main's migrations (ChaosRun in restores) keeps its rows when migrated forward."""
     executor = MigrationExecutor(connection)
-    before = [("chaos", None), ("restores", "0002_chaosrun")]
+    before = [("chaos", None), ("restores", "0003_restorejob_drill")]
     executor.migrate(before)
     executor.loader.build_graph()
-    old_model = executor.loader.project_state(("restores", "0002_chaosrun")).apps.get_model("restores", "ChaosRun")
+    old_model = executor.loader.project_state(("restores", "0003_restorejob_drill")).apps.get_model("restores", "ChaosRun")
     pk = old_model.objects.create(summary="before the move", parameters={"writers": 2}).pk
 
     executor = MigrationExecutor(connection)

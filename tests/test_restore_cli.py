@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import pg, procs
+from fleet import pg
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter, JobState, exclusive, reap
 from restores.engine import run_restore
@@ -109,5 +110,7 @@ def test_a_second_restore_while_one_runs_is_refused(fleet):
         with pytest.raises(PitrError, match="another restore is running"):
             run_restore(job, JobReporter(job))
     job.refresh_from_db()
-    assert job.state == JobState.QUEUED  # refused before it started: still runnable
-    assert run_restore(job, JobReporter(job)).state == JobState.DONE
+    # No worker will run it again: it must not read queued forever.
+    assert job.state == JobState.FAILED and job.error.startswith("refused: another restore is running")
+    again = queue_restore(RestoreTarget.from_options(immediate=True))
+    assert run_restore(again, JobReporter(again)).state == JobState.DONE

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import procs
+from pitrsite import procs
 from tests.conftest import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -223,3 +223,26 @@ def test_scripts_are_executable():
     for script in ("scripts/pitr", ".ci/run"):
         mode = (PROJECT / script).stat().st_mode
         assert mode & stat.S_IXUSR, f"{script} is not executable: chmod +x {script}"
+
+
+# --- settings caught at load, before anything is touched ----------------------------------------------
+
+@pytest.mark.parametrize("second", ["PITR_STANDBY_PORT", "PITR_RESTORE_PORT", "PITR_REDIS_PORT", "PITR_WEB_PORT"])
+def test_two_of_our_ports_equal(home, second):
+    port = str(free_port())
+    line = one_line_error(run_manage(clean_env(home, PITR_PRIMARY_PORT=port, **{second: port}), "fleet", "status"))
+    assert "PITR_PRIMARY_PORT" in line and second in line and port in line and "its own port" in line
+
+
+@pytest.mark.parametrize("size", ["3", "24", "2048", "0"])
+def test_wal_segment_size_not_a_power_of_two(home, size):
+    line = one_line_error(run_manage(clean_env(home, PITR_WAL_SEGSIZE_MB=size), "fleet", "status"))
+    assert f"PITR_WAL_SEGSIZE_MB={size}" in line and ("power of two" in line or "1..1024" in line)
+    assert not (home / "primary").exists(), "a bad setting must stop before any server is created"
+
+
+def test_unmigrated_home_says_run_migrate(home):
+    line = one_line_error(run_manage(clean_env(home), "backup"))
+    assert "python manage.py migrate" in line and "Traceback" not in line
+    line = one_line_error(run_manage(clean_env(home), "backups"))
+    assert "python manage.py migrate" in line

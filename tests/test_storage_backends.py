@@ -8,6 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
 from tests.test_settings_errors import home  # noqa: F401  (a fresh data home the server account can reach)
+from pitrsite.config import archive_storage_setting
 from walcatalog import storage as st
 
 each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=True)
@@ -57,16 +58,16 @@ def test_configuration_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "s3")
     monkeypatch.delenv("PITR_STORAGE_S3_BUCKET", raising=False)
     with pytest.raises(ImproperlyConfigured, match="PITR_STORAGE_BACKEND=s3 needs PITR_STORAGE_S3_BUCKET"):
-        st.archive_storage_setting(tmp_path)
+        archive_storage_setting(tmp_path)
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "ftp")
     with pytest.raises(ImproperlyConfigured, match="PITR_STORAGE_BACKEND='ftp' is not one of filesystem, s3"):
-        st.archive_storage_setting(tmp_path)
+        archive_storage_setting(tmp_path)
     monkeypatch.setenv("PITR_STORAGE_BACKEND", "s3")
     monkeypatch.setenv("PITR_STORAGE_S3_BUCKET", "b")
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     monkeypatch.setenv("PITR_STORAGE_S3_SECRET_ACCESS_KEY_FILE", str(secret))
-    options = st.archive_storage_setting(tmp_path)["OPTIONS"]
+    options = archive_storage_setting(tmp_path)["OPTIONS"]
     assert options["secret_key"] == "s3cret" and options["bucket_name"] == "b"
 
 
@@ -75,3 +76,71 @@ def test_bad_storage_setting_is_one_line_from_manage(home):
 
     line = one_line_error(run_manage(clean_env(home, PITR_STORAGE_BACKEND="s3"), "upload"))
     assert "PITR_STORAGE_BACKEND=s3 needs PITR_STORAGE_S3_BUCKET" in line
+
+
+def test_retries_stop_at_errors_another_attempt_cannot_mend():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    assert st.with_retries(flaky, "flaky", attempts=4, backoff=0.01) == "ok" and len(calls) == 3
+    for error in (FileNotFoundError("gone"), st.LocalChanged("changed")):
+        calls.clear()
+
+        def fails(error=error):
+            calls.append(1)
+            raise error
+
+        with pytest.raises(type(error)):
+            st.with_retries(fails, "fails", attempts=4, backoff=0.01)
+        assert len(calls) == 1
+
+
+@pytest.mark.parametrize("backend", ["s3", "azure"])
+def test_sdk_retries_do_not_multiply_ours(backend, tmp_path, settings):
+    """An endpoint that accepts and drops every connection sees exactly PITR_STORAGE_RETRIES attempts."""
+    import socket
+    import threading
+
+    from django.core.files.storage import storages
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted.append(1)
+            conn.close()  # no HTTP answer: a dropped connection, which every SDK retries by itself
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {"s3": {"PITR_STORAGE_S3_BUCKET": "b", "PITR_STORAGE_S3_ENDPOINT_URL": endpoint,
+                  "PITR_STORAGE_S3_ACCESS_KEY_ID": "k", "PITR_STORAGE_S3_SECRET_ACCESS_KEY": "s",
+                  "PITR_STORAGE_S3_REGION": "us-east-1"},
+           "azure": {"PITR_STORAGE_AZURE_CONTAINER": "c", "PITR_STORAGE_AZURE_ACCOUNT_NAME": "devstoreaccount1",
+                     "PITR_STORAGE_AZURE_ACCOUNT_KEY": "a2V5", "PITR_STORAGE_AZURE_ENDPOINT": endpoint}}[backend]
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("PITR_STORAGE_BACKEND", backend)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        settings.STORAGES = {**settings.STORAGES, "retry-probe": archive_storage_setting(tmp_path)}
+        storage = storages["retry-probe"]
+        with pytest.raises(Exception):
+            st.with_retries(lambda: storage.exists("wal/x"), "probe", attempts=3, backoff=0.01)
+    finally:
+        mp.undo()
+        stop.set()
+        server.close()
+    assert len(accepted) == 3

@@ -176,3 +176,46 @@ def test_commands(archive_storage, narrowed):
     local = dict(WalSegment.objects.filter(name__in=copied, in_local_archive=True).values_list("name", "sha256"))
     assert local == copied
     assert BaseBackup.objects.get(label=narrowed["backup"].label).path  # its local directory is found too
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
+def test_rebuild_writes_in_short_transactions_and_takes_back_a_failed_one(archive_storage, narrowed):
+    from django.db import connection
+
+    uploaded(archive_storage)
+    RestoreJob.objects.all().delete()
+    for model in (StorageCopy, RestorePoint, WalSegment, BaseBackup, Timeline):
+        model.objects.all().delete()
+    outside = len(connection.atomic_blocks)  # the test's own wrapping transaction
+
+    class Watch:
+        """Records the transaction depth at each step; fails the rebuild at the backup check if asked."""
+
+        def __init__(self, fail_at: str = ""):
+            self.depths, self.fail_at = {}, fail_at
+
+        def step(self, name: str) -> None:
+            self.depths[name.split(" ")[0]] = len(connection.atomic_blocks) - outside
+            if self.fail_at and name.startswith(self.fail_at):
+                raise _Interrupted(name)
+
+        def progress(self, done, total=None):
+            pass
+
+        def log(self, message):
+            pass
+
+    failing = Watch(fail_at="checking backup")
+    with pytest.raises(_Interrupted):
+        rebuild_from_storage(failing)
+    assert failing.depths["checking"] == 0  # the indexed WAL was not held in an open transaction
+    counts = [m.objects.count() for m in (StorageCopy, RestorePoint, WalSegment, BaseBackup, Timeline)]
+    assert counts == [0, 0, 0, 0, 0]  # taken back: the rebuild can run again
+    watch = Watch()
+    result = rebuild_from_storage(watch)
+    assert result.backups == 1 and result.segments > 0 and not result.skipped
+    assert set(watch.depths.values()) == {0}

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from fleet import pg, procs
+from fleet import pg
 from fleet.local import LocalDriver
+from pitrsite import procs
 from pitrsite.jobs import JobReporter, JobState
 from restores.engine import run_restore
 from restores.planner import RestoreTarget

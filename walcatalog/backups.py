@@ -18,15 +18,15 @@ from django.utils import timezone
 from fleet import pg
 from fleet.layout import Layout
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive, job_key, reap, run_job, spawn
+from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
 from walcatalog import catalog, walnames
-from walcatalog.models import BaseBackup, Compression
+from walcatalog import storage as st
+from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, StorageCopy
 
 # pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
 TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
 SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
-DEFAULT_COMPRESSION = Compression.ZSTD
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
@@ -38,6 +38,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    refuse_if_running("backup", "base backup")
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
 
@@ -45,8 +46,41 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
 def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
     """Take the backup the row describes; one at a time per data home."""
     reap(BaseBackup)  # a backup whose worker was killed must not block this one
-    with exclusive("backup", "base backup"):
-        return run_job(backup, reporter, lambda: _take(backup, reporter))
+    return run_exclusive(backup, "backup", "base backup", reporter, lambda: _take(backup, reporter))
+
+
+def clean_killed_backup(backup: BaseBackup) -> None:
+    """After the reaper killed a dead backup's tools: its half-written directory and scratch copy go.
+
+    pg_basebackup's temporary slot belongs to its WAL streamer's connection, so it
+    is dropped by the primary when that process is killed with the job's group.
+    """
+    if backup.manifest_verified:
+        return  # never delete what was verified
+    for path in (backup_dir(backup), Layout.current().staging / f"verify-{backup.label}"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_room(layout: Layout, compression: str) -> None:
+    """Refuse a backup that cannot fit, before pg_basebackup fills the disk capture also writes to.
+
+    The estimate is the primary's database size: the archives hold that much uncompressed (half, as a
+    conservative guess, when compressed), and verification unpacks all of it into the staging directory.
+    """
+    with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
+        size = int(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0])
+    need: dict[int, list] = {}
+    layout.staging.mkdir(parents=True, exist_ok=True)
+    for path, amount in ((layout.backups, size if compression == Compression.NONE else size // 2),
+                         (layout.staging, size)):
+        entry = need.setdefault(os.stat(path).st_dev, [path, 0])
+        entry[1] += amount
+    for path, amount in need.values():
+        free = shutil.disk_usage(path).free
+        if free < amount:
+            raise BackupError(f"backup refused: it needs about {amount / 2**20:,.0f} MiB in {path} (the backup and "
+                              f"its verification copy of a {size / 2**20:,.0f} MiB database), "
+                              f"{free / 2**20:,.0f} MiB free")
 
 
 def backup_dir(backup: BaseBackup) -> Path:
@@ -59,6 +93,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     if dest.exists():
         raise BackupError(f"failure preparing ({dest} already exists)")
     pg.give_to_server(layout.backups)
+    reporter.step("checking free space")
+    check_room(layout, backup.compression)
     BaseBackup.objects.filter(pk=backup.pk).update(path=str(dest), start_time=timezone.now())
 
     reporter.step("copying files (pg_basebackup)")
@@ -114,7 +150,8 @@ def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
     try:
         extract(dest, scratch, reporter, job_key(backup))
         pg.run([pg.tool("pg_verifybackup"), "--quiet", "--manifest-path", str(dest / "backup_manifest"),
-                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)")
+                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)",
+               timeout=None)  # proportional to the backup's size: no fixed bound fits every database
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -172,3 +209,22 @@ def _raw_size(dest: Path) -> int:
 def restorable_backups():
     """Verified, finished backups, newest end first."""
     return BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True).order_by("-stop_lsn")
+
+
+def held_locally(backup: BaseBackup) -> bool:
+    """Its directory still holds the archives and the manifest a restore extracts."""
+    local = backup_dir(backup)
+    try:
+        archive_file(local, "base"), archive_file(local, "pg_wal")
+    except BackupError:
+        return False
+    return (local / "backup_manifest").is_file()
+
+
+def storage_copies(backup: BaseBackup, storage: str) -> list[StorageCopy]:
+    """Its verified file copies in storage, or [] unless the descriptor (written last) is verified too."""
+    copies = list(StorageCopy.objects.filter(storage=storage, backup=backup, verified_at__isnull=False,
+                                             kind=StorageCopy.Kind.BACKUP))
+    complete = StorageCopy.objects.filter(storage=storage, key=st.descriptor_key(backup.label),
+                                          verified_at__isnull=False).exists()
+    return copies if complete else []

@@ -426,7 +426,7 @@ def _segment_dict(seg: WalSegment | None) -> dict | None:
 
 def capturer_state() -> dict:
     """The capturer's process state and lag; a down primary is a state to show, not an error."""
-    from fleet.status import fleet_status
+    from fleet.status import capture_problem, fleet_status
 
     try:
         status = fleet_status()
@@ -437,4 +437,7 @@ def capturer_state() -> dict:
     return {"state": role["state"], "pid": role.get("pid"), "restarts": role.get("restarts"),
             "streaming": capture.get("streaming"), "flush_lsn": capture.get("flush_lsn"),
             "lag_bytes": capture.get("lag_bytes"), "lag_seconds": capture.get("lag_seconds"),
+            "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
+            "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
+            "disk": status.get("disk", {}),
             "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}

@@ -31,7 +31,7 @@ from pitrsite.jobs import JobState, Reporter, exclusive
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir
-from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
+from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class _Rebuild:
         self.name, self.workers, self.reporter = storage_name, workers, reporter
         self.storage = st.get_storage(storage_name)
         self.result = RebuildResult(storage=st.describe(storage_name))
+        self.made_backups: list[int] = []
 
     def step(self, name: str) -> None:
         if self.reporter:
@@ -93,12 +94,17 @@ class _Rebuild:
         wal_keys = st.list_keys(self.storage, "wal")
         backup_keys = st.list_keys(self.storage, "backups")
         scratch = Path(tempfile.mkdtemp(prefix="rebuild-", dir=settings.PITR_HOME))
+        # No transaction around the whole rebuild: pg_waldump of every segment and reading every backup back
+        # take minutes, and on SQLite one long write transaction makes every other writer fail. Each write is
+        # short instead, and a rebuild that fails takes back what it wrote, so the catalog is empty again.
         try:
             fetched = self.fetch_wal(wal_keys, scratch)
             self.step("indexing the downloaded WAL")
-            with transaction.atomic():
-                self.index(scratch, fetched)
-                self.backups(backup_keys)
+            self.index(scratch, fetched)
+            self.backups(backup_keys)
+        except BaseException:
+            self.undo()
+            raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         self.step("")
@@ -156,6 +162,16 @@ class _Rebuild:
         self.result.timelines = Timeline.objects.count()
         self.result.copies += len(copies)
 
+    def undo(self) -> None:
+        """Delete what this rebuild wrote. It began on an empty catalog and holds the index and upload locks,
+        so every segment, timeline, restore point and copy is its own; backups are only the ones it made."""
+        with transaction.atomic():
+            StorageCopy.objects.all().delete()
+            BaseBackup.objects.filter(pk__in=self.made_backups).delete()
+            RestorePoint.objects.all().delete()
+            WalSegment.objects.all().delete()
+            Timeline.objects.all().delete()
+
     def modified(self, key: str, default: datetime) -> datetime:
         try:
             return self.storage.get_modified_time(key)
@@ -193,6 +209,10 @@ class _Rebuild:
                 raise RebuildError(f"{f['key']} does not match its descriptor "
                                    f"({st.error_text(error) if error else 'sha256 differs'})")
             self.result.bytes_read += got[0]
+        with transaction.atomic():
+            self.adopt(label, row, files, key, data)
+
+    def adopt(self, label: str, row: dict, files: list[dict], key: str, data: bytes) -> None:
         backup = BaseBackup.objects.create(
             label=label, compression=row["compression"], state=JobState.DONE, trigger=row.get("trigger") or "rebuild",
             timeline=row["timeline"], start_lsn=_lsn(row["start_lsn"]), stop_lsn=_lsn(row["stop_lsn"]),
@@ -202,6 +222,7 @@ class _Rebuild:
             created_at=_time(row["created_at"]) or timezone.now(), started_at=_time(row["started_at"]),
             finished_at=_time(row["finished_at"]), steps=row.get("steps") or [],
             path=str(backup_dir_for(label)) if backup_dir_for(label).is_dir() else "")
+        self.made_backups.append(backup.pk)
         now = timezone.now()
         StorageCopy.objects.bulk_create(
             [StorageCopy(storage=self.name, key=f["key"], kind=StorageCopy.Kind.BACKUP, backup=backup, size=f["size"],

@@ -1,7 +1,7 @@
 """The archive storage: where WAL and backups are copied, through django-storages.
 
 Django's ``STORAGES["archive"]`` is built from the environment by
-``archive_storage_setting()`` (called from settings.py): Django's
+``pitrsite.config.archive_storage_setting()``: Django's
 FileSystemStorage (the default, a directory under PITR_HOME), or
 django-storages' S3Storage, AzureStorage or GoogleCloudStorage. Everything
 else reaches it through ``django.core.files.storage.storages["archive"]``,
@@ -32,26 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from django.core.exceptions import ImproperlyConfigured
+import tenacity
 from django.db import connections
 
-from pitrsite.config import envchoice, envstr
+from pitrsite.config import STORAGE_BACKENDS as BACKENDS
 from pitrsite.errors import PitrError
 
 log = logging.getLogger(__name__)
 
 STORAGE_NAME = "archive"
-BACKENDS = {
-    "filesystem": "django.core.files.storage.FileSystemStorage",
-    "s3": "storages.backends.s3.S3Storage",
-    "azure": "storages.backends.azure_storage.AzureStorage",
-    "gcs": "storages.backends.gcloud.GoogleCloudStorage",
-}
 DESCRIPTOR = "descriptor.json"
 DESCRIPTOR_FORMAT = 1
 CHUNK = 1 << 20
-# Remote backends read an object into a spooled temporary file: past this size it goes to disk, not memory.
-SPOOL_BYTES = 64 << 20
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,60 +59,6 @@ class ChecksumError(StorageError):
 
 class LocalChanged(ChecksumError):
     """The local file is not what the catalog indexed: uploading it again will not help."""
-
-
-# --- configuration (called from settings.py: no models, no Django setup needed) --------------------
-def archive_storage_setting(home: Path) -> dict:
-    """The STORAGES["archive"] entry from PITR_STORAGE_* variables; a missing required one is a one-line error."""
-    backend = envchoice("PITR_STORAGE_BACKEND", "filesystem", tuple(BACKENDS))
-    prefix = os.environ.get("PITR_STORAGE_PREFIX", "").strip("/")
-    if backend == "filesystem":
-        location = Path(os.environ.get("PITR_STORAGE_DIR") or home / "storage")
-        # allow_overwrite: a half-written file from a killed upload is replaced, not renamed around.
-        options = {"location": str(location / prefix if prefix else location), "allow_overwrite": True}
-    elif backend == "s3":
-        options = {
-            "bucket_name": _required("PITR_STORAGE_S3_BUCKET", backend),
-            "endpoint_url": os.environ.get("PITR_STORAGE_S3_ENDPOINT_URL") or None,
-            "region_name": os.environ.get("PITR_STORAGE_S3_REGION") or None,
-            "access_key": envstr("PITR_STORAGE_S3_ACCESS_KEY_ID") or None,
-            "secret_key": envstr("PITR_STORAGE_S3_SECRET_ACCESS_KEY") or None,
-            "location": prefix, "file_overwrite": True, "querystring_auth": False, "max_memory_size": SPOOL_BYTES,
-        }
-    elif backend == "azure":
-        options = {"azure_container": _required("PITR_STORAGE_AZURE_CONTAINER", backend), "location": prefix,
-                   "overwrite_files": True, "max_memory_size": SPOOL_BYTES, **_azure_credentials()}
-    else:
-        # The emulator (tests) is reached through STORAGE_EMULATOR_HOST, which google-cloud-storage honours;
-        # real credentials come from GOOGLE_APPLICATION_CREDENTIALS as google-auth reads it.
-        options = {"bucket_name": _required("PITR_STORAGE_GCS_BUCKET", backend),
-                   "project_id": os.environ.get("PITR_STORAGE_GCS_PROJECT") or None,
-                   "location": prefix, "file_overwrite": True, "querystring_auth": False,
-                   "max_memory_size": SPOOL_BYTES}
-    return {"BACKEND": BACKENDS[backend], "OPTIONS": options}
-
-
-def _required(name: str, backend: str) -> str:
-    value = envstr(name)
-    if not value:
-        raise ImproperlyConfigured(f"PITR_STORAGE_BACKEND={backend} needs {name}: set it in the environment or .env")
-    return value
-
-
-def _azure_credentials() -> dict:
-    connection = envstr("PITR_STORAGE_AZURE_CONNECTION_STRING")
-    if connection:
-        return {"connection_string": connection}
-    account = _required("PITR_STORAGE_AZURE_ACCOUNT_NAME", "azure")
-    key = envstr("PITR_STORAGE_AZURE_ACCOUNT_KEY")
-    endpoint = os.environ.get("PITR_STORAGE_AZURE_ENDPOINT", "").rstrip("/")
-    if endpoint:
-        # A custom blob endpoint (Azurite, a sovereign cloud): AzureStorage takes it through a connection string.
-        protocol = endpoint.split("://", 1)[0]
-        parts = [f"DefaultEndpointsProtocol={protocol}", f"AccountName={account}",
-                 *([f"AccountKey={key}"] if key else []), f"BlobEndpoint={endpoint}"]
-        return {"connection_string": ";".join(parts) + ";"}
-    return {"account_name": account, "account_key": key or None}
 
 
 def get_storage(name: str = STORAGE_NAME):
@@ -273,20 +211,35 @@ def list_keys(storage, prefix: str) -> list[str]:
 
 
 # --- retries and bounded parallelism ---------------------------------------------------------------
+# Errors that another attempt cannot mend: a changed local file, a missing or unreadable one, refused
+# credentials. Everything else (timeouts, resets, 5xx) is retried.
+NOT_RETRIED: tuple[type[BaseException], ...] = (LocalChanged, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def _credentials_refused(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)  # botocore's ClientError carries the service's error code
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return name in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError", "DefaultCredentialsError") \
+        or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure")
+
+
 def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5,
-                 final: tuple[type[BaseException], ...] = (LocalChanged,)) -> R:
-    """Call fn, retrying failures with exponential backoff; errors of the `final` types are not retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - each backend raises its own family (botocore, azure, google)
-            if attempt == attempts or isinstance(exc, final):
-                raise
-            delay = backoff * 2 ** (attempt - 1)
-            log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc), attempt,
-                        attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+                 final: tuple[type[BaseException], ...] = ()) -> R:
+    """Call fn, retrying failures with exponential backoff (tenacity); NOT_RETRIED, refused credentials and
+    errors of the `final` types are raised at once. The S3 and Azure clients are built without retries of
+    their own (archive_storage_setting), so this is the one place that decides how often to try."""
+    def retryable(exc: BaseException) -> bool:
+        return not isinstance(exc, NOT_RETRIED + final) and not _credentials_refused(exc)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(state.outcome.exception()),
+                    state.attempt_number, attempts - 1, state.next_action.sleep)
+
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), reraise=True,
+                                 wait=tenacity.wait_exponential(multiplier=backoff, exp_base=2, min=backoff),
+                                 retry=tenacity.retry_if_exception(retryable), before_sleep=before_sleep)
+    return retrying(fn)
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R | None, BaseException | None]]:

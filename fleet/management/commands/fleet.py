@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from fleet.layout import ROLES, check_role
 from fleet.local import get_driver
-from fleet.status import fleet_check, fleet_status
+from fleet.status import capture_problem, fleet_check, fleet_status
 from pitrsite.errors import PitrError
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -52,15 +52,28 @@ class Command(BaseCommand):
 
     def _status(self, status: dict, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps(status, indent=2, default=str))
+            self.stdout.write(json.dumps({**status, "capture_problem": capture_problem(status)}, indent=2, default=str))
+            self._exit_unless_capturing(status)
             return
         for role, entry in status["roles"].items():
             extra = "".join(f"  {k}={v}" for k, v in entry.items() if k not in ("state",) and v is not None)
             self.stdout.write(f"{role:15} {entry['state']:8}{extra}")
         if status["capturer"]:
             cap = status["capturer"]
-            self.stdout.write(f"capture: flush {cap['flush_lsn']}  lag {cap['lag_bytes']} bytes")
+            lag = f"{cap['lag_seconds']:.1f} s" if cap["lag_seconds"] is not None else "? s"
+            self.stdout.write(f"capture: {cap['health']}  flush {cap['flush_lsn']}  lag {cap['lag_bytes']} bytes, {lag}")
+        for name, disk in status["disk"].items():
+            self.stdout.write(f"disk {name:14} {disk['free_bytes'] / 2**30:.1f} GiB free ({disk['free_percent']}%) "
+                              f"in {disk['path']}")
         for slot in status["slots"]:
             self.stdout.write(f"slot {slot['slot_name']:14} active={slot['active']}  restart_lsn={slot['restart_lsn']}")
         for error in status["errors"]:
             self.stderr.write(error)
+        self._exit_unless_capturing(status)
+
+    @staticmethod
+    def _exit_unless_capturing(status: dict) -> None:
+        """A status that exits 0 means capture streams: scripts and monitors can rely on it."""
+        problem = capture_problem(status)
+        if problem:
+            raise CommandError(problem)

@@ -5,6 +5,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
+from pitrsite.jobs import reap_local
 from walcatalog.models import BaseBackup
 from walcatalog.serializers import backup_dict
 
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **opts):
+        reap_local()  # a killed job reads interrupted at once
         backups = list(BaseBackup.objects.all())
         if opts["json"]:
             self.stdout.write(json.dumps([backup_dict(b) for b in backups], indent=2))

@@ -7,6 +7,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from pitrsite.errors import PitrError
+from pitrsite.jobs import reap_local
 from walcatalog.catalog import summary
 
 
@@ -33,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args, **opts) -> None:
+        reap_local()  # a killed job reads interrupted at once
         try:
             status = summary()
         except PitrError as exc:
@@ -41,6 +43,9 @@ class Command(BaseCommand):
             self.stdout.write(_dumps(status))
         else:
             self._text(status)
+        reason = (status.get("capturer") or {}).get("reason")
+        if reason:  # exit 0 means capture streams
+            raise CommandError(reason)
 
     def _text(self, s: dict) -> None:
         w = self.stdout.write
@@ -64,8 +69,7 @@ class Command(BaseCommand):
         c = s.get("capturer") or {}
         lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""
         errors = f" ({'; '.join(c['errors'])})" if c.get("errors") else ""
-        w(f"capturer         {c.get('state', 'unknown')}"
-          f"{', streaming' if c.get('streaming') else ''}{lag}{errors}")
+        w(f"capturer         {c.get('state', 'unknown')}, {c.get('health', 'unknown')}{lag}{errors}")
 
 
 def _dumps(status: dict) -> str:

@@ -1,4 +1,8 @@
-"""Process helpers over /proc: liveness, stopped state, descendants, detached starts."""
+"""Process helpers over /proc: liveness, stopped state, descendants, detached starts.
+
+At the bottom layer: the job machinery (pitrsite/jobs.py) kills what a job started, and the fleet starts
+and supervises servers; both use these helpers.
+"""
 from __future__ import annotations
 
 import errno

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dashboard import jobs, status
-from pitrsite.jobs import JobState
+from pitrsite.jobs import JobState, reap_local
 
 
 def _set(family: GaugeMetricFamily, value, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -34,14 +34,23 @@ class PitrCollector(Collector):
     """Reads the overview once per scrape; absent facts are absent samples, not zeros."""
 
     def collect(self) -> Iterator[Metric]:
+        reap_local()  # job counts by state must not count a dead job as running
         view = status.overview()
         capture = view.capture
         yield _set(GaugeMetricFamily("pitr_capture_up", "1 when pg_receivewal runs and streams from the primary"),
                    1 if capture.get("running") else 0)
         yield _set(GaugeMetricFamily("pitr_capture_lag_bytes", "WAL bytes the primary wrote that capture has not flushed"),
                    capture.get("lag_bytes"))
-        yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "capturer flush lag reported by the primary"),
+        yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "seconds since the capturer last received WAL "
+                                     "while it is behind (0 when caught up): the recovery point objective"),
                    capture.get("lag_seconds"))
+        yield _set(GaugeMetricFamily("pitr_capture_broken", "1 when the slot or WAL capture needed is gone: a gap"),
+                   1 if capture.get("health") == "broken" else 0)
+        disk = GaugeMetricFamily("pitr_disk_free_bytes", "free bytes of the filesystem each place writes to",
+                                 labels=["place"])
+        for place, usage in (capture.get("disk") or {}).items():
+            disk.add_metric([place], usage["free_bytes"])
+        yield disk
         yield _set(GaugeMetricFamily("pitr_recoverable_window_start_timestamp_seconds",
                                      "earliest moment a restore can reach (unix time)"),
                    view.window_start and view.window_start.timestamp())
@@ -64,6 +73,21 @@ class PitrCollector(Collector):
             for state in JobState.values:
                 counts.add_metric([kind, state], float(view.job_counts.get(kind, {}).get(state, 0)))
         yield counts
+        yield from drill_metrics(view.drill)
+
+
+def drill_metrics(drill: dict) -> Iterator[Metric]:
+    """The last restore drill (restores/drill.py); absent until one has a verdict."""
+    last, good = drill.get("last"), drill.get("last_success")
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_verdict", "1 when the last restore drill passed, 0 when it failed"),
+               None if last is None else int(last.drill_verdict == "passed"))
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_age_seconds", "seconds since the last restore drill ended"),
+               drill.get("last_age"))
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_success_timestamp_seconds",
+                                 "when the last passed restore drill ended (unix time)"),
+               good and good.finished_at and good.finished_at.timestamp())
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_success_age_seconds",
+                                 "seconds since the last passed restore drill ended"), drill.get("last_success_age"))
 
 
 def _loopback(request: HttpRequest) -> bool:

@@ -5,7 +5,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('restores', '0002_chaosrun'),
+        ('restores', '0003_restorejob_drill'),
     ]
 
     operations = [
