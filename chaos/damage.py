@@ -6,7 +6,7 @@
   (newest + 5), branching from the newest timeline inside the WAL we hold.
 
 After the damage a restore to the latest WAL is run. Caught means it was
-refused or failed naming the problem, or it is exact: every row logged as
+refused or failed naming the problem (kept as restore_error), or it is exact: every row logged as
 committed up to what the catalog had indexed is there and nothing else of
 this run's. A restore that ends `done` with other rows is a wrong done and
 fails the run. Then the damage is undone and the archive reindexed.
@@ -82,7 +82,8 @@ def stray_history(archive: Path, switch_lsn: int) -> Damage:
     lines = parent.read_text() if parent.exists() else ""
     path = archive / walnames.history_name(stray)
     path.write_text(lines + f"{newest}\t{walnames.format_lsn(switch_lsn)}\tno recovery target specified\n")
-    return Damage(path, True, names=(path.name, f"timeline {stray}"), timeline=stray)
+    # A refusal names the stray timeline by its file name, its number, or its id in WAL file names.
+    return Damage(path, True, names=(path.name, f"timeline {stray}", f"{stray:08X}"), timeline=stray)
 
 
 def restore_latest_caught(damage: Damage, run_dir: Path, writer_ids: list[int], restore_port: int,
@@ -104,7 +105,7 @@ def restore_latest_caught(damage: Damage, run_dir: Path, writer_ids: list[int], 
     if error:
         named = any(name.lower() in error.lower() for name in damage.names)
         return {**result, "caught": named, "how": "refused" if named else "failed without naming the damage",
-                "error": error}
+                "restore_error": error}
     return {**result, **compare_latest(run_dir, writer_ids, restore_port, indexed_lsn, job.final_lsn)}
 
 
