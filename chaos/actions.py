@@ -192,7 +192,8 @@ class Actions:
             index_archive()
         event.update(**verdict)
         if not verdict["caught"]:
-            detail = verdict.get("restore_error") or f"{verdict['missing_count']} rows missing, {verdict['extra_count']} extra"
+            detail = verdict.get("restore_error") or \
+                f"{verdict['missing_count']} rows missing, {verdict['extra_count']} extra"
             raise ChaosError(f"{event['action']} not caught: the latest restore {verdict['how']} ({detail})")
 
     def complete_a_segment(self) -> None:

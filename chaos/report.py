@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from chaos.run import Chaos
 
 
-def conclude(run: "Chaos", header: dict, resolution: dict, lsns: dict, picked: dict, moments: list, checks: list) -> None:
+def conclude(run: "Chaos", header: dict, resolution: dict, lsns: dict, picked: dict, moments: list,
+             checks: list) -> None:
     problems = []
     bad_events = [e for e in run.events if not e.get("ok")]
     if bad_events:

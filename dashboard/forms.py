@@ -64,13 +64,16 @@ class ChaosForm(forms.Form):
     # Left empty, the parameters below take chaos.params' defaults.
     pause = forms.CharField(label="Pause (s)", required=False, initial=_span(CHAOS_DEFAULTS.pause), max_length=20,
                             help_text="MIN-MAX seconds a paused server stays paused")
-    write_pause = forms.FloatField(label="Write pause (s)", required=False, min_value=0, initial=CHAOS_DEFAULTS.write_pause,
-                                   help_text="mean seconds between one writer's commits")
+    write_pause = forms.FloatField(label="Write pause (s)", required=False, min_value=0,
+                                   initial=CHAOS_DEFAULTS.write_pause, help_text="mean seconds between one writer's commits")
     seed = forms.IntegerField(required=False, help_text="random seed, to repeat a run's choices")
     # Kept so that "Run again" repeats a run exactly; not meant to be typed.
-    statement_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.statement_timeout, widget=forms.HiddenInput)
-    recovery_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.recovery_timeout, widget=forms.HiddenInput)
-    restore_offset = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.restore_offset, widget=forms.HiddenInput)
+    statement_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.statement_timeout,
+                                         widget=forms.HiddenInput)
+    recovery_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.recovery_timeout,
+                                        widget=forms.HiddenInput)
+    restore_offset = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.restore_offset,
+                                      widget=forms.HiddenInput)
 
     @staticmethod
     def initial_from(parameters: dict) -> dict:

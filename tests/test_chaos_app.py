@@ -13,7 +13,8 @@ def test_chaos_runs_survive_the_move_to_the_chaos_app():
     before = [("chaos", None), ("restores", "0003_restorejob_drill")]
     executor.migrate(before)
     executor.loader.build_graph()
-    old_model = executor.loader.project_state(("restores", "0003_restorejob_drill")).apps.get_model("restores", "ChaosRun")
+    old_state = executor.loader.project_state(("restores", "0003_restorejob_drill"))
+    old_model = old_state.apps.get_model("restores", "ChaosRun")
     pk = old_model.objects.create(summary="before the move", parameters={"writers": 2}).pk
 
     executor = MigrationExecutor(connection)

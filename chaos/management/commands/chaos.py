@@ -25,7 +25,8 @@ class Command(BaseCommand):
             + "; ".join(f"{name}: {text}" for name, text in ACTION_HELP.items()))
 
     def add_arguments(self, parser):
-        parser.add_argument("--writers", type=int, default=DEFAULTS.writers, help=f"concurrent writers (default {DEFAULTS.writers})")
+        parser.add_argument("--writers", type=int, default=DEFAULTS.writers,
+                            help=f"concurrent writers (default {DEFAULTS.writers})")
         parser.add_argument("--duration", type=float, default=DEFAULTS.duration,
                             help=f"seconds of writing with chaos (default {DEFAULTS.duration:g})")
         parser.add_argument("--interval", default=_span(DEFAULTS.interval),
