@@ -51,8 +51,8 @@ def start_restore(target, trigger: str):
 
 
 def start_chaos(params: dict, trigger: str):
-    from restores.chaos import queue_chaos
-    from restores.tasks import run_chaos
+    from chaos.run import queue_chaos
+    from chaos.tasks import run_chaos
 
     run = queue_chaos(params, trigger=trigger)
     _send(run, run_chaos, "chaos run")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django import forms
 
+from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
@@ -44,24 +45,47 @@ class RestoreForm(forms.Form):
         return data
 
 
+def _span(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:g}-{pair[1]:g}"
+
+
+CHAOS_DEFAULTS = ChaosParams()  # the one set of defaults: chaos.params
+
+
 class ChaosForm(forms.Form):
-    writers = forms.IntegerField(min_value=1, max_value=32, initial=6)
-    duration = forms.IntegerField(label="Duration (s)", min_value=5, max_value=86400, initial=300)
-    interval = forms.CharField(label="Interval (s)", initial="30-60", max_length=20, help_text="MIN-MAX seconds between actions")
-    restores = forms.IntegerField(min_value=1, max_value=100, initial=3)
+    writers = forms.IntegerField(min_value=1, max_value=32, initial=CHAOS_DEFAULTS.writers)
+    duration = forms.IntegerField(label="Duration (s)", min_value=5, max_value=86400,
+                                  initial=int(CHAOS_DEFAULTS.duration))
+    interval = forms.CharField(label="Interval (s)", initial=_span(CHAOS_DEFAULTS.interval), max_length=20,
+                               help_text="MIN-MAX seconds between actions")
+    restores = forms.IntegerField(min_value=1, max_value=500, initial=CHAOS_DEFAULTS.restores)
     actions = forms.CharField(required=False, max_length=300,
-                              help_text="comma-separated from capturer_restart, capturer_kill, primary_pause, "
-                                        "standby_pause, indexer_kill; empty for all")
+                              help_text=f"comma-separated from {', '.join(ACTIONS)}; empty for all, none for none")
+    # Left empty, the parameters below take chaos.params' defaults.
+    pause = forms.CharField(label="Pause (s)", required=False, initial=_span(CHAOS_DEFAULTS.pause), max_length=20,
+                            help_text="MIN-MAX seconds a paused server stays paused")
+    write_pause = forms.FloatField(label="Write pause (s)", required=False, min_value=0,
+                                   initial=CHAOS_DEFAULTS.write_pause, help_text="mean seconds between one writer's commits")
+    seed = forms.IntegerField(required=False, help_text="random seed, to repeat a run's choices")
+    # Kept so that "Run again" repeats a run exactly; not meant to be typed.
+    statement_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.statement_timeout,
+                                         widget=forms.HiddenInput)
+    recovery_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.recovery_timeout,
+                                        widget=forms.HiddenInput)
+    restore_offset = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.restore_offset,
+                                      widget=forms.HiddenInput)
 
     @staticmethod
     def initial_from(parameters: dict) -> dict:
-        """A stored run's parameters (restores.chaos.ChaosParams.as_dict) as this form's fields."""
-        interval = parameters.get("interval") or (30, 60)
-        return {"writers": parameters.get("writers"), "duration": parameters.get("duration"),
-                "interval": f"{interval[0]:g}-{interval[1]:g}" if isinstance(interval, (list, tuple)) else interval,
-                "restores": parameters.get("restores"), "actions": ",".join(parameters.get("actions") or [])}
+        """A stored run's parameters (chaos.params.ChaosParams.as_dict) as this form's fields."""
+        params = ChaosParams.from_dict(parameters)
+        return {"writers": params.writers, "duration": int(params.duration), "interval": _span(params.interval),
+                "restores": params.restores, "actions": ",".join(params.actions) or "none",
+                "pause": _span(params.pause), "write_pause": params.write_pause, "seed": params.seed,
+                "statement_timeout": params.statement_timeout, "recovery_timeout": params.recovery_timeout,
+                "restore_offset": params.restore_offset}
 
     def params(self) -> dict:
-        data = self.cleaned_data
-        return {"writers": data["writers"], "duration": data["duration"], "interval": data["interval"],
-                "restores": data["restores"], "actions": [a.strip() for a in data["actions"].split(",") if a.strip()]}
+        data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+        data["actions"] = [a.strip() for a in data.get("actions", "").split(",") if a.strip()]
+        return data

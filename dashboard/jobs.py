@@ -15,7 +15,7 @@ from pitrsite.jobs import ACTIVE_STATES, Job
 KINDS = {
     "backup": ("walcatalog", "BaseBackup", "dashboard:backup"),
     "restore": ("restores", "RestoreJob", "dashboard:restore"),
-    "chaos": ("restores", "ChaosRun", "dashboard:chaos"),
+    "chaos": ("chaos", "ChaosRun", "dashboard:chaos"),
 }
 
 

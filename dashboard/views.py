@@ -2,7 +2,7 @@
 
 Start actions go through dashboard.actions, which calls the domain's queue_*
 functions (walcatalog.backups.queue_backup, restores.service.queue_restore,
-restores.chaos.queue_chaos) and hands the new row's id to Celery: the same
+chaos.run.queue_chaos) and hands the new row's id to Celery: the same
 path as the admin actions.
 """
 from __future__ import annotations
@@ -189,7 +189,7 @@ def chaos_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def chaos_row(entry: dict) -> dict:
-    """One per-T verification (restores.chaos.verify_moment's result) as the table shows it."""
+    """One per-T verification (chaos.check.verify_moment's result) as the table shows it."""
     count = entry.get("count") or {}
     end = entry.get("end_lsn") or {}
     return {"t": entry.get("moment") or entry.get("restored_to"), "kind": entry.get("kind", ""), "ok": entry.get("ok"),

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "walcatalog",
     "restores",
+    "chaos",
     "fleet",
     "dashboard",
 ]

@@ -3,4 +3,4 @@ from django.apps import AppConfig
 
 class RestoresConfig(AppConfig):
     name = "restores"
-    verbose_name = "Restores and chaos runs"
+    verbose_name = "Restores"

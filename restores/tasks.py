@@ -20,11 +20,3 @@ def drill(job_id: int | None = None) -> None:
     job = RestoreJob.objects.get(pk=job_id) if job_id is not None else new_drill("beat")
     run_drill(job, JobReporter(job))
 
-
-@shared_task(name="restores.tasks.run_chaos")
-def run_chaos(run_id: int) -> None:
-    from restores.chaos import run_chaos as chaos
-    from restores.models import ChaosRun
-
-    run = ChaosRun.objects.get(pk=run_id)
-    chaos(run, JobReporter(run))

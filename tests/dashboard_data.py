@@ -55,8 +55,8 @@ def make_restore(state: str = JobState.RUNNING, backup: BaseBackup | None = None
 
 
 def make_chaos_run(state: str = JobState.DONE, verdict: str = "passed"):
-    """A finished chaos run shaped like restores.chaos writes it: events, per-T results, writes per second."""
-    from restores.models import ChaosRun
+    """A finished chaos run shaped like chaos.run writes it: events, per-T results, writes per second."""
+    from chaos.models import ChaosRun
 
     start = timezone.now() - timedelta(minutes=10)
     t = start.timestamp()

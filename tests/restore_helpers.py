@@ -59,7 +59,7 @@ def empty_catalog() -> None:
     """Delete every catalog and job row, dependants first (PROTECT on restore -> backup)."""
     from django.apps import apps
 
-    for label in ("restores.ChaosRun", "restores.RestoreJob", "walcatalog.StorageCopy", "walcatalog.RestorePoint",
+    for label in ("chaos.ChaosRun", "restores.RestoreJob", "walcatalog.StorageCopy", "walcatalog.RestorePoint",
                   "walcatalog.WalSegment", "walcatalog.Timeline", "walcatalog.BaseBackup"):
         apps.get_model(label).objects.all().delete()
 

@@ -142,11 +142,11 @@ def test_chaos_run_again_action_prefills_parameters(superuser, db):
     from tests.dashboard_data import make_chaos_run
 
     run = make_chaos_run()
-    url = reverse("admin:restores_chaosrun_changelist")
+    url = reverse("admin:chaos_chaosrun_changelist")
     assert superuser.get(url).status_code == 200
     html = superuser.post(url, {"action": "run_again", "_selected_action": [run.pk]}).content.decode()
     assert f"Run chaos run #{run.pk} again" in html and 'value="20-30"' in html and 'name="writers"' in html
-    assert superuser.get(reverse("admin:restores_chaosrun_start")).status_code == 200
+    assert superuser.get(reverse("admin:chaos_chaosrun_start")).status_code == 200
     # an invalid interval comes back with the harness's own message; nothing is queued
     response = superuser.post(url, {"action": "run_again", "_selected_action": [run.pk], "apply": "1", "writers": 2,
                                     "duration": 30, "interval": "9-1", "restores": 1, "actions": ""})

@@ -76,7 +76,8 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     from playwright.sync_api import expect
 
     from django.contrib.auth.models import User
-    from restores.models import ChaosRun, RestoreJob
+    from chaos.models import ChaosRun
+    from restores.models import RestoreJob
     from tests.restore_helpers import wait_captured, write_rows
     from walcatalog.catalog import recoverable_window
     from walcatalog.models import BaseBackup

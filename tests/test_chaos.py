@@ -5,6 +5,7 @@ test home, because one action SIGKILLs the worker that runs the WAL indexer; the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from datetime import datetime, timedelta, timezone
@@ -16,9 +17,12 @@ from fleet import pg, services
 from fleet.layout import Layout
 from pitrsite import procs
 from pitrsite.jobs import JobReporter, JobState
-from restores.chaos import ACTIONS, ChaosError, ChaosParams, queue_chaos, run_chaos
-from restores.models import ChaosRun, RestoreJob, Verdict
-from restores.verify import LoggedRow, load_log, pick_moments
+from chaos.log import LoggedRow, load_log
+from chaos.models import ChaosRun, Verdict
+from chaos.moments import pick_moments
+from chaos.params import ACTIONS, ChaosError, ChaosParams
+from chaos.run import queue_chaos, run_chaos
+from restores.models import RestoreJob
 from tests.conftest import manage, subprocess_env
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -94,7 +98,7 @@ def test_short_chaos_run_is_exact(fleet, short_run):
         assert RestoreJob.objects.get(pk=check["restore_job"]).trigger == "chaos"
 
     # The log is complete and agrees with the primary, unknown outcomes included.
-    header, rows = load_log(Path(run.run_dir) / "verification_log.json")
+    header, rows = load_log(Path(run.run_dir) / "verification_log.jsonl")
     assert header["resolution"]["integrity_ok"] and len(rows) == run.writes_count > 100
     assert header["commit_lsns"]["commits_not_found"] == 0
     assert {r.writer for r in rows} == set(run.writer_ids)
@@ -148,8 +152,8 @@ def test_a_write_that_did_not_commit_is_retried_under_the_same_seq(fleet, tmp_pa
     import threading
     import time
 
-    from restores.chaos_writers import Watchdog, Writer
-    from restores.verify import collect
+    from chaos.writers import Watchdog, Writer
+    from chaos.log import collect
     from tests.conftest import wait_for
 
     port = fleet.layout.port("primary")
@@ -226,7 +230,7 @@ def test_indexer_kill_needs_the_supervised_services(fleet):
 @pytest.mark.django_db(transaction=True)
 def test_celery_task_inside_the_worker_kills_beat_not_itself(fleet, redis_server):
     """Queued to the supervised worker, the run's indexer_kill must hit beat: the worker is where it lives."""
-    from restores.tasks import run_chaos as run_chaos_task
+    from chaos.tasks import run_chaos as run_chaos_task
     from tests.conftest import wait_for
 
     layout = Layout.current()
@@ -259,3 +263,32 @@ def _descends_from(pid: int | None, ancestor: int) -> bool:
             return False
         pid = int(stat[stat.rindex(")") + 2:].split()[1])
     return False
+
+
+@pytest.mark.django_db
+def test_bitrot_and_stray_history_are_caught_and_repaired(fleet):
+    """Issue 10: damage the archive, restore to the latest WAL: refused naming it, or exact; then it is undone."""
+    from fleet.status import fleet_check
+    from tests.conftest import wait_for
+    from walcatalog.models import WalSegment
+
+    wait_for(lambda: not fleet_check(fleet), 120, "the fleet to be ready (capturer streaming through its slot)")
+    params = ChaosParams(writers=3, duration=30, interval=(3.0, 5.0), restores=1, actions=("bitrot", "stray"),
+                         statement_timeout=1.0, recovery_timeout=120, seed=10)
+    run = queue_chaos(params, trigger="command")
+    run = run_chaos(run, JobReporter(run))
+    events = {e["action"]: e for e in run.events}
+    assert set(events) == {"bitrot", "stray"}, run.events
+    for event in events.values():
+        assert event["caught"] and event["ok"], json.dumps(event)
+        assert event["how"] in ("refused", "exact"), event
+        assert event.get("restore_job") or event["how"] == "refused", event  # a planner refusal makes no job
+    assert run.state == JobState.DONE and run.verdict == Verdict.PASSED, f"{run.error} {run.summary}"
+
+    # Repaired: the rotten segment has its catalogued checksum and mtime again; the stray file is gone.
+    archive = fleet.layout.archive
+    segment = WalSegment.objects.get(name=events["bitrot"]["target"], is_partial=False)
+    path = archive / segment.name
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == segment.sha256
+    assert path.stat().st_mtime_ns == segment.mtime_ns
+    assert not (archive / events["stray"]["target"]).exists()

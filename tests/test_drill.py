@@ -172,7 +172,7 @@ def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_
 
 
 def test_drill_during_a_chaos_run_is_skipped(db, no_fleet):
-    from restores.models import ChaosRun
+    from chaos.models import ChaosRun
 
     chaos = ChaosRun.objects.create(state=JobState.RUNNING)
     job = drill.new_drill("test")

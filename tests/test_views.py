@@ -264,7 +264,7 @@ def test_chaos_pages(viewer, db):
 
 
 def test_chaos_start_denials_and_validation(staff, viewer, db):
-    from restores.models import ChaosRun
+    from chaos.models import ChaosRun
 
     assert viewer.post("/chaos/start/", {"writers": 2}).status_code == 403
     assert staff.get("/chaos/start/").status_code == 405

@@ -7,10 +7,16 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from restores.chaos import ACTION_HELP, ACTIONS, ChaosParams, chaos_dict, queue_chaos, run_chaos
-from restores.models import Verdict
+from chaos.models import Verdict
+from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, ChaosParams
+from chaos.report import chaos_dict
+from chaos.run import queue_chaos, run_chaos
 
-DEFAULTS = ChaosParams()
+DEFAULTS = ChaosParams()  # the one set of defaults: chaos.params
+
+
+def _span(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:g}-{pair[1]:g}"
 
 
 class Command(BaseCommand):
@@ -19,19 +25,23 @@ class Command(BaseCommand):
             + "; ".join(f"{name}: {text}" for name, text in ACTION_HELP.items()))
 
     def add_arguments(self, parser):
-        parser.add_argument("--writers", type=int, default=DEFAULTS.writers, help="concurrent writers (default 5)")
+        parser.add_argument("--writers", type=int, default=DEFAULTS.writers,
+                            help=f"concurrent writers (default {DEFAULTS.writers})")
         parser.add_argument("--duration", type=float, default=DEFAULTS.duration,
-                            help="seconds of writing with chaos (default 600)")
-        parser.add_argument("--interval", default="30-60", help="MIN-MAX seconds between chaos actions (default 30-60)")
+                            help=f"seconds of writing with chaos (default {DEFAULTS.duration:g})")
+        parser.add_argument("--interval", default=_span(DEFAULTS.interval),
+                            help=f"MIN-MAX seconds between chaos actions (default {_span(DEFAULTS.interval)})")
         parser.add_argument("--restores", type=int, default=DEFAULTS.restores,
-                            help="moments T to restore and verify (default 20)")
+                            help=f"moments T to restore and verify (default {DEFAULTS.restores})")
         parser.add_argument("--actions", default="all",
-                            help=f"comma-separated subset of {','.join(ACTIONS)}, or all, or none (default all)")
-        parser.add_argument("--pause", default="2-5", help="MIN-MAX seconds a paused server stays paused (default 2-5)")
+                            help=f"comma-separated subset of {','.join(ACTIONS + DAMAGE_ACTIONS)}, or all "
+                                 f"({','.join(ACTIONS)}), or none (default all)")
+        parser.add_argument("--pause", default=_span(DEFAULTS.pause),
+                            help=f"MIN-MAX seconds a paused server stays paused (default {_span(DEFAULTS.pause)})")
         parser.add_argument("--write-pause", type=float, default=DEFAULTS.write_pause,
-                            help="mean seconds between one writer's commits (default 0.1)")
+                            help=f"mean seconds between one writer's commits (default {DEFAULTS.write_pause:g})")
         parser.add_argument("--seed", type=int, help="random seed, to repeat a run's choices")
-        parser.add_argument("--restore-offset", type=float, default=0.0,
+        parser.add_argument("--restore-offset", type=float, default=DEFAULTS.restore_offset,
                             help="self-test: restore to T+OFFSET seconds but compare with the log at T; the run must "
                                  "then fail, naming the extra ids (proves the checks catch an inexact restore)")
         parser.add_argument("--json", action="store_true", help="print the finished run as JSON")
@@ -51,6 +61,6 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(chaos_dict(run), indent=2, default=str))
         else:
             self.stdout.write(f"chaos run #{run.pk} {run.summary}")
-            self.stdout.write(f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.json")
+            self.stdout.write(f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.jsonl")
         if run.verdict != Verdict.PASSED:
             raise CommandError(f"chaos run #{run.pk} failed: {run.error or run.summary}")

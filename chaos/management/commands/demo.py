@@ -15,8 +15,9 @@ from django.urls import NoReverseMatch, reverse
 from fleet import pg, services
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from restores.chaos import ChaosParams, queue_chaos, run_chaos
-from restores.models import ChaosRun, Verdict
+from chaos.models import ChaosRun, Verdict
+from chaos.params import ChaosParams
+from chaos.run import queue_chaos, run_chaos
 
 
 class Command(BaseCommand):
@@ -55,7 +56,7 @@ class Command(BaseCommand):
                 f"restored, {check['expected_rows']} expected; missing {check['missing_count']}, extra "
                 f"{check['extra_count']}; recovery ended at {check['end_lsn']['final']}; "
                 f"count(created_at <= T) {check['count']['restored']} = {check['count']['expected']} expected")
-        out(f"files: {run.run_dir}/verification_log.json (every commit) and report.json")
+        out(f"files: {run.run_dir}/verification_log.jsonl (every commit) and report.json")
         out(f"dashboard: {self.page(run)} (log in as admin; the password is in "
             f"{settings.PITR_HOME}/secrets/admin_password)")
         last = next((c for c in reversed(run.verifications) if not c.get("error")), None)
@@ -71,4 +72,4 @@ class Command(BaseCommand):
         try:
             return services.web_url(reverse("dashboard:chaos", args=[run.pk]))
         except NoReverseMatch:
-            return services.web_url(f"/admin/restores/chaosrun/{run.pk}/change/")
+            return services.web_url(f"/admin/chaos/chaosrun/{run.pk}/change/")

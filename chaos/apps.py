@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ChaosConfig(AppConfig):
+    name = "chaos"
+    verbose_name = "chaos harness"

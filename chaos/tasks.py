@@ -1,0 +1,12 @@
+"""Celery entry point of chaos runs: a thin caller of chaos.run.run_chaos; the message carries the id only."""
+from celery import shared_task
+
+from chaos.models import ChaosRun
+from chaos.run import run_chaos as chaos
+from pitrsite.jobs import JobReporter
+
+
+@shared_task(name="chaos.tasks.run_chaos")
+def run_chaos(run_id: int) -> None:
+    run = ChaosRun.objects.get(pk=run_id)
+    chaos(run, JobReporter(run))
