@@ -6,6 +6,7 @@ from django import forms
 from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
+from restores.planner import RestoreTarget
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
 
 
@@ -89,3 +90,12 @@ class ChaosForm(forms.Form):
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
         data["actions"] = [a.strip() for a in data.get("actions", "").split(",") if a.strip()]
         return data
+
+
+def restore_target(data: dict) -> RestoreTarget:
+    """The planner's RestoreTarget from a RestoreForm's cleaned data."""
+    backup = data.get("backup")
+    target = RestoreTarget(kind=data["kind"], value=data["value"], exclusive=data["exclusive"],
+                           timeline=data["timeline"], backup_id=backup.pk if backup else None)
+    target.validate()  # malformed values get the planner's own one-line message
+    return target

@@ -24,7 +24,7 @@ from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
 from dashboard import actions, chaos_plot, jobs, status, timeline
-from dashboard.forms import BackupForm, ChaosForm, RestoreForm
+from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
 
 PAGE = 50
 # What a restore goes through (restores/engine.py), shown greyed until each starts.
@@ -126,17 +126,6 @@ def _restore_form_page(request: HttpRequest, form: RestoreForm, error: str = "",
 def restore_new(request: HttpRequest) -> HttpResponse:
     initial = {"backup": request.GET.get("backup")} if request.GET.get("backup") else None
     return _restore_form_page(request, RestoreForm(initial=initial))
-
-
-def restore_target(data: dict):
-    """The planner's RestoreTarget from the form's cleaned data."""
-    from restores.planner import RestoreTarget
-
-    backup = data.get("backup")
-    target = RestoreTarget(kind=data["kind"], value=data["value"], exclusive=data["exclusive"],
-                           timeline=data["timeline"], backup_id=backup.pk if backup else None)
-    target.validate()  # malformed values get the planner's own one-line message
-    return target
 
 
 @staff_action

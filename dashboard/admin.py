@@ -1,4 +1,9 @@
-"""Admin for the catalog: looked at, never edited by hand; backups started from here go to Celery."""
+"""The admin of every app: catalog rows, backups, restores and chaos runs.
+
+Here, at the top layer, because it is user interface: it starts jobs through dashboard.actions with the
+dashboard's forms, and the apps below it never import the dashboard. Rows are looked at, never edited by
+hand; jobs started here go to Celery.
+"""
 from __future__ import annotations
 
 from django.contrib import admin
@@ -7,8 +12,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
 
+from chaos.models import ChaosRun
+from dashboard import actions
 from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin
-from dashboard.forms import BackupForm, RestoreForm
+from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
+from restores.models import RestoreJob
 from walcatalog import walnames
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
@@ -103,7 +111,6 @@ class BaseBackupAdmin(JobAdmin):
         return backup.restorable
 
     def start_view(self, request: HttpRequest) -> HttpResponse:
-        from dashboard import actions
 
         if not self.has_start_permission(request):
             raise PermissionDenied("starting backups needs the add permission on base backups")
@@ -118,7 +125,6 @@ class BaseBackupAdmin(JobAdmin):
 
     @admin.action(description="Start a new backup with the same compression", permissions=["start"])
     def start_backup_like(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        from dashboard import actions
 
         compression = queryset.order_by("-created_at").first().compression
         done = self.try_start(request, lambda: actions.start_backup(compression, "admin"), "backup")
@@ -129,8 +135,6 @@ class BaseBackupAdmin(JobAdmin):
 
     @admin.action(description="Restore from the selected backup…", permissions=["start"])
     def restore_from(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        from dashboard import actions
-        from dashboard.views import restore_target
 
         if queryset.count() != 1:
             self.message_user(request, "select exactly one backup to restore from", level="error")
@@ -150,3 +154,115 @@ class BaseBackupAdmin(JobAdmin):
             return self.form_page(request, title, form, queryset=queryset, action="restore_from", error=str(done), code=400)
         return self.form_page(request, title, form, queryset=queryset, action="restore_from",
                               note="Choose the target; the planner checks it against the catalog before anything is queued.")
+
+
+# --- restores ---------------------------------------------------------------------------------------
+@admin.register(RestoreJob)
+class RestoreJobAdmin(JobAdmin):
+    start_label = "Start a restore"
+    list_display = ("id", "target_description", "state", "progress", "current_step", "backup", "replay_lsn_text",
+                    "promoted_at", "final_lsn_text", "final_timeline", "trigger", "drill_verdict", "created_at")
+    list_display_links = ("id", "target_description")
+    list_filter = ("state", "target_kind", "exclusive", "trigger", "uses_partial", "source", "drill_verdict")
+    search_fields = ("target_value", "error", "backup__label")
+    list_select_related = ("backup",)
+    date_hierarchy = "created_at"
+    actions = ("restore_again",)
+    readonly_fields = ("target_description", "target_kind", "target_value", "exclusive", "target_timeline", "backup",
+                       "requested_backup_id", "plan", "wal_first", "wal_last", "wal_files", "uses_partial",
+                       "target_lsn_text", "replay_lsn_text", "promoted_at", "final_lsn_text", "final_timeline", "source",
+                       "progress", *JOB_FIELDS)
+    fields = readonly_fields
+
+    @admin.display(description="target LSN")
+    def target_lsn_text(self, job: RestoreJob) -> str:
+        return walnames.format_lsn(job.target_lsn) if job.target_lsn is not None else "—"
+
+    @admin.display(description="replayed to")
+    def replay_lsn_text(self, job: RestoreJob) -> str:
+        return walnames.format_lsn(job.replay_lsn) if job.replay_lsn is not None else "—"
+
+    @admin.display(description="final LSN")
+    def final_lsn_text(self, job: RestoreJob) -> str:
+        return job.final_lsn_text or "—"
+
+    def _form_and_start(self, request: HttpRequest, form: RestoreForm, title: str, **page) -> HttpResponse:
+
+        if form.is_bound and form.is_valid():
+            done = self.try_start(request, lambda: actions.start_restore(restore_target(form.cleaned_data), "admin"),
+                                  "restore")
+            if isinstance(done, HttpResponse):
+                return done
+            return self.form_page(request, title, form, error=str(done), code=400, **page)
+        return self.form_page(request, title, form, code=400 if form.is_bound else 200,
+                              note="The restore target server is stopped and its data directory replaced. The planner "
+                                   "checks the target against the catalog before anything is queued.", **page)
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_start_permission(request):
+            raise PermissionDenied("starting restores needs the add permission on restore jobs")
+        return self._form_and_start(request, RestoreForm(request.POST or None), "Start a restore")
+
+    @admin.action(description="Restore again to the same target…", permissions=["start"])
+    def restore_again(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one restore job", level="error")
+            return None
+        job = queryset.get()
+        initial = {"kind": job.target_kind, "value": job.target_value, "exclusive": job.exclusive,
+                   "timeline": job.target_timeline, "backup": job.requested_backup_id}
+        form = RestoreForm(request.POST if "apply" in request.POST else None, initial=initial)
+        return self._form_and_start(request, form, f"Restore again to {job.target_description}",
+                                    queryset=queryset, action="restore_again")
+
+
+# --- chaos ------------------------------------------------------------------------------------------
+@admin.register(ChaosRun)
+class ChaosRunAdmin(JobAdmin):
+    start_label = "Start a chaos run"
+    list_display = ("id", "state", "verdict", "progress", "current_step", "writes_count", "unknown_count",
+                    "events_count", "passed_of", "trigger", "created_at")
+    list_filter = ("state", "verdict", "trigger")
+    search_fields = ("summary", "error", "run_dir")
+    date_hierarchy = "created_at"
+    readonly_fields = ("verdict", "summary", "parameters", "writes_count", "unknown_count", "writer_ids", "backup",
+                       "run_dir", "events", "verifications", "progress", *JOB_FIELDS)
+    fields = readonly_fields
+
+    @admin.display(description="actions")
+    def events_count(self, run: ChaosRun) -> int:
+        return len(run.events)
+
+    @admin.display(description="exact moments")
+    def passed_of(self, run: ChaosRun) -> str:
+        return f"{run.passed_count}/{len(run.verifications)}" if run.verifications else "—"
+
+    actions = ("run_again",)
+
+    def _chaos_form_and_start(self, request: HttpRequest, form, title: str, **page) -> HttpResponse:
+
+        if form.is_bound and form.is_valid():
+            done = self.try_start(request, lambda: actions.start_chaos(form.params(), "admin"), "chaos run")
+            if isinstance(done, HttpResponse):
+                return done
+            return self.form_page(request, title, form, error=str(done), code=400, **page)
+        return self.form_page(request, title, form, code=400 if form.is_bound else 200,
+                              note="Writers insert into test_data while failures are injected; then the restore "
+                                   "target is restored to logged moments and compared row for row.", **page)
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+
+        if not self.has_start_permission(request):
+            raise PermissionDenied("starting chaos runs needs the add permission on chaos runs")
+        return self._chaos_form_and_start(request, ChaosForm(request.POST or None), "Start a chaos run")
+
+    @admin.action(description="Run again with the same parameters…", permissions=["start"])
+    def run_again(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one chaos run", level="error")
+            return None
+        form = ChaosForm(request.POST if "apply" in request.POST else None,
+                         initial=ChaosForm.initial_from(queryset.get().parameters))
+        return self._chaos_form_and_start(request, form, f"Run chaos run #{queryset.get().pk} again",
+                                          queryset=queryset, action="run_again")
