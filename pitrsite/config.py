@@ -10,26 +10,23 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
 
 def load_dotenv(path: Path) -> None:
-    """Read KEY=VALUE lines into os.environ without overriding what is set."""
+    """Read a .env file into os.environ (django-environ) without overriding what is set.
+
+    django-environ skips a line it cannot parse without a word: such a line is an error here, in one line.
+    """
     if not path.is_file():
         return
     for lineno, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
+        if line and not line.startswith("#") and "=" not in line:
             raise ImproperlyConfigured(f"{path}:{lineno}: expected KEY=VALUE, got {raw!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        os.environ.setdefault(key.strip(), value)
+    environ.Env.read_env(str(path), overwrite=False)
 
 
 def envstr(name: str, default: str = "") -> str:
@@ -108,28 +105,21 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 def database_from_url(url: str, base_dir: Path) -> dict:
-    """DATABASE_URL: sqlite:////abs/path, sqlite:///rel/path or postgres://user:pw@host:port/db."""
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        # As dj-database-url: sqlite:////abs/path is absolute, sqlite:///rel is under the project.
-        path = Path(unquote(url[len("sqlite:///"):]))
-        if not path.is_absolute():
-            path = base_dir / path
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path),
-                # A worker and the web server write at once: wait instead of "database is locked".
-                "OPTIONS": {"timeout": 30}}
-    if parsed.scheme in ("postgres", "postgresql"):
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parsed.path.lstrip("/")),
-            "USER": unquote(parsed.username or ""),
-            "PASSWORD": unquote(parsed.password or ""),
-            "HOST": parsed.hostname or "",
-            "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 0,
-        }
+    """DATABASE_URL through django-environ (query options such as sslmode kept): SQLite or PostgreSQL."""
+    config = environ.Env.db_url_config(url)
+    engine = config.get("ENGINE", "")
+    if engine == "django.db.backends.sqlite3":
+        path = Path(config["NAME"])
+        config["NAME"] = str(path if path.is_absolute() else base_dir / path)  # sqlite:///rel: under the project
+        # A worker and the web server write at once: wait instead of "database is locked".
+        config.setdefault("OPTIONS", {}).setdefault("timeout", 30)
+        return config
+    if engine == "django.db.backends.postgresql":
+        config["PORT"] = str(config.get("PORT") or "")
+        return {**config, "CONN_MAX_AGE": 0}
+    scheme = url.split(":", 1)[0]
     raise ImproperlyConfigured(
-        f"DATABASE_URL scheme {parsed.scheme!r} is not supported: use sqlite:///path or postgres://user:pass@host:port/db"
+        f"DATABASE_URL scheme {scheme!r} is not supported: use sqlite:///path or postgres://user:pass@host:port/db"
     )
 
 

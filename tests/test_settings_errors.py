@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -246,3 +247,17 @@ def test_unmigrated_home_says_run_migrate(home):
     assert "python manage.py migrate" in line and "Traceback" not in line
     line = one_line_error(run_manage(clean_env(home), "backups"))
     assert "python manage.py migrate" in line
+
+
+def test_database_url_keeps_its_query_options(tmp_path):
+    from pitrsite.config import database_from_url
+
+    config = database_from_url("postgres://u:p%40x@db.example:5433/pitr?sslmode=require&options=-c%20search_path%3Dx",
+                               tmp_path)
+    assert (config["NAME"], config["USER"], config["PASSWORD"], config["HOST"], config["PORT"]) == \
+        ("pitr", "u", "p@x", "db.example", "5433")
+    assert config["OPTIONS"] == {"sslmode": "require", "options": "-c search_path=x"}
+    relative = database_from_url("sqlite:///var/db.sqlite3", tmp_path)
+    assert relative["NAME"] == str(tmp_path / "var/db.sqlite3") and relative["OPTIONS"]["timeout"] == 30
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL scheme 'mysql' is not supported"):
+        database_from_url("mysql://u@h/db", tmp_path)
