@@ -14,14 +14,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from django.apps import apps
 from django.conf import settings
 from django.utils import timezone
 
 from fleet import pg
 from fleet.layout import Layout
-from pitrsite.errors import PitrError
-from pitrsite.jobs import ACTIVE_STATES, JobState, Reporter, exclusive
+from pitrsite.errors import LockBusy, PitrError
+from pitrsite.jobs import JobState, Reporter, exclusive, refuse_if_running
 from restores.engine import refresh_catalog, run_restore
 from restores.models import (
     DRILL_TRIGGER,
@@ -58,10 +57,12 @@ def new_drill(trigger_detail: str = "") -> RestoreJob:
 def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py drill` and the beat task."""
     began = time.monotonic()
-    # By name, not by import: restores sits below chaos (a chaos run holds the restore target).
-    chaos = apps.get_model("chaos", "ChaosRun").objects.filter(state__in=ACTIVE_STATES).first()
-    if chaos is not None:  # it restores and then reads the restore target: a drill in between would fool it
-        return record(job, DrillVerdict.SKIPPED, f"skipped: {chaos} is using the restore target", {})
+    try:
+        # A chaos run restores and then reads the restore target: a drill in between would fool it. Its
+        # lock says so without importing chaos (which sits above restores).
+        refuse_if_running("chaos", "chaos run")
+    except LockBusy as busy:
+        return record(job, DrillVerdict.SKIPPED, f"skipped: {busy}", {})
     try:
         expected = expected_end()
     except PitrError as exc:
@@ -69,10 +70,11 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     detail = {"expected_end_lsn": walnames.format_lsn(expected.lsn), "expected_end_segment": expected.segment}
     try:
         job = run_restore(job, reporter)
+    except LockBusy as busy:  # another restore holds the target: refused before it was claimed
+        job.refresh_from_db()
+        return record(job, DrillVerdict.SKIPPED, f"skipped: {busy}", detail)
     except Exception as exc:  # run_job has recorded it as the job's failure; the drill adds its verdict
         job.refresh_from_db()
-        if job.state == JobState.QUEUED:  # refused before it was claimed: the restore lock
-            return record(job, DrillVerdict.SKIPPED, f"skipped: {exc}", detail)
         if not isinstance(exc, PitrError):
             log.exception("drill #%s: the restore raised", job.pk)
         return record(job, DrillVerdict.FAILED, f"the restore failed: {job.error or exc}", detail)
