@@ -236,8 +236,10 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
 
 
 def _target_timeline(target: RestoreTarget, backups: list[BaseBackup]) -> int:
-    newest = max([*Timeline.objects.values_list("tli", flat=True), *WalSegment.objects.values_list("timeline", flat=True)
-                  .distinct(), *(b.timeline for b in backups)])
+    # Only a timeline with WAL or a backup can be restored to: a stray history file alone is not one.
+    # order_by(): Meta.ordering would otherwise make distinct() return one row per segment.
+    newest = max([*WalSegment.objects.order_by().values_list("timeline", flat=True).distinct(),
+                  *(b.timeline for b in backups)])
     if not target.timeline:
         return newest
     tli = int(target.timeline)
@@ -293,9 +295,9 @@ def _wal_range(chain: Chain, segments, backup: BaseBackup, end_segno: int | None
     if end_segno < first:
         return []
     wanted = {segno: chain.timeline_at(segno, seg_size) for segno in range(first, end_segno + 1)}
-    # A catalogued segment counts only where a copy exists: in the local archive or verified in storage.
+    # A catalogued segment counts only where a good copy exists: an uncorrupted local one or verified in storage.
     held = segments.filter(segno__gte=first, segno__lte=end_segno).filter(
-        Q(in_local_archive=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
+        Q(in_local_archive=True, corrupt_at__isnull=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
     found = {(s.timeline, s.segno): s for s in held}
     missing = [segno for segno, tli in wanted.items() if (tli, segno) not in found]
     if missing:
