@@ -1,10 +1,15 @@
 """The catalog never trusts changed or junk files (issue 10), against the real fleet."""
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 
 import pytest
+from django.core.management import CommandError, call_command
+
+from dashboard import status
 
 from tests.test_indexer import SEG, archive, copy_archive, empty_catalog, sha256, switch_wal  # noqa: F401
 from walcatalog.indexer import index_archive
@@ -33,6 +38,12 @@ def test_changed_mtime_and_content_is_corrupt_not_retrusted(fleet, primary, empt
     assert row.sha256 == before != sha256(path)
     assert row.corrupt_at is not None and "sha256" in row.corrupt_detail
     assert "is corrupt" in caplog.text and "indexing it again" not in caplog.text
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 WAL segment"):
+        call_command("walstatus", "--json", stdout=out)
+    assert json.loads(out.getvalue())["corrupt"]["segments"][0]["name"] == name
+    view = status.overview(with_capture=False, key="corrupt-test")
+    assert view.corrupt == 1 and not view.protected and any("corrupt" in p for p in view.problems)
 
 
 def test_segment_named_file_of_junk_size_is_junk_not_a_gap(fleet, primary, empty_catalog, tmp_path, caplog):

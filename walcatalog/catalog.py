@@ -400,12 +400,21 @@ def summary(with_fleet: bool = True) -> dict:
         "partial": _segment_dict(partial),
         "gaps": [g.as_dict() for g in gap_list],
         "window": window.as_dict() if window else None,
+        "corrupt": corrupt_segments(),
         # The growing partial is re-indexed on every pass that sees it change.
         "last_indexed_at": max((s.indexed_at for s in (newest, partial) if s), default=None),
     }
     if with_fleet:
         result["capturer"] = capturer_state()
     return result
+
+
+def corrupt_segments(limit: int = 20) -> dict:
+    """Complete segments whose local content no longer matches the cataloged sha256."""
+    rows = WalSegment.objects.filter(corrupt_at__isnull=False).order_by("timeline", "segno")
+    return {"count": rows.count(),
+            "segments": [{"name": s.name, "corrupt_at": s.corrupt_at, "detail": s.corrupt_detail}
+                         for s in rows[:limit]]}
 
 
 def _segment_size_or_none() -> int | None:

@@ -41,6 +41,9 @@ class Command(BaseCommand):
             self.stdout.write(_dumps(status))
         else:
             self._text(status)
+        if status["corrupt"]["count"]:
+            raise CommandError(f"{status['corrupt']['count']} WAL segment(s) corrupt in the local archive: "
+                               "restore them from storage or take a new base backup")
 
     def _text(self, s: dict) -> None:
         w = self.stdout.write
@@ -60,6 +63,10 @@ class Command(BaseCommand):
         w(f"gaps             {len(s['gaps']) or 'none'}")
         for gap in s["gaps"]:
             w(f"  {gap['text']}")
+        corrupt = s["corrupt"]
+        w(f"corrupt          {corrupt['count'] or 'none'}")
+        for seg in corrupt["segments"]:
+            w(f"  {seg['name']}: {seg['detail']}")
         w(f"window           {s['window']['description'] if s['window'] else 'none: nothing to restore from yet'}")
         c = s.get("capturer") or {}
         lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""
