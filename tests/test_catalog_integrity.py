@@ -65,3 +65,6 @@ def test_stray_history_file_is_not_a_restore_timeline(fleet, primary, empty_cata
     index_archive(tmp_path)
     real = max(WalSegment.objects.values_list("timeline", flat=True))
     assert _target_timeline(RestoreTarget(kind="latest"), []) == real != 9
+    (tmp_path / "00000009.history").unlink()
+    index_archive(tmp_path)
+    assert not Timeline.objects.filter(tli=9).exists()

@@ -38,7 +38,7 @@ from django.utils import timezone
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from walcatalog import catalog, walnames, waldump
-from walcatalog.models import RestorePoint, Timeline, WalSegment
+from walcatalog.models import BaseBackup, RestorePoint, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ class _Pass:
                 work.append((wal, f))
             # .backup history files hold no WAL of their own: nothing to catalog.
         self._mark_vanished()
+        self._forget_histories()
         if work:
             self._ensure_timelines({wal.timeline for wal, _ in work})
         work.sort(key=lambda item: (item[0].timeline, item[0].segno))
@@ -445,6 +446,19 @@ class _Pass:
             names = sorted(gone)
             more = f" and {len(names) - 5} more" if len(names) > 5 else ""
             log.warning("no longer in the local archive: %s%s", ", ".join(names[:5]), more)
+
+    def _forget_histories(self) -> None:
+        """A timeline row from a history file that is gone, with no WAL and no backup, is no timeline."""
+        stray = [t for t in Timeline.objects.exclude(history_sha256="").values_list("tli", flat=True)
+                 if f"{t:08X}.history" not in self.files]
+        if not stray:
+            return
+        used = set(WalSegment.objects.filter(timeline__in=stray).order_by().values_list("timeline", flat=True)
+                   .distinct()) | set(BaseBackup.objects.filter(timeline__in=stray).values_list("timeline", flat=True))
+        gone = [t for t in stray if t not in used]
+        if gone and Timeline.objects.filter(tli__in=gone).delete()[0]:
+            log.warning("timeline history file(s) gone, timeline(s) without WAL forgotten: %s",
+                        ", ".join(map(str, gone)))
 
     def _other_name_present(self, name: str) -> bool:
         # partial -> complete rename between the row load and the listing
