@@ -218,7 +218,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
                            "recovery_target_inclusive": "off" if target.exclusive else "on"}
         end_segno = walnames.segment_of_lsn(lsn, seg_size)
     elif target.kind == TargetKind.NAME:
-        point = _restore_point(target.value, segments)
+        point = _restore_point(target.value, chain)
         result.backup = _backup_before(candidates, lambda b: b.stop_lsn <= point, f"restore point {target.value!r}")
         result.target_lsn = point
         result.recovery = {"recovery_target_name": target.value}
@@ -264,10 +264,14 @@ def _captured_end(segments) -> int:
     return newest.scanned_to if newest.is_partial else newest.end_lsn
 
 
-def _restore_point(name: str, segments) -> int:
+def _restore_point(name: str, chain: Chain) -> int:
     from walcatalog.models import RestorePoint
 
-    point = RestorePoint.objects.filter(name=name).order_by("-lsn").first()
+    # Only a point on the chain's own history: a name reused on a sibling branch is not ours.
+    on_chain = Q(pk__in=[])
+    for tli, begin, end in chain.spans:
+        on_chain |= Q(timeline=tli, lsn__gte=begin) & (Q() if end is None else Q(lsn__lt=end))
+    point = RestorePoint.objects.filter(on_chain, name=name).order_by("-lsn").first()
     if point is None:
         raise PlanError(f"no restore point named {name!r} in the captured WAL "
                         "(create one with SELECT pg_create_restore_point('name'))")
