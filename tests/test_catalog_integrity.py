@@ -93,3 +93,23 @@ def test_target_timeline_reads_distinct_timelines_not_one_row_per_segment(db):
     distinct = [q["sql"] for q in queries if "DISTINCT" in q["sql"]]
     # Meta.ordering in a DISTINCT query selects segno too: one row per segment instead of per timeline.
     assert distinct and not any("segno" in sql for sql in distinct)
+
+
+def test_scrub_catches_changed_content_with_kept_mtime(fleet, primary, empty_catalog, tmp_path, caplog):
+    from walcatalog.scrub import scrub_archive
+
+    switch_wal(primary)
+    names = copy_archive(tmp_path, complete_only=True)
+    index_archive(tmp_path)
+    path = tmp_path / names[0]
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[SEG // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: the mtime does not move
+    assert index_archive(tmp_path).corrupt == 0  # the indexer cannot see it
+    with caplog.at_level(logging.WARNING, logger="walcatalog.scrub"):
+        result = scrub_archive(tmp_path, mb_per_s=0)
+    assert result.corrupt == 1 and result.checked == len(names)
+    row = WalSegment.objects.get(name=names[0])
+    assert row.corrupt_at is not None and row.checked_at is not None and "scrub" in caplog.text

@@ -51,6 +51,7 @@ class WalSegment(models.Model):
     # Set when a complete segment's content no longer matches sha256 (which stays the truth).
     corrupt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     corrupt_detail = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="last scrub that re-hashed the file")
 
     class Meta:
         ordering = ["timeline", "segno"]
