@@ -14,14 +14,10 @@ import psycopg
 
 from chaos.writers import application_name, iso, read_jsonl
 from fleet import pg
-from pitrsite.errors import PitrError
+from pitrsite.errors import StepFailed
 from walcatalog import walnames, waldump
 
 LIST_LIMIT = 50  # ids listed per moment; the counts are always complete
-
-
-class VerifyError(PitrError):
-    pass
 
 
 @dataclass
@@ -115,7 +111,7 @@ def _wait_no_writer_backends(conn: psycopg.Connection, run_tag: str, timeout: fl
         if not busy:
             return
         time.sleep(0.2)
-    raise VerifyError(f"failure resolving unknown writes (backends of this run still busy after {timeout:.0f} s)")
+    raise StepFailed("resolving unknown writes", f"backends of this run still busy after {timeout:.0f} s")
 
 
 def attach_commit_lsns(rows: list[LoggedRow], archive: Path, timeline: int, segment_size: int,

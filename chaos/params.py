@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pitrsite.errors import PitrError
+from pitrsite.errors import PitrError, StepFailed
 
 ACTIONS = ("capturer_restart", "capturer_kill", "primary_pause", "standby_pause", "indexer_kill")
 # Opt-in (not in "all"): each costs a full restore while the writers run.
@@ -23,7 +23,7 @@ class ChaosError(PitrError):
     pass
 
 
-class VerdictFailed(PitrError):
+class VerdictFailed(StepFailed):
     """The run worked and its verification found a difference (or an action that never recovered)."""
 
 

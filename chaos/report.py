@@ -43,7 +43,7 @@ def conclude(run: "Chaos", header: dict, resolution: dict, lsns: dict, picked: d
     (run.dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     run.update(verdict=verdict, summary=summary, events=run.events, verifications=checks)
     if problems:
-        raise VerdictFailed(f"failure verifying ({'; '.join(problems)})")
+        raise VerdictFailed("verifying", "; ".join(problems))
 
 
 

@@ -41,8 +41,8 @@ from chaos.writers import Watchdog, Writer, iso
 from fleet import pg
 from fleet.local import LocalDriver, get_driver
 from fleet.status import fleet_check
-from pitrsite.errors import PitrError
-from pitrsite.jobs import JobReporter, Reporter, exclusive, reap, run_job
+from pitrsite.errors import PitrError, StepFailed
+from pitrsite.jobs import JobReporter, Reporter, reap, refuse_if_running, run_exclusive
 from walcatalog import walnames
 
 
@@ -50,6 +50,7 @@ from walcatalog import walnames
 def queue_chaos(params: dict | ChaosParams | None = None, trigger: str = "command") -> ChaosRun:
     """Validate parameters and the fleet first: an impossible run never becomes a row."""
     chosen = params if isinstance(params, ChaosParams) else ChaosParams.from_dict(params)
+    refuse_if_running("chaos", "chaos run")
     preflight(chosen, get_driver())
     return ChaosRun.objects.create(parameters=chosen.as_dict(), trigger=trigger)
 
@@ -63,10 +64,9 @@ def run_chaos(run: ChaosRun, reporter: Reporter) -> ChaosRun:
     """
     reap(ChaosRun)
     try:
-        with exclusive("chaos", "chaos run"):
-            run_job(run, reporter, lambda: Chaos(run, reporter).run())
+        run_exclusive(run, "chaos", "chaos run", reporter, lambda: Chaos(run, reporter).run())
     except PitrError as exc:
-        if not isinstance(exc.__cause__, VerdictFailed):
+        if not isinstance(exc, VerdictFailed):
             raise
     run.refresh_from_db()
     return run
@@ -131,8 +131,8 @@ class Chaos(Actions):
         goal = self.health.primary_lsn() or start_lsn
         settled_at, failing = self.health.wait(goal, self.params.recovery_timeout)
         if settled_at is None:
-            raise ChaosError(f"failure settling (not healthy after {self.params.recovery_timeout:.0f} s: "
-                             f"{'; '.join(f'{k}: {v}' for k, v in failing.items())})")
+            raise StepFailed("settling", f"not healthy after {self.params.recovery_timeout:.0f} s: "
+                             f"{'; '.join(f'{k}: {v}' for k, v in failing.items())}")
         from restores.engine import refresh_catalog
 
         refresh_catalog()
@@ -199,7 +199,7 @@ class Chaos(Actions):
                             writes_series=[[s, n] for s, n in sorted(self.per_second.items())])
             dead = [w for w in self.writers if not w.is_alive()]
             if dead:
-                raise ChaosError(f"failure writing (writer {dead[0].writer_id} stopped: {dead[0].fatal})")
+                raise StepFailed("writing", f"writer {dead[0].writer_id} stopped: {dead[0].fatal}")
             if self.params.actions and time.monotonic() >= next_at:
                 if not bag:
                     bag = list(self.params.actions)
@@ -238,7 +238,7 @@ class Chaos(Actions):
 
         window = recoverable_window()
         if window is None or window.end is None:
-            raise ChaosError("failure picking moments (the catalog has no recoverable window)")
+            raise StepFailed("picking moments", "the catalog has no recoverable window")
         after = max(window.start or backup.stop_time, backup.stop_time)
         until = window.end - timedelta(seconds=self.params.restore_offset)  # T + offset must stay restorable
         moments, picked = pick_moments(rows, self.params.restores, after, until, self.rng)

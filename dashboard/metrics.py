@@ -65,6 +65,8 @@ class PitrCollector(Collector):
         yield _set(GaugeMetricFamily("pitr_wal_segments", "WAL segments in the catalog"), view.segments)
         yield _set(GaugeMetricFamily("pitr_partial_segment_bytes", "size of the segment being captured"),
                    view.partial["size"] if view.partial else None)
+        yield _set(GaugeMetricFamily("pitr_wal_segments_corrupt", "complete WAL segments whose content changed"),
+                   view.corrupt)
         yield _set(GaugeMetricFamily("pitr_wal_gaps", "gaps (runs of missing segments) in the catalog"), len(view.gaps))
         yield _set(GaugeMetricFamily("pitr_last_backup_age_seconds", "seconds since the newest done base backup ended"),
                    view.last_backup_age)

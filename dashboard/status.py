@@ -43,10 +43,12 @@ class Overview:
     job_counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     drill: dict = field(default_factory=dict)  # restores.drill.summary()
+    corrupt: int = 0  # complete WAL segments whose content changed after indexing
 
     @property
     def protected(self) -> bool:
-        return bool(self.capture.get("running")) and not self.gaps and self.window_start is not None
+        return (bool(self.capture.get("running")) and not self.gaps and not self.corrupt
+                and self.window_start is not None)
 
 
 def storage_lines() -> list[str]:
@@ -121,6 +123,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     key = key or fingerprint()
     facts = catalog_summary(key)
     view = Overview(segments=facts["segments"], partial=facts["partial"], gaps=facts["gaps"])
+    view.corrupt = facts.get("corrupt", {}).get("count", 0)
+    if view.corrupt:
+        view.problems.append(f"{view.corrupt} WAL segment(s) corrupt in the local archive (see walstatus)")
     if with_capture:
         view.capture = catalog.capturer_state()
         view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
@@ -159,7 +164,7 @@ def overview_json(view: Overview) -> dict:
         "newest": {str(t): row["name"] for t, row in view.newest.items()},
         "partial": view.partial and {"name": view.partial["name"], "size": view.partial["size"],
                                      "captured_to": view.partial["captured_to"]},
-        "segments": view.segments, "gaps": view.gaps,
+        "segments": view.segments, "gaps": view.gaps, "corrupt": view.corrupt,
         "window": {"start": view.window_start and view.window_start.isoformat(),
                    "end": view.window_end and view.window_end.isoformat(), "text": view.window_text},
         "last_backup": view.last_backup and {"id": view.last_backup.pk, "label": view.last_backup.label,

@@ -19,6 +19,7 @@ def setup_schedule(sender: Celery, **kwargs) -> None:
 
     schedule = {
         "index-wal": ("walcatalog.tasks.index_wal", settings.PITR_INDEX_INTERVAL),
+        "scrub-wal": ("walcatalog.tasks.scrub", settings.PITR_SCRUB_INTERVAL),
         "reap-jobs": ("pitrsite.tasks.reap_jobs", settings.PITR_REAP_INTERVAL),
         "upload": ("walcatalog.tasks.upload", settings.PITR_UPLOAD_INTERVAL),
         "retention": ("walcatalog.tasks.retention", settings.PITR_RETENTION_INTERVAL),

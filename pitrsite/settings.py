@@ -47,6 +47,8 @@ PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
 
 # --- schedules (seconds; 0 turns one off) -----------------------------------
 PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
+PITR_SCRUB_INTERVAL = envfloat("PITR_SCRUB_INTERVAL", 3600.0)
+PITR_SCRUB_MB_PER_S = envfloat("PITR_SCRUB_MB_PER_S", 20.0)
 PITR_REAP_INTERVAL = envfloat("PITR_REAP_INTERVAL", 15.0)
 
 # --- Django ------------------------------------------------------------------

@@ -227,7 +227,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
                            "recovery_target_inclusive": "off" if target.exclusive else "on"}
         end_segno = walnames.segment_of_lsn(lsn, seg_size)
     elif target.kind == TargetKind.NAME:
-        point = _restore_point(target.value, segments)
+        point = _restore_point(target.value, chain)
         result.backup = _backup_before(candidates, lambda b: b.stop_lsn <= point, f"restore point {target.value!r}")
         result.target_lsn = point
         result.recovery = {"recovery_target_name": target.value}
@@ -249,8 +249,10 @@ def available(backup: BaseBackup) -> bool:
 
 
 def _target_timeline(target: RestoreTarget, backups: list[BaseBackup]) -> int:
-    newest = max([*Timeline.objects.values_list("tli", flat=True), *WalSegment.objects.values_list("timeline", flat=True)
-                  .distinct(), *(b.timeline for b in backups)])
+    # Only a timeline with WAL or a backup can be restored to: a stray history file alone is not one.
+    # order_by(): Meta.ordering would otherwise make distinct() return one row per segment.
+    newest = max([*WalSegment.objects.order_by().values_list("timeline", flat=True).distinct(),
+                  *(b.timeline for b in backups)])
     if not target.timeline:
         return newest
     tli = int(target.timeline)
@@ -275,10 +277,14 @@ def _captured_end(segments) -> int:
     return newest.scanned_to if newest.is_partial else newest.end_lsn
 
 
-def _restore_point(name: str, segments) -> int:
+def _restore_point(name: str, chain: Chain) -> int:
     from walcatalog.models import RestorePoint
 
-    point = RestorePoint.objects.filter(name=name).order_by("-lsn").first()
+    # Only a point on the chain's own history: a name reused on a sibling branch is not ours.
+    on_chain = Q(pk__in=[])
+    for tli, begin, end in chain.spans:
+        on_chain |= Q(timeline=tli, lsn__gte=begin) & (Q() if end is None else Q(lsn__lt=end))
+    point = RestorePoint.objects.filter(on_chain, name=name).order_by("-lsn").first()
     if point is None:
         raise PlanError(f"no restore point named {name!r} in the captured WAL "
                         "(create one with SELECT pg_create_restore_point('name'))")
@@ -306,9 +312,9 @@ def _wal_range(chain: Chain, segments, backup: BaseBackup, end_segno: int | None
     if end_segno < first:
         return []
     wanted = {segno: chain.timeline_at(segno, seg_size) for segno in range(first, end_segno + 1)}
-    # A catalogued segment counts only where a copy exists: in the local archive or verified in storage.
+    # A catalogued segment counts only where a good copy exists: an uncorrupted local one or verified in storage.
     held = segments.filter(segno__gte=first, segno__lte=end_segno).filter(
-        Q(in_local_archive=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
+        Q(in_local_archive=True, corrupt_at__isnull=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
     found = {(s.timeline, s.segno): s for s in held}
     missing = [segno for segno, tli in wanted.items() if (tli, segno) not in found]
     if missing:

@@ -93,9 +93,18 @@ def test_segment_gone_locally_but_copied_to_storage_is_held(cat):
     seg = WalSegment.objects.get(timeline=1, segno=12)
     WalSegment.objects.filter(pk=seg.pk).update(in_local_archive=False)
     assert spans(catalog.gaps()) == [(1, 12, 12)]
-    StorageCopy.objects.create(kind="wal", key=seg.name, segment=seg, size=SEG, sha256="0" * 64,
-                               uploaded_at=T0)
+    copy = StorageCopy.objects.create(kind="wal", key=seg.name, segment=seg, size=SEG, sha256="0" * 64,
+                                      uploaded_at=T0)
+    # An unverified copy is not used by the planner (_wal_range), so it is still a gap here too.
+    assert spans(catalog.gaps()) == [(1, 12, 12)]
+    StorageCopy.objects.filter(pk=copy.pk).update(verified_at=T0)
     assert catalog.gaps() == []
+
+
+def test_corrupt_segment_without_verified_copy_is_a_gap(cat):
+    add(1, range(10, 15))
+    WalSegment.objects.filter(timeline=1, segno=12).update(corrupt_at=T0, corrupt_detail="test")
+    assert spans(catalog.gaps()) == [(1, 12, 12)]
 
 
 def test_window_from_oldest_segment_to_newest_commit(cat):

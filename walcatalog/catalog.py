@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Exists, Max, Min, OuterRef, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState
@@ -95,11 +95,14 @@ def segment_spans() -> dict[int, tuple[int, int]]:
 
 
 def not_held() -> set[tuple[int, int]]:
-    """(timeline, segno) of rows whose file left the local archive with no storage copy (usually none)."""
-    copies = StorageCopy.objects.filter(segment=OuterRef("pk"))
+    """(timeline, segno) of rows with no good copy: gone or corrupt locally, and no verified storage copy.
+
+    The same rule as restores.planner._wal_range, so walstatus and the planner agree on gaps.
+    """
+    copies = StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)
     # in_local_archive__in=[False]: SQLite gets "IN (0)", which uses the index; "NOT column" would scan.
-    return set(WalSegment.objects.filter(in_local_archive__in=[False]).filter(~Exists(copies))
-               .values_list("timeline", "segno"))
+    bad = Q(in_local_archive__in=[False]) | Q(corrupt_at__isnull=False)
+    return set(WalSegment.objects.filter(bad).filter(~Exists(copies)).values_list("timeline", "segno"))
 
 
 @dataclass(frozen=True)
@@ -400,12 +403,21 @@ def summary(with_fleet: bool = True) -> dict:
         "partial": _segment_dict(partial),
         "gaps": [g.as_dict() for g in gap_list],
         "window": window.as_dict() if window else None,
+        "corrupt": corrupt_segments(),
         # The growing partial is re-indexed on every pass that sees it change.
         "last_indexed_at": max((s.indexed_at for s in (newest, partial) if s), default=None),
     }
     if with_fleet:
         result["capturer"] = capturer_state()
     return result
+
+
+def corrupt_segments(limit: int = 20) -> dict:
+    """Complete segments whose local content no longer matches the cataloged sha256."""
+    rows = WalSegment.objects.filter(corrupt_at__isnull=False).order_by("timeline", "segno")
+    return {"count": rows.count(),
+            "segments": [{"name": s.name, "corrupt_at": s.corrupt_at, "detail": s.corrupt_detail}
+                         for s in rows[:limit]]}
 
 
 def _segment_size_or_none() -> int | None:

@@ -38,7 +38,7 @@ from django.utils import timezone
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from walcatalog import catalog, walnames, waldump
-from walcatalog.models import RestorePoint, Timeline, WalSegment
+from walcatalog.models import BaseBackup, RestorePoint, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class IndexResult:
     completed: int = 0  # a partial row turned complete
     unchanged: int = 0
     junk: int = 0
+    corrupt: int = 0  # complete segments whose content no longer matches their sha256
     vanished: int = 0  # rows whose file left the local archive
     timelines: int = 0  # timeline rows created or changed from .history files
     skipped: int = 0  # another indexer changed the row first
@@ -70,7 +71,7 @@ class IndexResult:
 
     def __str__(self) -> str:
         text = (f"{self.new} new, {self.updated} updated, {self.completed} completed, "
-                f"{self.unchanged} unchanged, {self.junk} junk, {self.vanished} vanished; "
+                f"{self.unchanged} unchanged, {self.junk} junk, {self.corrupt} corrupt, {self.vanished} vanished; "
                 f"{self.hashed} hashed, {self.dumped} read with pg_waldump in {self.seconds:.2f} s")
         return text + (f"; {len(self.errors)} error(s)" if self.errors else "")
 
@@ -209,10 +210,14 @@ class _Pass:
                 self._history(f)
             elif wal.kind == "partial" and walnames.segment_name(wal.timeline, wal.segno, self.seg_size) in self.files:
                 continue  # both names at once: the complete file is the truth
+            elif wal.kind == "segment" and size != self.seg_size:
+                self.result.junk += 1  # a WAL-like name on a file that cannot be a segment
+                _warn_junk(name, f"{size} bytes, not a {self.seg_size}-byte WAL segment")
             elif wal.kind in ("segment", "partial"):
                 work.append((wal, f))
             # .backup history files hold no WAL of their own: nothing to catalog.
         self._mark_vanished()
+        self._forget_histories()
         if work:
             self._ensure_timelines({wal.timeline for wal, _ in work})
         work.sort(key=lambda item: (item[0].timeline, item[0].segno))
@@ -409,6 +414,9 @@ class _Pass:
                 if self._update(row, dict(mtime_ns=f.mtime_ns, in_local_archive=True)):
                     self.result.unchanged += 1
                 return
+            if not row.is_partial and current:
+                self._corrupt(row, f, current, sha)
+                return
         log.warning("%s changed on disk since it was indexed: indexing it again", f.name)
         dump = self._dump(row, f, start)
         fields = _commit_fields(dump, None)
@@ -419,6 +427,13 @@ class _Pass:
             RestorePoint.objects.filter(segment_id=row.id).delete()
             self._restore_points(row.id, row.timeline, dump)
             self.result.updated += 1
+
+    def _corrupt(self, row: _Row, f: _File, expected: str, found: str) -> None:
+        """A complete segment's content changed: the cataloged sha256 stays the truth."""
+        detail = f"sha256 {found[:12]}... on disk, {expected[:12]}... when indexed (size {f.size})"
+        if self._update(row, dict(mtime_ns=f.mtime_ns, corrupt_at=timezone.now(), corrupt_detail=detail)):
+            self.result.corrupt += 1
+            log.warning("%s is corrupt: %s; the local copy is no longer used", f.name, detail)
 
     def _mark_vanished(self) -> None:
         gone = {name: row[0] for name, row in self.rows.items()
@@ -431,6 +446,19 @@ class _Pass:
             names = sorted(gone)
             more = f" and {len(names) - 5} more" if len(names) > 5 else ""
             log.warning("no longer in the local archive: %s%s", ", ".join(names[:5]), more)
+
+    def _forget_histories(self) -> None:
+        """A timeline row from a history file that is gone, with no WAL and no backup, is no timeline."""
+        stray = [t for t in Timeline.objects.exclude(history_sha256="").values_list("tli", flat=True)
+                 if f"{t:08X}.history" not in self.files]
+        if not stray:
+            return
+        used = set(WalSegment.objects.filter(timeline__in=stray).order_by().values_list("timeline", flat=True)
+                   .distinct()) | set(BaseBackup.objects.filter(timeline__in=stray).values_list("timeline", flat=True))
+        gone = [t for t in stray if t not in used]
+        if gone and Timeline.objects.filter(tli__in=gone).delete()[0]:
+            log.warning("timeline history file(s) gone, timeline(s) without WAL forgotten: %s",
+                        ", ".join(map(str, gone)))
 
     def _other_name_present(self, name: str) -> bool:
         # partial -> complete rename between the row load and the listing

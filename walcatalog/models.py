@@ -48,6 +48,10 @@ class WalSegment(models.Model):
     # Indexed: the dashboard asks for the few rows whose file left the archive on every refresh.
     in_local_archive = models.BooleanField(default=True, db_index=True)
     indexed_at = models.DateTimeField(auto_now=True)
+    # Set when a complete segment's content no longer matches sha256 (which stays the truth).
+    corrupt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    corrupt_detail = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="last scrub that re-hashed the file")
 
     class Meta:
         ordering = ["timeline", "segno"]

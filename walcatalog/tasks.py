@@ -33,6 +33,14 @@ def index_wal() -> dict | None:
         return result.as_dict()
 
 
+@shared_task(name="walcatalog.tasks.scrub", ignore_result=True)
+def scrub() -> dict:
+    """Re-hash archive segments (beat, every PITR_SCRUB_INTERVAL s); corruption is logged at WARNING."""
+    from walcatalog.scrub import scrub_archive
+
+    return scrub_archive().as_dict()
+
+
 @shared_task(name="walcatalog.tasks.run_backup")
 def run_backup(backup_id: int) -> None:
     """Take the queued backup; progress goes into its row (the dashboard reads it)."""

@@ -43,9 +43,14 @@ class Command(BaseCommand):
             self.stdout.write(_dumps(status))
         else:
             self._text(status)
-        reason = (status.get("capturer") or {}).get("reason")
-        if reason:  # exit 0 means capture streams
-            raise CommandError(reason)
+        problems = []
+        if status["corrupt"]["count"]:
+            problems.append(f"{status['corrupt']['count']} WAL segment(s) corrupt in the local archive: "
+                            "restore them from storage or take a new base backup")
+        if (status.get("capturer") or {}).get("reason"):  # exit 0 means capture streams
+            problems.append(status["capturer"]["reason"])
+        if problems:
+            raise CommandError("; ".join(problems))
 
     def _text(self, s: dict) -> None:
         w = self.stdout.write
@@ -65,6 +70,10 @@ class Command(BaseCommand):
         w(f"gaps             {len(s['gaps']) or 'none'}")
         for gap in s["gaps"]:
             w(f"  {gap['text']}")
+        corrupt = s["corrupt"]
+        w(f"corrupt          {corrupt['count'] or 'none'}")
+        for seg in corrupt["segments"]:
+            w(f"  {seg['name']}: {seg['detail']}")
         w(f"window           {s['window']['description'] if s['window'] else 'none: nothing to restore from yet'}")
         c = s.get("capturer") or {}
         lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('restores', '0004_h6_chaosrun_to_chaos'),
+        ('restores', '0004_chaosrun_to_chaos_app'),
         ('walcatalog', '0003_walsegment_in_local_archive_index'),
     ]
 
