@@ -56,7 +56,10 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
     Returns the committed rows and a report of the resolution and of the
     log's integrity (it must hold exactly the run's rows the primary holds).
     """
-    entries = [e for path in sorted(run_dir.glob("writes-*.jsonl")) for e in read_jsonl(path)]
+    # This run's writers' files only: a run directory can hold an older run's files when a database reset
+    # gave the new run an old id (writer ids never repeat, run ids can).
+    paths = [run_dir / f"writes-{writer}.jsonl" for writer in writer_ids]
+    entries = [e for path in paths if path.exists() for e in read_jsonl(path)]
     committed = {(e["writer"], e["seq"]): e for e in entries if e["status"] != "unknown"}
     unknown = {(e["writer"], e["seq"]) for e in entries if e["status"] == "unknown"} - set(committed)
     report = {"unknown_attempts": sum(1 for e in entries if e["status"] == "unknown"),

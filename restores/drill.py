@@ -163,8 +163,9 @@ def record(job: RestoreJob, verdict: str, reason: str, detail: dict) -> RestoreJ
     detail = {**job.drill_detail, **detail, "reason": reason}
     # The drill ends after its checks: finished_at moves there, so its age counts from its verdict.
     fields: dict = {"drill_verdict": verdict, "drill_detail": detail, "finished_at": timezone.now()}
-    if verdict != DrillVerdict.PASSED and job.state in (JobState.QUEUED, JobState.DONE):
-        fields.update(state=JobState.FAILED, error=reason)
+    if verdict == DrillVerdict.SKIPPED or (verdict != DrillVerdict.PASSED and job.state in (JobState.QUEUED,
+                                                                                             JobState.DONE)):
+        fields.update(state=JobState.FAILED, error=reason)  # a skipped drill says why, even once refused
     RestoreJob.objects.filter(pk=job.pk).update(**fields)
     job.refresh_from_db()
     return job
