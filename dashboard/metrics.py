@@ -10,6 +10,7 @@ Everything else gets 401 (token set) or 403 (no token), saying what to do.
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 import ipaddress
 from typing import Iterator
 
@@ -67,6 +68,20 @@ class PitrCollector(Collector):
                    view.partial["size"] if view.partial else None)
         yield _set(GaugeMetricFamily("pitr_wal_segments_corrupt", "complete WAL segments whose content changed"),
                    view.corrupt)
+        failing = GaugeMetricFamily("pitr_periodic_task_failing", "1 while a beat task's last pass failed",
+                                    labels=["task"])
+        errors = GaugeMetricFamily("pitr_periodic_task_errors", "failed passes of each beat task since the home began",
+                                   labels=["task"])
+        success = GaugeMetricFamily("pitr_periodic_task_last_success_timestamp_seconds",
+                                    "when each beat task last passed (unix time)", labels=["task"])
+        for task in view.tasks:
+            failing.add_metric([task["task"]], 1 if task["failing"] else 0)
+            errors.add_metric([task["task"]], task["errors"])
+            if task["last_success_at"]:
+                success.add_metric([task["task"]], datetime.fromisoformat(task["last_success_at"]).timestamp())
+        yield failing
+        yield errors
+        yield success
         yield _set(GaugeMetricFamily("pitr_wal_gaps", "gaps (runs of missing segments) in the catalog"), len(view.gaps))
         yield _set(GaugeMetricFamily("pitr_last_backup_age_seconds", "seconds since the newest done base backup ended"),
                    view.last_backup_age)

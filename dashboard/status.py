@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
+from pitrsite import periodic
 from pitrsite.jobs import JobState
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 from dashboard import jobs
@@ -42,7 +43,8 @@ class Overview:
     running: list = field(default_factory=list)
     job_counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    drill: dict = field(default_factory=dict)  # restores.drill.summary()
+    drill: dict = field(default_factory=dict)
+    tasks: list = field(default_factory=list)  # pitrsite.periodic.states(): each beat task's last outcome  # restores.drill.summary()
     corrupt: int = 0  # complete WAL segments whose content changed after indexing
 
     @property
@@ -149,6 +151,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     view.drill = drill_summary()
     if view.drill["warning"]:
         view.problems.append(view.drill["warning"])
+    view.tasks = periodic.states()
+    view.problems.extend(f"periodic task {t['task']} failing since {t['last_error_at'][:19].replace('T', ' ')} UTC: "
+                         f"{t['last_error']}" for t in view.tasks if t["failing"])
     return view
 
 

@@ -1,13 +1,16 @@
-"""Celery tasks of the WAL catalog: thin callers of walcatalog.indexer."""
+"""Celery tasks of the WAL catalog: thin callers of the domain functions.
+
+The periodic ones go through pitrsite.periodic.run_periodic: skipped quietly only while another pass
+holds the lock, any other failure logged at WARNING and shown on the overview.
+"""
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 
 from celery import shared_task
 
-from pitrsite.errors import PitrError
 from pitrsite.jobs import exclusive
+from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
 
 log = logging.getLogger(__name__)
@@ -16,29 +19,24 @@ log = logging.getLogger(__name__)
 @shared_task(name="walcatalog.tasks.index_wal", ignore_result=True)
 def index_wal() -> dict | None:
     """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive("index-wal", "WAL index pass"))
-        except PitrError as exc:
-            # A slow pass overlapping the next beat tick is normal: that tick has nothing to add.
-            log.info("index_wal skipped: %s", exc)
-            return None
-        try:
+    def work():
+        with exclusive("index-wal", "WAL index pass"):
             result = index_archive()
-        except PitrError as exc:  # e.g. the archive is not there yet: say so, keep the worker healthy
-            log.warning("index_wal: %s", exc)
-            return None
         if result.new or result.completed or result.vanished or result.errors:
             log.info("index_wal: %s", result)
-        return result.as_dict()
+        return result
+
+    result = run_periodic("index_wal", work)
+    return result.as_dict() if result else None
 
 
 @shared_task(name="walcatalog.tasks.scrub", ignore_result=True)
-def scrub() -> dict:
+def scrub() -> dict | None:
     """Re-hash archive segments (beat, every PITR_SCRUB_INTERVAL s); corruption is logged at WARNING."""
     from walcatalog.scrub import scrub_archive
 
-    return scrub_archive().as_dict()
+    result = run_periodic("scrub", scrub_archive)
+    return result.as_dict() if result else None
 
 
 @shared_task(name="walcatalog.tasks.run_backup")
@@ -58,14 +56,10 @@ def upload() -> dict | None:
     """One upload pass (beat runs it every PITR_UPLOAD_INTERVAL s); skipped while another is still running."""
     from walcatalog.uploader import upload_pass
 
-    try:
-        result = upload_pass()
-    except PitrError as exc:  # another pass still running, or storage misconfigured: say so, stay healthy
-        log.info("upload skipped: %s", exc)
-        return None
-    if result.uploaded or result.errors:
+    result = run_periodic("upload", upload_pass)
+    if result and (result.uploaded or result.errors):
         log.log(logging.WARNING if result.errors else logging.INFO, "upload: %s", result)
-    return result.as_dict()
+    return result.as_dict() if result else None
 
 
 @shared_task(name="walcatalog.tasks.retention", ignore_result=True)
@@ -73,11 +67,7 @@ def retention() -> dict | None:
     """Apply the retention policy (beat, every PITR_RETENTION_INTERVAL s)."""
     from walcatalog.retention import apply_retention
 
-    try:
-        result = apply_retention()
-    except PitrError as exc:  # a backup, upload or restore is running: the next tick will do
-        log.info("retention skipped: %s", exc)
-        return None
-    if result.deleted_backups or result.deleted_segments:
+    result = run_periodic("retention", apply_retention)
+    if result and (result.deleted_backups or result.deleted_segments):
         log.info("retention: %s", result)
-    return result.as_dict()
+    return result.as_dict() if result else None
