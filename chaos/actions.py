@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 from chaos.damage import Damage, restore_latest_caught, rot_segment, stray_history
 from chaos.health import wait_primary_lsn
@@ -42,16 +41,7 @@ def indexer_target() -> tuple[str, int] | None:
 
 def _inside(pid: int | None) -> bool:
     """Is this process pid or one of its descendants?"""
-    current: int | None = os.getpid()
-    while current and current > 1:
-        if current == pid:
-            return True
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-        except OSError:
-            return False
-        current = int(stat[stat.rindex(")") + 2:].split()[1])
-    return False
+    return procs.descends_from(os.getpid(), pid)
 
 
 def restarted(name: str, old_pid: int) -> dict | None:

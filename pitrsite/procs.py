@@ -25,12 +25,8 @@ def read_pid(path: Path) -> int | None:
 
 def proc_state(pid: int) -> str | None:
     """The one-letter state from /proc/PID/stat ('T' is stopped), None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    state = stat[stat.rindex(")") + 2]
-    return None if state in ("Z", "X") else state
+    fields = _stat_fields(pid)
+    return None if fields is None or fields[0] in ("Z", "X") else fields[0]
 
 
 def alive(pid: int | None) -> bool:
@@ -46,13 +42,47 @@ def _processes() -> Iterator[tuple[int, str, int, int]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+        fields = _stat_fields(int(entry.name))
+        if fields is None:
             continue
-        state, ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        state, ppid, pgrp = fields[:3]
         if state not in ("Z", "X"):
             yield int(entry.name), state, int(ppid), int(pgrp)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...), None when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def descends_from(pid: int | None, ancestor: int | None) -> bool:
+    """Is pid the process `ancestor` or one of its descendants?"""
+    while pid and pid > 1 and ancestor:
+        if pid == ancestor:
+            return True
+        fields = _stat_fields(pid)
+        if fields is None:
+            return False
+        pid = int(fields[1])
+    return False
+
+
+def client_pids(program: str, needle: str) -> list[int]:
+    """Processes of `program` with `needle` in their arguments (server-side walsenders do not count)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and Path(argv[0].decode()).name == program and any(needle.encode() in a for a in argv):
+                found.append(int(entry.name))
+    return found
 
 
 def descendants(pid: int) -> list[int]:

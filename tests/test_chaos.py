@@ -244,25 +244,13 @@ def test_celery_task_inside_the_worker_kills_beat_not_itself(fleet, redis_server
                                                                    JobState.INTERRUPTED), 240, "the chaos task to end")
         run.refresh_from_db()
         assert run.state == JobState.DONE and run.verdict == Verdict.PASSED, f"{run.error} {run.summary}"
-        assert run.owner_pid != worker_pid and _descends_from(run.owner_pid, worker_pid)
+        assert run.owner_pid != worker_pid and procs.descends_from(run.owner_pid, worker_pid)
         kills = [e for e in run.events if e["action"] == "indexer_kill"]
         assert kills and all(e["target"] == "beat" and e["ok"] for e in kills), run.events
         assert services.status("worker")["pid"] == worker_pid, "the worker running the chaos task was killed"
     finally:
         for name in ("beat", "worker"):
             procs.stop_supervised(name, layout.run)
-
-
-def _descends_from(pid: int | None, ancestor: int) -> bool:
-    while pid and pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
-    return False
 
 
 @pytest.mark.django_db

@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from fleet import pg
-from pitrsite import jobs
+from pitrsite import jobs, procs
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter, JobState, exclusive, run_job
 from restores.models import RestoreJob
@@ -30,20 +30,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
 def start_manage(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(PROJECT / "manage.py"), *args], env=subprocess_env(**env),
                             cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def client_pids(program: str, needle: str) -> list[int]:
-    """Processes of `program` with `needle` in their arguments (server-side walsenders do not count)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and Path(argv[0].decode()).name == program and any(needle.encode() in a for a in argv):
-                found.append(int(entry.name))
-    return found
 
 
 def basebackup_slots(fleet) -> list[str]:
@@ -63,7 +49,8 @@ def test_killed_backup_reads_interrupted_at_once_and_leaves_nothing(fleet):
     job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING, current_step__startswith="copying").first(),
                    120, "the backup to start copying")
     # pg_basebackup and its forked WAL streamer, both in the process group the job recorded.
-    tools = wait_for(lambda: len(client_pids("pg_basebackup", job.label)) >= 2 and client_pids("pg_basebackup", job.label),
+    tools = wait_for(lambda: len(procs.client_pids("pg_basebackup", job.label)) >= 2
+                     and procs.client_pids("pg_basebackup", job.label),
                      60, "pg_basebackup to fork its WAL streamer")
     groups = {int(g) for g in (Path(settings.PITR_HOME) / "run" / "children" / f"BaseBackup-{job.pk}.pgids")
               .read_text().split()}
@@ -76,7 +63,8 @@ def test_killed_backup_reads_interrupted_at_once_and_leaves_nothing(fleet):
     listed = {b["label"]: b for b in json.loads(manage("backups", "--json").stdout)}  # no reaper ran: the read reaps
     assert listed[job.label]["state"] == "interrupted" and not listed[job.label]["restorable"]
     assert "interrupted" in listed[job.label]["error"]
-    wait_for(lambda: not client_pids("pg_basebackup", job.label), 5, "the killed backup's pg_basebackup to be gone")
+    wait_for(lambda: not procs.client_pids("pg_basebackup", job.label), 5,
+             "the killed backup's pg_basebackup to be gone")
     t0 = time.monotonic()
     wait_for(lambda: not basebackup_slots(fleet), 5, "the temporary slot to vanish with its connection")
     print(f"slot gone {time.monotonic() - t0:.1f} s after the reaping read")

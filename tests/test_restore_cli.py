@@ -50,19 +50,6 @@ def test_bad_target_on_the_command_line_is_one_line(fleet):
     assert result.stderr.strip().count("\n") == 0 and "has no time zone" in result.stderr
 
 
-def no_client_running(program: str, needle: str) -> bool:
-    """No process of `program` with `needle` in its arguments (server-side walsenders do not count)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and Path(argv[0].decode()).name == program and any(needle.encode() in a for a in argv):
-                return False
-    return True
-
-
 def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
     # Throttled so that it is still copying when the kill comes.
     proc = start_manage("backup", PITR_BACKUP_MAX_RATE="32k")
@@ -81,7 +68,7 @@ def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
     # pg_basebackup dies with its parent (PDEATHSIG); its forked WAL streamer exits when it reads EOF
     # from the pipe to its dead parent, which it checks at least every status interval (10 s).
     t0 = time.monotonic()
-    wait_for(lambda: no_client_running("pg_basebackup", job.label), 30, "pg_basebackup to die with its parent")
+    wait_for(lambda: not procs.client_pids("pg_basebackup", job.label), 30, "pg_basebackup to die with its parent")
     print(f"pg_basebackup gone {time.monotonic() - t0:.1f} s after the reap")
     again = json.loads(manage("backup", "--json").stdout)
     assert again["state"] == "done" and again["restorable"]
