@@ -72,6 +72,16 @@ def test_stray_history_file_is_not_a_restore_timeline(fleet, primary, empty_cata
     assert not Timeline.objects.filter(tli=9).exists()
 
 
+def test_history_file_branching_from_an_unknown_timeline_is_junk(fleet, primary, empty_catalog, tmp_path, caplog):
+    switch_wal(primary)
+    copy_archive(tmp_path, complete_only=True)
+    (tmp_path / "00000007.history").write_text("1\t0/3000000\tno recovery target specified\n"
+                                               "5\t0/4000000\tno recovery target specified\n")
+    result = index_archive(tmp_path)
+    assert not Timeline.objects.filter(tli=7).exists() and result.junk >= 1
+    assert "parent timeline 5 is not in the catalog" in caplog.text
+
+
 def test_restore_point_is_taken_from_the_chain_not_a_sibling_branch(db):
     # Timelines 2 and 3 both branched from 1 at 0/3000000; the same name was made later on 3.
     for tli in (2, 3):

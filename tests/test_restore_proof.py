@@ -138,3 +138,22 @@ def test_planner_takes_an_older_backup_when_the_newer_one_is_lost(scenario, sett
     assert job.state == JobState.DONE, job.error
     assert job.backup_id == older.pk
     assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+
+
+def test_scrub_finds_a_rotted_backup_file_and_the_planner_leaves_that_backup(scenario, settings, tmp_path):
+    from walcatalog.models import BaseBackup
+    from walcatalog.scrub import scrub_archive
+
+    older, newer = scenario["backups"]
+    newer.refresh_from_db()
+    assert set(newer.file_hashes) >= {"backup_manifest"} and all(len(h["sha256"]) == 64
+                                                                 for h in newer.file_hashes.values())
+    target = RestoreTarget.from_options(time=scenario["rows"][-1].committed_at.isoformat())
+    with private_copy(settings, tmp_path) as (archive, _):
+        base = next(name for name in newer.file_hashes if name.startswith("base.tar"))
+        rot(backup_dir(newer) / base, offset=4096)
+        result = scrub_archive(archive, mb_per_s=0)
+        assert result.corrupt == 1, result
+        newer = BaseBackup.objects.get(pk=newer.pk)
+        assert newer.corrupt_at is not None and base in newer.corrupt_detail
+        assert plan(target).backup.pk == older.pk  # held nowhere else: the older one serves

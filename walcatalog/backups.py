@@ -112,7 +112,10 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     _verify(backup, dest, reporter)
 
     files = [p for p in dest.iterdir() if p.is_file()]
+    reporter.step("recording checksums")  # what the scrub holds the files to from now on
+    hashes = {p.name: dict(zip(("size", "sha256"), st.sha256_file(p), strict=True)) for p in files}
     BaseBackup.objects.filter(pk=backup.pk).update(
+        file_hashes=hashes,
         timeline=wal_range["Timeline"],
         start_lsn=walnames.parse_lsn(wal_range["Start-LSN"]),
         stop_lsn=walnames.parse_lsn(wal_range["End-LSN"]),
@@ -212,7 +215,9 @@ def restorable_backups():
 
 
 def held_locally(backup: BaseBackup) -> bool:
-    """Its directory still holds the archives and the manifest a restore extracts."""
+    """Its directory still holds the archives and the manifest a restore extracts, and they have not rotted."""
+    if backup.corrupt_at is not None:
+        return False
     local = backup_dir(backup)
     try:
         archive_file(local, "base"), archive_file(local, "pg_wal")

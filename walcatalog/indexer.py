@@ -38,6 +38,7 @@ from django.utils import timezone
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from walcatalog import catalog, walnames, waldump
+from walcatalog import storage as st
 from walcatalog.models import BaseBackup, RestorePoint, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ _warned: set[str] = set()
 # A partial whose mtime is this close to its last scan may have been written again
 # within the same mtime tick; it is read again until its last scan is clearly later.
 RACY_NS = 1_000_000_000
-HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -168,11 +168,7 @@ def _warn_junk(name: str, why: str) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return st.sha256_file(path)[1]
 
 
 class _Pass:
@@ -266,6 +262,13 @@ class _Pass:
         if missing:
             Timeline.objects.bulk_create([Timeline(tli=t) for t in sorted(missing)], ignore_conflicts=True)
 
+    def _parent_known(self, tli: int, parent: int) -> bool:
+        """A consistent history branches from an older timeline that the catalog or this archive holds."""
+        prefix = f"{parent:08X}"
+        return parent < tli and (any(name.startswith(prefix) for name in self.files)
+                                 or Timeline.objects.filter(tli=parent).exists()
+                                 or WalSegment.objects.filter(timeline=parent).exists())
+
     def _history(self, f: _File) -> None:
         wal = walnames.parse_wal_name(f.name, self.seg_size)
         try:
@@ -283,6 +286,11 @@ class _Pass:
             _warn_junk(f.name, f"not a valid timeline history file ({exc})")
             return
         last = entries[-1] if entries else None
+        if last is not None and not self._parent_known(wal.timeline, last.parent_timeline):
+            self.result.junk += 1
+            _warn_junk(f.name, f"its parent timeline {last.parent_timeline} is not in the catalog: not a history "
+                               "of the WAL captured here")
+            return
         defaults = dict(parent_tli=last.parent_timeline if last else None,
                         switch_lsn=last.switch_lsn if last else None, history=text, history_sha256=digest)
         for _ in range(2):  # a second indexer may create the row between our get and our insert

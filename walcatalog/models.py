@@ -100,6 +100,10 @@ class BaseBackup(Job):
     size_raw = models.BigIntegerField(null=True, blank=True, help_text="bytes of the cluster")
     size_stored = models.BigIntegerField(null=True, blank=True, help_text="bytes on disk after compression")
     manifest_verified = models.BooleanField(default=False)
+    file_hashes = models.JSONField(default=dict, blank=True,
+                                   help_text="{file: {size, sha256}} of the verified backup; the scrub re-hashes them")
+    corrupt_at = models.DateTimeField(null=True, blank=True, help_text="when a local file stopped matching file_hashes")
+    corrupt_detail = models.CharField(max_length=300, blank=True)
     segment_size = models.BigIntegerField(null=True, blank=True)
 
     class Meta:

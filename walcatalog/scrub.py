@@ -2,7 +2,8 @@
 
 Oldest-checked first (never-checked first of all), so repeated runs cover the whole archive.
 A mismatch marks the row corrupt (the cataloged sha256 stays the truth) long before a restore needs it.
-Base backup files are not scrubbed yet: their tar members are verified by pg_verifybackup at backup time.
+Then the local files of each restorable base backup, against the sha256 recorded when it was verified: a
+rotted one marks the backup corrupt, and a restore then takes its storage copy or an older backup.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from walcatalog import storage as st
+from walcatalog.backups import backup_dir, restorable_backups
 from walcatalog.indexer import sha256_file
-from walcatalog.models import WalSegment
+from walcatalog.models import BaseBackup, WalSegment
 
 log = logging.getLogger(__name__)
 
@@ -56,4 +59,28 @@ def scrub_archive(archive_dir: Path | None = None, mb_per_s: float | None = None
         WalSegment.objects.filter(pk=seg.pk).update(**fields)
         if rate > 0:  # sleep off what we read faster than the allowed rate
             time.sleep(max(0.0, result.bytes / rate - (time.monotonic() - began)))
+    _scrub_backups(result, rate, began, max_seconds)
     return result
+
+
+def _scrub_backups(result: ScrubResult, rate: float, began: float, max_seconds: float | None) -> None:
+    """Re-hash the local files of each restorable backup against what was recorded when it was verified."""
+    for backup in restorable_backups().filter(corrupt_at__isnull=True).exclude(file_hashes={}):
+        local = backup_dir(backup)
+        for name, want in backup.file_hashes.items():
+            if max_seconds is not None and time.monotonic() - began > max_seconds:
+                return
+            try:
+                size, found = st.sha256_file(local / name)
+            except FileNotFoundError:
+                continue  # gone locally (retention, or lost): a restore takes its storage copy
+            result.checked += 1
+            result.bytes += size
+            if found != want["sha256"]:
+                result.corrupt += 1
+                detail = f"scrub: {name} sha256 {found[:12]}... on disk, {want['sha256'][:12]}... when verified"
+                BaseBackup.objects.filter(pk=backup.pk).update(corrupt_at=timezone.now(), corrupt_detail=detail)
+                log.warning("scrub: backup %s is corrupt (%s)", backup.label, detail)
+                break
+            if rate > 0:
+                time.sleep(max(0.0, result.bytes / rate - (time.monotonic() - began)))
