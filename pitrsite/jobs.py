@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Protocol, TextIO
 
 from django.apps import apps
 from django.conf import settings
+from tqdm import tqdm
 from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
@@ -153,40 +154,45 @@ class JobReporter:
 
 
 class ConsoleReporter:
-    """Progress for a terminal: a bar when stderr is a tty, plain step lines otherwise."""
+    """Progress for a terminal: a tqdm bar per step when the stream is a tty, plain step lines otherwise."""
 
     def __init__(self, stream: TextIO | None = None, inner: Reporter | None = None):
         self.stream = stream or sys.stderr
         self.inner = inner  # the job row is updated too, so the dashboard sees command-run jobs
         self.tty = self.stream.isatty()
-        self.name = ""
+        self.bar: tqdm | None = None
 
     def step(self, name: str) -> None:
         if self.inner:
             self.inner.step(name)
-        if self.tty and self.name:
-            self.stream.write("\n")
-        self.name = name
-        if name:
-            self.stream.write(f"{name}..." + ("" if self.tty else "\n"))
+        self._close()
+        if name and self.tty:
+            self.bar = tqdm(desc=f"{name:24}", file=self.stream, leave=True, dynamic_ncols=True)
+        elif name:
+            self.stream.write(f"{name}...\n")
             self.stream.flush()
 
     def progress(self, done: int, total: int | None = None) -> None:
         if self.inner:
             self.inner.progress(done, total)
-        if not self.tty:
-            return
-        if total:
-            filled = int(30 * min(done, total) / total)
-            self.stream.write(f"\r{self.name:24} [{'#' * filled}{'.' * (30 - filled)}] {100 * done / total:5.1f}%")
-        else:
-            self.stream.write(f"\r{self.name:24} {done:,}")
-        self.stream.flush()
+        if self.bar is not None:
+            if total and self.bar.total != total:
+                self.bar.total = total
+            self.bar.n = min(done, total) if total else done
+            self.bar.refresh()
 
     def log(self, message: str) -> None:
         if self.inner:
             self.inner.log(message)
-        self.stream.write(("\n" if self.tty else "") + message + "\n")
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            self.stream.write(message + "\n")
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
