@@ -80,6 +80,10 @@ def test_history_file_branching_from_an_unknown_timeline_is_junk(fleet, primary,
     result = index_archive(tmp_path)
     assert not Timeline.objects.filter(tli=7).exists() and result.junk >= 1
     assert "parent timeline 5 is not in the catalog" in caplog.text
+    (tmp_path / "00000008.history").write_text("1\tFF/0\tno recovery target specified\n")  # far past tl 1's WAL
+    index_archive(tmp_path)
+    assert not Timeline.objects.filter(tli=8).exists()
+    assert "it switches at FF/0, after the end of timeline 1's WAL held here" in caplog.text
 
 
 def test_restore_point_is_taken_from_the_chain_not_a_sibling_branch(db):

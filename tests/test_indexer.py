@@ -277,10 +277,13 @@ def test_deleted_segment_in_the_middle_is_a_gap(fleet, primary, empty_catalog, t
 
 def test_timeline_history_is_parsed_into_timeline_rows(fleet, empty_catalog, tmp_path):
     copy_archive(tmp_path, complete_only=True)
-    history = "1\t0/2A00028\tno recovery target specified\n\n2\t0/3000000\tbefore 2026-11-27 10:00:00+00\n"
+    # Timeline 3 branched from 2, which branched from 1 inside the WAL held here (issue 10: a history must
+    # be consistent with the catalog, so its parent's history comes along).
+    (tmp_path / "00000002.history").write_text("1\t0/1000028\tno recovery target specified\n")
+    history = "1\t0/1000028\tno recovery target specified\n\n2\t0/3000000\tbefore 2026-11-27 10:00:00+00\n"
     (tmp_path / "00000003.history").write_text(history)
     result = index_archive(tmp_path)
-    assert result.timelines == 1 and not result.errors
+    assert result.timelines == 2 and not result.errors
     t3 = Timeline.objects.get(tli=3)
     assert (t3.parent_tli, t3.switch_lsn_text, t3.history) == (2, "0/3000000", history)
     assert t3.history_sha256 == hashlib.sha256(history.encode()).hexdigest()

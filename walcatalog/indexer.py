@@ -33,6 +33,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from pitrsite.errors import PitrError
@@ -262,12 +263,23 @@ class _Pass:
         if missing:
             Timeline.objects.bulk_create([Timeline(tli=t) for t in sorted(missing)], ignore_conflicts=True)
 
-    def _parent_known(self, tli: int, parent: int) -> bool:
-        """A consistent history branches from an older timeline that the catalog or this archive holds."""
+    def _inconsistent(self, tli: int, last: walnames.HistoryEntry) -> str | None:
+        """Why a history file cannot describe this archive's WAL, or None: it must branch from an older
+        timeline that the catalog or the archive holds, at a point inside that timeline's WAL."""
+        parent = last.parent_timeline
+        if parent >= tli:
+            return f"it branches from timeline {parent}, not an older one"
         prefix = f"{parent:08X}"
-        return parent < tli and (any(name.startswith(prefix) for name in self.files)
-                                 or Timeline.objects.filter(tli=parent).exists()
-                                 or WalSegment.objects.filter(timeline=parent).exists())
+        ends = [walnames.segment_end_lsn(w.segno, self.seg_size) for w in
+                (walnames.parse_wal_name(name[:24], self.seg_size) for name in self.files
+                 if name.startswith(prefix) and len(name) >= 24 and walnames.is_wal_name(name[:24], self.seg_size))]
+        ends += [e for e in WalSegment.objects.filter(timeline=parent).aggregate(e=Max("end_lsn")).values() if e]
+        if not ends and f"{prefix}.history" not in self.files and not Timeline.objects.filter(tli=parent).exists():
+            return f"its parent timeline {parent} is not in the catalog"
+        if ends and last.switch_lsn > max(ends):
+            return (f"it switches at {walnames.format_lsn(last.switch_lsn)}, after the end of timeline {parent}'s "
+                    f"WAL held here ({walnames.format_lsn(max(ends))})")
+        return None
 
     def _history(self, f: _File) -> None:
         wal = walnames.parse_wal_name(f.name, self.seg_size)
@@ -286,10 +298,10 @@ class _Pass:
             _warn_junk(f.name, f"not a valid timeline history file ({exc})")
             return
         last = entries[-1] if entries else None
-        if last is not None and not self._parent_known(wal.timeline, last.parent_timeline):
+        problem = self._inconsistent(wal.timeline, last) if last is not None else None
+        if problem:
             self.result.junk += 1
-            _warn_junk(f.name, f"its parent timeline {last.parent_timeline} is not in the catalog: not a history "
-                               "of the WAL captured here")
+            _warn_junk(f.name, f"{problem}: not a history of the WAL captured here")
             return
         defaults = dict(parent_tli=last.parent_timeline if last else None,
                         switch_lsn=last.switch_lsn if last else None, history=text, history_sha256=digest)
