@@ -106,8 +106,8 @@ def _wait_no_writer_backends(conn: psycopg.Connection, run_tag: str, timeout: fl
     """A backend whose client gave up may still be finishing its commit: wait until none is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
-                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]).fetchone()[0]
+        busy = pg.fetch_row(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
+                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]))[0]
         if not busy:
             return
         time.sleep(0.2)

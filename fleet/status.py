@@ -53,11 +53,11 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
     try:
         with pg.connect(driver.layout.port("primary"), dbname="postgres", timeout=3,
                         options="-c statement_timeout=3000") as conn:
-            result["primary_lsn"] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            result["primary_lsn"] = pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0]
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             result["replication"] = cur.execute(REPLICATION_SQL).fetchall()
             result["slots"] = cur.execute(SLOTS_SQL).fetchall()
-            oldest_wal = conn.execute(OLDEST_WAL_SQL).fetchone()[0]
+            oldest_wal = pg.fetch_row(conn.execute(OLDEST_WAL_SQL))[0]
     except (FleetError, psycopg.Error) as exc:
         result["errors"].append(str(exc).splitlines()[0])
         return result
@@ -187,7 +187,7 @@ def fleet_check(driver: LocalDriver | None = None) -> list[str]:
     if status["roles"]["primary"]["state"] == "running":
         try:
             with pg.connect(driver.layout.port("primary"), timeout=3) as conn:
-                if conn.execute("SELECT to_regclass('public.test_data')").fetchone()[0] is None:
+                if pg.fetch_row(conn.execute("SELECT to_regclass('public.test_data')"))[0] is None:
                     problems.append("table test_data is missing on the primary: run `python manage.py fleet up`")
         except FleetError as exc:
             problems.append(str(exc))

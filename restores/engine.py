@@ -312,7 +312,7 @@ class Restore:
         with self.connect() as conn:
             # Only a read-write server can assign a transaction id: proves promotion, changes no data.
             conn.execute("SELECT txid_current()")
-            tli = int(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])
+            tli = int(pg.fetch_row(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()"))[0])
         end_lsn, reason, new_tli = end_of_recovery(self.datadir / "pg_wal")
         problem = recovery_shortfall(the_plan, end_lsn, ServerLog.read(self.driver.layout.logfile(ROLE), log_offset))
         if problem:
