@@ -66,8 +66,8 @@ def check_moment(rows: list[LoggedRow], moment: datetime, writer_ids: list[int],
         restored = {rid: (w, s) for rid, w, s in conn.execute(
             "SELECT id, writer, seq FROM test_data WHERE writer = ANY(%s)", [writer_ids]).fetchall()}
         literal = pg.fetch_row(conn.execute("select count(*) from test_data where created_at <= %s", [moment]))[0]
-        run_count = pg.fetch_row(conn.execute("SELECT count(*) FROM test_data WHERE created_at <= %s AND writer = ANY(%s)",
-                                 [moment, writer_ids]))[0]
+        run_count = pg.fetch_row(conn.execute(
+            "SELECT count(*) FROM test_data WHERE created_at <= %s AND writer = ANY(%s)", [moment, writer_ids]))[0]
     with pg.connect(primary_port, timeout=10) as conn:
         foreign = pg.fetch_row(conn.execute(
             "SELECT count(*) FROM test_data WHERE (writer IS NULL OR NOT writer = ANY(%s)) AND created_at <= %s "

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from django.conf import settings
@@ -35,16 +36,16 @@ FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
 
 def fleet_status(driver: LocalDriver | None = None) -> dict:
     driver = driver or get_driver()
-    roles = {}
+    roles: dict[str, dict[str, Any]] = {}
     for role in ROLES:
-        entry = {"state": driver.state(role), "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
+        entry: dict[str, Any] = {"state": driver.state(role), "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
         if role in SERVER_ROLES:
             entry["port"] = driver.layout.port(role)
         roles[role] = entry
     capturer_state = driver.layout.run / "capturer.state.json"
     if capturer_state.exists():
         roles["capturer"]["restarts"] = json.loads(capturer_state.read_text()).get("restarts", 0)
-    result = {"driver": driver.name, "home": str(driver.layout.home), "roles": roles,
+    result: dict[str, Any] = {"driver": driver.name, "home": str(driver.layout.home), "roles": roles,
               "replication": [], "slots": [], "primary_lsn": None, "capturer": None, "errors": [],
               "disk": disk_space(driver)}
     if roles["primary"]["state"] != "running":
