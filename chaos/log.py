@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -59,7 +60,7 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
     entries = [e for path in sorted(run_dir.glob("writes-*.jsonl")) for e in read_jsonl(path)]
     committed = {(e["writer"], e["seq"]): e for e in entries if e["status"] != "unknown"}
     unknown = {(e["writer"], e["seq"]) for e in entries if e["status"] == "unknown"} - set(committed)
-    report = {"unknown_attempts": sum(1 for e in entries if e["status"] == "unknown"),
+    report: dict[str, Any] = {"unknown_attempts": sum(1 for e in entries if e["status"] == "unknown"),
               "unknown_at_end": len(unknown), "resolved_committed": 0, "resolved_not_committed": 0,
               "commit_time_pending": sum(1 for e in committed.values() if e["status"] != "committed")}
     with pg.connect(port, timeout=10) as conn:
