@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TextIO
+from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO
 
 from django.apps import apps
 from django.conf import settings
@@ -62,6 +62,8 @@ class Job(models.Model):
     owner_host = models.CharField(max_length=255, blank=True)
     owner_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[models.Manager[Self]]  # every concrete job model has the default manager
 
     class Meta:
         abstract = True
