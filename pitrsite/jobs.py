@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO
+from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO, TypeVar
 
 from django.apps import apps
 from django.conf import settings
@@ -115,6 +115,9 @@ class Reporter(Protocol):
     def log(self, message: str) -> None: ...
 
 
+J = TypeVar("J", bound=Job)
+
+
 class JobReporter:
     """Writes progress into the job row, at most a few times a second."""
 
@@ -191,7 +194,7 @@ class ConsoleReporter:
         self.stream.write(("\n" if self.tty else "") + message + "\n")
 
 
-def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
+def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
     """Run work() as the job: claimed first, then done or failed with 'failure <step> (<why>)'."""
     if not job.claim():
         raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
@@ -215,7 +218,7 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
     return job
 
 
-def run_exclusive(job: Job, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> Job:
+def run_exclusive(job: J, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> J:
     """run_job under the lock `lock`; refused, the row says why instead of staying queued."""
     try:
         with exclusive(lock, what):
