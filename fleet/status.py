@@ -38,7 +38,8 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
     driver = driver or get_driver()
     roles: dict[str, dict[str, Any]] = {}
     for role in ROLES:
-        entry: dict[str, Any] = {"state": driver.state(role), "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
+        entry: dict[str, Any] = {"state": driver.state(role),
+                                 "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
         if role in SERVER_ROLES:
             entry["port"] = driver.layout.port(role)
         roles[role] = entry

@@ -155,7 +155,8 @@ class Chain:
 
     def holds(self, backup: BaseBackup) -> bool:
         for tli, _, end in self.spans:
-            if backup.timeline == tli and (end is None or cast(int, backup.stop_lsn) <= end):  # verified: has a stop LSN
+            # a verified backup has its stop LSN
+            if backup.timeline == tli and (end is None or cast(int, backup.stop_lsn) <= end):
                 return True
         return False
 
