@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chaos.damage import Damage, restore_latest_caught, rot_segment, stray_history
 from chaos.health import wait_primary_lsn
@@ -27,6 +29,15 @@ from fleet import pg, services
 from pitrsite import procs
 from pitrsite.errors import PitrError
 from walcatalog import walnames
+
+if TYPE_CHECKING:
+    import random
+
+    from chaos.health import Health
+    from chaos.models import ChaosRun
+    from chaos.params import ChaosParams
+    from fleet.local import LocalDriver
+    from pitrsite.jobs import Reporter
 
 
 def indexer_target() -> tuple[str, int] | None:
@@ -77,6 +88,20 @@ def resume_later(pid: int | None, seconds: float) -> None:
 
 class Actions:
     """The chaos actions of a run (mixed into chaos.run.Chaos: needs driver, params, rng, health, events)."""
+
+    if TYPE_CHECKING:  # provided by chaos.run.Chaos
+        driver: LocalDriver
+        params: ChaosParams
+        rng: random.Random
+        health: Health
+        events: list[dict]
+        run_row: ChaosRun
+        reporter: Reporter
+        dir: Path
+
+        def committed_so_far(self) -> int: ...
+
+        def update(self, **fields) -> None: ...
 
     def inject(self, action: str) -> None:
         event: dict = {"action": action, "description": ACTION_HELP[action], "started_at": now_iso(),
@@ -156,6 +181,7 @@ class Actions:
         from chaos.health import indexed_to
 
         self.complete_a_segment()
+        assert self.run_row.backup is not None  # set by Chaos.run before any action
         damage = rot_segment(self.driver.layout.archive, self.run_row.backup.start_lsn or 0)
         event.update(target=damage.path.name, offset=damage.offset, bytes=len(damage.original))
         self._judge_and_repair(damage, event, indexed_to())
@@ -163,6 +189,7 @@ class Actions:
     def do_stray(self, event: dict) -> None:
         from chaos.health import indexed_to
 
+        assert self.run_row.backup is not None  # set by Chaos.run before any action
         indexed, stop = indexed_to(), self.run_row.backup.stop_lsn or 0
         damage = stray_history(self.driver.layout.archive, max(stop, indexed - (indexed - stop) // 2))
         event.update(target=damage.path.name)
@@ -191,7 +218,9 @@ class Actions:
         from chaos.health import indexed_to
 
         with pg.connect(self.driver.layout.port("primary"), dbname="postgres", timeout=5) as conn:
-            switched = walnames.parse_lsn(conn.execute("SELECT pg_switch_wal()::text").fetchone()[0])
+            row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
+            assert row is not None
+            switched = walnames.parse_lsn(row[0])
         deadline = time.monotonic() + self.params.recovery_timeout
         while indexed_to() < switched and time.monotonic() < deadline:
             self.index_once()

@@ -65,13 +65,13 @@ def check_moment(rows: list[LoggedRow], moment: datetime, writer_ids: list[int],
     with pg.connect(restore_port, timeout=10) as conn:
         restored = {rid: (w, s) for rid, w, s in conn.execute(
             "SELECT id, writer, seq FROM test_data WHERE writer = ANY(%s)", [writer_ids]).fetchall()}
-        literal = conn.execute("select count(*) from test_data where created_at <= %s", [moment]).fetchone()[0]
-        run_count = conn.execute("SELECT count(*) FROM test_data WHERE created_at <= %s AND writer = ANY(%s)",
-                                 [moment, writer_ids]).fetchone()[0]
+        literal = pg.fetch_row(conn.execute("select count(*) from test_data where created_at <= %s", [moment]))[0]
+        run_count = pg.fetch_row(conn.execute(
+            "SELECT count(*) FROM test_data WHERE created_at <= %s AND writer = ANY(%s)", [moment, writer_ids]))[0]
     with pg.connect(primary_port, timeout=10) as conn:
-        foreign = conn.execute(
+        foreign = pg.fetch_row(conn.execute(
             "SELECT count(*) FROM test_data WHERE (writer IS NULL OR NOT writer = ANY(%s)) AND created_at <= %s "
-            "AND pg_xact_commit_timestamp(xmin) <= %s", [writer_ids, moment, moment]).fetchone()[0]
+            "AND pg_xact_commit_timestamp(xmin) <= %s", [writer_ids, moment, moment]))[0]
 
     missing = sorted(set(expected_map) - set(restored))
     extra = sorted(set(restored) - set(expected_map))

@@ -106,7 +106,7 @@ def primary_lsn(port: int) -> int | None:
     """The primary's current WAL position, or None when it does not answer within 2 s."""
     try:
         with pg.connect(port, dbname="postgres", timeout=2, options="-c statement_timeout=2000") as conn:
-            return walnames.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+            return walnames.parse_lsn(pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0])
     except (PitrError, psycopg.Error):
         return None
 

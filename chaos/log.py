@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -62,7 +63,7 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
     entries = [e for path in paths if path.exists() for e in read_jsonl(path)]
     committed = {(e["writer"], e["seq"]): e for e in entries if e["status"] != "unknown"}
     unknown = {(e["writer"], e["seq"]) for e in entries if e["status"] == "unknown"} - set(committed)
-    report = {"unknown_attempts": sum(1 for e in entries if e["status"] == "unknown"),
+    report: dict[str, Any] = {"unknown_attempts": sum(1 for e in entries if e["status"] == "unknown"),
               "unknown_at_end": len(unknown), "resolved_committed": 0, "resolved_not_committed": 0,
               "commit_time_pending": sum(1 for e in committed.values() if e["status"] != "committed")}
     with pg.connect(port, timeout=10) as conn:
@@ -109,8 +110,8 @@ def _wait_no_writer_backends(conn: psycopg.Connection, run_tag: str, timeout: fl
     """A backend whose client gave up may still be finishing its commit: wait until none is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
-                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]).fetchone()[0]
+        busy = pg.fetch_row(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
+                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]))[0]
         if not busy:
             return
         time.sleep(0.2)

@@ -67,7 +67,7 @@ def chaos_dict(run: ChaosRun) -> dict:
 
     return {**job_dict(run), "parameters": run.parameters, "verdict": run.verdict or None, "summary": run.summary,
             "writes_count": run.writes_count, "unknown_count": run.unknown_count, "writer_ids": run.writer_ids,
-            "backup": run.backup.label if run.backup_id else None, "run_dir": run.run_dir,
+            "backup": run.backup.label if run.backup else None, "run_dir": run.run_dir,
             "passed": run.passed_count, "restores": len(run.verifications),
             "events": run.events, "verifications": run.verifications}
 

@@ -161,7 +161,7 @@ class Chaos(Actions):
     def pick_writer_ids(self) -> list[int]:
         """Writer ids nobody used yet, so UNIQUE (writer, seq) and the comparisons see only this run."""
         with pg.connect(self.port, timeout=5) as conn:
-            top = conn.execute("SELECT coalesce(max(writer), 0) FROM test_data").fetchone()[0]
+            top = pg.fetch_row(conn.execute("SELECT coalesce(max(writer), 0) FROM test_data"))[0]
         base = (top // 100 + 1) * 100 + 1
         return list(range(base, base + self.params.writers))
 
@@ -229,7 +229,7 @@ class Chaos(Actions):
         from walcatalog.catalog import segment_size
 
         with pg.connect(self.port, dbname="postgres", timeout=5) as conn:
-            timeline = int(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])
+            timeline = int(pg.fetch_row(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()"))[0])
         return vlog.attach_commit_lsns(rows, self.driver.layout.archive, timeline, segment_size(),
                                          start_lsn, end_lsn)
 

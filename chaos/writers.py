@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -186,7 +187,7 @@ class Writer(threading.Thread):
                 pass
             self.conn = None
 
-    def execute(self, sql: str, params: list) -> tuple:
+    def execute(self, sql: str, params: list) -> Any:  # the row; None when the lookup finds none
         assert self.conn is not None
         self.watchdog.arm(self.writer_id, self.conn, self.timeout)
         try:

@@ -126,7 +126,9 @@ class BaseBackupAdmin(JobAdmin):
     @admin.action(description="Start a new backup with the same compression", permissions=["start"])
     def start_backup_like(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
 
-        compression = queryset.order_by("-created_at").first().compression
+        newest = queryset.order_by("-created_at").first()
+        assert newest is not None  # an admin action runs on a non-empty selection
+        compression = newest.compression
         done = self.try_start(request, lambda: actions.start_backup(compression, "admin"), "backup")
         if not isinstance(done, HttpResponse):
             self.message_user(request, str(done), level="error")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -79,7 +80,7 @@ class JobAdmin(ReadOnlyAdmin):
                   note: str = "", error: str = "", code: int = 200) -> HttpResponse:
         context = {**self.admin_site.each_context(request), "title": title, "form": form, "opts": self.model._meta,
                    "queryset": queryset, "action": action, "note": note, "error": error,
-                   "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+                   "action_checkbox_name": ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/pitr_start_form.html", context, status=code)
 
     def started(self, request: HttpRequest, job: Job, what: str) -> HttpResponseRedirect:

@@ -62,9 +62,9 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
            f'aria-label="writes per second with chaos actions and restore targets" xmlns="http://www.w3.org/2000/svg">']
     for event in events:
         t0 = _ts(event.get("started_at"))
-        t1 = _ts(event.get("recovered_at") or event.get("ended_at")) or t0
         if t0 is None:
             continue
+        t1 = _ts(event.get("recovered_at") or event.get("ended_at")) or t0
         label = escape(str(event.get("action", "?")))
         out.append(f'<rect class="action-span" x="{x(t0):.1f}" y="{TOP}" width="{max(x(t1) - x(t0), 1.5):.1f}" '
                    f'height="{plot_h}"><title>{label}: {escape(str(event.get("started_at")))} → '

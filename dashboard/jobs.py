@@ -5,11 +5,16 @@ result backend, so a page opened after a restart still shows the truth.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, cast
+
 from django.apps import apps
 from django.db.models import Count
 from django.urls import reverse
 
 from pitrsite.jobs import ACTIVE_STATES, Job
+
+if TYPE_CHECKING:
+    from restores.models import RestoreJob
 
 # kind -> (app label, model name, detail url name); ChaosRun joins when its model exists.
 KINDS = {
@@ -47,11 +52,12 @@ def job_json(job: Job) -> dict:
     from walcatalog.serializers import backup_dict, job_dict
 
     kind = kind_of(job)
-    data = {"backup": backup_dict, "restore": restore_dict}.get(kind, job_dict)(job)
+    serializers: dict[str, Callable[[Any], dict]] = {"backup": backup_dict, "restore": restore_dict}
+    data = serializers.get(kind, job_dict)(job)
     data.update(kind=kind, title=str(job), active=job.is_active, url=detail_url(job),
                 percent=None if job.percent is None else round(job.percent, 1))
     if kind == "restore":
-        data.update(target_description=job.target_description, replay_percent=replay_percent(job))
+        data.update(target_description=cast("RestoreJob", job).target_description, replay_percent=replay_percent(job))
     elif kind == "chaos":
         for name in ("verdict", "events", "results"):
             if hasattr(job, name):

@@ -78,7 +78,7 @@ def newest_segments() -> dict[int, dict]:
     for timeline in WalSegment.objects.order_by().values_list("timeline", flat=True).distinct():
         row = rows.filter(timeline=timeline).first()
         if row:
-            result[timeline] = row
+            result[timeline] = dict(row)
     return result
 
 

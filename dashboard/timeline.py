@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 from html import escape
+from typing import cast
 
 from django.db import connection
 from django.utils import timezone
@@ -84,7 +85,7 @@ def aggregate(buckets: int = BUCKETS) -> Picture:
     if not rows:
         return Picture()
     found = [Bucket(int(r[0]), int(r[1]), int(r[2]), int(r[3] or 0), int(r[4] or 0), int(r[5]), int(r[6]),
-                    _seconds(r[7]), _seconds(r[8])) for r in rows]
+                    cast(float, _seconds(r[7])), cast(float, _seconds(r[8]))) for r in rows]  # COALESCE: never NULL
     start, end = min(b.start for b in found), max(b.end for b in found)
     return Picture(start=start, end=max(end, start + 1.0), timelines=sorted({b.timeline for b in found}),
                    buckets=found, total_segments=sum(b.segments for b in found))
@@ -110,18 +111,20 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     """The picture as an SVG string; gaps are catalog Gap dicts (timeline, first, last, text)."""
     if picture.empty:
         return '<p class="muted">No WAL segment is in the catalog yet.</p>'
+    assert picture.start is not None and picture.end is not None
+    start, end = picture.start, picture.end
     lanes = {tli: i for i, tli in enumerate(picture.timelines)}
     height = TOP + LANE * len(lanes) + AXIS
     plot_w = WIDTH - LEFT - RIGHT
-    span = picture.end - picture.start
+    span = end - start
 
     def x(ts: float) -> float:
-        return LEFT + plot_w * min(max((ts - picture.start) / span, 0.0), 1.0)
+        return LEFT + plot_w * min(max((ts - start) / span, 0.0), 1.0)
 
     out = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
            f'aria-label="WAL segments per timeline over time" xmlns="http://www.w3.org/2000/svg">']
     w_start, w_end = (_epoch(v) for v in window)
-    if w_start is not None and w_end is not None and w_end >= picture.start and w_start <= picture.end:
+    if w_start is not None and w_end is not None and w_end >= start and w_start <= end:
         x0, x1 = x(w_start), x(w_end)
         out.append(f'<rect class="window" x="{x0:.1f}" y="{TOP - 6}" width="{max(x1 - x0, 2):.1f}" '
                    f'height="{LANE * len(lanes) + 6}"><title>recoverable window</title></rect>')
@@ -153,7 +156,7 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     out.extend(_backup_marks(picture, x, lanes))
     axis_y = TOP + LANE * len(lanes) + 4
     for i in range(6):
-        ts = picture.start + span * i / 5
+        ts = start + span * i / 5
         anchor = "start" if i == 0 else "end" if i == 5 else "middle"  # the outer labels stay inside the picture
         out.append(f'<line class="tick" x1="{x(ts):.1f}" x2="{x(ts):.1f}" y1="{axis_y}" y2="{axis_y + 5}"/>'
                    f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">{_label(ts, span)}</text>')
@@ -163,12 +166,15 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
 
 def _backup_marks(picture: Picture, x, lanes: dict) -> list[str]:
     """One mark per backup; backups closer than a few pixels share one mark (its title says how many)."""
+    assert picture.start is not None and picture.end is not None  # render_svg draws a non-empty picture
     rows = (BaseBackup.objects.filter(stop_time__gte=datetime.fromtimestamp(picture.start, dt_timezone.utc),
                                       stop_time__lte=datetime.fromtimestamp(picture.end, dt_timezone.utc))
             .order_by("-stop_time").values("label", "stop_time", "state")[:MAX_BACKUP_MARKS])
     groups: dict[int, list[dict]] = {}
     for backup in rows:
-        groups.setdefault(round(x(backup["stop_time"].timestamp()) / BACKUP_MERGE_PX), []).append(backup)
+        stop_time = backup["stop_time"]
+        assert stop_time is not None  # filtered on stop_time
+        groups.setdefault(round(x(stop_time.timestamp()) / BACKUP_MERGE_PX), []).append(dict(backup))
     full_lines = len(groups) <= 40  # many marks: triangles only, lines would hide the segments
     out = []
     for members in groups.values():

@@ -100,7 +100,8 @@ def backup_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def backup_start(request: HttpRequest) -> HttpResponse:
     form = BackupForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "choose a compression: " + ", ".join(c for c, _ in form.fields["compression"].choices))
+        choices = form.fields["compression"].choices  # type: ignore[attr-defined]  # a ChoiceField
+        messages.error(request, "choose a compression: " + ", ".join(c for c, _ in choices))
         return redirect("dashboard:backups")
     try:
         backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard")
@@ -194,7 +195,8 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
     _chaos_model()
     form = ChaosForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "; ".join(f"{name}: {' '.join(errs)}" for name, errs in form.errors.items()))
+        messages.error(request, "; ".join(f"{name}: {' '.join(errs)}"  # type: ignore[arg-type]  # ErrorList yields str
+                                          for name, errs in form.errors.items()))
         return redirect("dashboard:chaos_runs")
     try:
         run = actions.start_chaos(form.params(), trigger="dashboard")

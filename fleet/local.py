@@ -235,7 +235,7 @@ class LocalDriver:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [settings.PITR_REPL_USER]).fetchone():
                 conn.execute(f'CREATE ROLE "{settings.PITR_REPL_USER}" WITH LOGIN REPLICATION')
             # ALTER ROLE ... PASSWORD takes no bind parameters; quote with the server's own function.
-            quoted = conn.execute("SELECT quote_literal(%s)", [repl_pw]).fetchone()[0]
+            quoted = pg.fetch_row(conn.execute("SELECT quote_literal(%s)", [repl_pw]))[0]
             conn.execute(f'ALTER ROLE "{settings.PITR_REPL_USER}" WITH PASSWORD {quoted}')
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
                 conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
@@ -253,7 +253,7 @@ class LocalDriver:
         if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
                         [settings.PITR_CAPTURE_SLOT]).fetchone():
             return
-        segsize = int(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
+        segsize = int(pg.fetch_row(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))[0])
         waldir = [r[0] for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
         lost = capture.lost_range(capture.restart_point(self.layout.archive, segsize), waldir, segsize)
         if lost:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import psycopg
 from django.conf import settings
@@ -147,3 +147,10 @@ def connect(port: int, *, user: str | None = None, dbname: str | None = None,
                                connect_timeout=timeout, **kwargs)
     except psycopg.OperationalError as exc:
         raise FleetError(f"cannot connect to PostgreSQL on {settings.PITR_HOST}:{port} ({first_line(str(exc))})") from None
+
+
+def fetch_row(cursor: psycopg.Cursor[Any]) -> Any:
+    """The cursor's next row, for queries that always return one (an aggregate, a function call)."""
+    row = cursor.fetchone()
+    assert row is not None
+    return row

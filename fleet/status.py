@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from django.conf import settings
@@ -35,16 +36,17 @@ FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
 
 def fleet_status(driver: LocalDriver | None = None) -> dict:
     driver = driver or get_driver()
-    roles = {}
+    roles: dict[str, dict[str, Any]] = {}
     for role in ROLES:
-        entry = {"state": driver.state(role), "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
+        entry: dict[str, Any] = {"state": driver.state(role),
+                                 "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
         if role in SERVER_ROLES:
             entry["port"] = driver.layout.port(role)
         roles[role] = entry
     capturer_state = driver.layout.run / "capturer.state.json"
     if capturer_state.exists():
         roles["capturer"]["restarts"] = json.loads(capturer_state.read_text()).get("restarts", 0)
-    result = {"driver": driver.name, "home": str(driver.layout.home), "roles": roles,
+    result: dict[str, Any] = {"driver": driver.name, "home": str(driver.layout.home), "roles": roles,
               "replication": [], "slots": [], "primary_lsn": None, "capturer": None, "errors": [],
               "disk": disk_space(driver)}
     if roles["primary"]["state"] != "running":
@@ -53,11 +55,11 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
     try:
         with pg.connect(driver.layout.port("primary"), dbname="postgres", timeout=3,
                         options="-c statement_timeout=3000") as conn:
-            result["primary_lsn"] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            result["primary_lsn"] = pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0]
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             result["replication"] = cur.execute(REPLICATION_SQL).fetchall()
             result["slots"] = cur.execute(SLOTS_SQL).fetchall()
-            oldest_wal = conn.execute(OLDEST_WAL_SQL).fetchone()[0]
+            oldest_wal = pg.fetch_row(conn.execute(OLDEST_WAL_SQL))[0]
     except (FleetError, psycopg.Error) as exc:
         result["errors"].append(str(exc).splitlines()[0])
         return result
@@ -187,7 +189,7 @@ def fleet_check(driver: LocalDriver | None = None) -> list[str]:
     if status["roles"]["primary"]["state"] == "running":
         try:
             with pg.connect(driver.layout.port("primary"), timeout=3) as conn:
-                if conn.execute("SELECT to_regclass('public.test_data')").fetchone()[0] is None:
+                if pg.fetch_row(conn.execute("SELECT to_regclass('public.test_data')"))[0] is None:
                     problems.append("table test_data is missing on the primary: run `python manage.py fleet up`")
         except FleetError as exc:
             problems.append(str(exc))

@@ -23,6 +23,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 MIN_BACKOFF, MAX_BACKOFF, HEALTHY_AFTER = 0.5, 10.0, 30.0
 
@@ -36,7 +37,7 @@ class Supervisor:
         self.name, self.argv, self.rundir, self.user = name, argv, rundir, user
         self.child: subprocess.Popen | None = None
         self.stopping = False
-        self.state = {"name": name, "argv": argv, "restarts": 0, "started_at": now(), "last_exit": None}
+        self.state: dict[str, Any] = {"name": name, "argv": argv, "restarts": 0, "started_at": now(), "last_exit": None}
 
     def log(self, message: str) -> None:
         print(f"{now()} supervise[{self.name}]: {message}", flush=True)
@@ -62,6 +63,7 @@ class Supervisor:
 
     def kill_leftovers(self) -> None:
         """Orphans of a dead child (a SIGKILLed Celery worker leaves its pool processes) die with it."""
+        assert self.child is not None  # after spawn
         try:
             os.killpg(self.child.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -86,6 +88,7 @@ class Supervisor:
         while not self.stopping:
             started = time.monotonic()
             self.spawn()
+            assert self.child is not None
             code = self.child.wait()
             self.kill_leftovers()
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"

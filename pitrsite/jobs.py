@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TextIO
+from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO, TypeVar
 
 from django.apps import apps
 from django.conf import settings
@@ -63,6 +63,8 @@ class Job(models.Model):
     owner_host = models.CharField(max_length=255, blank=True)
     owner_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[models.Manager[Self]]  # every concrete job model has the default manager
 
     class Meta:
         abstract = True
@@ -112,6 +114,9 @@ class Reporter(Protocol):
     def step(self, name: str) -> None: ...
     def progress(self, done: int, total: int | None = None) -> None: ...
     def log(self, message: str) -> None: ...
+
+
+J = TypeVar("J", bound=Job)
 
 
 class JobReporter:
@@ -195,7 +200,7 @@ class ConsoleReporter:
             self.bar = None
 
 
-def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
+def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
     """Run work() as the job: claimed first, then done or failed with 'failure <step> (<why>)'."""
     if not job.claim():
         raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
@@ -219,7 +224,7 @@ def run_job(job: Job, reporter: Reporter, work: Callable[[], None]) -> Job:
     return job
 
 
-def run_exclusive(job: Job, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> Job:
+def run_exclusive(job: J, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> J:
     """run_job under the lock `lock`; refused, the row says why instead of staying queued."""
     try:
         with exclusive(lock, what):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeGuard
 
 
 def read_pid(path: Path) -> int | None:
@@ -29,11 +29,11 @@ def proc_state(pid: int) -> str | None:
     return None if fields is None or fields[0] in ("Z", "X") else fields[0]
 
 
-def alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> TypeGuard[int]:
     return pid is not None and proc_state(pid) is not None
 
 
-def paused(pid: int | None) -> bool:
+def paused(pid: int | None) -> TypeGuard[int]:
     return pid is not None and proc_state(pid) in ("T", "t")
 
 
@@ -166,8 +166,9 @@ def stop_supervised(name: str, rundir: Path, timeout: float = 20) -> bool:
     pid = read_pid(rundir / f"{name}.supervisor.pid")
     if not alive(pid):
         return False
-    if paused(read_pid(rundir / f"{name}.pid")):
-        os.kill(read_pid(rundir / f"{name}.pid"), signal.SIGCONT)
+    child = read_pid(rundir / f"{name}.pid")
+    if paused(child):
+        os.kill(child, signal.SIGCONT)
     os.kill(pid, signal.SIGTERM)
     if not wait_gone(pid, timeout):
         signal_tree(pid, signal.SIGKILL)

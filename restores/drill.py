@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 from django.conf import settings
 from django.utils import timezone
@@ -67,7 +68,8 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
         expected = expected_end()
     except PitrError as exc:
         return record(job, DrillVerdict.FAILED, f"cannot plan a restore of the newest moment ({exc})", {})
-    detail = {"expected_end_lsn": walnames.format_lsn(expected.lsn), "expected_end_segment": expected.segment}
+    detail: dict[str, Any] = {"expected_end_lsn": walnames.format_lsn(expected.lsn),
+                              "expected_end_segment": expected.segment}
     try:
         job = run_restore(job, reporter)
     except LockBusy as busy:  # another restore holds the target: refused before it was claimed
@@ -108,6 +110,7 @@ def expected_end() -> Expected:
     the_plan = plan(RestoreTarget(kind=TargetKind.LATEST))
     segments = the_plan.segments
     if not segments:  # the backup's own pg_wal is all there is
+        assert the_plan.backup.stop_lsn is not None  # the plan's backup is verified: it has its LSNs
         return Expected(lsn=the_plan.backup.stop_lsn, segment=f"backup {the_plan.backup.label}")
     last = segments[-1]
     # A .partial's valid WAL ends where the indexer's pg_waldump stopped; a complete segment's last
@@ -195,8 +198,9 @@ def summary() -> dict:
     warning = ""
     if last is not None and last.drill_verdict == DrillVerdict.FAILED:
         warning = f"the last restore drill (#{last.pk}) failed: {last.drill_detail.get('reason') or last.error}"
-    elif last is not None and interval > 0 and age(last) > 2 * interval:
-        warning = (f"the last restore drill (#{last.pk}) is {age(last) / 3600:.1f} h old, over twice "
+    # a drill with a verdict has finished (record() sets finished_at): its age is known
+    elif last is not None and interval > 0 and cast(float, age(last)) > 2 * interval:
+        warning = (f"the last restore drill (#{last.pk}) is {cast(float, age(last)) / 3600:.1f} h old, over twice "
                    f"PITR_DRILL_INTERVAL ({interval / 3600:.1f} h): is Celery beat running?")
     return {"interval": interval, "last": last, "last_age": age(last), "last_verdict": last and last.drill_verdict,
             "last_success": good, "last_success_age": age(good), "warning": warning}

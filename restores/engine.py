@@ -241,6 +241,7 @@ class Restore:
         for (copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
             if error is not None:
                 raise StepFailed(step, st.error_text(error)) from error
+            assert size is not None  # no error: the download returned
             self.used_storage += 1
             done += size if by_bytes else 1
             self.reporter.progress(done, total)
@@ -272,6 +273,7 @@ class Restore:
         """Poll replay progress until the server promotes itself (recovery_target_action=promote)."""
         start = the_plan.backup.start_lsn
         goal = the_plan.target_lsn or (the_plan.segments[-1].end_lsn if the_plan.segments else the_plan.backup.stop_lsn)
+        assert start is not None and goal is not None  # the plan's backup is verified: it has its LSNs
         deadline = time.monotonic() + settings.PITR_RESTORE_TIMEOUT
         started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid is written
         while time.monotonic() < deadline:
@@ -298,8 +300,8 @@ class Restore:
     def probe(self) -> tuple[bool, int | None] | None:
         try:
             with self.connect(timeout=2) as conn:
-                in_recovery, replay = conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+                in_recovery, replay = pg.fetch_row(conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"))
         except (PitrError, psycopg.Error):
             return None  # not accepting connections yet (before consistency)
         return in_recovery, walnames.parse_lsn(replay) if replay else None
@@ -312,7 +314,7 @@ class Restore:
         with self.connect() as conn:
             # Only a read-write server can assign a transaction id: proves promotion, changes no data.
             conn.execute("SELECT txid_current()")
-            tli = int(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])
+            tli = int(pg.fetch_row(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()"))[0])
         end_lsn, reason, new_tli = end_of_recovery(self.datadir / "pg_wal")
         problem = recovery_shortfall(the_plan, end_lsn, ServerLog.read(self.driver.layout.logfile(ROLE), log_offset))
         if problem:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 from django.db.models import Exists, Max, OuterRef, Q
 
@@ -129,6 +130,7 @@ class Chain:
     def __init__(self, tli: int):
         self.tli = tli
         row = Timeline.objects.filter(tli=tli).first()
+        self.spans: list[tuple[int, int, int | None]]
         if tli == 1 or row is None or not row.history:
             self.spans = [(tli, 0, None)]
         else:
@@ -153,7 +155,8 @@ class Chain:
 
     def holds(self, backup: BaseBackup) -> bool:
         for tli, _, end in self.spans:
-            if backup.timeline == tli and (end is None or backup.stop_lsn <= end):
+            # a verified backup has its stop LSN
+            if backup.timeline == tli and (end is None or cast(int, backup.stop_lsn) <= end):
                 return True
         return False
 
@@ -204,6 +207,7 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
             # No commit after T was captured: T is the newest commit itself. Stop right after it
             # (PostgreSQL refuses to end recovery before a time target is passed).
             last = segments.filter(last_commit_at=newest_commit).order_by("-segno").first()
+            assert last is not None and last.last_commit_lsn is not None  # it holds the newest commit
             result.target_lsn = last.last_commit_lsn
             result.recovery = {"recovery_target_lsn": walnames.format_lsn(last.last_commit_lsn),
                                "recovery_target_inclusive": "on"}
@@ -252,7 +256,7 @@ def _target_timeline(target: RestoreTarget, backups: list[BaseBackup]) -> int:
     # Only a timeline with WAL or a backup can be restored to: a stray history file alone is not one.
     # order_by(): Meta.ordering would otherwise make distinct() return one row per segment.
     newest = max([*WalSegment.objects.order_by().values_list("timeline", flat=True).distinct(),
-                  *(b.timeline for b in backups)])
+                  *(cast(int, b.timeline) for b in backups)])  # a usable backup has its timeline
     if not target.timeline:
         return newest
     tli = int(target.timeline)
@@ -266,6 +270,7 @@ def _backup_before(candidates: list[BaseBackup], ok, what: str) -> BaseBackup:
         if ok(backup):
             return backup
     oldest = candidates[-1]
+    assert oldest.stop_time is not None  # a usable backup has its stop time
     raise PlanError(f"target {what} is before the end of the oldest usable backup #{oldest.pk} "
                     f"({oldest.stop_time.isoformat()}, LSN {oldest.stop_lsn_text}): choose a later target")
 
@@ -305,6 +310,7 @@ def _xid_commit_time(xid: int, primary_port: int | None) -> datetime:
 
 def _wal_range(chain: Chain, segments, backup: BaseBackup, end_segno: int | None, seg_size: int) -> list[WalSegment]:
     """The archive files replay needs after the backup's own pg_wal, checked for gaps."""
+    assert backup.stop_lsn is not None  # a usable backup has its stop LSN
     first = walnames.segment_of_lsn(backup.stop_lsn, seg_size)
     if end_segno is None:
         newest = segments.order_by("-segno").first()

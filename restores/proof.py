@@ -48,6 +48,7 @@ def recovery_shortfall(the_plan: Plan, end_lsn: int | None, log: "ServerLog") ->
 def latest_end(the_plan: Plan) -> tuple[int, str]:
     """The least LSN a restore to the latest WAL must reach, and what it is, for messages."""
     if not the_plan.segments:
+        assert the_plan.backup.stop_lsn is not None  # the plan's backup is verified: it has its LSNs
         return the_plan.backup.stop_lsn, "the end of the backup"
     last = the_plan.segments[-1]
     if last.is_partial:

@@ -53,7 +53,7 @@ def not_written_yet(target: RestoreTarget) -> bool:
     if target.kind == TargetKind.LSN:
         try:
             with pg.connect(Layout.current().port("primary"), dbname="postgres", timeout=3) as conn:
-                current = walnames.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+                current = walnames.parse_lsn(pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0])
         except (PitrError, psycopg.Error):
             return False  # the job finds out, before it touches anything
         return target.lsn >= current

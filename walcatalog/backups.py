@@ -68,7 +68,7 @@ def check_room(layout: Layout, compression: str) -> None:
     conservative guess, when compressed), and verification unpacks all of it into the staging directory.
     """
     with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
-        size = int(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0])
+        size = int(pg.fetch_row(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database"))[0])
     need: dict[int, list] = {}
     layout.staging.mkdir(parents=True, exist_ok=True)
     for path, amount in ((layout.backups, size if compression == Compression.NONE else size // 2),

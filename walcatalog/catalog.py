@@ -46,8 +46,8 @@ def _size_from_primary() -> int | None:
 
     try:
         with pg.connect(Layout.port("primary"), dbname="postgres", timeout=3) as conn:
-            row = conn.execute("SELECT setting::bigint, unit FROM pg_settings WHERE name = 'wal_segment_size'"
-                               ).fetchone()
+            row = pg.fetch_row(conn.execute("SELECT setting::bigint, unit FROM pg_settings "
+                                            "WHERE name = 'wal_segment_size'"))
     except (PitrError, psycopg.Error) as exc:
         log.info("WAL segment size not read from the primary (%s); using the archive", exc)
         return None
@@ -161,6 +161,7 @@ def _expected_ranges(spans: dict[int, tuple[int, int]], seg_size: int) -> dict[i
     branches = Timeline.objects.filter(parent_tli__isnull=False, switch_lsn__isnull=False).values_list(
         "tli", "parent_tli", "switch_lsn")
     for tli, parent, switch_lsn in branches:
+        assert switch_lsn is not None  # filtered on switch_lsn
         switch_seg = walnames.segment_of_lsn(switch_lsn, seg_size)
         if tli not in spans or parent not in spans or spans[parent][0] > switch_seg:
             continue  # a branch capture never followed, or one from before the archive begins
@@ -320,6 +321,7 @@ def recoverable_window(gap_list: list[Gap] | None = None,
               .order_by("stop_lsn").first())
     with_commits = WalSegment.objects.filter(last_commit_at__isnull=False).order_by()
     if backup is not None:
+        assert backup.stop_lsn is not None  # filtered on stop_lsn
         start, start_lsn, tli = backup.stop_time, backup.stop_lsn, backup.timeline
     else:
         spans = segment_spans()
@@ -360,7 +362,8 @@ def _newest_commit(start_lsn: int, gap: Gap | None,
         top = [r for r in rows.order_by("-segno").values_list("last_commit_at", "last_commit_lsn", "segno")[:8]
                if (tli, r[2]) not in lost]
         if top:
-            return max(r[0] for r in top), top[0][1], tli
+            # filtered on last_commit_at (and so last_commit_lsn) being set
+            return max(r[0] for r in top), top[0][1], tli  # type: ignore[type-var, return-value]
     return None
 
 

@@ -190,6 +190,7 @@ class _Pass:
 
     def run(self) -> None:
         work: list[tuple[walnames.WalFile, _File]] = []
+        wal: walnames.WalFile | None
         for name, (_, size, mtime_ns) in self.files.items():
             row = self.rows.get(name)
             if row is not None and self._unchanged(row, size, mtime_ns):
@@ -197,15 +198,19 @@ class _Pass:
                 if row[5] and not row[1]:  # complete, but its last record may continue in a successor
                     wal = walnames.parse_wal_name(name, self.seg_size)
                     if self._successor(wal) is not None:
-                        work.append((wal, self.file(name)))
+                        listed = self.file(name)
+                        assert listed is not None  # name is in self.files
+                        work.append((wal, listed))
                 continue
             wal = self._parse(name)
             if wal is None:
                 continue
             f = self.file(name)
+            assert f is not None  # name is in self.files
             if wal.kind == "history":
                 self._history(f)
-            elif wal.kind == "partial" and walnames.segment_name(wal.timeline, wal.segno, self.seg_size) in self.files:
+            elif (wal.kind == "partial" and wal.segno is not None
+                  and walnames.segment_name(wal.timeline, wal.segno, self.seg_size) in self.files):
                 continue  # both names at once: the complete file is the truth
             elif wal.kind == "segment" and size != self.seg_size:
                 self.result.junk += 1  # a WAL-like name on a file that cannot be a segment
@@ -254,6 +259,7 @@ class _Pass:
 
     def _successor(self, seg: _Row | walnames.WalFile) -> _File | None:
         """The next segment's file on the same timeline, complete or partial."""
+        assert seg.segno is not None  # a segment or a partial, never a history file
         name = walnames.segment_name(seg.timeline, seg.segno + 1, self.seg_size)
         return self.file(name) or self.file(name + ".partial")
 
@@ -316,6 +322,7 @@ class _Pass:
 
     # --- segments --------------------------------------------------------------
     def _segment(self, wal: walnames.WalFile, f: _File) -> None:
+        assert wal.segno is not None  # a segment or a partial
         name = walnames.segment_name(wal.timeline, wal.segno, self.seg_size)
         brief = self.rows.get(name) or self.rows.get(name + ".partial")
         row = _full_row(brief[0]) if brief else None
@@ -336,6 +343,7 @@ class _Pass:
             self._replace(row, wal, f)
 
     def _dump(self, seg: _Row | walnames.WalFile, f: _File, start: int | None) -> waldump.DumpResult:
+        assert seg.segno is not None  # a segment or a partial
         successor = self._successor(seg)
         self.result.dumped += 1
         return waldump.read_commits(f.path, seg.timeline, seg.segno, self.seg_size, start=start,
@@ -346,6 +354,7 @@ class _Pass:
         return sha256_file(f.path)
 
     def _create(self, wal: walnames.WalFile, f: _File) -> None:
+        assert wal.segno is not None  # a segment or a partial
         partial = wal.kind == "partial"
         start = wal.start_lsn(self.seg_size)
         sha = "" if partial else self._hash(f)

@@ -130,6 +130,7 @@ class _Rebuild:
             if error is not None:
                 self.result.skipped.append(f"{key}: {st.error_text(error)}")
                 continue
+            assert got is not None  # no error: the download returned
             fetched[dest.name] = (key, *got)
             self.result.bytes_read += got[0]
             if self.reporter:

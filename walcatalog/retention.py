@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from django.conf import settings
 from django.db import transaction
@@ -138,11 +139,13 @@ def _pass(policy: Policy, dry_run: bool, now: datetime, result: RetentionResult,
     if not kept:
         result.note = "no verified backup yet: nothing is deleted"
         return
-    oldest = min(kept, key=lambda b: b.stop_lsn)
+    # a verified backup has its start and stop LSNs
+    oldest = min(kept, key=lambda b: cast(int, b.stop_lsn))
+    assert oldest.stop_lsn is not None
     seg_size = oldest.segment_size or walnames.DEFAULT_SEGMENT_SIZE
     # From the segment holding the earliest kept start: a backup's own pg_wal.tar covers start..stop, but
     # a segment is the unit of deletion and one segment of margin costs nothing.
-    start = min(b.start_lsn for b in kept)
+    start = min(cast(int, b.start_lsn) for b in kept)
     keep_from = walnames.segment_start_lsn(walnames.segment_of_lsn(start, seg_size), seg_size)
     result.oldest_kept_backup = oldest.label
     result.keep_from_lsn = walnames.format_lsn(keep_from)

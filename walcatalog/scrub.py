@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import F
@@ -50,7 +51,7 @@ def scrub_archive(archive_dir: Path | None = None, mb_per_s: float | None = None
             continue  # the indexer marks it vanished
         result.checked += 1
         result.bytes += seg.size
-        fields = {"checked_at": timezone.now()}
+        fields: dict[str, Any] = {"checked_at": timezone.now()}
         if found != seg.sha256:
             result.corrupt += 1
             fields.update(corrupt_at=fields["checked_at"],

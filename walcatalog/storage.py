@@ -137,7 +137,7 @@ def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = 
     else:
         size, sha = sha256_file(source)
     if expect_sha256 and sha != expect_sha256:
-        raise LocalChanged(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "
+        raise LocalChanged(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "  # type: ignore[str-bytes-safe]
                             f"catalog says {expect_sha256[:12]}...): not uploaded")
     if isinstance(source, bytes):
         saved = storage.save(key, ContentFile(source))
@@ -233,7 +233,10 @@ def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: flo
         return not isinstance(exc, NOT_RETRIED + final) and not _credentials_refused(exc)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(state.outcome.exception()),
+        assert state.outcome is not None and state.next_action is not None  # set before tenacity sleeps
+        exc = state.outcome.exception()
+        assert exc is not None  # only exceptions are retried
+        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc),
                     state.attempt_number, attempts - 1, state.next_action.sleep)
 
     retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), reraise=True,

@@ -162,7 +162,8 @@ class _Pass:
             file_copies = [copies.get(st.backup_key(backup.label, f)) for f in files]
             if not files or None in file_copies:
                 continue  # a file failed or is still missing: no descriptor, so storage never shows a half backup
-            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256} for f, c in zip(files, file_copies)]
+            held = [c for c in file_copies if c is not None]  # all of them, as checked just above
+            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256} for f, c in zip(files, held)]
             items.append(Item(StorageCopy.Kind.DESCRIPTOR, key, st.descriptor_bytes(backup_dict(backup), listing),
                               backup_id=backup.pk))
         return items
@@ -183,6 +184,7 @@ class _Pass:
                 self.result.errors.append(message)
                 log.warning("upload failed: %s", message)
             else:
+                assert uploaded is not None  # no error: the upload returned
                 self.record(item, uploaded)
             if self.reporter:
                 self.reporter.progress(self.done, total)
@@ -199,8 +201,9 @@ class _Pass:
         r.bytes += up.size
         r.upload_seconds += up.upload_seconds
         r.verify_seconds += up.verify_seconds
-        counter = {StorageCopy.Kind.WAL: "wal", StorageCopy.Kind.HISTORY: "history",
-                   StorageCopy.Kind.BACKUP: "backup_files", StorageCopy.Kind.DESCRIPTOR: "descriptors"}[item.kind]
+        counters: dict[str, str] = {StorageCopy.Kind.WAL: "wal", StorageCopy.Kind.HISTORY: "history",
+                                    StorageCopy.Kind.BACKUP: "backup_files", StorageCopy.Kind.DESCRIPTOR: "descriptors"}
+        counter = counters[item.kind]
         setattr(r, counter, getattr(r, counter) + 1)
 
 
@@ -251,7 +254,11 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
 
     for copy, got, error in st.parallel(to_hash, one, workers or settings.PITR_DOWNLOAD_PARALLEL):
         if error is not None or got != (copy.size, copy.sha256):
-            why = st.error_text(error) if error else f"sha256 {got[1][:16]}... ({got[0]} bytes)"
+            if error:
+                why = st.error_text(error)
+            else:
+                assert got is not None  # no error: the read returned
+                why = f"sha256 {got[1][:16]}... ({got[0]} bytes)"
             result.mismatched.append(f"{copy.key}: {why}, recorded {copy.sha256[:16]}... ({copy.size} bytes)")
         else:
             result.verified += 1
