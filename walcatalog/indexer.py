@@ -276,9 +276,9 @@ class _Pass:
         if parent >= tli:
             return f"it branches from timeline {parent}, not an older one"
         prefix = f"{parent:08X}"
-        ends = [walnames.segment_end_lsn(w.segno, self.seg_size) for w in
-                (walnames.parse_wal_name(name[:24], self.seg_size) for name in self.files
-                 if name.startswith(prefix) and len(name) >= 24 and walnames.is_wal_name(name[:24], self.seg_size))]
+        held = (walnames.parse_wal_name(name[:24], self.seg_size) for name in self.files
+                if name.startswith(prefix) and len(name) >= 24 and walnames.is_wal_name(name[:24], self.seg_size))
+        ends = [walnames.segment_end_lsn(w.segno, self.seg_size) for w in held if w.segno is not None]
         ends += [e for e in WalSegment.objects.filter(timeline=parent).aggregate(e=Max("end_lsn")).values() if e]
         if not ends and f"{prefix}.history" not in self.files and not Timeline.objects.filter(tli=parent).exists():
             return f"its parent timeline {parent} is not in the catalog"
