@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
+from fleet.status import capture_summary
 from pitrsite import periodic
 from pitrsite.jobs import JobState
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
@@ -120,7 +121,6 @@ def catalog_summary(key: str | None = None) -> dict:
 
 
 def overview(with_capture: bool = True, key: str | None = None) -> Overview:
-    from walcatalog import catalog
 
     key = key or fingerprint()
     facts = catalog_summary(key)
@@ -129,7 +129,7 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     if view.corrupt:
         view.problems.append(f"{view.corrupt} WAL segment(s) corrupt in the local archive (see walstatus)")
     if with_capture:
-        view.capture = catalog.capturer_state()
+        view.capture = capture_summary()
         view.capture["running"] = view.capture.get("state") == "running" and bool(view.capture.get("streaming"))
         view.problems.extend(view.capture.get("errors", []))
         if view.capture.get("reason"):

@@ -13,7 +13,7 @@ from django.conf import settings
 from fleet import pg
 from fleet.layout import ROLES, SERVER_ROLES
 from fleet.local import LocalDriver, get_driver
-from pitrsite.errors import FleetError
+from pitrsite.errors import FleetError, PitrError, first_line
 
 REPLICATION_SQL = """
 SELECT application_name, state, sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text,
@@ -203,3 +203,20 @@ def fleet_check(driver: LocalDriver | None = None) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def capture_summary() -> dict:
+    """The capturer's process state and lag; a down primary is a state to show, not an error."""
+    try:
+        status = fleet_status()
+    except (PitrError, OSError, psycopg.Error) as exc:
+        return {"state": "unknown", "errors": [first_line(exc)]}
+    role = status["roles"]["capturer"]
+    capture = status.get("capturer") or {}
+    return {"state": role["state"], "pid": role.get("pid"), "restarts": role.get("restarts"),
+            "streaming": capture.get("streaming"), "flush_lsn": capture.get("flush_lsn"),
+            "lag_bytes": capture.get("lag_bytes"), "lag_seconds": capture.get("lag_seconds"),
+            "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
+            "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
+            "disk": status.get("disk", {}),
+            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}

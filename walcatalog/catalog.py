@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
 
+from fleet.status import capture_summary
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState
 from walcatalog import walnames
@@ -411,7 +412,7 @@ def summary(with_fleet: bool = True) -> dict:
         "last_indexed_at": max((s.indexed_at for s in (newest, partial) if s), default=None),
     }
     if with_fleet:
-        result["capturer"] = capturer_state()
+        result["capturer"] = capture_summary()
     return result
 
 
@@ -437,22 +438,3 @@ def _segment_dict(seg: WalSegment | None) -> dict | None:
             "partial": seg.is_partial, "captured_to": walnames.format_lsn(seg.scanned_to) if seg.is_partial else None,
             "sha256": seg.sha256 or None, "commits": seg.commit_count, "first_commit_at": seg.first_commit_at,
             "last_commit_at": seg.last_commit_at, "indexed_at": seg.indexed_at}
-
-
-def capturer_state() -> dict:
-    """The capturer's process state and lag; a down primary is a state to show, not an error."""
-    from fleet.status import capture_problem, fleet_status
-
-    try:
-        status = fleet_status()
-    except (PitrError, OSError, psycopg.Error) as exc:
-        return {"state": "unknown", "errors": [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]}
-    role = status["roles"]["capturer"]
-    capture = status.get("capturer") or {}
-    return {"state": role["state"], "pid": role.get("pid"), "restarts": role.get("restarts"),
-            "streaming": capture.get("streaming"), "flush_lsn": capture.get("flush_lsn"),
-            "lag_bytes": capture.get("lag_bytes"), "lag_seconds": capture.get("lag_seconds"),
-            "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
-            "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
-            "disk": status.get("disk", {}),
-            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}
