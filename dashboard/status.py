@@ -121,7 +121,6 @@ def catalog_summary(key: str | None = None) -> dict:
 
 
 def overview(with_capture: bool = True, key: str | None = None) -> Overview:
-
     key = key or fingerprint()
     facts = catalog_summary(key)
     view = Overview(segments=facts["segments"], partial=facts["partial"], gaps=facts["gaps"])
