@@ -162,7 +162,8 @@ class _Pass:
             file_copies = [copies.get(st.backup_key(backup.label, f)) for f in files]
             if not files or None in file_copies:
                 continue  # a file failed or is still missing: no descriptor, so storage never shows a half backup
-            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256} for f, c in zip(files, file_copies, strict=True)]
+            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256}
+                       for f, c in zip(files, file_copies, strict=True)]
             items.append(Item(StorageCopy.Kind.DESCRIPTOR, key, st.descriptor_bytes(backup_dict(backup), listing),
                               backup_id=backup.pk))
         return items
