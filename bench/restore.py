@@ -72,7 +72,8 @@ def main() -> None:
             job.refresh_from_db()
             assert job.state == "done", job.error
             clear_target(driver)
-            bare_restore = timed(lambda bare_dir=bare_dir, target=target: bare_restore_run(driver, bare_dir, target, pg, settings))
+            bare_restore = timed(lambda bare_dir=bare_dir, target=target:
+                                 bare_restore_run(driver, bare_dir, target, pg, settings))
             driver.stop("restore_target", mode="immediate")
             row = {"backup_pitrsite_s": ours_backup, "backup_bare_s": bare_backup,
                    "restore_pitrsite_s": ours_restore, "restore_bare_s": bare_restore,
