@@ -51,9 +51,9 @@ def main() -> None:
         for n in range(opts.rounds):
             bare_dir = home / f"bare-backup-{n}"
             backup = queue_backup("zstd", trigger="bench")
-            ours_backup = timed(lambda: run_backup(backup, JobReporter(backup)))
+            ours_backup = timed(lambda backup=backup: run_backup(backup, JobReporter(backup)))
             pg.give_to_server(bare_dir.parent)
-            bare_backup = timed(lambda: pg.run([pg.tool("pg_basebackup"), *host, "-U", settings.PITR_REPL_USER,
+            bare_backup = timed(lambda bare_dir=bare_dir: pg.run([pg.tool("pg_basebackup"), *host, "-U", settings.PITR_REPL_USER,
                                                 "--no-password", "-D", str(bare_dir), "-Ft", "-Xstream",
                                                 "--checkpoint=fast", "--compress=client-zstd"],
                                                step="bare pg_basebackup", env=pg.libpq_env(), timeout=3600))
@@ -68,11 +68,12 @@ def main() -> None:
             wait_captured(60)
             job = queue_restore(RestoreTarget.from_options(time=target.isoformat()), trigger="bench")
             clear_target(driver)  # both sides start from an empty, stopped restore target (untimed)
-            ours_restore = timed(lambda: run_restore(job, JobReporter(job)))
+            ours_restore = timed(lambda job=job: run_restore(job, JobReporter(job)))
             job.refresh_from_db()
             assert job.state == "done", job.error
             clear_target(driver)
-            bare_restore = timed(lambda: bare_restore_run(driver, bare_dir, target, pg, settings))
+            bare_restore = timed(lambda bare_dir=bare_dir, target=target:
+                                 bare_restore_run(driver, bare_dir, target, pg, settings))
             driver.stop("restore_target", mode="immediate")
             row = {"backup_pitrsite_s": ours_backup, "backup_bare_s": bare_backup,
                    "restore_pitrsite_s": ours_restore, "restore_bare_s": bare_restore,

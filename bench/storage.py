@@ -110,7 +110,7 @@ def main() -> None:
             results["upload"].append(row)
 
         empty = home / "lost"
-        for n in range(opts.rounds):
+        for _n in range(opts.rounds):
             local = restore(target, queue_restore, run_restore, RestoreTarget)
             driver.stop("restore_target", mode="immediate")
             shutil.rmtree(empty, ignore_errors=True)

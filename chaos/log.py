@@ -83,7 +83,8 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
     problems = []
     for key, e in sorted(committed.items()):
         if key not in primary:
-            problems.append(f"writer {key[0]} seq {key[1]} (id {e['id']}) is logged as committed but not on the primary")
+            problems.append(f"writer {key[0]} seq {key[1]} (id {e['id']}) "
+                            f"is logged as committed but not on the primary")
             continue
         rid, xid, created, committed_at = primary[key]
         if e["id"] != rid or e["xid"] != xid:

@@ -28,7 +28,8 @@ def _send(job: Job, task, what: str) -> None:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             job.finish(JobState.FAILED, f"failure queueing (Celery broker unreachable: {reason})")
             log.error("could not queue %s #%s: %s", what, job.pk, reason)
-            raise QueueError(f"{what} #{job.pk} could not be queued: the Celery broker is unreachable ({reason})")
+            raise QueueError(f"{what} #{job.pk} could not be queued: "
+                             f"the Celery broker is unreachable ({reason})") from exc
     transaction.on_commit(send, robust=False)
 
 

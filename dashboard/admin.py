@@ -153,7 +153,8 @@ class BaseBackupAdmin(JobAdmin):
                                   "restore")
             if isinstance(done, HttpResponse):
                 return done
-            return self.form_page(request, title, form, queryset=queryset, action="restore_from", error=str(done), code=400)
+            return self.form_page(request, title, form, queryset=queryset, action="restore_from", error=str(done),
+                                  code=400)
         return self.form_page(request, title, form, queryset=queryset, action="restore_from",
                               note="Choose the target; the planner checks it against the catalog before anything is queued.")
 

@@ -60,7 +60,8 @@ class JobAdmin(ReadOnlyAdmin):
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         opts = self.model._meta
-        return request.user.is_active and request.user.is_staff and request.user.has_perm(f"{opts.app_label}.add_{opts.model_name}")
+        return (request.user.is_active and request.user.is_staff
+                and request.user.has_perm(f"{opts.app_label}.add_{opts.model_name}"))
 
     def start_view(self, request: HttpRequest) -> HttpResponse:
         raise NotImplementedError

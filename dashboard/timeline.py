@@ -135,7 +135,7 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     # Bar height: segments per second of the run (the WAL rate), relative to the busiest run.
     rates = [b.segments / max(b.end - b.start, 1.0) for b in picture.buckets]
     peak = max(rates)
-    for b, rate in zip(picture.buckets, rates):
+    for b, rate in zip(picture.buckets, rates, strict=True):
         y = TOP + lanes[b.timeline] * LANE
         h = max(4.0, (LANE - 12) * (rate / peak) ** 0.5)  # square root: quiet periods stay visible
         bx = x(b.start)

@@ -183,13 +183,15 @@ class LocalDriver:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise FleetError(f"data home {home} is not writable ({exc.strerror}): fix its permissions or set PITR_HOME") from None
+            raise FleetError(f"data home {home} is not writable ({exc.strerror}): "
+                             f"fix its permissions or set PITR_HOME") from None
         account = pg.server_account()
         if account is not None:
             # The server account must be able to walk down to its data directories.
             for parent in [home, *home.parents]:
                 if parent.stat().st_mode & 0o005 != 0o005 and parent.stat().st_uid != account.pw_uid:
-                    raise FleetError(f"{parent} is not searchable by OS user {account.pw_name}: chmod o+rx {parent} or set PITR_HOME elsewhere")
+                    raise FleetError(f"{parent} is not searchable by OS user {account.pw_name}: "
+                                     f"chmod o+rx {parent} or set PITR_HOME elsewhere")
         pg.give_to_server(home, self.layout.logs, self.layout.run, self.layout.archive, self.layout.backups,
                           self.layout.staging, self.layout.secrets)
         os.chmod(self.layout.secrets, 0o700)

@@ -38,7 +38,8 @@ def bindir() -> Path:
 def tool(name: str) -> str:
     path = bindir() / name
     if not path.exists():
-        raise FleetError(f"{name} not found in {path.parent}: install the PostgreSQL server package or set PITR_PG_BINDIR")
+        raise FleetError(f"{name} not found in {path.parent}: "
+                         f"install the PostgreSQL server package or set PITR_PG_BINDIR")
     return str(path)
 
 
@@ -146,7 +147,8 @@ def connect(port: int, *, user: str | None = None, dbname: str | None = None,
                                dbname=dbname or settings.PITR_DBNAME, autocommit=autocommit,
                                connect_timeout=timeout, **kwargs)
     except psycopg.OperationalError as exc:
-        raise FleetError(f"cannot connect to PostgreSQL on {settings.PITR_HOST}:{port} ({first_line(str(exc))})") from None
+        raise FleetError(f"cannot connect to PostgreSQL on {settings.PITR_HOST}:{port} "
+                         f"({first_line(str(exc))})") from None
 
 
 def fetch_row(cursor: psycopg.Cursor[Any]) -> Any:

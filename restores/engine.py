@@ -238,7 +238,7 @@ class Restore:
 
         done = offset
         total = sum(c.size for c, _ in pairs) if by_bytes else total
-        for (copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
+        for (_copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
             if error is not None:
                 raise StepFailed(step, st.error_text(error)) from error
             assert size is not None  # no error: the download returned

@@ -31,7 +31,8 @@ class RestoreJob(Job):
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
     exclusive = models.BooleanField(default=False)
-    target_timeline = models.CharField(max_length=16, blank=True, help_text="recovery_target_timeline; blank for latest")
+    target_timeline = models.CharField(max_length=16, blank=True,
+                                       help_text="recovery_target_timeline; blank for latest")
     backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.PROTECT, related_name="restores")
     requested_backup_id = models.IntegerField(null=True, blank=True)
     plan = models.JSONField(default=dict, blank=True, help_text="what the planner chose, for the record")

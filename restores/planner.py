@@ -61,11 +61,11 @@ class RestoreTarget:
         if self.exclusive and self.kind not in (TargetKind.TIME, TargetKind.LSN, TargetKind.XID):
             raise PlanError("--exclusive applies only to time, LSN and xid targets")
         if self.kind == TargetKind.TIME:
-            self.time
+            _ = self.time  # the property raises PlanError on a bad value
         elif self.kind == TargetKind.LSN:
-            self.lsn
+            _ = self.lsn  # the property raises PlanError on a bad value
         elif self.kind == TargetKind.XID:
-            self.xid
+            _ = self.xid  # the property raises PlanError on a bad value
         elif self.kind == TargetKind.NAME and not (0 < len(self.value) < 64):
             raise PlanError("restore point name must be 1 to 63 characters")
         if self.timeline and not (self.timeline.isdigit() and int(self.timeline) > 0):

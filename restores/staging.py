@@ -63,7 +63,8 @@ class WalCheck:
                     storage = st.get_storage(st.STORAGE_NAME)
                     pg.give_to_server(self.folder)
                 dest = self.folder / name
-                st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                st.with_retries(lambda storage=storage, copy=copy, dest=dest:
+                                st.download(storage, copy.key, dest, copy.sha256, copy.size),
                                 f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
                                 final=(st.StorageError,))
                 give(dest)

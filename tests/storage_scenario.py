@@ -25,7 +25,7 @@ def make_scenario(fleet, backups: int = 1, rows_between: int = 8, switch_every: 
 
     taken, rows = [], []
     with pg.connect(fleet.layout.port("primary")) as conn:
-        for n in range(backups):
+        for _n in range(backups):
             backup = queue_backup("zstd")
             run_backup(backup, JobReporter(backup))
             taken.append(backup)

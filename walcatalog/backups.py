@@ -141,7 +141,7 @@ def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
         else:
             lines.append(line.strip())
     if proc.wait() != 0:
-        errors = [l for l in lines if "error" in l.lower()] or lines or ["no output"]
+        errors = [text for text in lines if "error" in text.lower()] or lines or ["no output"]
         raise StepFailed("copying files", f"{errors[0].removeprefix('pg_basebackup: ')}")
 
 

@@ -205,7 +205,7 @@ def gaps(timeline: int | None = None, lost: set[tuple[int, int]] | None = None) 
 def _held_spans(spans: dict[int, tuple[int, int]], lost: set[tuple[int, int]]) -> dict[int, tuple[int, int]]:
     """Spans shrunk past rows at either end that are not held (e.g. old files deleted locally)."""
     result = {}
-    for tli, (lo, hi) in spans.items():
+    for tli, (_lo, _hi) in spans.items():
         gone = sorted(segno for t, segno in lost if t == tli)
         held = WalSegment.objects.filter(timeline=tli).exclude(segno__in=gone).order_by()
         first = held.aggregate(lo=Min("segno"), hi=Max("segno"))

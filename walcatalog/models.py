@@ -165,7 +165,8 @@ class RestorePoint(models.Model):
     name = models.CharField(max_length=64, db_index=True)
     timeline = models.PositiveIntegerField()
     lsn = models.BigIntegerField()
-    segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.SET_NULL, related_name="restore_points")
+    segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="restore_points")
 
     class Meta:
         ordering = ["lsn"]

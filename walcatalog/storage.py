@@ -245,7 +245,8 @@ def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: flo
     return retrying(fn)
 
 
-def parallel(items: Iterable[T], fn: Callable[[T], R], workers: int) -> Iterator[tuple[T, R | None, BaseException | None]]:
+def parallel(items: Iterable[T], fn: Callable[[T], R],
+             workers: int) -> Iterator[tuple[T, R | None, BaseException | None]]:
     """Run fn over items in a bounded thread pool; yield (item, result, error) as each finishes."""
     items = list(items)
     if not items:

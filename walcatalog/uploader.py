@@ -163,7 +163,8 @@ class _Pass:
             if not files or None in file_copies:
                 continue  # a file failed or is still missing: no descriptor, so storage never shows a half backup
             held = [c for c in file_copies if c is not None]  # all of them, as checked just above
-            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256} for f, c in zip(files, held)]
+            listing = [{"name": f, "key": c.key, "size": c.size, "sha256": c.sha256}
+                       for f, c in zip(files, held, strict=True)]
             items.append(Item(StorageCopy.Kind.DESCRIPTOR, key, st.descriptor_bytes(backup_dict(backup), listing),
                               backup_id=backup.pk))
         return items

@@ -142,7 +142,7 @@ def parse_wal_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WalFi
     per_id = segments_per_xlogid(segment_size)
     if not isinstance(name, str):
         raise WalNameError(f"{name!r} is not a WAL file name")
-    for kind, pattern in _PATTERNS.items():
+    for kind, pattern in _PATTERNS.items():  # noqa: B007 - kind is read after the loop (break)
         m = pattern.fullmatch(name)
         if m is not None:
             break

@@ -61,7 +61,8 @@ class Command(BaseCommand):
         if status["capturer"]:
             cap = status["capturer"]
             lag = f"{cap['lag_seconds']:.1f} s" if cap["lag_seconds"] is not None else "? s"
-            self.stdout.write(f"capture: {cap['health']}  flush {cap['flush_lsn']}  lag {cap['lag_bytes']} bytes, {lag}")
+            self.stdout.write(f"capture: {cap['health']}  flush {cap['flush_lsn']}  "
+                              f"lag {cap['lag_bytes']} bytes, {lag}")
         for name, disk in status["disk"].items():
             self.stdout.write(f"disk {name:14} {disk['free_bytes'] / 2**30:.1f} GiB free ({disk['free_percent']}%) "
                               f"in {disk['path']}")

@@ -10,7 +10,8 @@ class Command(BaseCommand):
     help = "Re-hash complete WAL segments against the catalog; marks changed ones corrupt."
 
     def add_arguments(self, parser):
-        parser.add_argument("--mb-per-s", type=float, default=None, help="read rate limit (default PITR_SCRUB_MB_PER_S)")
+        parser.add_argument("--mb-per-s", type=float, default=None,
+                            help="read rate limit (default PITR_SCRUB_MB_PER_S)")
 
     def handle(self, *args, **opts) -> None:
         result = scrub_archive(mb_per_s=opts["mb_per_s"])

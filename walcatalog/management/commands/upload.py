@@ -16,7 +16,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print the pass's result as JSON")
-        parser.add_argument("--parallel", type=int, default=None, help="transfers at once (default PITR_UPLOAD_PARALLEL)")
+        parser.add_argument("--parallel", type=int, default=None,
+                            help="transfers at once (default PITR_UPLOAD_PARALLEL)")
 
     def handle(self, *args, **opts):
         if opts["parallel"] is not None and not 1 <= opts["parallel"] <= 64:
