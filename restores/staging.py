@@ -5,6 +5,7 @@ stay in the job's thread), started before the restore target is touched so that 
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -63,8 +64,7 @@ class WalCheck:
                     storage = st.get_storage(st.STORAGE_NAME)
                     pg.give_to_server(self.folder)
                 dest = self.folder / name
-                st.with_retries(lambda storage=storage, copy=copy, dest=dest:
-                                st.download(storage, copy.key, dest, copy.sha256, copy.size),
+                st.with_retries(functools.partial(st.download, storage, copy.key, dest, copy.sha256, copy.size),
                                 f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
                                 final=(st.StorageError,))
                 give(dest)
