@@ -1,6 +1,7 @@
 """The long chaos run: writers + injected failures for minutes, then at least 20 restores checked row for row.
 
-    PITR_HOME=/tmp/pitr-chaos-long ... .venv/bin/python bench/chaos.py [--out bench/results/chaos-long.json] [-- CHAOS OPTIONS]
+    PITR_HOME=/tmp/pitr-chaos-long ... .venv/bin/python bench/chaos.py \
+[--out bench/results/chaos-long.json] [-- CHAOS OPTIONS]
 
 Needs the fleet and the app services running in that PITR_HOME (`scripts/pitr up`, or `manage.py fleet up`
 and `manage.py services up`): the indexer_kill action SIGKILLs the supervised Celery worker. Runs

@@ -67,7 +67,8 @@ def fill(segments: int, jobs: int) -> dict:
     rest = [n for n in range(2 * third + 1, segments + 1) if not 70000 <= n < 70010]
     made += make_segments(3, rest, start + step * 2 * third, step, partial_last=True)
     states = [JobState.DONE] * 8 + [JobState.FAILED, JobState.INTERRUPTED]
-    backups = [make_backup(1 + (i * 3) // jobs, 1 + i * (segments // (jobs // 2)), start + step * i * (segments // (jobs // 2)),
+    backups = [make_backup(1 + (i * 3) // jobs, 1 + i * (segments // (jobs // 2)),
+                           start + step * i * (segments // (jobs // 2)),
                            state=states[i % 10], label=f"pitr_bench_{i:04d}") for i in range(jobs // 2)]
     RestoreJob.objects.bulk_create([
         RestoreJob(target_kind="lsn", target_value="0/5000000", state=states[i % 10], backup=backups[i % len(backups)],

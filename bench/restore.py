@@ -53,7 +53,8 @@ def main() -> None:
             backup = queue_backup("zstd", trigger="bench")
             ours_backup = timed(lambda backup=backup: run_backup(backup, JobReporter(backup)))
             pg.give_to_server(bare_dir.parent)
-            bare_backup = timed(lambda bare_dir=bare_dir: pg.run([pg.tool("pg_basebackup"), *host, "-U", settings.PITR_REPL_USER,
+            bare_backup = timed(lambda bare_dir=bare_dir: pg.run([pg.tool("pg_basebackup"), *host, "-U",
+                                                settings.PITR_REPL_USER,
                                                 "--no-password", "-D", str(bare_dir), "-Ft", "-Xstream",
                                                 "--checkpoint=fast", "--compress=client-zstd"],
                                                step="bare pg_basebackup", env=pg.libpq_env(), timeout=3600))

@@ -47,7 +47,8 @@ def pick_moments(rows: list[LoggedRow], count: int, after: datetime, until: date
             reordered += 1
             continue
         at_commit.append(Moment(t, "at a commit"))
-        if i + 1 < n and rows[i + 1].committed_at - t >= timedelta(microseconds=2) and rows[i + 1].committed_at <= until:
+        if (i + 1 < n and rows[i + 1].committed_at - t >= timedelta(microseconds=2)
+                and rows[i + 1].committed_at <= until):
             mid = t + (rows[i + 1].committed_at - t) / 2
             between.append(Moment(mid, "between commits"))
     want_between = min(len(between), count // 2)

@@ -42,9 +42,9 @@ class WalSegmentAdmin(ReadOnlyAdmin):
     date_hierarchy = "last_commit_at"
     list_per_page = 100
     show_full_result_count = False  # 100k rows: one COUNT is enough
-    readonly_fields = ("file_name", "timeline", "segno", "start_lsn_text", "end_lsn_text", "size", "is_partial", "sha256",
-                       "first_commit_at", "last_commit_at", "last_commit_lsn_text", "commit_count", "scanned_to_text",
-                       "in_local_archive", "indexed_at")
+    readonly_fields = ("file_name", "timeline", "segno", "start_lsn_text", "end_lsn_text", "size", "is_partial",
+                       "sha256", "first_commit_at", "last_commit_at", "last_commit_lsn_text", "commit_count",
+                       "scanned_to_text", "in_local_archive", "indexed_at")
     fields = readonly_fields
 
     @admin.display(description="size", ordering="size")
@@ -89,8 +89,8 @@ class StorageCopyAdmin(ReadOnlyAdmin):
 @admin.register(BaseBackup)
 class BaseBackupAdmin(JobAdmin):
     start_label = "Start a backup"
-    list_display = ("label", "state", "progress", "current_step", "compression", "timeline", "stop_lsn_text", "stop_time",
-                    "sizes", "manifest_verified", "trigger", "created_at")
+    list_display = ("label", "state", "progress", "current_step", "compression", "timeline", "stop_lsn_text",
+                    "stop_time", "sizes", "manifest_verified", "trigger", "created_at")
     list_filter = ("state", "compression", "manifest_verified", "trigger", "timeline")
     search_fields = ("label", "error")
     date_hierarchy = "created_at"
@@ -144,7 +144,8 @@ class BaseBackupAdmin(JobAdmin):
         backup = queryset.get()
         if not backup.restorable:
             self.message_user(request, f"backup {backup.label} is not offered for restore (state {backup.state}, "
-                                       f"manifest verified: {'yes' if backup.manifest_verified else 'no'})", level="error")
+                                       f"manifest verified: {'yes' if backup.manifest_verified else 'no'})",
+                              level="error")
             return None
         form = RestoreForm(request.POST if "apply" in request.POST else None, initial={"backup": backup.pk})
         title = f"Restore from {backup.label}"
@@ -156,7 +157,8 @@ class BaseBackupAdmin(JobAdmin):
             return self.form_page(request, title, form, queryset=queryset, action="restore_from", error=str(done),
                                   code=400)
         return self.form_page(request, title, form, queryset=queryset, action="restore_from",
-                              note="Choose the target; the planner checks it against the catalog before anything is queued.")
+                              note="Choose the target; the planner checks it against the catalog "
+                                   "before anything is queued.")
 
 
 # --- restores ---------------------------------------------------------------------------------------
@@ -173,8 +175,8 @@ class RestoreJobAdmin(JobAdmin):
     actions = ("restore_again",)
     readonly_fields = ("target_description", "target_kind", "target_value", "exclusive", "target_timeline", "backup",
                        "requested_backup_id", "plan", "wal_first", "wal_last", "wal_files", "uses_partial",
-                       "target_lsn_text", "replay_lsn_text", "promoted_at", "final_lsn_text", "final_timeline", "source",
-                       "progress", *JOB_FIELDS)
+                       "target_lsn_text", "replay_lsn_text", "promoted_at", "final_lsn_text", "final_timeline",
+                       "source", "progress", *JOB_FIELDS)
     fields = readonly_fields
 
     @admin.display(description="target LSN")

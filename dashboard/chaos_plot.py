@@ -41,7 +41,8 @@ def verification_time(entry: dict) -> float | None:
 
 def render(series: list, events: list[dict], verifications: list[dict]) -> str:
     times = [float(s) for s, _ in series]
-    marks = [t for e in events for t in (_ts(e.get("started_at")), _ts(e.get("recovered_at") or e.get("ended_at"))) if t]
+    marks = [t for e in events
+             for t in (_ts(e.get("started_at")), _ts(e.get("recovered_at") or e.get("ended_at"))) if t]
     targets = [t for t in (verification_time(v) for v in verifications) if t]
     everything = times + marks + targets
     if not everything:

@@ -66,7 +66,8 @@ class ChaosForm(forms.Form):
     pause = forms.CharField(label="Pause (s)", required=False, initial=_span(CHAOS_DEFAULTS.pause), max_length=20,
                             help_text="MIN-MAX seconds a paused server stays paused")
     write_pause = forms.FloatField(label="Write pause (s)", required=False, min_value=0,
-                                   initial=CHAOS_DEFAULTS.write_pause, help_text="mean seconds between one writer's commits")
+                                   initial=CHAOS_DEFAULTS.write_pause,
+                                   help_text="mean seconds between one writer's commits")
     seed = forms.IntegerField(required=False, help_text="random seed, to repeat a run's choices")
     # Kept so that "Run again" repeats a run exactly; not meant to be typed.
     statement_timeout = forms.FloatField(required=False, initial=CHAOS_DEFAULTS.statement_timeout,

@@ -40,7 +40,8 @@ class PitrCollector(Collector):
         capture = view.capture
         yield _set(GaugeMetricFamily("pitr_capture_up", "1 when pg_receivewal runs and streams from the primary"),
                    1 if capture.get("running") else 0)
-        yield _set(GaugeMetricFamily("pitr_capture_lag_bytes", "WAL bytes the primary wrote that capture has not flushed"),
+        yield _set(GaugeMetricFamily("pitr_capture_lag_bytes",
+                                     "WAL bytes the primary wrote that capture has not flushed"),
                    capture.get("lag_bytes"))
         yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "seconds since the capturer last received WAL "
                                      "while it is behind (0 when caught up): the recovery point objective"),
@@ -96,7 +97,8 @@ class PitrCollector(Collector):
 def drill_metrics(drill: dict) -> Iterator[Metric]:
     """The last restore drill (restores/drill.py); absent until one has a verdict."""
     last, good = drill.get("last"), drill.get("last_success")
-    yield _set(GaugeMetricFamily("pitr_restore_drill_last_verdict", "1 when the last restore drill passed, 0 when it failed"),
+    yield _set(GaugeMetricFamily("pitr_restore_drill_last_verdict",
+                                 "1 when the last restore drill passed, 0 when it failed"),
                None if last is None else int(last.drill_verdict == "passed"))
     yield _set(GaugeMetricFamily("pitr_restore_drill_last_age_seconds", "seconds since the last restore drill ended"),
                drill.get("last_age"))

@@ -45,7 +45,8 @@ class Overview:
     job_counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     drill: dict = field(default_factory=dict)
-    tasks: list = field(default_factory=list)  # pitrsite.periodic.states(): each beat task's last outcome  # restores.drill.summary()
+    # pitrsite.periodic.states(): each beat task's last outcome  # restores.drill.summary()
+    tasks: list = field(default_factory=list)
     corrupt: int = 0  # complete WAL segments whose content changed after indexing
 
     @property
@@ -55,7 +56,8 @@ class Overview:
 
 
 def storage_lines() -> list[str]:
-    """Where copies go and how far uploads got (asked once per catalog state: the not-uploaded count is an anti-join)."""
+    """Where copies go and how far uploads got (asked once per catalog state: the not-uploaded count is an
+    anti-join)."""
     lines = [f"local archive: filesystem {settings.PITR_WAL_ARCHIVE}"]
     if "archive" not in settings.STORAGES:
         return lines
@@ -93,7 +95,8 @@ def fingerprint() -> str:
     """
     segs = WalSegment.objects.order_by()
     # One aggregate per query: SQLite answers a lone MIN/MAX from an index, a combined one by scanning.
-    seg = [segs.count()] + [segs.aggregate(v=agg)["v"] for agg in (Max("id"), Min("last_commit_at"), Max("last_commit_at"))]
+    seg = [segs.count()] + [segs.aggregate(v=agg)["v"]
+                            for agg in (Max("id"), Min("last_commit_at"), Max("last_commit_at"))]
     # `is_partial IN (1)` uses the index; SQLite does not for a bare `WHERE is_partial`.
     partial = list(segs.filter(is_partial__in=[True]).values_list("id", "size", "scanned_to"))
     backups = BaseBackup.objects.order_by().aggregate(

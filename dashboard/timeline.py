@@ -159,7 +159,8 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         ts = start + span * i / 5
         anchor = "start" if i == 0 else "end" if i == 5 else "middle"  # the outer labels stay inside the picture
         out.append(f'<line class="tick" x1="{x(ts):.1f}" x2="{x(ts):.1f}" y1="{axis_y}" y2="{axis_y + 5}"/>'
-                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">{_label(ts, span)}</text>')
+                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">'
+                   f'{_label(ts, span)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -181,12 +182,14 @@ def _backup_marks(picture: Picture, x, lanes: dict) -> list[str]:
         newest = members[0]
         bx = x(newest["stop_time"].timestamp())
         state = "done" if any(m["state"] == "done" for m in members) else newest["state"]
-        title = (f"base backup {escape(newest['label'])} ({newest['state']}), ended {_label(newest['stop_time'].timestamp(), 0)}"
+        title = (f"base backup {escape(newest['label'])} ({newest['state']}), "
+                 f"ended {_label(newest['stop_time'].timestamp(), 0)}"
                  if len(members) == 1 else f"{len(members)} base backups, newest {escape(newest['label'])}")
         if full_lines:
             out.append(f'<line class="backup backup-{state}" x1="{bx:.1f}" x2="{bx:.1f}" y1="{TOP - 8}" '
                        f'y2="{TOP + LANE * len(lanes)}"/>')
-        out.append(f'<path class="backup backup-{state}" d="M{bx - 4:.1f},{TOP - 14} h8 l-4,6 z"><title>{title}</title></path>')
+        out.append(f'<path class="backup backup-{state}" d="M{bx - 4:.1f},{TOP - 14} h8 l-4,6 z">'
+                   f'<title>{title}</title></path>')
     return out
 
 

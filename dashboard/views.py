@@ -182,11 +182,13 @@ def chaos_row(entry: dict) -> dict:
     """One per-T verification (chaos.check.verify_moment's result) as the table shows it."""
     count = entry.get("count") or {}
     end = entry.get("end_lsn") or {}
-    return {"t": entry.get("moment") or entry.get("restored_to"), "kind": entry.get("kind", ""), "ok": entry.get("ok"),
-            "restore_id": entry.get("restore_job"), "checks": entry.get("checks") or {}, "error": entry.get("error", ""),
+    return {"t": entry.get("moment") or entry.get("restored_to"), "kind": entry.get("kind", ""),
+            "ok": entry.get("ok"), "restore_id": entry.get("restore_job"),
+            "checks": entry.get("checks") or {}, "error": entry.get("error", ""),
             "expected_rows": entry.get("expected_rows"), "missing": entry.get("missing_ids") or [],
             "missing_count": entry.get("missing_count", 0), "extra": entry.get("extra_ids") or [],
-            "extra_count": entry.get("extra_count", 0), "count": count, "end_lsn": end.get("final") if isinstance(end, dict) else end,
+            "extra_count": entry.get("extra_count", 0), "count": count,
+            "end_lsn": end.get("final") if isinstance(end, dict) else end,
             "seconds": entry.get("seconds")}
 
 

@@ -272,7 +272,8 @@ class LocalDriver:
             pg.run([pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
                     "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(datadir), "-R",
                     f"--slot={settings.PITR_STANDBY_SLOT}", "-X", "stream", "--checkpoint=fast"],
-                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env(), timeout=None)  # as long as the copy takes
+                   # as long as the copy takes
+                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env(), timeout=None)
             created = "standby created; "
         self.start("standby")
         return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"

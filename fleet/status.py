@@ -101,7 +101,8 @@ def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wa
     elif role_state != "running":
         what = "paused (SIGSTOP): run `python manage.py fleet resume capturer`" if role_state == "paused" \
             else "stopped: run `python manage.py fleet start capturer`"
-        entry.update(health=role_state if role_state in ("paused", "stopped") else "stopped", reason=f"capturer is {what}")
+        entry.update(health=role_state if role_state in ("paused", "stopped") else "stopped",
+                     reason=f"capturer is {what}")
     elif not receiver:
         removed = last_error and "has already been removed" in last_error
         entry.update(health="broken" if removed else "retrying", last_error=last_error,

@@ -41,9 +41,11 @@ class RestoreTarget:
     @classmethod
     def from_options(cls, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,
                      name: str | None = None, immediate: bool = False, latest: bool = False,
-                     exclusive: bool = False, timeline: str | None = None, backup_id: int | None = None) -> "RestoreTarget":
-        given = [(kind, value) for kind, value in ((TargetKind.TIME, time), (TargetKind.LSN, lsn), (TargetKind.XID, xid),
-                                                   (TargetKind.NAME, name)) if value not in (None, "")]
+                     exclusive: bool = False, timeline: str | None = None,
+                     backup_id: int | None = None) -> "RestoreTarget":
+        given = [(kind, value)
+                 for kind, value in ((TargetKind.TIME, time), (TargetKind.LSN, lsn), (TargetKind.XID, xid),
+                                     (TargetKind.NAME, name)) if value not in (None, "")]
         given += [(kind, "") for kind, flag in ((TargetKind.IMMEDIATE, immediate), (TargetKind.LATEST, latest)) if flag]
         if len(given) != 1:
             what = "two or more targets" if given else "no target"
@@ -320,7 +322,8 @@ def _wal_range(chain: Chain, segments, backup: BaseBackup, end_segno: int | None
     wanted = {segno: chain.timeline_at(segno, seg_size) for segno in range(first, end_segno + 1)}
     # A catalogued segment counts only where a good copy exists: an uncorrupted local one or verified in storage.
     held = segments.filter(segno__gte=first, segno__lte=end_segno).filter(
-        Q(in_local_archive=True, corrupt_at__isnull=True) | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
+        Q(in_local_archive=True, corrupt_at__isnull=True)
+        | Exists(StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
     found = {(s.timeline, s.segno): s for s in held}
     missing = [segno for segno, tli in wanted.items() if (tli, segno) not in found]
     if missing:

@@ -77,7 +77,8 @@ def make_chaos_run(state: str = JobState.DONE, verdict: str = "passed"):
            "missing_ids": [] if verdict == "passed" else [1498, 1499], "missing_count": 0 if verdict == "passed" else 2,
            "count": {"restored": 1500 if verdict == "passed" else 1498, "expected": 1500}}
     return ChaosRun.objects.create(
-        state=state, verdict=verdict, summary=f"2 actions recovered; {2 if verdict == 'passed' else 1}/2 restores exact",
+        state=state, verdict=verdict, summary=f"2 actions recovered; "
+                                             f"{2 if verdict == 'passed' else 1}/2 restores exact",
         parameters={"writers": 6, "duration": 90, "interval": [20, 30], "restores": 2}, events=events,
         verifications=[good, bad], writes_count=1600, writes_series=[[int(t) + s, 12 + s % 7] for s in range(0, 90)],
         started_at=start, finished_at=start + timedelta(minutes=3), current_step="" if state == JobState.DONE else

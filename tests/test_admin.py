@@ -48,7 +48,8 @@ def test_changelists_and_change_pages_render(superuser, catalog):
         assert superuser.get(url, {"q": "0000"}).status_code == 200, url
         obj = model.objects.first()
         if obj:
-            assert superuser.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])).status_code == 200
+            assert superuser.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_change",
+                                         args=[obj.pk])).status_code == 200
 
 
 def test_job_list_shows_progress_bar(superuser, catalog):
@@ -111,7 +112,8 @@ def test_restore_action_shows_target_form_then_planner_message(superuser, catalo
 
 def test_restore_again_action_prefills_target(superuser, catalog):
     url = reverse("admin:restores_restorejob_changelist")
-    html = superuser.post(url, {"action": "restore_again", "_selected_action": [catalog["restore"].pk]}).content.decode()
+    html = superuser.post(url, {"action": "restore_again",
+                                "_selected_action": [catalog["restore"].pk]}).content.decode()
     assert 'value="0/5000000"' in html and "Restore again to lsn 0/5000000" in html
 
 

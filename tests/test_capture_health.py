@@ -31,7 +31,8 @@ def private_fleet(settings, fleet, request):
     home = Path(settings.PITR_HOME) / "private" / request.node.name[:40].replace("[", "-").replace("]", "")
     home.mkdir(parents=True)
     pg.give_to_server(home.parent, home)
-    settings.PITR_HOME, settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = home, home / "wal_archive", home / "backups"
+    settings.PITR_HOME, settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = \
+        home, home / "wal_archive", home / "backups"
     settings.PITR_PRIMARY_PORT, settings.PITR_STANDBY_PORT, settings.PITR_RESTORE_PORT = \
         _free_port(), _free_port(), _free_port()
     driver = LocalDriver()

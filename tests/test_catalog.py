@@ -35,7 +35,8 @@ def add(tli: int, segnos, *, partial_last: bool = False, local: bool = True, com
             timeline=tli, segno=segno, name=walnames.segment_name(tli, segno, SEG), start_lsn=start,
             end_lsn=start + SEG, size=SEG, is_partial=partial_last and i == len(segnos) - 1,
             in_local_archive=local, scanned_to=start + SEG,
-            first_commit_at=at if commits else None, last_commit_at=at + timedelta(milliseconds=900) if commits else None,
+            first_commit_at=at if commits else None,
+            last_commit_at=at + timedelta(milliseconds=900) if commits else None,
             last_commit_lsn=start + SEG - 100 if commits else None, commit_count=2 if commits else 0))
     WalSegment.objects.bulk_create(rows, batch_size=5000)
 

@@ -133,7 +133,8 @@ def test_an_inexact_restore_fails_the_run_naming_the_ids(fleet, short_run):
         later = {r[0] for r in conn.execute(
             "SELECT id FROM test_data WHERE writer = ANY(%s) AND pg_xact_commit_timestamp(xmin) > %s "
             "AND pg_xact_commit_timestamp(xmin) <= %s", [run["writer_ids"], moment, moment + timedelta(seconds=1)])}
-    assert set(check["extra_ids"]) == set(sorted(later)[:len(check["extra_ids"])]) and check["extra_count"] == len(later)
+    assert (set(check["extra_ids"]) == set(sorted(later)[:len(check["extra_ids"])])
+            and check["extra_count"] == len(later))
 
 
 @pytest.mark.django_db

@@ -46,7 +46,8 @@ def one_line(result: subprocess.CompletedProcess) -> str:
 
 def test_killed_backup_reads_interrupted_at_once_and_leaves_nothing(fleet):
     proc = start_manage("backup", PITR_BACKUP_MAX_RATE="32k")  # throttled: still copying when the kill comes
-    job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING, current_step__startswith="copying").first(),
+    job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING,
+                                                     current_step__startswith="copying").first(),
                    120, "the backup to start copying")
     # pg_basebackup and its forked WAL streamer, both in the process group the job recorded.
     tools = wait_for(lambda: len(procs.client_pids("pg_basebackup", job.label)) >= 2

@@ -53,7 +53,8 @@ def test_bad_target_on_the_command_line_is_one_line(fleet):
 def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
     # Throttled so that it is still copying when the kill comes.
     proc = start_manage("backup", PITR_BACKUP_MAX_RATE="32k")
-    job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING, current_step__startswith="copying").first(),
+    job = wait_for(lambda: BaseBackup.objects.filter(state=JobState.RUNNING,
+                                                     current_step__startswith="copying").first(),
                    60, "the backup to start copying")
     second = manage("backup", check=False)
     assert second.returncode != 0 and "another base backup is running" in second.stderr

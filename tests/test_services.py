@@ -42,7 +42,8 @@ def services_env():
         "PITR_ENV_FILE": str(home / "no-such.env"), "PITR_HOME": str(home),
         "PITR_REDIS_PORT": str(free_port()), "PITR_WEB_PORT": str(free_port()),
         # No beat schedules: this test is about the processes, not the indexer.
-        "PITR_INDEX_INTERVAL": "0", "PITR_REAP_INTERVAL": "0", "PITR_UPLOAD_INTERVAL": "0", "PITR_RETENTION_INTERVAL": "0",
+        "PITR_INDEX_INTERVAL": "0", "PITR_REAP_INTERVAL": "0", "PITR_UPLOAD_INTERVAL": "0",
+        "PITR_RETENTION_INTERVAL": "0",
     }
     yield env
     subprocess.run([sys.executable, str(PROJECT / "manage.py"), "services", "down"], env=env, cwd=PROJECT,
@@ -53,7 +54,8 @@ def services_env():
 def manage(env: dict, *args: str) -> str:
     result = subprocess.run([sys.executable, str(PROJECT / "manage.py"), *args], env=env, cwd=PROJECT,
                             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (f"manage.py {' '.join(args)} exited {result.returncode}:\n"
+                                    f"{result.stdout}\n{result.stderr}")
     return result.stdout
 
 

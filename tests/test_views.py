@@ -255,7 +255,8 @@ def test_chaos_pages(viewer, db):
     assert f"/chaos/{run.pk}/" in listing and "1 / 2" in listing and 'id="start-chaos"' not in listing
     html = viewer.get(f"/chaos/{run.pk}/").content.decode()
     assert '<polyline class="writes"' in html
-    assert html.count('<line class="action"') == 2 and 'class="target target-ok"' in html and 'class="target target-bad"' in html
+    assert (html.count('<line class="action"') == 2 and 'class="target target-ok"' in html
+            and 'class="target target-bad"' in html)
     table = html[html.index('id="verifications"'):html.index("Chaos actions")]
     assert "exact" in table and "failed" in table and "2: 1498, 1499" in table and "count(*) 1498 / 1500" in table
     assert "capturer_kill" in html and "recovered" in html

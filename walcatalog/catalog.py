@@ -64,7 +64,8 @@ def _size_from_catalog() -> int | None:
 def _size_from_archive(archive: Path) -> int | None:
     """A complete segment's file size is the segment size (a .partial is padded to it too)."""
     try:
-        names = sorted((p for p in archive.iterdir() if len(p.name) == 24 and walnames.is_wal_name(p.name, walnames.MIN_SEGMENT_SIZE)),
+        names = sorted((p for p in archive.iterdir()
+                        if len(p.name) == 24 and walnames.is_wal_name(p.name, walnames.MIN_SEGMENT_SIZE)),
                        reverse=True)
     except FileNotFoundError:
         return None
@@ -331,7 +332,8 @@ def recoverable_window(gap_list: list[Gap] | None = None,
         start_lsn = min(lo for lo, _ in spans.values()) * segment_size()
         # The oldest commits are in the segments whose newest commit is oldest (index on last_commit_at);
         # a few rows cover commit times that are slightly out of LSN order.
-        firsts = [f for f, key in with_commits.order_by("last_commit_at").values_list("first_commit_at", "timeline")[:16]
+        firsts = [f for f, key
+                  in with_commits.order_by("last_commit_at").values_list("first_commit_at", "timeline")[:16]
                   if f is not None]
         if not firsts:
             return None

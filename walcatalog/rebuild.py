@@ -117,8 +117,9 @@ class _Rebuild:
         wanted = []
         for key in keys:
             name = key.rsplit("/", 1)[1]
+            # the loosest size: the indexer checks the real one
             ok = (key.startswith("wal/history/") and name.endswith(".history") and len(name) == 16) or \
-                 (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20))  # the loosest size: the indexer checks the real one
+                 (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20))
             if ok:
                 wanted.append((key, scratch / name))
             else:

@@ -21,7 +21,8 @@ def backup_dict(backup: BaseBackup) -> dict:
     return {
         **job_dict(backup),
         "label": backup.label, "compression": backup.compression, "path": backup.path,
-        "timeline": backup.timeline, "start_lsn": backup.start_lsn_text or None, "stop_lsn": backup.stop_lsn_text or None,
+        "timeline": backup.timeline, "start_lsn": backup.start_lsn_text or None,
+        "stop_lsn": backup.stop_lsn_text or None,
         "start_time": backup.start_time.isoformat() if backup.start_time else None,
         "stop_time": backup.stop_time.isoformat() if backup.stop_time else None,
         "size_raw": backup.size_raw, "size_stored": backup.size_stored, "segment_size": backup.segment_size,

@@ -230,7 +230,8 @@ class CheckResult:
         return {**asdict(self), "ok": self.ok}
 
     def __str__(self) -> str:
-        return (f"{self.storage}: {self.remote} object(s), {self.verified} verified; {len(self.local_only)} local only, "
+        return (f"{self.storage}: {self.remote} object(s), {self.verified} verified; "
+                f"{len(self.local_only)} local only, "
                 f"{len(self.remote_only)} remote only, {len(self.untracked)} untracked, {len(self.missing)} missing, "
                 f"{len(self.mismatched)} checksum mismatch(es) in {self.seconds:.2f} s")
 

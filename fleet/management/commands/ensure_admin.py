@@ -23,6 +23,7 @@ class Command(BaseCommand):
         if result["password_file"]:
             how = f"user {username}, password: cat {result['password_file']}"
         else:
-            how = f"user {username} (created outside pitrsite; change its password with: manage.py changepassword {username})"
+            how = (f"user {username} (created outside pitrsite; "
+                   f"change its password with: manage.py changepassword {username})")
         self.stdout.write(f"log in at {services.web_url('/admin/')} as {how}")
         self.stdout.write(f"dashboard: {services.web_url('/')}")

@@ -34,7 +34,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(status, indent=2))
             return
         for name, entry in status["services"].items():
-            extra = "".join(f"  {key}={entry[key]}" for key in ("pid", "restarts", "port") if entry.get(key) is not None)
+            extra = "".join(f"  {key}={entry[key]}" for key in ("pid", "restarts", "port")
+                            if entry.get(key) is not None)
             self.stdout.write(f"{name:8} {entry['state']:10}{extra}")
             if entry.get("last_exit") and entry.get("restarts"):
                 self.stdout.write(f"{'':8} last exit {entry['last_exit']['how']} at {entry['last_exit']['at']}")

@@ -1,4 +1,5 @@
-"""python manage.py restore (--target-time T | --target-lsn L | --target-xid X | --target-name N | --immediate | --latest)"""
+"""python manage.py restore (--target-time T | --target-lsn L | --target-xid X | --target-name N
+| --immediate | --latest)"""
 from __future__ import annotations
 
 import json
@@ -44,4 +45,5 @@ class Command(BaseCommand):
         elif job.state == JobState.DONE:
             self.stdout.write(f"restore #{job.pk} promoted at {job.promoted_at.isoformat()} on timeline "
                               f"{job.final_timeline}; recovery ended at {job.final_lsn_text} "
-                              f"({job.plan.get('stop_reason', '')}); it listens on {settings.PITR_HOST}:{settings.PITR_RESTORE_PORT}")
+                              f"({job.plan.get('stop_reason', '')}); "
+                              f"it listens on {settings.PITR_HOST}:{settings.PITR_RESTORE_PORT}")
