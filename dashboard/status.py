@@ -44,9 +44,8 @@ class Overview:
     running: list = field(default_factory=list)
     job_counts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    drill: dict = field(default_factory=dict)
-    # pitrsite.periodic.states(): each beat task's last outcome  # restores.drill.summary()
-    tasks: list = field(default_factory=list)
+    drill: dict = field(default_factory=dict)  # restores.drill.summary()
+    tasks: list = field(default_factory=list)  # pitrsite.periodic.states(): each beat task's last outcome
     corrupt: int = 0  # complete WAL segments whose content changed after indexing
 
     @property
