@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wa
     if receiver:
         lag_seconds = 0.0 if not lag_bytes else max(0.0, receiver["reply_age_seconds"] or 0.0)
     else:
-        lag_seconds = archive_age(driver.layout.archive)
+        lag_seconds = archive_age(driver.layout.archive, newest)
     entry = {"streaming": bool(receiver) and role_state == "running", "health": "streaming", "reason": "",
              "last_error": None, "flush_lsn": receiver["flush_lsn"] if receiver else None,
              "lag_bytes": lag_bytes, "lag_seconds": lag_seconds, "newest_file": newest, "lost_after": None}
@@ -122,11 +123,8 @@ def newest_archived(archive: Path) -> str | None:
     return max(names, key=lambda n: n[:24]) if names else None
 
 
-def archive_age(archive: Path) -> float | None:
-    """Seconds since the archive last received WAL (pg_receivewal writes the newest file as WAL arrives)."""
-    import time
-
-    newest = newest_archived(archive)
+def archive_age(archive: Path, newest: str | None) -> float | None:
+    """Seconds since the archive last received WAL: pg_receivewal writes its newest file as WAL arrives."""
     if newest is None:
         return None
     try:
