@@ -12,6 +12,7 @@ from django.db.models import Count
 from django.urls import reverse
 
 from pitrsite.jobs import ACTIVE_STATES, Job
+from dashboard import progress
 
 if TYPE_CHECKING:
     from restores.models import RestoreJob
@@ -54,8 +55,12 @@ def job_json(job: Job) -> dict:
     kind = kind_of(job)
     serializers: dict[str, Callable[[Any], dict]] = {"backup": backup_dict, "restore": restore_dict}
     data = serializers.get(kind, job_dict)(job)
+    # percent: the current step's own progress; overall_percent: the whole job's, which only grows.
     data.update(kind=kind, title=str(job), active=job.is_active, url=detail_url(job),
-                percent=None if job.percent is None else round(job.percent, 1))
+                percent=None if job.percent is None else round(job.percent, 1),
+                overall_percent=progress.overall(kind, job.state, job.steps, job.current_step, job.progress_done,
+                                         job.progress_total),
+                progress_unit=progress.unit(kind, job.current_step))
     if kind == "restore":
         data.update(target_description=cast("RestoreJob", job).target_description, replay_percent=replay_percent(job))
     elif kind == "chaos":

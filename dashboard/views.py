@@ -23,15 +23,12 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
-from dashboard import actions, chaos_plot, jobs, status, timeline
+from dashboard import actions, chaos_plot, jobs, progress, status, timeline
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
 
 PAGE = 50
-# What a restore goes through (restores/engine.py), shown greyed until each starts.
-RESTORE_STEPS = ("planning", "stopping the restore target", "emptying the data directory", "extracting the backup",
-                 "staging WAL", "configuring recovery", "replaying WAL", "promoting", "verifying")
-CHAOS_STEPS = ("writing with chaos", "restoring and verifying")
-BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (pg_verifybackup)")
+# What each kind of job goes through (dashboard/progress.py), shown greyed until each starts.
+RESTORE_STEPS, CHAOS_STEPS, BACKUP_STEPS = (progress.expected(kind) for kind in ("restore", "chaos", "backup"))
 
 
 def staff_action(view: Callable) -> Callable:
@@ -118,15 +115,37 @@ def restores(request: HttpRequest) -> HttpResponse:
     return show(request, "restores.html", "restores", page=rows.get_page(request.GET.get("page")))
 
 
-def _restore_form_page(request: HttpRequest, form: RestoreForm, error: str = "", code: int = 200) -> HttpResponse:
+# The planner words its refusals for the command line; the web page names its own controls.
+WEB_WORDS = (("use --latest", "choose the latest target"), ("--exclusive", "exclusive"),
+             ("--target-time", "time"), ("--target-lsn", "LSN"), ("--target-xid", "XID"),
+             ("--target-name", "restore point name"), ("--immediate", "an immediate target"), ("--latest", "latest"))
+
+
+def web_wording(message: str) -> str:
+    for flag, words in WEB_WORDS:
+        message = message.replace(flag, words)
+    return message
+
+
+def _example_moment(view: status.Overview):
+    """A moment inside the recoverable window, for the form's example: its middle."""
+    if view.window_start is None or view.window_end is None:
+        return None
+    return view.window_start + (view.window_end - view.window_start) / 2
+
+
+def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, error: str = "",
+                       code: int = 200, initial: dict | None = None) -> HttpResponse:
     view = status.overview(with_capture=False)
-    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=error)
+    if form is None:
+        form = RestoreForm(initial=initial, example=_example_moment(view))
+    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error))
 
 
 @page
 def restore_new(request: HttpRequest) -> HttpResponse:
-    initial = {"backup": request.GET.get("backup")} if request.GET.get("backup") else None
-    return _restore_form_page(request, RestoreForm(initial=initial))
+    initial = {key: request.GET[key] for key in ("backup", "kind", "value") if request.GET.get(key)}
+    return _restore_form_page(request, initial=initial or None)
 
 
 @staff_action

@@ -1,0 +1,132 @@
+"""Issue 14's view-level facts: live chaos pages, one monotone progress bar, one time format, web wording.
+
+Rows are made directly in the test database (tests/dashboard_data.py); the browser tests drive the same
+pages in chromium against a real fleet.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from dashboard import progress
+from pitrsite.jobs import JobState
+from restores.models import RestoreJob
+from tests.dashboard_data import make_backup, make_chaos_run, make_segments
+
+TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+
+
+@pytest.fixture
+def staff(db) -> Client:
+    client = Client()
+    client.force_login(User.objects.create_user("ops", password="x", is_staff=True, is_superuser=True))
+    return client
+
+
+@pytest.fixture
+def catalog(db, no_fleet):
+    Path(settings.PITR_WAL_ARCHIVE).mkdir(parents=True, exist_ok=True)  # the planner reads the archive
+    start = timezone.now() - timedelta(hours=2)
+    make_segments(1, range(1, 100), start, timedelta(minutes=1), partial_last=True)
+    backup = make_backup(1, 10, start + timedelta(minutes=10))
+    from walcatalog.backups import backup_dir
+
+    folder = backup_dir(backup)  # what a restore extracts, so the planner finds the backup held locally
+    folder.mkdir(parents=True)
+    for name in ("base.tar", "pg_wal.tar", "backup_manifest"):
+        (folder / name).write_bytes(b"")
+    return {"start": start, "backup": backup}
+
+
+def steps(*names: str) -> list[dict]:
+    """Finished steps, then the current one (the last name)."""
+    now = timezone.now().isoformat()
+    return [{"name": n, "started_at": now, "seconds": 1.0} for n in names[:-1]] + \
+        [{"name": names[-1], "started_at": now, "seconds": None}]
+
+
+def test_overall_progress_never_goes_backwards():
+    """A backup at 75 % of its copy must not drop when verification starts at 0 %."""
+    copy, verify = "copying files (pg_basebackup)", "verifying (pg_verifybackup)"
+    figures = [progress.overall("backup", "running", steps("checking free space", copy), copy, done, 100)
+               for done in (0, 40, 75, 100)]
+    figures.append(progress.overall("backup", "running", steps("checking free space", copy, verify), verify, 0, 100))
+    figures.append(progress.overall("backup", "running", steps("checking free space", copy, verify), verify, 90, 100))
+    figures.append(progress.overall("backup", "done", [], "", 0, None))
+    assert figures == sorted(figures) and figures[-1] == 100.0, figures
+    assert 50 < figures[2] < 60  # 75 % of a step weighing 70 of 100, after the 1 % step
+    # Chaos: the "restoring T i/n" steps are one group whose own progress counts moments.
+    chaos = [progress.overall("chaos", "running", steps("checking the fleet", "backing up", "writing with chaos",
+                                                        *[f"restoring T {j}/3" for j in range(1, i + 1)]),
+                              f"restoring T {i}/3", i - 1, 3) for i in (1, 2, 3)]
+    assert chaos == sorted(chaos) and len(set(chaos)) == 3, chaos
+
+
+def test_step_units():
+    assert progress.unit("chaos", "writing with chaos") == "seconds"
+    assert progress.unit("chaos", "restoring T 2/5") == "moments"
+    assert progress.unit("restore", "staging WAL") == "files"
+    assert progress.unit("backup", "copying files (pg_basebackup)") == "bytes"
+
+
+def test_chaos_page_while_running_shows_live_facts(staff, db):
+    """A run in its chaos phase: seconds not bytes, its real steps only, actions and writes so far."""
+    run = make_chaos_run(state=JobState.RUNNING, verdict="")
+    run.verifications, run.progress_done, run.progress_total, run.finished_at = [], 8, 30, None
+    run.steps = steps("checking the fleet", "backing up", "writing with chaos")
+    run.save()
+    html = staff.get(f"/chaos/{run.pk}/").content.decode()
+    assert 'id="verdict">running<' in html  # not "pending" while it runs
+    assert "8.0 s of 30 s" in html and "bytes" not in html[html.index('id="job-live"'):html.index("</section>")]
+    assert "restoring and verifying" not in html  # the phantom step is gone
+    assert 'data-expected="checking the fleet|backing up|writing with chaos|settling' in html
+    assert "capturer_kill" in html and "1600 rows committed" in html
+    assert 'id="chaos-head" data-live-block' in html and 'id="chaos-live" data-live-block' in html
+    data = staff.get(f"/jobs/chaos/{run.pk}.json").json()
+    assert data["progress_unit"] == "seconds" and data["percent"] == pytest.approx(26.7, abs=0.1)
+    assert 10 < data["overall_percent"] < 30  # fleet and backup done, 8 s of 30 s of the chaos phase
+    events = html[html.index('id="events"'):]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC", events)  # actions: date, ms and zone
+
+
+def test_times_carry_date_and_zone(staff, catalog):
+    for url in ("/", "/backups/", f"/backups/{catalog['backup'].pk}/", "/restores/new/"):
+        html = staff.get(url).content.decode()
+        assert TIME.search(html), url
+
+
+def test_restore_form_accepts_the_displayed_time_format(staff, catalog, broker, django_capture_on_commit_callbacks):
+    moment = catalog["start"] + timedelta(minutes=30)
+    shown = f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+    page = staff.get("/restores/new/").content.decode()
+    assert 'type="datetime-local"' in page
+    example = re.search(r"time with zone \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)\)", page).group(1)
+    shown_example = datetime.strptime(example, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=dt_timezone.utc)
+    assert catalog["start"] + timedelta(minutes=10) <= shown_example <= timezone.now()  # inside the window
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post("/restores/start/", {"kind": "time", "value": shown})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    job = RestoreJob.objects.get()
+    assert job.target_value == moment.replace(microsecond=0).isoformat()
+    assert broker() == [("restores.tasks.run_restore", [job.pk])]
+
+
+def test_restore_form_picker_fills_an_empty_value(staff, catalog, broker):
+    moment = (catalog["start"] + timedelta(minutes=31)).replace(microsecond=0)
+    response = staff.post("/restores/start/", {"kind": "time", "picked": f"{moment:%Y-%m-%dT%H:%M:%S}"})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert RestoreJob.objects.get().target_value == moment.isoformat()
+
+
+def test_web_errors_name_no_cli_flags(staff, catalog, broker):
+    late = timezone.now() + timedelta(days=1)
+    html = staff.post("/restores/start/", {"kind": "time", "value": f"{late:%Y-%m-%d %H:%M:%S} UTC"}).content.decode()
+    error = re.search(r'id="plan-error">(.*?)</p>', html).group(1)
+    assert "after the newest captured commit" in error and "--" not in error and "choose the latest target" in error
