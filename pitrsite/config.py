@@ -111,8 +111,13 @@ def database_from_url(url: str, base_dir: Path) -> dict:
     if engine == "django.db.backends.sqlite3":
         path = Path(config["NAME"])
         config["NAME"] = str(path if path.is_absolute() else base_dir / path)  # sqlite:///rel: under the project
-        # A worker and the web server write at once: wait instead of "database is locked".
-        config.setdefault("OPTIONS", {}).setdefault("timeout", 30)
+        # A worker, beat and the web server write at once: readers never block the writer (WAL journal),
+        # a writer waits for another (busy timeout) and takes its lock when its transaction begins
+        # (IMMEDIATE), since a read lock upgraded mid-transaction fails at once with "database is locked".
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("timeout", 30)
+        options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        options.setdefault("transaction_mode", "IMMEDIATE")
         return config
     if engine == "django.db.backends.postgresql":
         config["PORT"] = str(config.get("PORT") or "")
