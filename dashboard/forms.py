@@ -37,7 +37,8 @@ class RestoreForm(forms.Form):
 
     def __init__(self, *args, example: datetime | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["backup"].queryset = BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True)
+        self.fields["backup"].queryset = BaseBackup.objects.filter(  # type: ignore[attr-defined]  # ModelChoiceField
+            state=JobState.DONE, manifest_verified=True)
         if example is not None:  # a moment inside the recoverable window, in the format the pages show
             self.fields["value"].help_text = self.fields["value"].help_text.replace(
                 "2026-11-27 10:00:00 UTC", display_time(example))

@@ -60,7 +60,7 @@ def job_json(job: Job) -> dict:
                 percent=None if job.percent is None else round(job.percent, 1),
                 overall_percent=progress.overall(kind, job.state, job.steps, job.current_step, job.progress_done,
                                          job.progress_total),
-                progress_unit=progress.unit(kind, job.current_step))
+                progress_unit=progress.unit(kind, job.current_step), who=who(job))
     if kind == "restore":
         data.update(target_description=cast("RestoreJob", job).target_description, replay_percent=replay_percent(job))
     elif kind == "chaos":
@@ -68,6 +68,14 @@ def job_json(job: Job) -> dict:
             if hasattr(job, name):
                 data[name] = getattr(job, name)
     return data
+
+
+def who(job: Job) -> str:
+    """The user who started it, else what did (beat, a command, a chaos run)."""
+    if job.started_by:
+        return job.started_by
+    return {"celery": "beat", "drill": "beat (drill)", "command": "a command", "chaos": "a chaos run"}.get(
+        job.trigger, job.trigger)
 
 
 def replay_percent(job) -> float | None:

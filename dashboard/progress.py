@@ -62,7 +62,7 @@ def overall(kind: str, state: str, steps: list[dict], current: str, done: int, t
     order = [name for name, _ in STEPS[kind]]
     if now in order:
         finished.update(order[:order.index(now)])
-    got = sum(weights.get(name, 0) for name in finished)
+    got: float = sum(weights.get(name, 0) for name in finished)
     if now in weights:
         got += weights[now] * step_fraction(done, total)
     return round(100.0 * got / whole, 1)

@@ -22,5 +22,6 @@ urlpatterns = [
     path("chaos/start/", views.chaos_start, name="chaos_start"),
     path("chaos/<int:pk>/", views.chaos_detail, name="chaos"),
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
+    path("jobs/<str:kind>/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus scrapes /metrics
 ]

@@ -31,6 +31,10 @@ PAGE = 50
 RESTORE_STEPS, CHAOS_STEPS, BACKUP_STEPS = (progress.expected(kind) for kind in ("restore", "chaos", "backup"))
 
 
+def _user(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
 def staff_action(view: Callable) -> Callable:
     """login (redirect) -> POST only (405) -> staff only (403); CSRF is the middleware's."""
     @login_required
@@ -101,7 +105,7 @@ def backup_start(request: HttpRequest) -> HttpResponse:
         messages.error(request, "choose a compression: " + ", ".join(c for c, _ in choices))
         return redirect("dashboard:backups")
     try:
-        backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard")
+        backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard", user=_user(request))
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:backups")
@@ -154,7 +158,7 @@ def restore_start(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _restore_form_page(request, form, code=400)
     try:
-        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard")
+        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request))
     except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
         return _restore_form_page(request, form, error=str(exc), code=400)
     messages.success(request, f"restore #{job.pk} queued")
@@ -165,6 +169,20 @@ def restore_start(request: HttpRequest) -> HttpResponse:
 def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(RestoreJob.objects.select_related("backup"), pk=pk)
     return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS)
+
+
+@staff_action
+def job_cancel(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    job = get_object_or_404(model, pk=pk)
+    if actions.cancel_job(job, _user(request)):
+        messages.success(request, f"{job} cancelled: its tools were stopped")
+    else:
+        job.refresh_from_db()
+        messages.error(request, f"{job} is {job.state} already: nothing to cancel")
+    return redirect(jobs.detail_url(job))
 
 
 @page
@@ -220,7 +238,7 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
                                           for name, errs in form.errors.items()))
         return redirect("dashboard:chaos_runs")
     try:
-        run = actions.start_chaos(form.params(), trigger="dashboard")
+        run = actions.start_chaos(form.params(), trigger="dashboard", user=_user(request))
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:chaos_runs")

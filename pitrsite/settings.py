@@ -109,6 +109,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = False
+# The dashboard's one time format, with the zone, in the admin too (dashboard/timefmt.py is the same).
+FORMAT_MODULE_PATH = "pitrsite.formats"
 USE_TZ = True
 
 STATIC_URL = "static/"

@@ -130,3 +130,36 @@ def test_web_errors_name_no_cli_flags(staff, catalog, broker):
     html = staff.post("/restores/start/", {"kind": "time", "value": f"{late:%Y-%m-%d %H:%M:%S} UTC"}).content.decode()
     error = re.search(r'id="plan-error">(.*?)</p>', html).group(1)
     assert "after the newest captured commit" in error and "--" not in error and "choose the latest target" in error
+
+
+def test_who_started_each_job(staff, catalog, broker, django_capture_on_commit_callbacks):
+    from walcatalog.models import BaseBackup
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff.post("/backups/start/", {"compression": "gzip"})
+    mine = BaseBackup.objects.get(trigger="dashboard")
+    assert mine.started_by == "ops"
+    BaseBackup.objects.filter(pk=catalog["backup"].pk).update(trigger="celery")
+    html = staff.get("/backups/").content.decode()
+    cells = re.findall(r'<td class="who">(.*?)</td>', html)
+    assert sorted(cells) == ["beat", "ops"], cells
+    assert 'id="job-who">ops<' in staff.get(f"/backups/{mine.pk}/").content.decode()
+    admin = staff.get("/admin/walcatalog/basebackup/").content.decode()
+    assert "Started by" in admin and ">ops<" in admin
+
+
+def test_admin_columns_are_named_for_people(staff, catalog):
+    html = staff.get("/admin/walcatalog/walsegment/").content.decode()
+    assert "Start LSN" in html and "End LSN" in html and "lsn text" not in html.lower()
+    html = staff.get("/admin/walcatalog/basebackup/").content.decode()
+    assert "Stop LSN" in html and "lsn text" not in html.lower()
+    assert TIME.search(html)  # the admin shows times in the dashboard's one format
+
+
+def test_viewer_refused_action_gets_a_page_saying_why(db):
+    client = Client()
+    client.force_login(User.objects.create_user("viewer", password="x"))
+    response = client.post("/backups/start/", {"compression": "gzip"})
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert 'id="refused">starting jobs needs a staff account<' in html and "viewer" in html

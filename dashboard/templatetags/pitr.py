@@ -75,3 +75,19 @@ def when(value, precise: str = "") -> str:
     if timezone.is_naive(value):
         value = timezone.make_aware(value, timezone.get_default_timezone())
     return display_time(value, precise=bool(precise))
+
+
+@register.filter
+def overall(job) -> float | None:
+    """A job row's overall percent (dashboard/progress.py): the bar lists show, which only grows."""
+    from dashboard import jobs, progress
+
+    return progress.overall(jobs.kind_of(job), job.state, job.steps, job.current_step, job.progress_done,
+                            job.progress_total)
+
+
+@register.filter
+def who(job) -> str:
+    from dashboard import jobs
+
+    return jobs.who(job)
