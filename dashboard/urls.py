@@ -1,13 +1,12 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import metrics, views
+from dashboard import metrics, security, views
 
 app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html", redirect_authenticated_user=True),
-         name="login"),
+    path("login/", security.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("overview.json", views.overview_json, name="overview_json"),
     path("timeline/", views.timeline_page, name="timeline"),

@@ -80,7 +80,17 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.security.csp_middleware",
 ]
+# Failed logins: this many per user name and address within the window (s), then refused until it passes.
+PITR_LOGIN_FAILURES = envint("PITR_LOGIN_FAILURES", 5)
+PITR_LOGIN_WINDOW = envint("PITR_LOGIN_WINDOW", 900)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by every web worker of this host, so a throttle is not multiplied by the worker count.
+    "throttle": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                 "LOCATION": str(PITR_HOME / "run" / "throttle")},
+}
 
 ROOT_URLCONF = "pitrsite.urls"
 TEMPLATES = [
