@@ -47,6 +47,7 @@ class Overview:
     drill: dict = field(default_factory=dict)  # restores.drill.summary()
     tasks: list = field(default_factory=list)  # pitrsite.periodic.states(): each beat task's last outcome
     corrupt: int = 0  # complete WAL segments whose content changed after indexing
+    target: dict = field(default_factory=dict)  # dashboard.target.facts(): what the restore target holds
 
     @property
     def protected(self) -> bool:
@@ -135,6 +136,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
         view.problems.extend(view.capture.get("errors", []))
         if view.capture.get("reason"):
             view.problems.append(view.capture["reason"])
+        view.target = target_facts()
+        if view.target.get("note") and view.target.get("state") in ("recovering", "promoted"):
+            view.problems.append(f"restore target: {view.target['note']}")
     window = facts["window"]
     if window:
         view.window_start, view.window_end = window["start"], window["end"]
@@ -156,6 +160,12 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     view.problems.extend(f"periodic task {t['task']} failing since {t['last_error_at'][:19].replace('T', ' ')} UTC: "
                          f"{t['last_error']}" for t in view.tasks if t["failing"])
     return view
+
+
+def target_facts() -> dict:
+    from dashboard.target import facts
+
+    return facts()
 
 
 def drill_summary() -> dict:

@@ -109,7 +109,7 @@ def backup_start(request: HttpRequest) -> HttpResponse:
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:backups")
-    messages.success(request, f"backup {backup.label} queued")
+    messages.success(request, f"backup {backup.label} queued", extra_tags="queued")
     return redirect("dashboard:backup", pk=backup.pk)
 
 
@@ -161,14 +161,15 @@ def restore_start(request: HttpRequest) -> HttpResponse:
         job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request))
     except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
         return _restore_form_page(request, form, error=str(exc), code=400)
-    messages.success(request, f"restore #{job.pk} queued")
+    messages.success(request, f"restore #{job.pk} queued", extra_tags="queued")
     return redirect("dashboard:restore", pk=job.pk)
 
 
 @page
 def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(RestoreJob.objects.select_related("backup"), pk=pk)
-    return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS)
+    return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS,
+                target=status.target_facts())
 
 
 @staff_action
@@ -242,5 +243,5 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:chaos_runs")
-    messages.success(request, f"chaos run #{run.pk} queued")
+    messages.success(request, f"chaos run #{run.pk} queued", extra_tags="queued")
     return redirect("dashboard:chaos", pk=run.pk)

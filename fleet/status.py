@@ -218,4 +218,14 @@ def capture_summary() -> dict:
             "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
             "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
             "disk": status.get("disk", {}),
-            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}
+            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", []),
+            "standby": standby_summary(status)}
+
+
+def standby_summary(status: dict) -> dict:
+    """The hot standby: its process, whether it streams from the primary, how far behind."""
+    role = status["roles"].get("standby", {})
+    row = next((r for r in status.get("replication", []) if r["application_name"] == "pitrsite_standby"), None)
+    return {"state": role.get("state"), "replication": row["state"] if row else "not streaming",
+            "lag_bytes": row["lag_bytes"] if row else None,
+            "lag_seconds": row["flush_lag_seconds"] if row else None}

@@ -5,6 +5,7 @@ pages in chromium against a real fleet.
 """
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -163,3 +164,25 @@ def test_viewer_refused_action_gets_a_page_saying_why(db):
     assert response.status_code == 403
     html = response.content.decode()
     assert 'id="refused">starting jobs needs a staff account<' in html and "viewer" in html
+
+
+def test_restore_target_facts_and_recovery_details(staff, catalog, settings):
+    from tests.dashboard_data import make_restore
+
+    older = make_restore(state=JobState.DONE, backup=catalog["backup"], current_step="",
+                         promoted_at=timezone.now() - timedelta(hours=1))
+    job = make_restore(state=JobState.INTERRUPTED, backup=catalog["backup"], current_step="replaying WAL",
+                       finished_at=timezone.now(), plan={"recovery": {"recovery_target_lsn": "0/5000000",
+                                                                      "recovery_target_inclusive": "on"},
+                                                         "stop_reason": "reached target"})
+    make_restore(state=JobState.FAILED, current_step="planning", error="failure planning (no)")  # never touched it
+    assert older.started_at < job.started_at
+    overview = staff.get("/").content.decode()
+    card = html.unescape(overview[overview.index('id="restore-target"'):])
+    assert '<span class="state state-queued">stopped<' in card  # nothing runs on its port
+    assert f"restore #{job.pk}</a> to lsn 0/5000000" in card and "interrupted" in card
+    port = settings.PITR_RESTORE_PORT
+    assert f'psql "host=127.0.0.1 port={port} dbname={settings.PITR_DBNAME} user=' in card
+    page = staff.get(f"/restores/{job.pk}/").content.decode()
+    assert "recovery_target_lsn = '0/5000000'" in html.unescape(page) and 'id="stop-reason">reached target<' in page
+    assert 'id="target-live" data-live-block' in page and 'id="standby"' in overview

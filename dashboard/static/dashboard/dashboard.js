@@ -85,6 +85,8 @@ function renderSteps(list, job) {
 
 function renderJob(root, job) {
   root.dataset.state = job.state;
+  // "queued" was true when the page was made; once the job runs or ends it no longer is.
+  if (job.state !== "queued") document.querySelectorAll(".messages li.queued").forEach((li) => li.remove());
   const state = document.getElementById("job-state");
   state.textContent = job.state;
   state.className = "state state-" + job.state;
@@ -143,4 +145,16 @@ document.addEventListener("DOMContentLoaded", () => {
   if (job) followJob(job);
   const auto = document.querySelector("[data-refresh]");
   if (auto) setInterval(() => refreshBlocks().catch(() => {}), parseInt(auto.dataset.refresh, 10));
+});
+
+// A copy button beside each connection line.
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("code.copy").forEach((code) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link copy-button";
+    button.textContent = "copy";
+    button.addEventListener("click", () => navigator.clipboard.writeText(code.textContent).then(() => { button.textContent = "copied"; }));
+    code.after(" ", button);
+  });
 });
