@@ -74,8 +74,8 @@ def who(job: Job) -> str:
     """The user who started it, else what did (beat, a command, a chaos run)."""
     if job.started_by:
         return job.started_by
-    return {"celery": "beat", "drill": "beat (drill)", "command": "a command", "chaos": "a chaos run"}.get(
-        job.trigger, job.trigger)
+    names = {"celery": "beat", "drill": "beat (drill)", "command": "a command", "chaos": "a chaos run"}
+    return names.get(job.trigger, job.trigger)
 
 
 def replay_percent(job) -> float | None:

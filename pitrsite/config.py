@@ -97,6 +97,26 @@ def distinct_ports(ports: dict[str, int]) -> None:
         seen[port] = name
 
 
+def envcron(name: str, default: str) -> str:
+    """A cron schedule "MIN HOUR DOM MON DOW" (Celery's crontab syntax), or "disable" to turn it off."""
+    value = os.environ.get(name, default).strip()
+    if value.lower() == "disable":
+        return "disable"
+    fields = value.split()
+    if len(fields) != 5:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron schedule: give 5 fields "
+                                   "(minute hour day-of-month month day-of-week, e.g. '0 2 * * *') or 'disable'")
+    from celery.schedules import crontab
+
+    try:
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                day_of_week=day_of_week)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron schedule: {exc}") from None
+    return " ".join(fields)
+
+
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name) or default
     if value not in choices:

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
     archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
-    envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
+    envcron, envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -50,6 +50,10 @@ PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
 PITR_SCRUB_INTERVAL = envfloat("PITR_SCRUB_INTERVAL", 3600.0)
 PITR_SCRUB_MB_PER_S = envfloat("PITR_SCRUB_MB_PER_S", 20.0)
 PITR_REAP_INTERVAL = envfloat("PITR_REAP_INTERVAL", 15.0)
+# Scheduled base backups: cron syntax in TIME_ZONE ("0 2 * * *": daily at 02:00), "disable" turns them off.
+PITR_BACKUP_SCHEDULE = envcron("PITR_BACKUP_SCHEDULE", "0 2 * * *")
+# The overview and /metrics warn when the newest done base backup is older than this (s; 0 = never).
+PITR_BACKUP_MAX_AGE = envfloat("PITR_BACKUP_MAX_AGE", 2 * 86400.0)
 
 # --- Django ------------------------------------------------------------------
 SECRET_KEY = _secret
