@@ -103,12 +103,12 @@ class BaseBackupAdmin(JobAdmin):
     start_label = "Start a backup"
     list_display = ("label", "state", "progress", "current_step", "compression", "timeline", "stop_lsn_text",
                     "stop_time", "sizes", "manifest_verified", "who", "created_at")
-    list_filter = ("state", "compression", "manifest_verified", "trigger", "timeline")
+    list_filter = ("state", "compression", "manifest_verified", "pinned", "trigger", "timeline")
     search_fields = ("label", "error")
     date_hierarchy = "created_at"
     actions = ("start_backup_like", "restore_from")
     readonly_fields = ("label", "compression", "path", "timeline", "start_lsn_text", "stop_lsn_text", "start_time",
-                       "stop_time", "size_raw", "size_stored", "manifest_verified", "segment_size", "restorable",
+                       "stop_time", "size_raw", "size_stored", "manifest_verified", "pinned", "segment_size", "restorable",
                        "progress", *JOB_FIELDS)
     fields = readonly_fields
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("backups/", views.backups, name="backups"),
     path("backups/start/", views.backup_start, name="backup_start"),
     path("backups/<int:pk>/", views.backup_detail, name="backup"),
+    path("backups/<int:pk>/pin/", views.backup_pin, name="backup_pin"),
     path("restores/", views.restores, name="restores"),
     path("restores/new/", views.restore_new, name="restore_new"),
     path("restores/start/", views.restore_start, name="restore_start"),

@@ -86,8 +86,21 @@ def timeline_page(request: HttpRequest) -> HttpResponse:
 
 @page
 def backups(request: HttpRequest) -> HttpResponse:
+    from walcatalog.retention import Policy, status_of_backups
+
     rows = Paginator(BaseBackup.objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
-    return show(request, "backups.html", "backups", page=rows)
+    return show(request, "backups.html", "backups", page=rows, retention=status_of_backups(),
+                policy=Policy.from_settings())
+
+
+@staff_action
+def backup_pin(request: HttpRequest, pk: int) -> HttpResponse:
+    """Pin (retention never removes it) or unpin a backup."""
+    backup = get_object_or_404(BaseBackup, pk=pk)
+    pinned = request.POST.get("pinned") == "1"
+    BaseBackup.objects.filter(pk=pk).update(pinned=pinned)
+    messages.success(request, f"backup {backup.label} {'pinned: retention keeps it' if pinned else 'unpinned'}")
+    return redirect("dashboard:backups")
 
 
 @page

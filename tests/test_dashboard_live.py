@@ -186,3 +186,22 @@ def test_restore_target_facts_and_recovery_details(staff, catalog, settings):
     page = staff.get(f"/restores/{job.pk}/").content.decode()
     assert "recovery_target_lsn = '0/5000000'" in html.unescape(page) and 'id="stop-reason">reached target<' in page
     assert 'id="target-live" data-live-block' in page and 'id="standby"' in overview
+
+
+def test_backups_page_and_pinning(staff, catalog, settings):
+    from walcatalog.models import BaseBackup
+
+    newer = make_backup(1, 50, catalog["start"] + timedelta(minutes=50))
+    settings.PITR_RETENTION_KEEP_BACKUPS = 1
+    html = staff.get("/backups/").content.decode()
+    old_row = html[html.index(f'id="backup-{catalog["backup"].pk}"'):]
+    old_row = old_row[:old_row.index("</tr>")]
+    assert ">obsolete<" in old_row and "3.0 s" in old_row and f"<td>{catalog['backup'].compression}</td>" in old_row
+    new_row = html[html.index(f'id="backup-{newer.pk}"'):]
+    assert ">kept<" in new_row[:new_row.index("</tr>")]
+    assert "0/A00028" in old_row and "0/A01000" in old_row  # the WAL range it covers
+    staff.post(f"/backups/{catalog['backup'].pk}/pin/", {"pinned": "1"})
+    assert BaseBackup.objects.get(pk=catalog["backup"].pk).pinned
+    assert ">pinned<" in staff.get("/backups/").content.decode()
+    staff.post(f"/backups/{catalog['backup'].pk}/pin/", {"pinned": "0"})
+    assert not BaseBackup.objects.get(pk=catalog["backup"].pk).pinned

@@ -91,3 +91,8 @@ def who(job) -> str:
     from dashboard import jobs
 
     return jobs.who(job)
+
+
+@register.filter
+def get(mapping: dict, key):
+    return mapping.get(key, "") if mapping else ""
