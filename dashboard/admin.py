@@ -108,8 +108,8 @@ class BaseBackupAdmin(JobAdmin):
     date_hierarchy = "created_at"
     actions = ("start_backup_like", "restore_from")
     readonly_fields = ("label", "compression", "path", "timeline", "start_lsn_text", "stop_lsn_text", "start_time",
-                       "stop_time", "size_raw", "size_stored", "manifest_verified", "pinned", "segment_size", "restorable",
-                       "progress", *JOB_FIELDS)
+                       "stop_time", "size_raw", "size_stored", "manifest_verified", "pinned", "segment_size",
+                       "restorable", "progress", *JOB_FIELDS)
     fields = readonly_fields
 
     @admin.display(description="start LSN", ordering="start_lsn")

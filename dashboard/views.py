@@ -156,7 +156,18 @@ def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, er
     view = status.overview(with_capture=False)
     if form is None:
         form = RestoreForm(initial=initial, example=_example_moment(view))
-    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error))
+    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error),
+                points=restore_points(), backups=BaseBackup.objects.filter(
+                    state="done", manifest_verified=True).order_by("-stop_time")[:20])
+
+
+def restore_points(limit: int = 50) -> list[dict]:
+    """Named restore points, newest first, with the time of the segment holding them."""
+    from walcatalog.models import RestorePoint
+
+    rows = RestorePoint.objects.select_related("segment").order_by("-lsn")[:limit]
+    return [{"name": p.name, "lsn": p.lsn, "timeline": p.timeline,
+             "at": p.segment and (p.segment.last_commit_at or p.segment.indexed_at)} for p in rows]
 
 
 @page

@@ -205,3 +205,37 @@ def test_backups_page_and_pinning(staff, catalog, settings):
     assert ">pinned<" in staff.get("/backups/").content.decode()
     staff.post(f"/backups/{catalog['backup'].pk}/pin/", {"pinned": "0"})
     assert not BaseBackup.objects.get(pk=catalog["backup"].pk).pinned
+
+
+def test_restore_form_pickers_and_prefill(staff, catalog):
+    from walcatalog.models import RestorePoint, WalSegment
+
+    segment = WalSegment.objects.get(timeline=1, segno=60)
+    RestorePoint.objects.create(name="before-upgrade", timeline=1, lsn=segment.start_lsn + 200, segment=segment)
+    html = staff.get("/restores/new/").content.decode()
+    points = html[html.index('id="restore-points"'):html.index('id="backup-windows"')]
+    assert "before-upgrade" in points and "0/3C000C8" in points and TIME.search(points)
+    assert 'href="?kind=name&amp;value=before-upgrade"' in points
+    windows = html[html.index('id="backup-windows"'):]
+    assert f'href="?backup={catalog["backup"].pk}&amp;kind=latest"' in windows and TIME.search(windows)
+    # "restore to here" from the timeline lands on the form with the moment filled in.
+    shown = "2026-12-01 19:21:53 UTC"
+    page = staff.get("/restores/new/", {"kind": "time", "value": shown}).content.decode()
+    assert f'name="value" value="{shown}"' in page and 'value="time" required id="id_kind_0" checked' in page
+
+
+def test_timeline_plot_marks_idle_restore_points_and_axis_dates(staff, db, no_fleet):
+    from walcatalog.models import RestorePoint, WalSegment
+
+    start = timezone.now() - timedelta(hours=3)
+    make_segments(1, range(1, 30), start, timedelta(minutes=1))
+    make_segments(1, range(30, 60), start + timedelta(hours=2), timedelta(minutes=1))  # an idle hour between
+    segment = WalSegment.objects.get(segno=40)
+    RestorePoint.objects.create(name="rp1", timeline=1, lsn=segment.start_lsn + 8, segment=segment)
+    html = staff.get("/timeline/").content.decode()
+    svg = html[html.index("<svg"):html.index("</svg>")]
+    assert 'data-start="' in svg and 'data-plot-width="' in svg
+    assert 'class="idle"' in svg and "idle: no WAL written" in svg and 'class="gap"' not in svg
+    assert 'class="restore-point"' in svg and "restore point rp1" in svg
+    assert re.search(r'class="tick"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d<', svg) and "times in UTC" in svg
+    assert 'viewBox="0 0 960 ' in svg and int(re.search(r'viewBox="0 0 960 (\d+)"', svg).group(1)) >= 140

@@ -158,3 +158,70 @@ document.addEventListener("DOMContentLoaded", () => {
     code.after(" ", button);
   });
 });
+
+// WAL timeline: wheel zooms around the pointer, drag pans, a click opens the restore form at that moment.
+function timelineMoment(svg, event) {
+  const point = new DOMPoint(event.clientX, event.clientY).matrixTransform(svg.getScreenCTM().inverse());
+  const share = (point.x - parseFloat(svg.dataset.left)) / parseFloat(svg.dataset.plotWidth);
+  if (share < 0 || share > 1) return null;
+  const start = parseFloat(svg.dataset.start), end = parseFloat(svg.dataset.end);
+  return new Date((start + share * (end - start)) * 1000);
+}
+
+function displayedUtc(date) {
+  return date.toISOString().slice(0, 19).replace("T", " ") + " UTC";  // the form reads this format back
+}
+
+function followTimeline(svg) {
+  const full = svg.viewBox.baseVal.width;
+  let dragFrom = null, moved = false;
+  // Zooming narrows the viewBox in x only: fix the drawn height and let x stretch.
+  const unlock = () => {
+    if (svg.getAttribute("preserveAspectRatio") === "none") return;
+    svg.style.height = svg.getBoundingClientRect().height + "px";
+    svg.setAttribute("preserveAspectRatio", "none");
+  };
+  svg.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    unlock();
+    const box = svg.viewBox.baseVal;
+    const at = new DOMPoint(event.clientX, event.clientY).matrixTransform(svg.getScreenCTM().inverse()).x;
+    const width = Math.min(full, Math.max(full / 64, box.width * (event.deltaY < 0 ? 0.8 : 1.25)));
+    box.x = Math.min(full - width, Math.max(0, at - (at - box.x) * width / box.width));
+    box.width = width;
+  }, {passive: false});
+  svg.addEventListener("pointerdown", (event) => { dragFrom = event.clientX; moved = false; });
+  svg.addEventListener("pointermove", (event) => {
+    if (dragFrom === null) return;
+    const box = svg.viewBox.baseVal;
+    const dx = (event.clientX - dragFrom) * box.width / svg.getBoundingClientRect().width;
+    if (Math.abs(event.clientX - dragFrom) > 3) moved = true;
+    box.x = Math.min(full - box.width, Math.max(0, box.x - dx));
+    dragFrom = event.clientX;
+  });
+  svg.addEventListener("pointerup", (event) => {
+    const wasDrag = moved;
+    dragFrom = null;
+    if (wasDrag) return;
+    const moment = timelineMoment(svg, event);
+    if (!moment) return;
+    const target = svg.dataset.restoreUrl || "/restores/new/";
+    location.href = target + "?kind=time&value=" + encodeURIComponent(displayedUtc(moment));
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("svg.timeline[data-start]").forEach(followTimeline);
+});
+
+// The restore form's date-time picker: choosing a time makes it the target.
+document.addEventListener("DOMContentLoaded", () => {
+  const picker = document.getElementById("id_picked");
+  if (!picker) return;
+  picker.addEventListener("change", () => {
+    const value = document.getElementById("id_value");
+    if (value) value.value = "";
+    const time = document.querySelector("input[name=kind][value=time]");
+    if (time) time.checked = true;
+  });
+});
