@@ -70,6 +70,13 @@ def job_json(job: Job) -> dict:
     return data
 
 
+def log_tail(job: Job, lines: int = 200) -> list[str]:
+    from pitrsite.joblog import tail
+    from pitrsite.jobs import job_key
+
+    return tail(job_key(job), lines)
+
+
 def who(job: Job) -> str:
     """The user who started it, else what did (beat, a command, a chaos run)."""
     if job.started_by:

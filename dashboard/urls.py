@@ -23,5 +23,6 @@ urlpatterns = [
     path("chaos/<int:pk>/", views.chaos_detail, name="chaos"),
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
     path("jobs/<str:kind>/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<str:kind>/<int:pk>/log.txt", views.job_log, name="job_log"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus scrapes /metrics
 ]

@@ -211,6 +211,23 @@ def job_cancel(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
 
 
 @page
+def job_log(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    """The job's whole log as a text file."""
+    from pitrsite.joblog import path_of
+    from pitrsite.jobs import job_key
+
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    job = get_object_or_404(model, pk=pk)
+    path = path_of(job_key(job))
+    text = path.read_text(errors="replace") if path.exists() else "(nothing logged yet)\n"
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{kind}-{pk}.log"'
+    return response
+
+
+@page
 def job_json(request: HttpRequest, kind: str, pk: int) -> JsonResponse:
     model = jobs.job_model(kind)
     if model is None:

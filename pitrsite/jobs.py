@@ -26,7 +26,7 @@ from tqdm import tqdm
 from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
-from pitrsite import procs
+from pitrsite import joblog, procs
 from pitrsite.errors import JobCancelled, LockBusy, PitrError, StepFailed, first_line
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ class JobReporter:
         if name:
             steps.append({"name": name, "started_at": now.isoformat(), "seconds": None})
         log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, name or "finished")
+        joblog.append(job_key(self.job), f"== {name}" if name else "== finished")
         self._save(current_step=name, steps=steps, progress_done=0, progress_total=None)
 
     def progress(self, done: int, total: int | None = None) -> None:
@@ -164,6 +165,7 @@ class JobReporter:
 
     def log(self, message: str) -> None:
         log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, message)
+        joblog.append(job_key(self.job), message)
 
     def heartbeat(self) -> None:
         self._save()

@@ -239,3 +239,18 @@ def test_timeline_plot_marks_idle_restore_points_and_axis_dates(staff, db, no_fl
     assert 'class="restore-point"' in svg and "restore point rp1" in svg
     assert re.search(r'class="tick"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d<', svg) and "times in UTC" in svg
     assert 'viewBox="0 0 960 ' in svg and int(re.search(r'viewBox="0 0 960 (\d+)"', svg).group(1)) >= 140
+
+
+def test_job_log_on_the_page_and_downloadable(staff, catalog):
+    from pitrsite.jobs import JobReporter
+
+    reporter = JobReporter(catalog["backup"])
+    reporter.step("copying files (pg_basebackup)")
+    reporter.log("pg_basebackup: checkpoint completed")
+    page = staff.get(f"/backups/{catalog['backup'].pk}/").content.decode()
+    log = page[page.index('id="job-log"'):]
+    assert "== copying files (pg_basebackup)" in log and "pg_basebackup: checkpoint completed" in log
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} pg_basebackup", log)
+    response = staff.get(f"/jobs/backup/{catalog['backup'].pk}/log.txt")
+    assert response["Content-Disposition"] == f'attachment; filename="backup-{catalog["backup"].pk}.log"'
+    assert response.content.decode().splitlines()[-1].endswith("pg_basebackup: checkpoint completed")

@@ -140,6 +140,7 @@ def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
             reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
         else:
             lines.append(line.strip())
+            reporter.log(line.strip())  # the job's own log
     if proc.wait() != 0:
         errors = [text for text in lines if "error" in text.lower()] or lines or ["no output"]
         raise StepFailed("copying files", f"{errors[0].removeprefix('pg_basebackup: ')}")
@@ -197,6 +198,7 @@ def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owne
             reporter.progress(min(done, total) if total else done, total)
         else:
             lines.append(line.strip())
+            reporter.log(f"tar: {line.strip()}")
     if proc.wait() != 0:
         raise StepFailed("extracting", f"{pg.first_line(chr(10).join(lines))}")
     return done

@@ -96,3 +96,11 @@ def who(job) -> str:
 @register.filter
 def get(mapping: dict, key):
     return mapping.get(key, "") if mapping else ""
+
+
+@register.filter
+def log_tail(job) -> str:
+    """The last lines of a job's log (pitrsite/joblog.py)."""
+    from dashboard import jobs
+
+    return "\n".join(jobs.log_tail(job))
