@@ -9,7 +9,7 @@ from django.utils import timezone
 from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
-from restores.planner import RestoreTarget
+from restores.targets import RestoreTarget
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
 from dashboard.timefmt import display_time, parse_moment
 

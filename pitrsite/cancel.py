@@ -11,8 +11,10 @@ import logging
 
 from django.utils import timezone
 
-from pitrsite.jobs import ACTIVE_STATES, HOST, Job, JobState, job_key, job_models, kill_children
 from pitrsite import procs
+from pitrsite.jobs import ACTIVE_STATES, Job, JobState, job_key, job_models
+from pitrsite.locks import HOST
+from pitrsite.runner import kill_children
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.conf import settings
 from django.utils import timezone
+
+from pitrsite import home
 
 MAX_LINE = 2000
 
 
 def path_of(key: str) -> Path:
     """key: pitrsite.jobs.job_key(job), e.g. RestoreJob-12."""
-    return Path(settings.PITR_HOME) / "logs" / "jobs" / f"{key}.log"
+    return home.home() / home.LOGS / "jobs" / f"{key}.log"
 
 
 def append(key: str, *lines: str) -> None:

@@ -1,7 +1,7 @@
 """Cancelling a running job from the dashboard: its process group is killed, the row reads cancelled, the code
 that ran it stops at its next report without writing another state, and the next job runs.
 
-The job's work here is a real tool (`sleep`) started in its own process group through pitrsite.jobs.spawn,
+The job's work here is a real tool (`sleep`) started in its own process group through pitrsite.runner.popen,
 then progress reports: the same machinery a backup's pg_basebackup and a restore's replay loop use.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from django.test import Client
 
 from pitrsite import procs
 from pitrsite.errors import JobCancelled
-from pitrsite.jobs import JobReporter, JobState, job_key, run_job, spawn
+from pitrsite.jobs import JobReporter, JobState, job_key, run_job
+from pitrsite.runner import popen
 from walcatalog.models import BaseBackup
 from tests.conftest import wait_for
 
@@ -34,7 +35,7 @@ def start_job(label: str) -> tuple[BaseBackup, threading.Thread, dict]:
     seen: dict = {}
 
     def work() -> None:
-        tool = spawn(["sleep", "60"], job_key(backup), stdout=subprocess.DEVNULL)
+        tool = popen(["sleep", "60"], owner=job_key(backup), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seen["tool"] = tool
         reporter = JobReporter(backup)
         reporter.step("copying files (pg_basebackup)")

@@ -80,9 +80,9 @@ def when(value, precise: str = "") -> str:
 @register.filter
 def overall(job) -> float | None:
     """A job row's overall percent (dashboard/progress.py): the bar lists show, which only grows."""
-    from dashboard import jobs, progress
+    from dashboard import progress
 
-    return progress.overall(jobs.kind_of(job), job.state, job.steps, job.current_step, job.progress_done,
+    return progress.overall(job.kind, job.state, job.steps, job.current_step, job.progress_done,
                             job.progress_total)
 
 
