@@ -45,7 +45,7 @@ class PitrCollector(Collector):
                                      "WAL bytes the primary wrote that capture has not flushed"),
                    capture.get("lag_bytes"))
         yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "seconds since the capturer last received WAL "
-                                     "while it is behind (0 when caught up): the recovery point objective"),
+                                     "while it is behind or paused (0 when caught up): the recovery point objective"),
                    capture.get("lag_seconds"))
         yield _set(GaugeMetricFamily("pitr_capture_broken", "1 when the slot or WAL capture needed is gone: a gap"),
                    1 if capture.get("health") == "broken" else 0)
