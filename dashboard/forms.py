@@ -18,8 +18,16 @@ class BackupForm(forms.Form):
     compression = forms.ChoiceField(choices=Compression.choices, initial=DEFAULT_COMPRESSION)
 
 
+# What people call each kind of target (the model's values are what the command line takes).
+TARGET_LABELS = {TargetKind.TIME: "time", TargetKind.LSN: "LSN", TargetKind.XID: "XID (transaction id)",
+                 TargetKind.NAME: "restore point name", TargetKind.IMMEDIATE: "immediate (end of the backup)",
+                 TargetKind.LATEST: "latest (all captured WAL)"}
+TARGET_WORDS = {TargetKind.TIME: "a time", TargetKind.LSN: "an LSN", TargetKind.XID: "an XID",
+                TargetKind.NAME: "a restore point", TargetKind.IMMEDIATE: "an immediate", TargetKind.LATEST: "a latest"}
+
+
 class RestoreForm(forms.Form):
-    kind = forms.ChoiceField(label="Target", choices=TargetKind.choices, initial=TargetKind.LATEST,
+    kind = forms.ChoiceField(label="Target", choices=list(TARGET_LABELS.items()), initial=TargetKind.LATEST,
                              widget=forms.RadioSelect)
     value = forms.CharField(label="Value", required=False, max_length=200,
                             help_text="time with zone (2026-11-27 10:00:00 UTC), LSN (0/3000060), transaction id "
@@ -56,13 +64,14 @@ class RestoreForm(forms.Form):
         data["value"] = value
         if kind in (TargetKind.IMMEDIATE, TargetKind.LATEST):
             if value:
-                self.add_error("value", f"a {kind} target takes no value")
+                self.add_error("value", f"{TARGET_WORDS[kind]} target takes no value")
             if data.get("exclusive"):
-                self.add_error("exclusive", f"exclusive applies to time, LSN and xid targets, not {kind}")
+                self.add_error("exclusive",
+                               f"exclusive applies to time, LSN and XID targets, not {TARGET_LABELS[kind]}")
         elif kind and not value:
-            self.add_error("value", f"a {kind} target needs a value")
+            self.add_error("value", f"{TARGET_WORDS[kind]} target needs a value")
         if kind == TargetKind.NAME and data.get("exclusive"):
-            self.add_error("exclusive", "exclusive applies to time, LSN and xid targets, not name")
+            self.add_error("exclusive", "exclusive applies to time, LSN and XID targets, not a restore point name")
         return data
 
 

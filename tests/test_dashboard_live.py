@@ -101,6 +101,10 @@ def test_times_carry_date_and_zone(staff, catalog):
     for url in ("/", "/backups/", f"/backups/{catalog['backup'].pk}/", "/restores/new/"):
         html = staff.get(url).content.decode()
         assert TIME.search(html), url
+    overview = staff.get("/").content.decode()
+    assert not re.search(r"\d\d:\d\d:\d\d(\.\d+)?\+00:00", overview)  # the window's own line too
+    labels = staff.get("/restores/new/").content.decode()
+    assert re.search(r'value="lsn"[^>]*>\s*LSN\s*</label>', labels) and "XID (transaction id)" in labels
 
 
 def test_restore_form_accepts_the_displayed_time_format(staff, catalog, broker, django_capture_on_commit_callbacks):

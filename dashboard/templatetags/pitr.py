@@ -1,6 +1,7 @@
 """Small display filters shared by the dashboard and the admin."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django import template
@@ -104,3 +105,15 @@ def log_tail(job) -> str:
     from dashboard import jobs
 
     return "\n".join(jobs.log_tail(job))
+
+
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)")
+
+
+@register.filter
+def times(text: str) -> str:
+    """ISO timestamps inside a sentence (the catalog's and fleet's own lines) in the one displayed format."""
+    def shown(match: re.Match) -> str:
+        value = datetime.fromisoformat(match.group(0).replace("Z", "+00:00"))
+        return display_time(value, precise="." in match.group(0))
+    return ISO_TIME.sub(shown, str(text))
