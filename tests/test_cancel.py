@@ -97,3 +97,21 @@ def test_viewer_cannot_cancel(transactional_db):
     response = client.post(f"/jobs/backup/{backup.pk}/cancel/")
     assert response.status_code == 403 and "needs a staff account" in response.content.decode()
     assert BaseBackup.objects.get(pk=backup.pk).state == JobState.QUEUED
+
+
+def test_cancelling_a_chaos_run_cancels_the_jobs_it_runs(staff):
+    """A chaos run takes its backup and restores in its own process: they go with it."""
+    import os
+
+    from chaos.models import ChaosRun
+    from pitrsite.locks import HOST
+    from restores.models import RestoreJob
+
+    mine = dict(state=JobState.RUNNING, owner_host=HOST, owner_pid=os.getpid())
+    run = ChaosRun.objects.create(current_step="restoring T 1/2", **mine)
+    inner = RestoreJob.objects.create(target_kind="latest", trigger="chaos", current_step="planning", **mine)
+    other = RestoreJob.objects.create(target_kind="latest", state=JobState.RUNNING, owner_host=HOST, owner_pid=1)
+    assert staff.post(f"/jobs/chaos/{run.pk}/cancel/").status_code == 302
+    assert ChaosRun.objects.get(pk=run.pk).state == JobState.CANCELLED
+    assert RestoreJob.objects.get(pk=inner.pk).state == JobState.CANCELLED
+    assert RestoreJob.objects.get(pk=other.pk).state == JobState.RUNNING  # another process's job is left alone
