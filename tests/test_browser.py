@@ -122,6 +122,7 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     expect(page.locator("#step-bar")).to_have_count(1)
     expect(page.locator("#job-log")).to_contain_text("== copying files (pg_basebackup)")  # the job's own log
     expect(page.locator("#job-who")).to_have_text("ops")
+    expect(page.locator(".messages li.queued")).to_have_count(0)  # "backup … queued" goes once it runs
     backup.refresh_from_db()
     assert backup.restorable, backup.error
     shot(page, "backup")
@@ -143,7 +144,12 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     page.goto(base + "/timeline/")
     expect(page.locator("svg.timeline rect.window")).to_have_count(1)
     shot(page, "timeline")
-    # A click inside the recoverable window opens the restore form at that moment.
+    # The wheel zooms in (the viewBox narrows), then a click inside the window opens the restore form there.
+    plot = page.locator("svg.timeline").bounding_box()
+    page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
+    page.mouse.wheel(0, -300)
+    assert page.locator("svg.timeline").evaluate("svg => svg.viewBox.baseVal.width") < 960
+    page.reload()
     box = page.locator("svg.timeline rect.window").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
     page.wait_for_url(re.compile(r"/restores/new/\?kind=time&value="))
