@@ -31,7 +31,7 @@ PAGE = 50
 RESTORE_STEPS = ("planning", "stopping the restore target", "emptying the data directory", "extracting the backup",
                  "staging WAL", "configuring recovery", "replaying WAL", "promoting", "verifying")
 CHAOS_STEPS = ("writing with chaos", "restoring and verifying")
-BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (pg_verifybackup)")
+BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (manifest checksums, pg_waldump)")
 
 
 def staff_action(view: Callable) -> Callable:
