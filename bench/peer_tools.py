@@ -251,6 +251,7 @@ class Pitrsite:
         self.driver = driver
         self.last_job: dict = {}
         self.started_wall = 0.0
+        self.backup_runs: list[dict] = []
 
     def setup(self) -> None:
         pass
@@ -263,7 +264,11 @@ class Pitrsite:
         return result.stdout
 
     def backup(self) -> None:
-        self.manage("backup", "--json")
+        started = time.time()
+        job = json.loads(self.manage("backup", "--json"))
+        first = datetime.fromisoformat(job["steps"][0]["started_at"]).timestamp()
+        self.backup_runs.append({"before_job_s": round(first - started, 3),
+                                 "steps": {s["name"]: s["seconds"] for s in job["steps"]}})
 
     def restore(self, target: datetime, datadir: Path, port: int) -> None:
         """Into its own restore target (its own directory and port); the job's steps are kept for the results."""

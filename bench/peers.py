@@ -247,6 +247,7 @@ def report(opts, peers, backup_s, restore_s, pitrsite_runs, target, expected, wa
         "goals": {"restore_pitrsite_vs_pgbackrest": 0.8, "restore_pitrsite_vs_bare": 1.0,
                   "backup_pitrsite_vs_bare": 1.15, "pitrsite_before_job_s": 0.3},
         "pitrsite_steps_median_s": steps, "pitrsite_runs": pitrsite_runs,
+        "pitrsite_backup_runs": next(p for p in peers if isinstance(p, Pitrsite)).backup_runs,
     }
 
 
