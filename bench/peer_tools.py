@@ -267,7 +267,8 @@ class Pitrsite:
         started = time.time()
         job = json.loads(self.manage("backup", "--json"))
         first = datetime.fromisoformat(job["steps"][0]["started_at"]).timestamp()
-        self.backup_runs.append({"before_job_s": round(first - started, 3),
+        finished = datetime.fromisoformat(job["finished_at"]).timestamp()
+        self.backup_runs.append({"before_job_s": round(first - started, 3), "job_s": round(finished - first, 3),
                                  "steps": {s["name"]: s["seconds"] for s in job["steps"]}})
 
     def restore(self, target: datetime, datadir: Path, port: int) -> None:

@@ -231,6 +231,7 @@ def report(opts, peers, backup_s, restore_s, pitrsite_runs, target, expected, wa
     def ratio(table: dict, a: str, b: str) -> float:
         return round(table[a]["median"] / table[b]["median"], 3)
 
+    backup_runs = next(p for p in peers if isinstance(p, Pitrsite)).backup_runs
     steps = {name: round(statistics.median(r["steps"].get(name) or 0 for r in pitrsite_runs), 3)
              for name in pitrsite_runs[0]["steps"]}
     return {
@@ -242,12 +243,15 @@ def report(opts, peers, backup_s, restore_s, pitrsite_runs, target, expected, wa
             "restore_pitrsite_vs_pgbackrest": ratio(restore, "pitrsite", "pgBackRest"),
             "restore_pitrsite_vs_bare": ratio(restore, "pitrsite", "bare tools"),
             "backup_pitrsite_vs_bare": ratio(backup, "pitrsite", "bare tools"),
+            # The backup job alone (first step to verified), without the command's start-up (before_job_s):
+            "backup_job_pitrsite_vs_bare": round(statistics.median(r["job_s"] for r in backup_runs)
+                                                 / backup["bare tools"]["median"], 3),
             "pitrsite_before_job_s": round(statistics.median(r["before_job_s"] for r in pitrsite_runs), 3),
         },
         "goals": {"restore_pitrsite_vs_pgbackrest": 0.8, "restore_pitrsite_vs_bare": 1.0,
-                  "backup_pitrsite_vs_bare": 1.15, "pitrsite_before_job_s": 0.3},
+                  "backup_pitrsite_vs_bare": 1.15, "backup_job_pitrsite_vs_bare": 1.15, "pitrsite_before_job_s": 0.3},
         "pitrsite_steps_median_s": steps, "pitrsite_runs": pitrsite_runs,
-        "pitrsite_backup_runs": next(p for p in peers if isinstance(p, Pitrsite)).backup_runs,
+        "pitrsite_backup_runs": backup_runs,
     }
 
 

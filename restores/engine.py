@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,23 +28,20 @@ from fleet import pg
 from fleet.local import LocalDriver, get_driver
 from pitrsite import procs
 from pitrsite.errors import PitrError, StepFailed
-from pitrsite.jobs import Reporter, job_key, reap, run_exclusive, spawn
+from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
 from restores.proof import ServerLog, end_of_recovery, recovery_shortfall
-from restores.staging import WalCheck, WalDownload, give, link_or_copy
+from restores.staging import WalCheck, WalDownload, Writeback, give, link_or_copy
 from walcatalog import walnames
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
-# While the copy replays, nothing it writes has to survive a crash: a restore that dies is redone from the
-# backup (the reaper stops the target, the job reads interrupted). So replay runs with fsync off, which also
-# skips PostgreSQL's start-up fsync of every extracted file; those are flushed by `initdb --sync-only` in the
-# background while replay runs. Before the job reports done, fsync is back on, a checkpoint is taken and
-# every file is synced once more: from then on the copy is as durable as any server.
-REPLAY_SETTINGS = {"fsync": "off"}
+# No restartpoint during replay (a restore that dies is redone from the backup, never resumed): they would
+# write and fsync buffers the end-of-recovery checkpoint writes anyway. Dropped after promotion, with a reload.
+REPLAY_SETTINGS = {"max_wal_size": "64GB", "checkpoint_timeout": "1d"}
 
 
 class RestoreError(PitrError):
@@ -105,9 +101,11 @@ class Restore:
         empty_directory(self.datadir)
         source = self.download_backup(backup_copies) if backup_copies else backup_dir(the_plan.backup)
         self.reporter.step("extracting the backup")
+        writeback = Writeback(self.datadir)  # to disk while tar extracts, not in PostgreSQL's start-up fsync
         try:
             extract(source, self.datadir, self.reporter, job_key(self.job))
         finally:
+            writeback.close()
             if source != backup_dir(the_plan.backup):
                 shutil.rmtree(source, ignore_errors=True)
         self.reporter.step("checking WAL against the catalog")
@@ -119,7 +117,6 @@ class Restore:
         self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
-        syncing = self.sync_files(quiet=True)  # the extracted files go to disk while replay runs
         try:
             self.reporter.step("replaying WAL")
             log_offset = self.log_size()
@@ -127,12 +124,7 @@ class Restore:
             self.follow_replay(the_plan, log_offset)
             self.reporter.step("verifying")
             self.verify(the_plan, log_offset)
-            self.reporter.step("syncing to disk")
-            self.make_durable(syncing)
         finally:
-            if syncing.poll() is None:
-                syncing.kill()
-            syncing.wait()
             shutil.rmtree(self.staging, ignore_errors=True)
 
     # --- steps -----------------------------------------------------------------
@@ -335,33 +327,11 @@ class Restore:
             # A copy that stopped short must not be taken for the moment asked for.
             self.driver.stop(ROLE, mode="immediate")
             raise StepFailed("verifying", f"{problem}; the restore target was stopped")
-        self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
-                    plan={**self.job.plan, "stop_reason": reason})
-
-    def sync_files(self, quiet: bool = False) -> subprocess.Popen:
-        """`initdb --sync-only`: every file of the data directory fsynced (writeback started for all first)."""
-        return spawn([pg.tool("initdb"), "--sync-only", "-D", str(self.datadir)], job_key(self.job),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else subprocess.PIPE, cwd="/",
-                     **pg.as_server_kwargs())
-
-    def make_durable(self, syncing: subprocess.Popen) -> None:
-        """fsync on again, a checkpoint with it, then every file synced: what replay wrote survives a crash."""
-        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command, the target and fsync=off
+        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command, the target, REPLAY_SETTINGS
         with self.connect() as conn:
             conn.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 30
-            while pg.fetch_row(conn.execute("SELECT current_setting('fsync')"))[0] != "on":
-                if time.monotonic() > deadline:
-                    raise StepFailed("syncing to disk", "the server did not take fsync=on after a reload")
-                time.sleep(0.05)
-            # Waits for a checkpoint begun with fsync off (promotion's), then takes one with fsync on.
-            conn.execute("CHECKPOINT")
-        syncing.wait()  # the early pass only saves the last one work: its findings do not count
-        final = self.sync_files()
-        assert final.stderr is not None  # PIPE
-        errors = final.stderr.read().decode(errors="replace")
-        if final.wait() != 0:
-            raise StepFailed("syncing to disk", f"initdb --sync-only: {pg.first_line(errors)}")
+        self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
+                    plan={**self.job.plan, "stop_reason": reason})
 
 
 def empty_directory(path: Path) -> None:
