@@ -50,11 +50,11 @@ def write_passfile(home: Path) -> Path:
 def server_run(argv: list[str], what: str, env: dict | None = None, timeout: float = 3600) -> str:
     """A tool run as the server account; a failure stops the benchmark with the tool's own words."""
     from fleet import pg
+    from pitrsite import runner
 
-    kwargs = pg.as_server_kwargs()
-    full_env = {**kwargs.pop("env", os.environ), **pg.libpq_env(), **(env or {})}
+    full_env = {**pg.libpq_env(), **(env or {})}
     full_env["PGPASSFILE"] = os.environ.get("PITR_PEERS_PGPASSFILE", full_env["PGPASSFILE"])
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/", env=full_env, **kwargs)
+    result = runner.run(argv, step=what, as_server=True, env=full_env, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
     return result.stdout
@@ -81,10 +81,11 @@ def start_copy(datadir: Path, port: int, run_dir: Path, log: Path) -> None:
 
 def stop_copy(datadir: Path) -> None:
     from fleet import pg
+    from pitrsite import runner
 
     if (datadir / "postmaster.pid").exists():
-        subprocess.run([pg.tool("pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "-s", "stop"],
-                       capture_output=True, **pg.as_server_kwargs())
+        runner.run([pg.tool("pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "-s", "stop"],
+                   step="pg_ctl stop", as_server=True, check=False)
 
 
 def pg_time(moment: datetime) -> str:

@@ -24,9 +24,8 @@ from typing import BinaryIO, Callable
 
 import google_crc32c
 
-from fleet import pg
+from pitrsite import runner
 from pitrsite.errors import PitrError
-from pitrsite.jobs import spawn
 
 CHUNK = 1 << 20
 # Files pg_verifybackup does not hold against the manifest (verify_backup_directory's ignore list).
@@ -111,8 +110,8 @@ class ArchiveCheck:
             if command is None:
                 self.found = members(self.follower, self.prefix)
                 return
-            proc = spawn(command, self.owner, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         **pg.as_server_kwargs())
+            proc = runner.popen(command, owner=self.owner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=False)
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPE
             pump = threading.Thread(target=self._pump, args=(proc,), daemon=True)
             pump.start()
