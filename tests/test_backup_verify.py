@@ -34,6 +34,9 @@ def plain_backup(fleet, django_db_setup, django_db_blocker, tmp_path_factory):
         copy = tmp_path_factory.mktemp("backup") / "copy"
         shutil.copytree(backup_dir(backup), copy)
         yield backup, copy
+        # Committed outside the tests' transactions: later modules expect no backup rows.
+        shutil.rmtree(backup_dir(backup), ignore_errors=True)
+        backup.delete()
 
 
 def found_in(path: Path, prefix: str = "") -> dict:
