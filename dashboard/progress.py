@@ -13,7 +13,7 @@ from __future__ import annotations
 # (chaos's "restoring T 2/5" steps are one group whose own progress counts the moments).
 STEPS: dict[str, tuple[tuple[str, int], ...]] = {
     "backup": (("checking free space", 1), ("copying files (pg_basebackup)", 70),
-               ("verifying (pg_verifybackup)", 25), ("recording checksums", 4)),
+               ("verifying (manifest checksums, pg_waldump)", 29)),
     "restore": (("planning", 2), ("stopping the restore target", 2), ("emptying the data directory", 2),
                 ("downloading the backup", 0), ("extracting the backup", 30), ("checking WAL against the catalog", 4),
                 ("staging WAL", 4), ("configuring recovery", 1), ("replaying WAL", 45), ("promoting", 4),

@@ -62,7 +62,9 @@ ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,lo
 PITR_WEB_PORT = envport("PITR_WEB_PORT", 58000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin modules (and the dashboard forms they use) load with the URLs (pitrsite/urls.py), not in
+    # django.setup(): a management command such as `restore` never serves the admin.
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

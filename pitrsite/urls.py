@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+admin.autodiscover()  # SimpleAdminConfig (settings.INSTALLED_APPS): the admin loads with the URLs only
 admin.site.site_header = "pitrsite administration"
 admin.site.site_title = "pitrsite"
 admin.site.index_title = "Catalog and jobs"

@@ -117,7 +117,7 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     bar = page.locator("#job-bar")
     expect(bar).to_have_attribute("data-state", "done", timeout=180_000)
     assert page.locator("#job-bar > span").evaluate("el => el.style.width") == "100%"
-    expect(page.locator("#job-steps")).to_contain_text("verifying (pg_verifybackup)")
+    expect(page.locator("#job-steps")).to_contain_text("verifying (manifest checksums, pg_waldump)")
     expect(page.locator("#restorable")).to_have_text("yes")  # the facts refresh when the job ends
     expect(page.locator("#step-bar")).to_have_count(1)
     expect(page.locator("#job-log")).to_contain_text("== copying files (pg_basebackup)")  # the job's own log

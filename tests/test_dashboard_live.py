@@ -55,7 +55,7 @@ def steps(*names: str) -> list[dict]:
 
 def test_overall_progress_never_goes_backwards():
     """A backup at 75 % of its copy must not drop when verification starts at 0 %."""
-    copy, verify = "copying files (pg_basebackup)", "verifying (pg_verifybackup)"
+    copy, verify = "copying files (pg_basebackup)", "verifying (manifest checksums, pg_waldump)"
     figures = [progress.overall("backup", "running", steps("checking free space", copy), copy, done, 100)
                for done in (0, 40, 75, 100)]
     figures.append(progress.overall("backup", "running", steps("checking free space", copy, verify), verify, 0, 100))

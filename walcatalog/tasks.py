@@ -9,6 +9,7 @@ import logging
 
 from celery import shared_task
 
+import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
 from pitrsite import locks
 from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
