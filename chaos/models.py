@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from fleet.servers import ScopedManager, server_field
 from pitrsite.jobs import Job
 from walcatalog.models import BaseBackup
 
@@ -20,6 +21,8 @@ class ChaosRun(Job):
     report.json) live in ``run_dir``.
     """
 
+    server = server_field("chaos_runs")
+
     parameters = models.JSONField(default=dict, blank=True, help_text="as validated by chaos.params.ChaosParams")
     verdict = models.CharField(max_length=8, choices=Verdict.choices, default=Verdict.PENDING, blank=True,
                                db_index=True)
@@ -35,6 +38,9 @@ class ChaosRun(Job):
     writer_ids = models.JSONField(default=list, blank=True, help_text="test_data.writer values of this run")
     backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.SET_NULL, related_name="chaos_runs")
     run_dir = models.CharField(max_length=500, blank=True)
+
+    objects = ScopedManager()
+    all_servers = models.Manager()
 
     class Meta:
         ordering = ["-created_at"]

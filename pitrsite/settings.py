@@ -39,6 +39,8 @@ PITR_REPL_USER = os.environ.get("PITR_REPL_USER", "replicator")
 PITR_DBNAME = os.environ.get("PITR_DBNAME", "pitr")
 PITR_CAPTURE_SLOT = os.environ.get("PITR_CAPTURE_SLOT", "pitr_slot")
 PITR_STANDBY_SLOT = os.environ.get("PITR_STANDBY_SLOT", "standby_slot")
+# The catalog's name for the fleet above (a managed server); servers added with `server add` sit beside it.
+PITR_DEMO_SERVER = os.environ.get("PITR_DEMO_SERVER", "demo")
 # initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
 PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 

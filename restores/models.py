@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from fleet.servers import ScopedManager, server_field, using
 from pitrsite.jobs import Job
 from walcatalog import walnames
 from walcatalog.models import BaseBackup
@@ -28,6 +29,7 @@ DRILL_TRIGGER = "drill"
 
 
 class RestoreJob(Job):
+    server = server_field("restores")
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
     exclusive = models.BooleanField(default=False)
@@ -52,6 +54,9 @@ class RestoreJob(Job):
     drill_detail = models.JSONField(default=dict, blank=True,
                                     help_text="drill checks: end of WAL reached, pg_amcheck summary, durations, reason")
 
+    objects = ScopedManager()
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "restore job"
@@ -68,7 +73,8 @@ class RestoreJob(Job):
     def on_reaped(self) -> None:
         from restores.service import clean_killed_restore  # the domain module imports this one
 
-        clean_killed_restore(self)
+        with using(self.server):  # the reaper sees every server's jobs
+            clean_killed_restore(self)
 
     @property
     def final_lsn_text(self) -> str:
