@@ -1,6 +1,8 @@
 """Chaos runs: the proof harness's job rows. The table keeps its old name (the model moved from restores)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
 from fleet.servers import ScopedManager, server_field
@@ -39,7 +41,7 @@ class ChaosRun(Job):
     backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.SET_NULL, related_name="chaos_runs")
     run_dir = models.CharField(max_length=500, blank=True)
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:

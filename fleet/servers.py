@@ -51,6 +51,11 @@ def forget_cached() -> None:
     _demo_id = None
 
 
+def chosen() -> Server | None:
+    """The server set by using(), None for the default (the demo server)."""
+    return _current.get()
+
+
 def current() -> Server:
     return _current.get() or demo()
 
@@ -152,7 +157,8 @@ def password(c: Conn, user: str) -> str | None:
 def _pgpass_fields(line: str) -> list[str]:
     if not line or line.startswith("#"):
         return []
-    fields, field, escaped = [], "", False
+    fields: list[str] = []
+    field, escaped = "", False
     for char in line:
         if escaped:
             field, escaped = field + char, False

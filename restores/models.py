@@ -1,6 +1,8 @@
 """What we do with the catalog: restore jobs (chaos runs live in the chaos app)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
 from fleet.servers import ScopedManager, server_field, using
@@ -54,7 +56,7 @@ class RestoreJob(Job):
     drill_detail = models.JSONField(default=dict, blank=True,
                                     help_text="drill checks: end of WAL reached, pg_amcheck summary, durations, reason")
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:

@@ -15,8 +15,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg
+from fleet import pg, servers
 from fleet.layout import Layout
+from fleet.local import get_driver
 from pitrsite.errors import PitrError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
 from walcatalog import catalog, walnames
@@ -27,6 +28,7 @@ from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, Stor
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
 TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
 SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
+TABLESPACE_TAR = re.compile(r"^\d+\.tar(\.gz|\.lz4|\.zst)?$")
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
@@ -38,7 +40,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
-    refuse_if_running("backup", "base backup")
+    refuse_if_running(servers.lock_name("backup"), "base backup")
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
 
@@ -46,7 +48,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
 def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
     """Take the backup the row describes; one at a time per data home."""
     reap(BaseBackup)  # a backup whose worker was killed must not block this one
-    return run_exclusive(backup, "backup", "base backup", reporter, lambda: _take(backup, reporter))
+    return run_exclusive(backup, servers.lock_name("backup"), "base backup", reporter, lambda: _take(backup, reporter))
 
 
 def clean_killed_backup(backup: BaseBackup) -> None:
@@ -67,7 +69,7 @@ def check_room(layout: Layout, compression: str) -> None:
     The estimate is the primary's database size: the archives hold that much uncompressed (half, as a
     conservative guess, when compressed), and verification unpacks all of it into the staging directory.
     """
-    with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
+    with get_driver().connect("primary", dbname="postgres", timeout=5) as conn:
         size = int(pg.fetch_row(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database"))[0])
     need: dict[int, list] = {}
     layout.staging.mkdir(parents=True, exist_ok=True)
@@ -99,11 +101,12 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
 
     reporter.step("copying files (pg_basebackup)")
     compress = [] if backup.compression == Compression.NONE else [f"--compress=client-{backup.compression}"]
-    argv = [pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(layout.port("primary")),
-            "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
+    c = servers.conn()
+    argv = [pg.tool("pg_basebackup"), "-h", c.host, "-p", str(c.port), "-U", c.replication_user, "--no-password",
+            "-D", str(dest), "--format=tar", "--wal-method=stream",
             "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress,
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
-    _run_with_progress(argv, reporter, job_key(backup))
+    _run_with_progress(argv, reporter, job_key(backup), servers.libpq_env(c))
     stop_time = timezone.now()
 
     reporter.step("verifying (pg_verifybackup)")
@@ -128,8 +131,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     backup.refresh_from_db()
 
 
-def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
-    env = {**pg.as_server_kwargs().get("env", os.environ), **pg.libpq_env()}
+def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, libpq_env: dict) -> None:
+    env = {**pg.as_server_kwargs().get("env", os.environ), **libpq_env}
     kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
     proc = spawn(argv, owner, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
     lines = []
@@ -168,20 +171,33 @@ def archive_file(dest: Path, stem: str) -> Path:
     raise StepFailed("extracting", f"{stem}.tar is missing from {dest}")
 
 
-def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str) -> None:
-    """Unpack base.tar into datadir and pg_wal.tar into datadir/pg_wal, as the server account.
+def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str, tablespaces: Path | None = None) -> None:
+    """Unpack base.tar into datadir, pg_wal.tar into datadir/pg_wal and each OID.tar (a tablespace) too,
+    as the server account.
 
-    GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its
-    checkpoints every 1 MiB give the progress.
+    A tablespace goes under `tablespaces`/OID, and tablespace_map is rewritten to point there, so the copy
+    never writes to the original's tablespace path (PostgreSQL makes pg_tblspc's links from the map). Without
+    `tablespaces` (verification), it goes into pg_tblspc/OID itself, where pg_verifybackup looks.
+    GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its checkpoints every 1 MiB give the progress.
     """
     base, wal = archive_file(dest, "base"), archive_file(dest, "pg_wal")
+    spaces = sorted(p for p in dest.iterdir() if TABLESPACE_TAR.match(p.name))
     total = _raw_size(dest) or None
     done = 0
-    for archive, into in ((base, datadir), (wal, datadir / "pg_wal")):
+    targets = [(base, datadir), (wal, datadir / "pg_wal")]
+    for archive in spaces:
+        oid = archive.name.split(".", 1)[0]
+        targets.append((archive, tablespaces / oid if tablespaces else datadir / "pg_tblspc" / oid))
+    for archive, into in targets:
         pg.give_to_server(into)
         argv = ["tar", "--extract", f"--file={archive}", f"--directory={into}", *TAR_FILTER[archive.suffix],
                 "--checkpoint=100", "--checkpoint-action=echo=%u"]
         done = _tar(argv, reporter, done, total, owner)
+    tsmap = datadir / "tablespace_map"
+    if tablespaces and spaces and tsmap.exists():
+        lines = [f"{oid} {tablespaces / oid}" for oid in (line.split(" ", 1)[0]
+                                                          for line in tsmap.read_text().splitlines() if line)]
+        tsmap.write_text("\n".join(lines) + "\n")  # extracted by the server account: it keeps the owner
 
 
 def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owner: str) -> int:

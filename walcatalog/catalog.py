@@ -12,10 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
 
+from fleet import servers
+from fleet.layout import Layout
 from fleet.status import capture_summary
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobState
@@ -24,29 +25,37 @@ from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
 
-_segment_size: int | None = None
+_segment_size: int | None = None  # the demo server's
+_other_sizes: dict[int, int] = {}  # other servers', by id: each has its own (initdb --wal-segsize)
 
 
 # --- segment size -------------------------------------------------------------
 def segment_size(archive_dir: Path | None = None) -> int:
-    """The cluster's wal_segment_size: asked of the primary once per process, never assumed."""
+    """The current server's wal_segment_size: asked of it once per process, never assumed."""
     global _segment_size
-    if _segment_size is None:
+    server = servers.chosen()
+    other = None if server is None or server.managed else server.pk
+    known = _segment_size if other is None else _other_sizes.get(other)
+    if known is None:
         size = _size_from_primary() or _size_from_catalog() or _size_from_archive(
-            Path(archive_dir or settings.PITR_WAL_ARCHIVE))
+            Path(archive_dir or Layout.current().archive))
         if size is None:
             raise PitrError("cannot tell the WAL segment size: the primary is not reachable and the archive holds "
                             "no segment yet; start it with `python manage.py fleet up`")
-        _segment_size = walnames.validate_segment_size(size)
-    return _segment_size
+        known = walnames.validate_segment_size(size)
+        if other is None:
+            _segment_size = known
+        else:
+            _other_sizes[other] = known
+    return known
 
 
 def _size_from_primary() -> int | None:
     from fleet import pg
-    from fleet.layout import Layout
+    from fleet.local import get_driver
 
     try:
-        with pg.connect(Layout.port("primary"), dbname="postgres", timeout=3) as conn:
+        with get_driver().connect("primary", dbname="postgres", timeout=3) as conn:
             row = pg.fetch_row(conn.execute("SELECT setting::bigint, unit FROM pg_settings "
                                             "WHERE name = 'wal_segment_size'"))
     except (PitrError, psycopg.Error) as exc:
@@ -249,11 +258,11 @@ def _holes_by_window(tli: int, lo: int, hi: int) -> list[tuple[int, int]]:
     with connection.cursor() as cur:
         cur.execute(
             f"SELECT segno, nxt FROM (SELECT segno, LEAD(segno) OVER (ORDER BY segno) AS nxt FROM {table} "
-            f"WHERE timeline = %s AND segno >= %s AND segno <= %s) AS s WHERE nxt > segno + 1",
-            [tli, lo, hi])
+            f"WHERE server_id = %s AND timeline = %s AND segno >= %s AND segno <= %s) AS s WHERE nxt > segno + 1",
+            [servers.current_id(), tli, lo, hi])
         holes = [(segno + 1, nxt - 1) for segno, nxt in cur.fetchall()]
-        cur.execute(f"SELECT min(segno), max(segno) FROM {table} WHERE timeline = %s AND segno >= %s "
-                    f"AND segno <= %s", [tli, lo, hi])
+        cur.execute(f"SELECT min(segno), max(segno) FROM {table} WHERE server_id = %s AND timeline = %s "
+                    f"AND segno >= %s AND segno <= %s", [servers.current_id(), tli, lo, hi])
         first, last = cur.fetchone()
     if first is None:
         return [(lo, hi)]

@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from fleet import servers
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from walcatalog import catalog, walnames, waldump
@@ -105,7 +106,7 @@ class _Row:
 def index_archive(archive_dir: Path | None = None, reporter: Reporter | None = None) -> IndexResult:
     """One pass over the archive; returns what it did."""
     began = time.monotonic()
-    archive = Path(archive_dir or settings.PITR_WAL_ARCHIVE)
+    archive = Path(archive_dir or Layout.current().archive)
     if not archive.is_dir():
         raise PitrError(f"WAL archive {archive} does not exist: run `python manage.py fleet up` "
                         "or set PITR_WAL_ARCHIVE")
@@ -136,7 +137,7 @@ def _load_rows() -> dict[str, _Brief]:
     table = WalSegment._meta.db_table
     with connection.cursor() as cur:
         cur.execute(f"SELECT name, is_partial, id, size, mtime_ns, in_local_archive, scanned_to < end_lsn "
-                    f"FROM {table}")
+                    f"FROM {table} WHERE server_id = %s", [servers.current_id()])
         return {(name + ".partial" if partial else name): (id_, bool(partial), size, mtime, bool(local),
                                                            bool(unfinished))
                 for name, partial, id_, size, mtime, local, unfinished in cur.fetchall()}

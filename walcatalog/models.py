@@ -5,6 +5,8 @@ LSNs are stored as 64-bit integers (BigIntegerField is signed: fine below
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
 from fleet.servers import ScopedManager, server_field, using
@@ -21,7 +23,7 @@ class Timeline(models.Model):
     history_sha256 = models.CharField(max_length=64, blank=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:
@@ -60,7 +62,7 @@ class WalSegment(models.Model):
     corrupt_detail = models.TextField(blank=True)
     checked_at = models.DateTimeField(null=True, blank=True, help_text="last scrub that re-hashed the file")
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:
@@ -117,7 +119,7 @@ class BaseBackup(Job):
     corrupt_detail = models.CharField(max_length=300, blank=True)
     segment_size = models.BigIntegerField(null=True, blank=True)
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:
@@ -167,7 +169,7 @@ class StorageCopy(models.Model):
     uploaded_at = models.DateTimeField()
     verified_at = models.DateTimeField(null=True, blank=True)
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:
@@ -189,7 +191,7 @@ class RestorePoint(models.Model):
     segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="restore_points")
 
-    objects = ScopedManager()
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()
 
     class Meta:

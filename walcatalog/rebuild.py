@@ -91,8 +91,8 @@ class _Rebuild:
     def run(self) -> RebuildResult:
         began = time.monotonic()
         self.step("listing storage")
-        wal_keys = st.list_keys(self.storage, "wal")
-        backup_keys = st.list_keys(self.storage, "backups")
+        wal_keys = st.list_keys(self.storage, st.area("wal"))
+        backup_keys = st.list_keys(self.storage, st.area("backups"))
         scratch = Path(tempfile.mkdtemp(prefix="rebuild-", dir=settings.PITR_HOME))
         # No transaction around the whole rebuild: pg_waldump of every segment and reading every backup back
         # take minutes, and on SQLite one long write transaction makes every other writer fail. Each write is
@@ -118,7 +118,7 @@ class _Rebuild:
         for key in keys:
             name = key.rsplit("/", 1)[1]
             # the loosest size: the indexer checks the real one
-            ok = (key.startswith("wal/history/") and name.endswith(".history") and len(name) == 16) or \
+            ok = (key.startswith(st.area("wal/history/")) and name.endswith(".history") and len(name) == 16) or \
                  (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20))
             if ok:
                 wanted.append((key, scratch / name))
@@ -182,7 +182,9 @@ class _Rebuild:
 
     # --- backups ------------------------------------------------------------------------------------
     def backups(self, keys: list[str]) -> None:
-        labels = sorted({k.split("/")[1] for k in keys if k.count("/") == 2})
+        root = st.root()
+        relative = [k.removeprefix(root) for k in keys]
+        labels = sorted({k.split("/")[1] for k in relative if k.count("/") == 2})
         present = set(keys)
         for label in labels:
             key = st.descriptor_key(label)

@@ -25,7 +25,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 from django.conf import settings
@@ -33,6 +32,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from fleet import servers
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ACTIVE_STATES, Reporter, exclusive
 from walcatalog import storage as st
@@ -128,7 +129,7 @@ def apply_retention(policy: Policy | None = None, dry_run: bool = False, now: da
         return result
     # Never with a backup, an upload or a restore running: each reads files this pass may delete.
     with exclusive("retention", "retention pass"), exclusive("backup", "base backup"), \
-            exclusive("upload", "upload pass"), exclusive("restore", "restore"):
+            exclusive("upload", "upload pass"), exclusive(servers.lock_name("restore"), "restore"):
         _pass(policy, dry_run, now or timezone.now(), result, reporter)
     result.seconds = round(time.monotonic() - began, 3)
     return result
@@ -168,7 +169,7 @@ def _pass(policy: Policy, dry_run: bool, now: datetime, result: RetentionResult,
 
     objects = list(StorageCopy.objects.filter(segment__in=segments)) + \
         list(StorageCopy.objects.filter(backup__in=old_backups))
-    archive = Path(settings.PITR_WAL_ARCHIVE)
+    archive = Layout.current().archive
     local_wal = [archive / s.name for s in segments if (archive / s.name).is_file()]
     local_backups = [d for d in (backup_dir(b) for b in old_backups) if d.is_dir()]
     result.deleted_objects = len(objects)

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter, exclusive
 from walcatalog import storage as st
@@ -125,7 +126,7 @@ class _Pass:
         return Exists(verified_copies(self.name).filter(**link))
 
     def wal_items(self) -> list[Item]:
-        archive = Path(settings.PITR_WAL_ARCHIVE)
+        archive = Layout.current().archive
         rows = (WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="")
                 .annotate(copied=self._has_verified(segment=OuterRef("pk"))).filter(copied=False)
                 .order_by("timeline", "segno").values_list("pk", "name", "sha256"))
@@ -241,7 +242,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
     began = time.monotonic()
     storage = st.get_storage(storage_name)
     result = CheckResult(storage=st.describe(storage_name))
-    remote = set(st.list_keys(storage, "wal")) | set(st.list_keys(storage, "backups"))
+    remote = set(st.list_keys(storage, st.area("wal"))) | set(st.list_keys(storage, st.area("backups")))
     local = _local_keys()
     copies = {c.key: c for c in StorageCopy.objects.filter(storage=storage_name)}
     result.local, result.remote = len(local), len(remote)
@@ -270,7 +271,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
 
 
 def _local_keys() -> set[str]:
-    archive = Path(settings.PITR_WAL_ARCHIVE)
+    archive = Layout.current().archive
     keys = {st.wal_key(name) for name in WalSegment.objects.filter(is_partial=False, in_local_archive=True)
             .values_list("name", flat=True) if (archive / name).is_file()}
     keys |= {st.history_key(tli) for tli in Timeline.objects.exclude(history="").values_list("tli", flat=True)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
@@ -11,6 +11,7 @@ from chaos.models import Verdict
 from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, ChaosParams
 from chaos.report import chaos_dict
 from chaos.run import queue_chaos, run_chaos
+from fleet.command import ServerCommand
 
 DEFAULTS = ChaosParams()  # the one set of defaults: chaos.params
 
@@ -19,7 +20,7 @@ def _span(pair: tuple[float, float]) -> str:
     return f"{pair[0]:g}-{pair[1]:g}"
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = ("Write from concurrent clients while injecting failures, then restore to K logged moments and compare "
             "row for row. Exits non-zero when any verification fails. Actions: "
             + "; ".join(f"{name}: {text}" for name, text in ACTION_HELP.items()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.urls import NoReverseMatch, reverse
 
 from fleet import pg, services
@@ -18,9 +18,10 @@ from pitrsite.jobs import ConsoleReporter, JobReporter
 from chaos.models import ChaosRun, Verdict
 from chaos.params import ChaosParams
 from chaos.run import queue_chaos, run_chaos
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Show the main job end to end: concurrent writes, a backup, restores to logged moments compared row for row."
 
     def add_arguments(self, parser):

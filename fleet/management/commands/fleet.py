@@ -5,8 +5,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.local import get_driver
+from fleet.models import Server, ServerKind
 from fleet.status import capture_problem, fleet_check, fleet_status
 from pitrsite.errors import PitrError
 
@@ -20,12 +22,30 @@ class Command(BaseCommand):
         parser.add_argument("action", choices=("up", "down", "status", "check", *ROLE_ACTIONS))
         parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)}")
         parser.add_argument("--json", action="store_true", help="machine-readable output (status)")
+        parser.add_argument("--server", metavar="NAME", help="one server only (default: up/down every server, "
+                                                             "status/check the demo fleet)")
 
     def handle(self, action, role, **opts):
         try:
-            self._handle(action, role, opts["json"])
+            self.one_server = bool(opts["server"])
+            with servers.using(servers.resolve(opts["server"]) if opts["server"] else servers.demo()):
+                self._handle(action, role, opts["json"])
         except PitrError as exc:
             raise CommandError(str(exc)) from None
+
+    def _each_external(self, action: str) -> None:
+        """Every external server's capturer and restore target: one failing says so and the others go on."""
+        failed = []
+        for server in Server.objects.exclude(kind=ServerKind.MANAGED).order_by("name"):
+            try:
+                with servers.using(server):
+                    for line in getattr(get_driver(server), action)():
+                        self.stdout.write(line)
+            except PitrError as exc:
+                self.stderr.write(f"{server.name}: {exc}")
+                failed.append(server.name)
+        if failed:
+            raise CommandError(f"fleet {action} failed for {', '.join(failed)}")
 
     def _handle(self, action: str, role: str | None, as_json: bool) -> None:
         driver = get_driver()
@@ -34,11 +54,16 @@ class Command(BaseCommand):
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
             getattr(driver, action)(check_role(role))
             self.stdout.write(f"{role}: {driver.state(role)}")
-        elif action == "up":
+        elif action == "up" and not self.one_server:
             for line in driver.up():
                 self.stdout.write(line)
-        elif action == "down":
+            self._each_external("up")
+        elif action == "down" and not self.one_server:
             for line in driver.down() or ["nothing was running"]:
+                self.stdout.write(line)
+            self._each_external("down")
+        elif action in ("up", "down"):
+            for line in getattr(driver, action)() or ["nothing was running"]:
                 self.stdout.write(line)
         elif action == "check":
             problems = fleet_check(driver)

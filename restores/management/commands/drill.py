@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.jobs import ConsoleReporter, JobReporter
 from restores.drill import new_drill, run_drill
 from restores.models import DrillVerdict
 from restores.serializers import restore_dict
+from fleet.command import ServerCommand
 
 EXIT_SKIPPED = 2  # proved nothing either way: another restore was running
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = ("Restore the newest moment into the restore target, check it reached the end of the WAL and run "
             "pg_amcheck on it; exit 1 when the drill failed, 2 when it was skipped.")
 

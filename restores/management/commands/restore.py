@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter, JobState
@@ -13,9 +13,10 @@ from restores.engine import run_restore
 from restores.planner import RestoreTarget
 from restores.serializers import restore_dict
 from restores.service import queue_restore
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Restore the restore target to a moment and promote it; the primary is only read."
 
     def add_arguments(self, parser):

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
 from walcatalog.backups import DEFAULT_COMPRESSION, queue_backup, run_backup
 from walcatalog.models import Compression
 from walcatalog.serializers import backup_dict
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Take a verified base backup of the primary (pg_basebackup, tar format)."
 
     def add_arguments(self, parser):

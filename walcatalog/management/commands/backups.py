@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand
 
 from pitrsite.jobs import reap_local
 from walcatalog.models import BaseBackup
 from walcatalog.serializers import backup_dict
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "List base backups, newest first."
 
     def add_arguments(self, parser):

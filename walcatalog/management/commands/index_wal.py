@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter
 from walcatalog.indexer import index_archive
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Index new and changed files of the WAL archive into the catalog (one pass)."
 
     def add_arguments(self, parser):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter
 from walcatalog.rebuild import rebuild_from_storage
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = ("Rebuild an empty catalog (segments, timelines, backups, storage copies) from what the archive "
             "storage holds; the indexer then finds the local files again.")
 

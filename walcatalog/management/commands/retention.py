@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter
 from walcatalog.retention import Policy, apply_retention
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = ("Apply the retention policy (PITR_RETENTION_KEEP_BACKUPS, PITR_RETENTION_DAYS): delete backups and WAL, "
             "locally and in storage, that no restore inside the kept window needs.")
 

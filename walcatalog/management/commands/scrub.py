@@ -1,12 +1,13 @@
 """python manage.py scrub: one scrub pass over the WAL archive (beat runs it every PITR_SCRUB_INTERVAL s)."""
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from walcatalog.scrub import scrub_archive
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Re-hash complete WAL segments against the catalog; marks changed ones corrupt."
 
     def add_arguments(self, parser):

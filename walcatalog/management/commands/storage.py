@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from walcatalog.uploader import check_storage
+from fleet.command import ServerCommand
 
 LISTS = ("local_only", "remote_only", "untracked", "missing", "mismatched")
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Inspect the archive storage against the catalog and the local files."
 
     def add_arguments(self, parser):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter
 from walcatalog.uploader import upload_pass
+from fleet.command import ServerCommand
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = ("Upload every complete indexed WAL segment, .history file and verified backup that has no verified "
             "copy in the archive storage yet (one pass; beat runs the same every PITR_UPLOAD_INTERVAL s).")
 

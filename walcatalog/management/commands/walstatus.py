@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import reap_local
 from walcatalog.catalog import summary
+from fleet.command import ServerCommand
 
 
 def _json_default(value):
@@ -27,7 +28,7 @@ def _size(n: float | None) -> str:
     return str(n)
 
 
-class Command(BaseCommand):
+class Command(ServerCommand):
     help = "Show segments per timeline, newest segment, partial size, gaps, recoverable window, capturer lag."
 
     def add_arguments(self, parser):
