@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from datetime import datetime
@@ -124,3 +125,65 @@ def test_external_server_protected_and_restored_isolated(ext):
     assert slots == ["pitr_ext"]
     # The copies promoted onto new timelines; had one archived, its files would be in the original's archive.
     assert archived_by_original and not [p.name for p in ext.own_archive.iterdir() if not p.name.startswith("00000001")]
+
+
+def one_line_error(*args: str) -> str:
+    result = manage(*args, check=False)
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_input_is_one_line_and_creates_nothing(ext, tmp_path):
+    from fleet.models import Server
+    from tests.external_server import BIN, free_port, give, make_external
+
+    with ext.connect("postgres") as conn:
+        conn.execute("CREATE ROLE no_repl LOGIN PASSWORD 'nr'")
+        conn.execute("SELECT pg_create_physical_replication_slot('held_elsewhere', true)")
+    passfile = ext.root / "pgpass2"
+    passfile.write_text(ext.passfile.read_text() + f"127.0.0.1:{ext.port}:*:no_repl:nr\n")
+    wrong = ext.root / "pgpass-wrong"
+    wrong.write_text(f"127.0.0.1:{ext.port}:*:{ext.superuser}:not-the-password\n")
+    for path in (passfile, wrong):
+        path.chmod(0o600)
+        give(path)
+    # Another client streaming from a slot: pg_receivewal of someone else.
+    other = ext.root / "other-receiver"
+    other.mkdir()
+    give(other)
+    receiver = subprocess.Popen(
+        [str(BIN / "pg_receivewal"), "-h", "127.0.0.1", "-p", str(ext.port), "-U",
+         ext.repl, "--no-password", "-D", str(other), "--slot=held_elsewhere"],
+        env={"PGPASSFILE": str(ext.passfile), "PATH": "/usr/bin:/bin"}, user="postgres", stderr=subprocess.DEVNULL)
+    minimal = make_external(ext.root.parent / f"{ext.root.name}-minimal",
+                            "wal_level = minimal\nmax_wal_senders = 0\narchive_mode = off\n")
+    try:
+        def slot_active():
+            with ext.connect("postgres") as conn:
+                return conn.execute("SELECT active FROM pg_replication_slots "
+                                    "WHERE slot_name = 'held_elsewhere'").fetchone()[0]
+        wait_for(slot_active, 30, "the other client to hold its slot")
+
+        def add(name: str, *extra: str, port: int | None = None, pf=None) -> str:
+            return one_line_error("server", "add", name, "--host", "127.0.0.1", "--port", str(port or ext.port),
+                                  "--user", ext.superuser, "--dbname", ext.dbname, "--passfile",
+                                  str(pf or passfile), *extra)
+
+        assert "cannot connect" in add("bad1", port=free_port())
+        assert "password authentication failed" in add("bad2", pf=wrong)
+        assert "wal_level is minimal: set wal_level = replica" in add("bad3", port=minimal.port, pf=minimal.passfile)
+        assert "replication connection as no_repl refused" in add("bad4", "--replication-user", "no_repl")
+        assert "slot held_elsewhere is held by another client" in add("bad5", "--replication-user", ext.repl,
+                                                                      "--slot", "held_elsewhere")
+        assert "server demo exists already" in add("demo")
+        assert "unknown server 'nope'" in one_line_error("walstatus", "--server", "nope")
+        assert list(Server.objects.values_list("name", flat=True)) == ["demo"]
+        with ext.connect("postgres") as conn:
+            slots = {r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()}
+        assert slots == {"held_elsewhere"}, "a refused server add created a slot"
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        minimal.stop()
