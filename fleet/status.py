@@ -222,3 +222,22 @@ def capture_summary() -> dict:
             "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
             "disk": status.get("disk", {}),
             "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}
+
+
+def server_summary(server) -> dict:
+    """One line of `server list` and the dashboard's server page: where it is, capture, restore target."""
+    from fleet import servers  # needs the app registry
+
+    driver = get_driver(server)
+    with servers.using(server):
+        try:
+            status = fleet_status(driver)
+            cap = status.get("capturer") or {}
+            capture = cap.get("health") or status["roles"]["capturer"]["state"]
+            lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds")}
+        except PitrError as exc:
+            capture, lag = f"unknown ({exc})", {}
+    c = servers.conn(server)
+    return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
+            "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
+            "archive": str(driver.layout.archive), **lag}

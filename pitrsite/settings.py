@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # The server a page is about (?server=NAME): the catalog it reads is that server's only.
+    "dashboard.middleware.ServerScope",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -146,6 +148,9 @@ CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# The queues this host's worker serves (`services up`): a server's work goes to the queue it records (its
+# host holds its archive and restore target). Empty: Celery's default queue "celery" only.
+PITR_WORKER_QUEUES = ",".join(q.strip() for q in os.environ.get("PITR_WORKER_QUEUES", "").split(",") if q.strip())
 
 LOGGING = {
     "version": 1,

@@ -28,7 +28,10 @@ class Command(BaseCommand):
     def handle(self, action, role, **opts):
         try:
             self.one_server = bool(opts["server"])
-            with servers.using(servers.resolve(opts["server"]) if opts["server"] else servers.demo()):
+            if not self.one_server:  # the demo fleet: no database query (status must work without one)
+                self._handle(action, role, opts["json"])
+                return
+            with servers.using(servers.resolve(opts["server"])):
                 self._handle(action, role, opts["json"])
         except PitrError as exc:
             raise CommandError(str(exc)) from None

@@ -12,7 +12,7 @@ from fleet import servers
 from fleet.checks import capturer_running, ensure_slot, run_checks
 from fleet.local import get_driver
 from fleet.models import Server, ServerKind
-from fleet.status import capture_problem, fleet_check, fleet_status
+from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
 from pitrsite.errors import PitrError
 
 # Deleted in this order by --forget: what points at a row goes before it.
@@ -77,7 +77,7 @@ class Command(BaseCommand):
                           f"queue {server.queue}): `python manage.py fleet up` starts its capturer")
 
     def do_list(self, opts) -> None:
-        rows = [summary(s) for s in Server.objects.order_by("name")]
+        rows = [server_summary(s) for s in Server.objects.order_by("name")]
         if opts["json"]:
             self.stdout.write(json.dumps(rows, indent=2, default=str))
             return
@@ -122,20 +122,6 @@ class Command(BaseCommand):
         server.delete()
         self.stdout.write(f"server {server.name} removed; its files stay under PITR_HOME/servers/{server.name} and "
                           f"its slot {server.slot_name} on the server (drop it there once nothing needs it)")
-
-
-def summary(server: Server) -> dict:
-    driver = get_driver(server)
-    with servers.using(server):
-        try:
-            status = fleet_status(driver)
-            capture = (status.get("capturer") or {}).get("health") or status["roles"]["capturer"]["state"]
-        except PitrError as exc:
-            capture = f"unknown ({exc})"
-    c = servers.conn(server)
-    return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
-            "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
-            "archive": str(driver.layout.archive)}
 
 
 def free_port() -> int:
