@@ -64,9 +64,13 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
 
     with pg.connect(fleet.layout.port("primary")) as conn:
         demo_rows = write_rows(conn, 10, "two-servers", switch_every=2)
-    ext_rows = write(ext, "items", 10, "two-servers")
-    with ext.connect() as conn:
-        conn.execute("SELECT pg_switch_wal()")
+    # The demo fleet's cluster is older (its initdb and earlier tests used segments): the external server
+    # switches segments until its names reach the demo's, from one row and one switch at a time.
+    ext_rows = []
+    for _ in range(14):
+        ext_rows += write(ext, "items", 1, "two-servers")
+        with ext.connect() as conn:
+            conn.execute("SELECT pg_switch_wal()")
     ext_rows += write(ext, "items", 3, "two-servers-tail")
     wait_captured()
     captured(ext)
@@ -88,19 +92,20 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
         assert set(WalSegment.objects.filter(is_partial=False).values_list("name", flat=True)) == names[external]
 
     # Each restore queued from the dashboard's path goes to its server's queue, served by its own worker.
+    # Both are queued before the workers start (SQLite: no writer beside this test's transaction).
+    from django.db import transaction
+
+    from dashboard.actions import start_restore
+    from restores.models import RestoreJob
+    from restores.planner import RestoreTarget
+
+    jobs = {}
+    for server in (demo, external):
+        with servers.using(server), transaction.atomic():
+            jobs[server.name] = start_restore(RestoreTarget.from_options(latest=True), "dashboard").pk
     worker_a, _ = start_worker("host-a", "celery")
     worker_b, _ = start_worker("host-b", "host-b")
     try:
-        from django.db import transaction
-
-        from dashboard.actions import start_restore
-        from restores.models import RestoreJob
-        from restores.planner import RestoreTarget
-
-        jobs = {}
-        for server in (demo, external):
-            with servers.using(server), transaction.atomic():
-                jobs[server.name] = start_restore(RestoreTarget.from_options(latest=True), "dashboard").pk
 
         def finished():
             rows = RestoreJob.all_servers.filter(pk__in=jobs.values())
