@@ -26,7 +26,7 @@ from chaos.health import wait_primary_lsn
 from chaos.params import ACTION_HELP, ChaosError
 from chaos.writers import now_iso
 from fleet import pg, services
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.errors import PitrError
 from walcatalog import walnames
 
@@ -81,8 +81,8 @@ def resume_later(pid: int | None, seconds: float) -> None:
     if not pid:
         return
     pids = [pid, *procs.descendants(pid)]
-    subprocess.Popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    runner.popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], detached=True,
+                 stderr=subprocess.DEVNULL)
 
 
 

@@ -22,6 +22,7 @@ class ChaosRun(Job):
     Written by chaos.run; files (writes-*.jsonl, verification_log.jsonl,
     report.json) live in ``run_dir``.
     """
+    kind = "chaos"
 
     server = server_field("chaos_runs")
 

@@ -14,7 +14,7 @@ import psycopg
 from fleet import pg, servers
 from fleet.models import Server
 from pitrsite import procs
-from pitrsite.errors import FleetError
+from pitrsite.errors import FleetError, first_line
 
 # A base backup streams its WAL through a second walsender beside its own; capture holds one more.
 SENDERS_NEEDED = 3
@@ -126,7 +126,7 @@ def _replication_privilege(driver) -> tuple[bool, str]:
                              replication="true", connect_timeout=5, autocommit=True, **secret):
             pass
     except psycopg.OperationalError as exc:
-        return False, (f"replication connection as {c.replication_user} refused ({pg.first_line(str(exc))}): "
+        return False, (f"replication connection as {c.replication_user} refused ({first_line(exc)}): "
                        f"ALTER ROLE {c.replication_user} REPLICATION, and a 'replication' line in pg_hba.conf")
     return True, f"replication connection as {c.replication_user} works"
 

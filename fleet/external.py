@@ -14,8 +14,8 @@ from fleet import pg, servers
 from fleet.layout import Layout
 from fleet.local import LocalDriver
 from fleet.models import Server
-from pitrsite import procs
-from pitrsite.errors import FleetError
+from pitrsite import procs, runner
+from pitrsite.errors import FleetError, first_line
 
 ROLES = ("primary", "capturer", "restore_target")
 
@@ -47,7 +47,7 @@ class ExternalDriver(LocalDriver):
                                    **secret, **kwargs)
         except psycopg.OperationalError as exc:
             raise FleetError(f"cannot connect to {self.server.name} ({role}) on {host}:{port} "
-                             f"({pg.first_line(str(exc))})") from None
+                             f"({first_line(exc)})") from None
 
     # --- the whole server: only what is ours ------------------------------------------------------
     def up(self) -> list[str]:
@@ -109,7 +109,7 @@ class ExternalDriver(LocalDriver):
         argv = [pg.tool("pg_receivewal"), "-h", self.c.host, "-p", str(self.c.port), "-U", self.c.replication_user,
                 "--no-password", "-D", str(self.layout.archive), f"--slot={self.slot}", "--synchronous", "--verbose"]
         account = pg.server_account()
-        procs.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
+        runner.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
                                user=account.pw_name if account else None, env=servers.libpq_env(self.c))
         if not procs.alive(self.pid("capturer")):
             raise FleetError(f"{self.server.name} capturer did not start: see {self.layout.logfile('capturer')}")

@@ -19,6 +19,7 @@ from django.db import models
 
 from fleet.models import DEFAULT_QUEUE, Server, ServerKind
 from pitrsite.errors import PitrError
+from pitrsite.locks import Lock
 
 _current: contextvars.ContextVar[Server | None] = contextvars.ContextVar("pitr_server", default=None)
 _demo_id: int | None = None
@@ -180,11 +181,11 @@ def libpq_env(c: Conn) -> dict:
     return env
 
 
-def lock_name(name: str, server: Server | None = None) -> str:
-    """One backup and one restore at a time per server: the demo server keeps the old lock names."""
-    server = server or current()
-    return name if server.managed else f"{name}-{server.name}"
-
-
 def queue_of(server: Server | None = None) -> str:
     return (server or current()).queue or DEFAULT_QUEUE
+
+
+def lock(base: Lock, server: Server | None = None) -> Lock:
+    """One backup, restore, index pass ... at a time per server: the demo server keeps the lock's own name."""
+    server = server or chosen()
+    return base if server is None or server.managed else Lock(f"{base.name}-{server.name}", base.what)

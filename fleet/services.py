@@ -19,17 +19,13 @@ from urllib.parse import urlparse
 from django.conf import settings
 
 from fleet.layout import Layout
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
-from pitrsite.errors import PitrError
+from pitrsite.errors import ServiceError
 
 SERVICES = ("redis", "web", "worker", "beat")
 PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT"}
 READY_TIMEOUT = 60.0  # a cold gunicorn or Celery start imports all of Django: seconds on a busy 2-core machine
-
-
-class ServiceError(PitrError):
-    pass
 
 
 def check_service(name: str) -> str:
@@ -137,7 +133,7 @@ def up(layout: Layout | None = None) -> list[str]:
             done.append(f"{name} already running")
             continue
         logfile = layout.logs / f"{name}.log"
-        procs.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run)
+        runner.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run)
         wait_ready(name, layout, logfile)
         done.append(f"{name} started (pid {status(name, layout)['pid']}){describe(name)}")
     return done
@@ -156,7 +152,7 @@ def down(layout: Layout | None = None) -> list[str]:
     done = []
     # Beat first so nothing new is queued, the broker last so the worker can finish talking to it.
     for name in ("beat", "worker", "web", "redis"):
-        if procs.stop_supervised(name, layout.run):
+        if runner.stop_supervised(name, layout.run):
             done.append(f"{name} stopped")
     return done
 

@@ -31,6 +31,7 @@ DRILL_TRIGGER = "drill"
 
 
 class RestoreJob(Job):
+    kind = "restore"
     server = server_field("restores")
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")

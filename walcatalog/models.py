@@ -100,6 +100,7 @@ DEFAULT_COMPRESSION = Compression.ZSTD
 
 class BaseBackup(Job):
     """A pg_basebackup in tar format; offered for restore only once verified."""
+    kind = "backup"
 
     server = server_field("backups")
     label = models.CharField(max_length=100)

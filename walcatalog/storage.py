@@ -37,7 +37,7 @@ from django.db import connections
 
 from fleet import servers
 from pitrsite.config import STORAGE_BACKENDS as BACKENDS
-from pitrsite.errors import PitrError
+from pitrsite.errors import ChecksumError, LocalChanged, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,6 @@ CHUNK = 1 << 20
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class StorageError(PitrError):
-    pass
-
-
-class ChecksumError(StorageError):
-    """An object's bytes are not the bytes the catalog recorded."""
-
-
-class LocalChanged(ChecksumError):
-    """The local file is not what the catalog indexed: uploading it again will not help."""
 
 
 def get_storage(name: str = STORAGE_NAME):

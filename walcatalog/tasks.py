@@ -13,7 +13,7 @@ from celery import shared_task
 
 from fleet import servers
 from fleet.models import Server, ServerKind
-from pitrsite.jobs import exclusive
+from pitrsite import locks
 from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
 
@@ -38,7 +38,7 @@ def per_server(task, server: str | None, name: str) -> tuple[ExitStack, str]:
 def index_wal(server: str | None = None) -> dict | None:
     """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
     def work():
-        with exclusive(servers.lock_name("index-wal"), "WAL index pass"):
+        with servers.lock(locks.INDEX).held():
             result = index_archive()
         if result.new or result.completed or result.vanished or result.errors:
             log.info("index_wal %s: %s", servers.current().name, result)
