@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 
 from fleet import pg, servers
+from fleet.layout import Layout
 from fleet.models import Server
 from pitrsite import procs
 from pitrsite.errors import FleetError, first_line
@@ -48,6 +49,12 @@ def run_checks(server: Server, stop_at_failure: bool = False, slot_owner_running
         found.append(Check(name, ok, line))
         return ok or not stop_at_failure
 
+    archive = Layout.of(server).archive
+    if not server.pk and archive.is_dir() and any(archive.iterdir()):
+        # WAL of another cluster under the same name: pg_receivewal would continue from it, mixing the two.
+        add("archive", False, f"{archive} holds WAL of an earlier server named {server.name}: move it aside "
+                              "(`upload` copied it to storage if it was protected) or choose another name")
+        return found
     if c.passfile and not _server_account_reads(c.passfile):
         account = pg.server_account()
         add("passfile", False, f"passfile {c.passfile} is missing or not readable by the server account "

@@ -189,9 +189,11 @@ class LocalDriver:
         if role != "restore_target":
             return
         conf, auto = datadir / "postgresql.conf", datadir / "postgresql.auto.conf"
-        self.put_file(role, "postgresql.conf", pgconf.including_node_conf(conf.read_text() if conf.exists() else ""))
+        ours = set(values) | pgconf.RECOVERY_ONLY
+        text = pgconf.without_keys(conf.read_text(), ours) if conf.exists() else ""
+        self.put_file(role, "postgresql.conf", pgconf.including_node_conf(text))
         if auto.exists():
-            self.put_file(role, "postgresql.auto.conf", pgconf.without_keys(auto.read_text(), set(values)))
+            self.put_file(role, "postgresql.auto.conf", pgconf.without_keys(auto.read_text(), ours))
         if not (datadir / "pg_hba.conf").exists():
             self.put_file(role, "pg_hba.conf", pgconf.LOCAL_HBA)
 

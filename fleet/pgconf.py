@@ -20,9 +20,13 @@ KEY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?")
 def isolation(datadir: Path) -> dict[str, str]:
     """What a restored copy must run with, whatever the original had."""
     return {"archive_mode": "off", "archive_command": "", "archive_library": "", "primary_conninfo": "",
-            "primary_slot_name": "", "restore_command": "", "synchronous_standby_names": "",
+            "primary_slot_name": "", "synchronous_standby_names": "",
             "data_directory": str(datadir),
             "hba_file": str(datadir / "pg_hba.conf"), "ident_file": str(datadir / "pg_ident.conf")}
+
+
+# Set by pitrsite only while the copy recovers; the original's (from postgresql.conf or .auto.conf) never applies.
+RECOVERY_ONLY = {"restore_command"}
 
 
 def render(values: dict[str, str], title: str) -> str:

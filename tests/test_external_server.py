@@ -112,7 +112,7 @@ def test_external_server_protected_and_restored_isolated(ext):
                                 "WHERE spcname = 'outside'").fetchone()[0]
     assert settings["archive_mode"] == "off" and settings["archive_command"] == ""
     assert settings["primary_conninfo"] == "" and settings["primary_slot_name"] == ""
-    assert settings["restore_command"] == ""
+    assert settings.get("restore_command", "") == ""
     assert str(ext.datadir) not in settings["data_directory"]
     assert settings["wal_segment_size"] == str(32 << 20)
     assert "servers/ext/restore_target" in location and str(ext.tablespace) not in location
@@ -178,6 +178,10 @@ def test_bad_input_is_one_line_and_creates_nothing(ext, tmp_path):
         assert "slot held_elsewhere is held by another client" in add("bad5", "--replication-user", ext.repl,
                                                                       "--slot", "held_elsewhere")
         assert "server demo exists already" in add("demo")
+        leftover = Path(settings.PITR_HOME) / "servers" / "reused" / "wal_archive"
+        leftover.mkdir(parents=True)
+        (leftover / "000000010000000000000001").write_bytes(b"another cluster's WAL")
+        assert "holds WAL of an earlier server named reused" in add("reused", "--replication-user", ext.repl)
         assert "unknown server 'nope'" in one_line_error("walstatus", "--server", "nope")
         assert list(Server.objects.values_list("name", flat=True)) == ["demo"]
         with ext.connect("postgres") as conn:

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 def ext(transactional_db, fleet):
     server = make_external(Path(settings.PITR_HOME) / f"external-{uuid.uuid4().hex[:8]}")
     yield server
-    manage("fleet", "down", "--server", "ext", check=False)
+    manage("fleet", "down", "--server", "sales", check=False)
     server.stop()
 
 
@@ -54,11 +54,11 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     from fleet.models import Server
     from walcatalog.models import StorageCopy, WalSegment
 
-    manage("server", "add", "ext", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
+    manage("server", "add", "sales", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
            "--dbname", ext.dbname, "--replication-user", ext.repl, "--passfile", str(ext.passfile),
            "--queue", "host-b")
-    manage("fleet", "up", "--server", "ext")
-    for name in ("demo", "ext"):
+    manage("fleet", "up", "--server", "sales")
+    for name in ("demo", "sales"):
         manage("backup", "--server", name, timeout=600)
     from fleet import pg
 
@@ -74,11 +74,11 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     ext_rows += write(ext, "items", 3, "two-servers-tail")
     wait_captured()
     captured(ext)
-    for name in ("demo", "ext"):
+    for name in ("demo", "sales"):
         manage("index_wal", "--server", name)
         manage("upload", "--server", name)
 
-    demo, external = Server.objects.get(name="demo"), Server.objects.get(name="ext")
+    demo, external = Server.objects.get(name="demo"), Server.objects.get(name="sales")
     names = {s: set(WalSegment.all_servers.filter(server=s, is_partial=False).values_list("name", flat=True))
              for s in (demo, external)}
     shared = names[demo] & names[external]
@@ -87,7 +87,7 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     copies = StorageCopy.all_servers.filter(segment__name=one, kind="wal")
     assert {c.server_id for c in copies} == {demo.pk, external.pk}
     keys = {c.server_id: c.key for c in copies}
-    assert keys[external.pk] == f"servers/ext/{keys[demo.pk]}" and len({c.sha256 for c in copies}) == 2
+    assert keys[external.pk] == f"servers/sales/{keys[demo.pk]}" and len({c.sha256 for c in copies}) == 2
     with servers.using(external):  # the scoped managers see one server's rows only
         assert set(WalSegment.objects.filter(is_partial=False).values_list("name", flat=True)) == names[external]
 
@@ -113,8 +113,8 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
         wait_for(finished, 600, "both restores to finish")
         done = {j.server.name: j for j in RestoreJob.all_servers.filter(pk__in=jobs.values())}
         assert done["demo"].state == "done", done["demo"].error
-        assert done["ext"].state == "done", done["ext"].error
-        assert done["demo"].owner_pid == worker_a.pid and done["ext"].owner_pid == worker_b.pid
+        assert done["sales"].state == "done", done["sales"].error
+        assert done["demo"].owner_pid == worker_a.pid and done["sales"].owner_pid == worker_b.pid
     finally:
         stop_worker(worker_a)
         stop_worker(worker_b)
