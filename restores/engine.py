@@ -111,6 +111,7 @@ class Restore:
         self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
+        log_offset: int | None = None
         try:
             self.reporter.step("replaying WAL")
             log_offset = self.log_size()
@@ -120,6 +121,7 @@ class Restore:
             self.verify(the_plan, log_offset)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+            self.copy_server_log(log_offset)
 
     # --- steps -----------------------------------------------------------------
     def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:
@@ -259,6 +261,19 @@ class Restore:
             "restore_command": f'cp "{self.staging}/%f" "%p"',
             **the_plan.recovery,
         })
+
+    def copy_server_log(self, offset: int | None, limit: int = 5000) -> None:
+        """The restored server's own lines (recovery, promotion) into the job's log."""
+        if offset is None:
+            return
+        try:
+            with open(self.driver.layout.logfile(ROLE), "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return
+        for line in lines[-limit:]:
+            self.reporter.log(f"server: {line}")
 
     def log_size(self) -> int:
         path = self.driver.layout.logfile(ROLE)

@@ -5,9 +5,9 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-BEFORE = [("walcatalog", "0007_basebackup_file_hashes"), ("restores", "0004_chaosrun_to_chaos_app"),
-          ("chaos", "0001_chaosrun_from_restores"), ("fleet", None)]
-AFTER = [("walcatalog", "0008_server"), ("restores", "0005_server"), ("chaos", "0002_server"),
+BEFORE = [("walcatalog", "0009_basebackup_pinned"), ("restores", "0005_job_cancelled_started_by"),
+          ("chaos", "0002_job_cancelled_started_by"), ("fleet", None)]
+AFTER = [("walcatalog", "0010_server"), ("restores", "0006_server"), ("chaos", "0003_server"),
          ("fleet", "0001_initial")]
 
 

@@ -132,6 +132,8 @@ def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, libpq_en
         match = PROGRESS.search(line)
         if match:
             reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
+        else:
+            reporter.log(line.strip())  # the job's own log
         return match is not None
 
     result = pg.run(argv, step="copying files", env=libpq_env, timeout=None, check=False, owner=owner,
@@ -201,6 +203,8 @@ def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owne
         if match:  # records read so far, 10240 bytes each
             done = start + int(match.group(1)) * 10240
             reporter.progress(min(done, total) if total else done, total)
+        else:
+            reporter.log(f"tar: {line.strip()}")
         return match is not None
 
     pg.run(argv, step="extracting", timeout=None, owner=owner, on_line=progress)

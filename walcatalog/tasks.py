@@ -73,6 +73,19 @@ def run_backup(backup_id: int) -> None:
         backups.run_backup(backup, JobReporter(backup))
 
 
+@shared_task(name="walcatalog.tasks.scheduled_backup", ignore_result=True)
+def scheduled_backup() -> int | None:
+    """A base backup on PITR_BACKUP_SCHEDULE (beat); skipped while another backup runs, failures recorded."""
+    from pitrsite.jobs import JobReporter
+    from walcatalog import backups
+
+    def work() -> int:
+        backup = backups.queue_backup(trigger="beat")
+        return backups.run_backup(backup, JobReporter(backup)).pk
+
+    return run_periodic("scheduled_backup", work)
+
+
 # --- archive storage (walcatalog/uploader.py, walcatalog/retention.py) -----------------------------------
 @shared_task(name="walcatalog.tasks.upload", ignore_result=True)
 def upload(server: str | None = None) -> dict | None:

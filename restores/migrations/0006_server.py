@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('fleet', '0001_initial'),
-        ('restores', '0004_chaosrun_to_chaos_app'),
+        ('restores', '0005_job_cancelled_started_by'),
     ]
 
     operations = [

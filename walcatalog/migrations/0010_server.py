@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('fleet', '0001_initial'),
-        ('walcatalog', '0007_basebackup_file_hashes'),
+        ('walcatalog', '0009_basebackup_pinned'),
     ]
 
     operations = [

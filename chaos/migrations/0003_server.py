@@ -22,7 +22,7 @@ def to_demo_server(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chaos', '0001_chaosrun_from_restores'),
+        ('chaos', '0002_job_cancelled_started_by'),
         ('fleet', '0001_initial'),
     ]
 
