@@ -58,7 +58,7 @@ def write_segments(count: int, seg_size: int) -> list[str]:
 
     rows_per_commit = max(1, seg_size // 500 // 20)  # about a segment of WAL (rows plus index entries)
     names = []
-    with pg.connect(Layout.port("primary")) as conn:
+    with pg.connect(Layout.current().port("primary")) as conn:
         for _ in range(count):
             for _ in range(20):
                 conn.execute("INSERT INTO test_data (payload) SELECT md5(random()::text) FROM generate_series(1, %s)",

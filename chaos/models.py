@@ -1,8 +1,11 @@
 """Chaos runs: the proof harness's job rows. The table keeps its old name (the model moved from restores)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
+from fleet.servers import ScopedManager, server_field
 from pitrsite.jobs import Job
 from walcatalog.models import BaseBackup
 
@@ -21,6 +24,8 @@ class ChaosRun(Job):
     """
     kind = "chaos"
 
+    server = server_field("chaos_runs")
+
     parameters = models.JSONField(default=dict, blank=True, help_text="as validated by chaos.params.ChaosParams")
     verdict = models.CharField(max_length=8, choices=Verdict.choices, default=Verdict.PENDING, blank=True,
                                db_index=True)
@@ -36,6 +41,9 @@ class ChaosRun(Job):
     writer_ids = models.JSONField(default=list, blank=True, help_text="test_data.writer values of this run")
     backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.SET_NULL, related_name="chaos_runs")
     run_dir = models.CharField(max_length=500, blank=True)
+
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
 
     class Meta:
         ordering = ["-created_at"]

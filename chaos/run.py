@@ -36,7 +36,7 @@ from chaos.moments import Moment, pick_moments
 from chaos.params import ChaosError, ChaosParams
 from chaos.report import conclude, describe_moment
 from chaos.writers import Watchdog, Writer, iso
-from fleet import pg
+from fleet import pg, servers
 from fleet.local import LocalDriver, get_driver
 from fleet.status import fleet_check
 from pitrsite import home, locks
@@ -49,6 +49,10 @@ from walcatalog import walnames
 def queue_chaos(params: dict | ChaosParams | None = None, trigger: str = "command") -> ChaosRun:
     """Validate parameters and the fleet first: an impossible run never becomes a row."""
     chosen = params if isinstance(params, ChaosParams) else ChaosParams.from_dict(params)
+    server = servers.chosen()
+    if server is not None and not server.managed:
+        raise ChaosError(f"chaos refused: {server.name} is an external server, and pitrsite does not pause or kill "
+                         "servers it does not run (restores and drills of it still work)")
     locks.CHAOS.refuse_if_held()
     preflight(chosen, get_driver())
     return ChaosRun.objects.create(parameters=chosen.as_dict(), trigger=trigger)

@@ -5,10 +5,12 @@ import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) befor
 
 from chaos.models import ChaosRun
 from chaos.run import run_chaos as chaos
+from fleet import servers
 from pitrsite.jobs import JobReporter
 
 
 @shared_task(name="chaos.tasks.run_chaos")
 def run_chaos(run_id: int) -> None:
-    run = ChaosRun.objects.get(pk=run_id)
-    chaos(run, JobReporter(run))
+    run = ChaosRun.all_servers.select_related("server").get(pk=run_id)
+    with servers.using(run.server):
+        chaos(run, JobReporter(run))

@@ -9,6 +9,7 @@ import logging
 
 from django.db import transaction
 
+from fleet import servers
 from pitrsite.errors import QueueError
 from pitrsite.jobs import Job, JobState
 
@@ -19,7 +20,9 @@ def _send(job: Job, task, what: str) -> None:
     """Hand the job id to Celery; a broker that cannot be reached fails the row instead of leaving it queued."""
     def send() -> None:
         try:
-            task.apply_async(args=[job.pk], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
+            # On the queue of the host holding the server's archive and restore target.
+            task.apply_async(args=[job.pk], queue=servers.queue_of(job.server), retry=True,  # type: ignore[attr-defined]
+                             retry_policy={"max_retries": 2, "interval_start": 0.2})
         except Exception as exc:  # noqa: BLE001 - kombu/redis errors vary; the row must say what happened
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             job.finish(JobState.FAILED, f"failure queueing (Celery broker unreachable: {reason})")

@@ -6,6 +6,7 @@ hand; jobs started here go to Celery.
 """
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -16,6 +17,7 @@ from chaos.models import ChaosRun
 from dashboard import actions
 from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin, user_of
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
+from fleet.models import Server
 from restores.models import RestoreJob
 from walcatalog import walnames
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
@@ -295,3 +297,52 @@ class ChaosRunAdmin(JobAdmin):
                          initial=ChaosForm.initial_from(queryset.get().parameters))
         return self._chaos_form_and_start(request, form, f"Run chaos run #{queryset.get().pk} again",
                                           queryset=queryset, action="run_again")
+
+
+class ServerForm(forms.ModelForm):
+    """Adding an external server checks what capture needs, as `server add` does; each failure one line."""
+
+    class Meta:
+        model = Server
+        fields = ("name", "kind", "host", "port", "user", "dbname", "replication_user", "passfile", "slot_name",
+                  "restore_port", "queue", "storage_prefix", "compression", "retention_keep_backups",
+                  "retention_days")
+
+    def clean(self):
+        from fleet.checks import capturer_running, run_checks
+
+        data = super().clean()
+        if self.errors or data.get("kind") != "external":
+            return data
+        candidate = Server(**{k: v for k, v in data.items() if k in self.Meta.fields})
+        candidate.pk = self.instance.pk
+        candidate.slot_name = candidate.slot_name or f"pitr_{candidate.name.replace('-', '_')}"
+        running = bool(self.instance.pk) and capturer_running(self.instance)
+        failed = [c.line for c in run_checks(candidate, stop_at_failure=True, slot_owner_running=running) if not c.ok]
+        if failed:
+            raise forms.ValidationError(failed[0])
+        data["slot_name"] = candidate.slot_name
+        return data
+
+
+@admin.register(Server)
+class ServerAdmin(admin.ModelAdmin):
+    form = ServerForm
+    list_display = ("name", "kind", "host", "port", "restore_port", "queue", "created_at")
+    list_filter = ("kind", "queue")
+
+    def save_model(self, request: HttpRequest, obj: Server, form, change: bool) -> None:
+        if not obj.managed:
+            from fleet.checks import ensure_slot
+            from fleet.external import ExternalDriver
+
+            if not obj.restore_port:
+                from fleet.management.commands.server import free_port
+
+                obj.restore_port = free_port()
+            with ExternalDriver(obj).connect(dbname="postgres") as conn:
+                ensure_slot(conn, obj.slot_name)
+        super().save_model(request, obj, form, change)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # `server remove` says what it keeps (files, the slot) and refuses while backups exist

@@ -50,6 +50,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def get_queryset(self, request: HttpRequest):
+        """Every server's rows (the default manager sees one server's): filtered by server in the sidebar."""
+        manager = getattr(self.model, "all_servers", None)
+        if manager is None:
+            return super().get_queryset(request)
+        ordering = self.get_ordering(request)
+        return manager.get_queryset().order_by(*ordering) if ordering else manager.get_queryset()
+
+    def get_list_filter(self, request: HttpRequest):
+        found = tuple(super().get_list_filter(request))
+        return ("server", *found) if hasattr(self.model, "all_servers") else found
+
 
 class JobAdmin(ReadOnlyAdmin):
     """Job rows are written by their jobs; staff start new ones through the start page and actions."""

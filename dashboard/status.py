@@ -18,6 +18,8 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from dashboard import jobs
+from fleet import servers
+from fleet.layout import Layout
 from fleet.status import capture_summary
 from pitrsite import periodic
 from pitrsite.jobs import JobState
@@ -64,7 +66,7 @@ class Overview:
 def storage_lines() -> list[str]:
     """Where copies go and how far uploads got (asked once per catalog state: the not-uploaded count is an
     anti-join)."""
-    lines = [f"local archive: filesystem {settings.PITR_WAL_ARCHIVE}"]
+    lines = [f"local archive: filesystem {Layout.current().archive}"]
     if "archive" not in settings.STORAGES:
         return lines
     from walcatalog.storage import describe
@@ -146,7 +148,8 @@ def fingerprint() -> str:
         n=Count("id"), top=Max("id"), good=Count("id", filter=Q(state=JobState.DONE, manifest_verified=True)),
         ended=Max("stop_lsn"))
     copies = StorageCopy.objects.order_by().aggregate(n=Count("id"), top=Max("id"))
-    facts = (seg, partial, backups, copies, Timeline.objects.count())
+    # The server first: two servers' catalogs can hold the same counts and ids' shapes.
+    facts = (servers.current_id(), seg, partial, backups, copies, Timeline.objects.count())
     return hashlib.sha1(repr(facts).encode()).hexdigest()
 
 

@@ -16,6 +16,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from fleet import servers
 from walcatalog import walnames
 from walcatalog.models import BaseBackup, WalSegment
 
@@ -81,10 +82,12 @@ def aggregate(buckets: int = BUCKETS) -> Picture:
         f" SUM(s.commit_count), MIN(s.segno), MAX(s.segno),"
         f" COALESCE(MIN(s.first_commit_at), MIN(s.last_commit_at), MIN(s.indexed_at)),"
         f" COALESCE(MAX(s.last_commit_at), MAX(s.indexed_at))"
-        f" FROM {table} s JOIN (SELECT timeline, MIN(segno) AS lo, MAX(segno) AS hi FROM {table} GROUP BY timeline) r"
-        f" ON r.timeline = s.timeline GROUP BY s.timeline, b ORDER BY s.timeline, b")
+        f" FROM {table} s JOIN (SELECT timeline, MIN(segno) AS lo, MAX(segno) AS hi FROM {table}"
+        f" WHERE server_id = %s GROUP BY timeline) r"
+        f" ON r.timeline = s.timeline WHERE s.server_id = %s GROUP BY s.timeline, b ORDER BY s.timeline, b")
+    server_id = servers.current_id()
     with connection.cursor() as cur:
-        cur.execute(sql, [buckets])
+        cur.execute(sql, [buckets, server_id, server_id])
         rows = cur.fetchall()
     if not rows:
         return Picture()

@@ -10,6 +10,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("overview.json", views.overview_json, name="overview_json"),
     path("timeline/", views.timeline_page, name="timeline"),
+    path("servers/", views.servers_page, name="servers"),
     path("backups/", views.backups, name="backups"),
     path("backups/start/", views.backup_start, name="backup_start"),
     path("backups/<int:pk>/", views.backup_detail, name="backup"),

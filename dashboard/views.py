@@ -19,6 +19,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from fleet import servers
+from fleet.models import Server
+from fleet.status import server_summary
 from pitrsite.errors import PitrError
 from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
@@ -57,8 +60,15 @@ def page(login_view: Callable) -> Callable:
 
 def show(request: HttpRequest, template: str, nav: str, code: int = 200, **context) -> HttpResponse:
     """render() plus what the layout needs on every page."""
-    context.update(nav=nav, chaos_enabled=jobs.job_model("chaos") is not None, backup_form=BackupForm())
+    context.update(nav=nav, chaos_enabled=jobs.job_model("chaos") is not None, backup_form=BackupForm(),
+                   server=servers.current(), all_servers=Server.objects.order_by("name"))
     return render(request, f"dashboard/{template}", context, status=code)
+
+
+@page
+def servers_page(request: HttpRequest) -> HttpResponse:
+    """Every protected server: where it is, its capture, lag and restore target; each links to its pages."""
+    return show(request, "servers.html", "servers", rows=[server_summary(s) for s in Server.objects.order_by("name")])
 
 
 def _timeline_svg(view: status.Overview, key: str) -> str:

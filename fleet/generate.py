@@ -54,7 +54,7 @@ def generate(rate: float = 100.0, duration: float | None = None, stop: threading
     """
     check_args(rate, duration)
     stop = stop or threading.Event()
-    port = port or Layout.port("primary")
+    port = port or Layout.current().port("primary")
     rows = transactions = 0
     began = time.monotonic()
     deadline = None if duration is None else began + duration

@@ -21,13 +21,28 @@ def check_role(role: str, allowed: tuple[str, ...] = ROLES) -> str:
 
 @dataclass(frozen=True)
 class Layout:
+    """The demo (managed) server keeps the paths of the settings; an external server NAME gets its own
+    under PITR_HOME/servers/NAME (archive, backups, restore target, logs, run), so two servers' WAL,
+    which carry the same file names, never meet."""
+
     home: Path
     archive: Path
     backups: Path
+    ports: tuple[tuple[str, int], ...] = ()  # an external server's: primary (its own) and restore_target
 
     @classmethod
     def current(cls) -> "Layout":
-        return cls(Path(settings.PITR_HOME), Path(settings.PITR_WAL_ARCHIVE), Path(settings.PITR_BACKUP_DIR))
+        from fleet import servers  # servers imports the models, which need the apps loaded
+
+        return cls.of(servers.chosen())  # none chosen: the demo server, whose paths need no query
+
+    @classmethod
+    def of(cls, server) -> "Layout":
+        if server is None or server.managed:
+            return cls(Path(settings.PITR_HOME), Path(settings.PITR_WAL_ARCHIVE), Path(settings.PITR_BACKUP_DIR))
+        home = Path(settings.PITR_HOME) / "servers" / server.name
+        return cls(home, Path(server.archive_dir or home / "wal_archive"), Path(server.backup_dir or home / "backups"),
+                   (("primary", server.port or 0), ("restore_target", server.restore_port or 0)))
 
     @property
     def logs(self) -> Path:
@@ -51,8 +66,12 @@ class Layout:
     def logfile(self, role: str) -> Path:
         return self.logs / f"{check_role(role)}.log"
 
-    @staticmethod
-    def port(role: str) -> int:
+    def port(self, role: str) -> int:
+        if self.ports:
+            own = dict(self.ports)
+            if role not in own:
+                raise FleetError(f"an external server has no {role}: only its restore target is ours")
+            return own[role]
         return {
             "primary": settings.PITR_PRIMARY_PORT,
             "standby": settings.PITR_STANDBY_PORT,

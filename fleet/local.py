@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from django.conf import settings
 
-from fleet import capture, pg
+from fleet import capture, pg, pgconf
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
 from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
@@ -54,9 +54,20 @@ CREATE TABLE IF NOT EXISTS test_data (
 
 class LocalDriver:
     name = "local"
+    roles: tuple[str, ...] = ROLES
 
     def __init__(self, layout: Layout | None = None):
         self.layout = layout or Layout.current()
+
+    @property
+    def slot(self) -> str:
+        """The capture slot on the primary."""
+        return settings.PITR_CAPTURE_SLOT
+
+    def connect(self, role: str = "primary", *, dbname: str | None = None, timeout: int = 5,
+                **kwargs) -> psycopg.Connection:
+        """A connection to one of this server's nodes as the superuser (the restore target inherits it)."""
+        return pg.connect(self.layout.port(role), dbname=dbname, timeout=timeout, **kwargs)
 
     # --- the whole fleet -------------------------------------------------
     def up(self) -> list[str]:
@@ -165,14 +176,26 @@ class LocalDriver:
         return path
 
     def write_node_conf(self, role: str, extra: dict[str, str] | None = None) -> None:
-        """Node-specific settings; `extra` carries recovery settings for a restore."""
-        settings_ = {"port": str(self.layout.port(role)), "unix_socket_directories": str(self.layout.run),
-                     "cluster_name": f"pitrsite_{role}", **(extra or {})}
-        lines = [f"# Written by pitrsite for the {role} node."]
-        for key, value in settings_.items():
-            quoted = value if value.isdigit() else "'" + value.replace("'", "''") + "'"
-            lines.append(f"{key} = {quoted}")
-        self.put_file(role, "pitrsite.node.conf", "\n".join(lines) + "\n")
+        """Node-specific settings; `extra` carries recovery settings for a restore.
+
+        The restore target also gets the isolation settings (fleet/pgconf.py), and every key set here is
+        commented out of the postgresql.auto.conf it inherited, which would otherwise win.
+        """
+        datadir = self.layout.datadir(role)
+        values = {"port": str(self.layout.port(role)), "unix_socket_directories": str(self.layout.run),
+                  "cluster_name": f"pitrsite_{role}", "listen_addresses": settings.PITR_HOST,
+                  **(pgconf.isolation(datadir) if role == "restore_target" else {}), **(extra or {})}
+        self.put_file(role, pgconf.NODE_CONF, pgconf.render(values, f"the {role} node"))
+        if role != "restore_target":
+            return
+        conf, auto = datadir / "postgresql.conf", datadir / "postgresql.auto.conf"
+        ours = set(values) | pgconf.RECOVERY_ONLY
+        text = pgconf.without_keys(conf.read_text(), ours) if conf.exists() else ""
+        self.put_file(role, "postgresql.conf", pgconf.including_node_conf(text))
+        if auto.exists():
+            self.put_file(role, "postgresql.auto.conf", pgconf.without_keys(auto.read_text(), ours))
+        if not (datadir / "pg_hba.conf").exists():
+            self.put_file(role, "pg_hba.conf", pgconf.LOCAL_HBA)
 
     # --- provisioning --------------------------------------------------------
     def _check_home(self) -> None:
@@ -335,8 +358,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def get_driver() -> LocalDriver:
-    return LocalDriver()
+def get_driver(server=None) -> LocalDriver:
+    """The driver of a server (the current one by default): local for the demo fleet, external otherwise."""
+    from fleet import servers  # servers needs the app registry; local is imported before it is ready
+
+    server = server or servers.chosen()
+    if server is None or server.managed:
+        return LocalDriver()
+    from fleet.external import ExternalDriver  # it subclasses this driver
+
+    return ExternalDriver(server)
 
 
 __all__ = ["LocalDriver", "get_driver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]

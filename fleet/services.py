@@ -76,7 +76,8 @@ def argv(name: str, layout: Layout) -> list[str]:
                 "--graceful-timeout", "10", "--access-logfile", "-", "--error-logfile", "-"]
     if name == "worker":
         return [python, "-m", "celery", "-A", "pitrsite", "worker", "--loglevel=INFO",
-                "--concurrency=2", "--hostname=pitrsite@%h"]
+                "--concurrency=2", "--hostname=pitrsite@%h",
+                *(["--queues", settings.PITR_WORKER_QUEUES] if settings.PITR_WORKER_QUEUES else [])]
     return [python, "-m", "celery", "-A", "pitrsite", "beat", "--loglevel=INFO",
             "--schedule", str(layout.run / "celerybeat-schedule")]
 

@@ -12,12 +12,12 @@ import psycopg
 from django.conf import settings
 
 from fleet import pg
-from fleet.layout import ROLES, SERVER_ROLES
+from fleet.layout import SERVER_ROLES
 from fleet.local import LocalDriver, get_driver
 from pitrsite.errors import FleetError, PitrError, first_line
 
 REPLICATION_SQL = """
-SELECT application_name, state, sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text,
+SELECT pid, application_name, state, sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint AS lag_bytes,
        extract(epoch FROM coalesce(flush_lag, '0'))::float AS flush_lag_seconds,
        extract(epoch FROM now() - reply_time)::float AS reply_age_seconds
@@ -38,7 +38,7 @@ FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
 def fleet_status(driver: LocalDriver | None = None) -> dict:
     driver = driver or get_driver()
     roles: dict[str, dict[str, Any]] = {}
-    for role in ROLES:
+    for role in driver.roles:
         entry: dict[str, Any] = {"state": driver.state(role),
                                  "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
         if role in SERVER_ROLES:
@@ -54,8 +54,7 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
         result["errors"].append(f"primary is {roles['primary']['state']}: replication state unknown")
         return result
     try:
-        with pg.connect(driver.layout.port("primary"), dbname="postgres", timeout=3,
-                        options="-c statement_timeout=3000") as conn:
+        with driver.connect("primary", dbname="postgres", timeout=3, options="-c statement_timeout=3000") as conn:
             result["primary_lsn"] = pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0]
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             result["replication"] = cur.execute(REPLICATION_SQL).fetchall()
@@ -69,8 +68,9 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
         if disk["low"]:
             result["errors"].append(f"{name} filesystem {disk['path']} has {disk['free_percent']}% free "
                                     f"(below PITR_DISK_WARN_PERCENT={settings.PITR_DISK_WARN_PERCENT:g})")
-    standby = next((r for r in result["replication"] if r["application_name"] == "pitrsite_standby"), None)
-    roles["standby"]["replication"] = standby["state"] if standby else "not streaming"
+    if "standby" in roles:
+        standby = next((r for r in result["replication"] if r["application_name"] == "pitrsite_standby"), None)
+        roles["standby"]["replication"] = standby["state"] if standby else "not streaming"
     return result
 
 
@@ -82,8 +82,11 @@ def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wa
     Lag is honest: bytes the primary wrote that the archive does not hold, and seconds since the capturer
     last answered while it is behind or paused (0 when streaming and caught up).
     """
-    receiver = next((r for r in status["replication"] if r["application_name"] == "pg_receivewal"), None)
-    slot = next((s for s in status["slots"] if s["slot_name"] == settings.PITR_CAPTURE_SLOT), None)
+    # Ours is the walsender on our slot (an external server may stream to other pg_receivewal clients).
+    slot_pid = next((s["active_pid"] for s in status["slots"] if s["slot_name"] == driver.slot), None)
+    receiver = next((r for r in status["replication"] if r["application_name"] == "pg_receivewal"
+                     and (slot_pid is None or r.get("pid") in (None, slot_pid))), None)
+    slot = next((s for s in status["slots"] if s["slot_name"] == driver.slot), None)
     newest = newest_archived(driver.layout.archive)
     lag_bytes = receiver["lag_bytes"] if receiver else (slot["retained_bytes"] if slot else None)
     if receiver:
@@ -99,7 +102,7 @@ def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wa
     last_error = receiver_error(driver.layout.logfile("capturer"))
     if slot is None:
         entry.update(health="broken", lost_after=newest,
-                     reason=f"replication slot {settings.PITR_CAPTURE_SLOT} is missing on the primary: WAL after "
+                     reason=f"replication slot {driver.slot} is missing on the primary: WAL after "
                             f"{newest or 'the archive'} is no longer kept for capture and, once recycled, is lost; a "
                             "new base backup starts a new recoverable window")
     elif role_state != "running":
@@ -232,3 +235,22 @@ def standby_summary(status: dict) -> dict:
     return {"state": role.get("state"), "replication": row["state"] if row else "not streaming",
             "lag_bytes": row["lag_bytes"] if row else None,
             "lag_seconds": row["flush_lag_seconds"] if row else None}
+
+
+def server_summary(server) -> dict:
+    """One line of `server list` and the dashboard's server page: where it is, capture, restore target."""
+    from fleet import servers  # needs the app registry
+
+    driver = get_driver(server)
+    with servers.using(server):
+        try:
+            status = fleet_status(driver)
+            cap = status.get("capturer") or {}
+            capture = cap.get("health") or status["roles"]["capturer"]["state"]
+            lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds")}
+        except PitrError as exc:
+            capture, lag = f"unknown ({exc})", {}
+    c = servers.conn(server)
+    return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
+            "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
+            "archive": str(driver.layout.archive), **lag}

@@ -86,7 +86,7 @@ class Job(models.Model):
         """queued -> running, only if nobody else got there first (healthchecks' conditional UPDATE)."""
         now = timezone.now()
         fields = dict(state=JobState.RUNNING, started_at=now, heartbeat_at=now, owner_host=HOST, owner_pid=os.getpid())
-        if type(self).objects.filter(pk=self.pk, state=JobState.QUEUED).update(**fields) != 1:
+        if type(self)._base_manager.filter(pk=self.pk, state=JobState.QUEUED).update(**fields) != 1:
             return False
         for key, value in fields.items():
             setattr(self, key, value)
@@ -95,7 +95,7 @@ class Job(models.Model):
     def finish(self, state: str, error: str = "") -> None:
         """Record the end; a job a user cancelled keeps reading cancelled, whatever its code did next."""
         now = timezone.now()
-        if type(self).objects.filter(pk=self.pk).exclude(state=JobState.CANCELLED).update(
+        if type(self)._base_manager.filter(pk=self.pk).exclude(state=JobState.CANCELLED).update(
                 state=state, error=error, finished_at=now) == 1:
             self.state, self.error, self.finished_at = state, error, now
         else:
@@ -104,7 +104,7 @@ class Job(models.Model):
     def refuse(self, reason: str) -> None:
         """queued -> failed with the reason: a job no worker will run must not read queued."""
         now = timezone.now()
-        if type(self).objects.filter(pk=self.pk, state=JobState.QUEUED).update(
+        if type(self)._base_manager.filter(pk=self.pk, state=JobState.QUEUED).update(
                 state=JobState.FAILED, error=f"refused: {reason}", finished_at=now) == 1:
             self.state, self.error, self.finished_at = JobState.FAILED, f"refused: {reason}", now
 
@@ -137,8 +137,8 @@ class JobReporter:
         for key, value in fields.items():
             setattr(self.job, key, value)
         model = type(self.job)
-        if not model.objects.filter(pk=self.job.pk).exclude(state=JobState.CANCELLED).update(**fields):
-            if model.objects.filter(pk=self.job.pk, state=JobState.CANCELLED).exists():
+        if not model._base_manager.filter(pk=self.job.pk).exclude(state=JobState.CANCELLED).update(**fields):
+            if model._base_manager.filter(pk=self.job.pk, state=JobState.CANCELLED).exists():
                 raise JobCancelled(f"{model._meta.verbose_name} #{self.job.pk} was cancelled")
         self._last = time.monotonic()
 
@@ -239,7 +239,7 @@ def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
 
 
 def was_cancelled(job: Job) -> bool:
-    return type(job).objects.filter(pk=job.pk, state=JobState.CANCELLED).exists()
+    return type(job)._base_manager.filter(pk=job.pk, state=JobState.CANCELLED).exists()
 
 
 def clean_after_cancel(job: Job) -> None:
@@ -274,7 +274,7 @@ def heartbeat(job: Job, interval: float | None = None) -> Iterator[None]:
         try:
             while not stop.wait(every):
                 try:
-                    model.objects.filter(pk=pk, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+                    model._base_manager.filter(pk=pk, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
                 except DatabaseError as exc:  # a busy database: the next beat will do
                     log.debug("heartbeat of %s #%s: %s", model.__name__, pk, exc)
         finally:
@@ -303,7 +303,7 @@ def reap(model: type[Job], stale_after: float = STALE_AFTER, local_only: bool = 
     local_only: only jobs of this host, checked by pid; cheap enough for every read of job state.
     """
     count = 0
-    running = model.objects.filter(state=JobState.RUNNING)
+    running = model._base_manager.filter(state=JobState.RUNNING)
     for job in running.filter(owner_host=HOST) if local_only else running:
         if job.owner_host == HOST:
             dead = not procs.alive(job.owner_pid)
@@ -323,7 +323,7 @@ def _mark_interrupted(job: Job) -> bool:
     """running -> interrupted (once, whoever reaps first), then clean up what the dead process left."""
     model = type(job)
     note = f"interrupted: the process running it ({job.owner_host} pid {job.owner_pid}) is gone"
-    if model.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+    if model._base_manager.filter(pk=job.pk, state=JobState.RUNNING).update(
             state=JobState.INTERRUPTED, finished_at=timezone.now(),
             error=f"{note}; last step was {job.current_step or 'none'}") != 1:
         return False

@@ -39,6 +39,8 @@ PITR_REPL_USER = os.environ.get("PITR_REPL_USER", "replicator")
 PITR_DBNAME = os.environ.get("PITR_DBNAME", "pitr")
 PITR_CAPTURE_SLOT = os.environ.get("PITR_CAPTURE_SLOT", "pitr_slot")
 PITR_STANDBY_SLOT = os.environ.get("PITR_STANDBY_SLOT", "standby_slot")
+# The catalog's name for the fleet above (a managed server); servers added with `server add` sit beside it.
+PITR_DEMO_SERVER = os.environ.get("PITR_DEMO_SERVER", "demo")
 # initdb --wal-segsize, in MiB; the catalog reads the real size from the server.
 PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 
@@ -85,6 +87,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # The server a page is about (?server=NAME): the catalog it reads is that server's only.
+    "dashboard.middleware.ServerScope",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "dashboard.security.csp_middleware",
 ]
@@ -162,6 +166,9 @@ CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# The queues this host's worker serves (`services up`): a server's work goes to the queue it records (its
+# host holds its archive and restore target). Empty: Celery's default queue "celery" only.
+PITR_WORKER_QUEUES = ",".join(q.strip() for q in os.environ.get("PITR_WORKER_QUEUES", "").split(",") if q.strip())
 
 LOGGING = {
     "version": 1,

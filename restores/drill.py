@@ -18,7 +18,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg
+from fleet import pg, servers
 from fleet.layout import Layout
 from pitrsite import locks
 from pitrsite.errors import LockBusy, PitrError, first_line
@@ -92,7 +92,7 @@ def checked(job: RestoreJob, expected: Expected, reporter: Reporter, detail: dic
     """check_copy() under the restore lock, so no restore replaces the copy while it is checked."""
     locked = False
     try:
-        with locks.RESTORE.held():
+        with servers.lock(locks.RESTORE).held():
             locked = True
             if restored_since(job):
                 return DrillVerdict.SKIPPED, "skipped: another restore replaced the copy before its checks"

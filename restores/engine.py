@@ -24,7 +24,7 @@ import psycopg
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg
+from fleet import pg, servers
 from fleet.local import LocalDriver, get_driver
 from pitrsite import locks, procs
 from pitrsite.errors import PitrError, RestoreError, StepFailed
@@ -52,7 +52,7 @@ def target_of(job: RestoreJob) -> RestoreTarget:
 def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py restore` and the Celery task."""
     reap(RestoreJob)
-    run_exclusive(job, locks.RESTORE, reporter, lambda: Restore(job, reporter).run())
+    run_exclusive(job, servers.lock(locks.RESTORE), reporter, lambda: Restore(job, reporter).run())
     job.refresh_from_db()
     return job
 
@@ -62,6 +62,7 @@ class Restore:
         self.job, self.reporter = job, reporter
         self.driver = driver or get_driver()
         self.datadir = self.driver.layout.datadir(ROLE)
+        self.tablespaces = self.datadir.parent / "tablespaces"  # the copy's own, never the original's paths
         self.staging = self.driver.layout.staging / f"restore-{job.pk}"
         self.used_local = self.used_storage = 0  # files taken from each place, for job.source
 
@@ -95,11 +96,13 @@ class Restore:
         self.driver.stop(ROLE, mode="immediate")  # a restore target holds nothing worth a clean shutdown
         self.reporter.step("emptying the data directory")
         empty_directory(self.datadir)
+        shutil.rmtree(self.tablespaces, ignore_errors=True)
+        pg.give_to_server(self.tablespaces)
         source = self.download_backup(backup_copies) if backup_copies else backup_dir(the_plan.backup)
         self.reporter.step("extracting the backup")
         writeback = Writeback(self.datadir)  # to disk while tar extracts, not in PostgreSQL's start-up fsync
         try:
-            extract(source, self.datadir, self.reporter, job_key(self.job))
+            extract(source, self.datadir, self.reporter, job_key(self.job), tablespaces=self.tablespaces)
         finally:
             writeback.close()
             if source != backup_dir(the_plan.backup):
@@ -325,7 +328,7 @@ class Restore:
 
     def connect(self, timeout: int = 5) -> psycopg.Connection:
         # The restore target inherits the primary's roles and passwords with the backup.
-        return pg.connect(self.driver.layout.port(ROLE), dbname="postgres", timeout=timeout)
+        return self.driver.connect(ROLE, dbname="postgres", timeout=timeout)
 
     def verify(self, the_plan: Plan, log_offset: int) -> None:
         with self.connect() as conn:

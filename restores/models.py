@@ -1,8 +1,11 @@
 """What we do with the catalog: restore jobs (chaos runs live in the chaos app)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
+from fleet.servers import ScopedManager, server_field, using
 from pitrsite.jobs import Job
 from walcatalog import walnames
 from walcatalog.models import BaseBackup
@@ -29,6 +32,7 @@ DRILL_TRIGGER = "drill"
 
 class RestoreJob(Job):
     kind = "restore"
+    server = server_field("restores")
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
     exclusive = models.BooleanField(default=False)
@@ -53,6 +57,9 @@ class RestoreJob(Job):
     drill_detail = models.JSONField(default=dict, blank=True,
                                     help_text="drill checks: end of WAL reached, pg_amcheck summary, durations, reason")
 
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "restore job"
@@ -69,7 +76,8 @@ class RestoreJob(Job):
     def on_reaped(self) -> None:
         from restores.service import clean_killed_restore  # the domain module imports this one
 
-        clean_killed_restore(self)
+        with using(self.server):  # the reaper sees every server's jobs
+            clean_killed_restore(self)
 
     @property
     def final_lsn_text(self) -> str:

@@ -194,9 +194,10 @@ def _captured_end(segments) -> int:
 
 def _xid_commit_time(xid: int, primary_port: int | None) -> datetime:
     from fleet import pg
-    from fleet.layout import Layout
 
-    with pg.connect(primary_port or Layout.current().port("primary"), timeout=5) as conn:
+    from fleet.local import get_driver
+
+    with (pg.connect(primary_port, timeout=5) if primary_port else get_driver().connect("primary", timeout=5)) as conn:
         row = conn.execute("SELECT pg_xact_commit_timestamp(%s::text::xid)", [str(xid)]).fetchone()
     if row is None or row[0] is None:
         raise PlanError(f"transaction {xid} has no commit time on the primary: it did not commit, "

@@ -6,8 +6,7 @@ import shutil
 import psycopg
 from django.utils import timezone
 
-from fleet import pg
-from fleet.layout import Layout
+from fleet import pg, servers
 from fleet.local import get_driver
 from pitrsite import locks
 from pitrsite.errors import PitrError
@@ -26,7 +25,7 @@ def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob
     it may come from a catalog a few seconds old (a restore point or segment not indexed yet).
     """
     target.validate()
-    locks.RESTORE.refuse_if_held()
+    servers.lock(locks.RESTORE).refuse_if_held()
     get_driver().check_port_ours(ROLE)  # found now, not after the target was stopped and emptied
     try:
         validate_against_catalog(target)
@@ -52,7 +51,7 @@ def not_written_yet(target: RestoreTarget) -> bool:
         return target.time > timezone.now()
     if target.kind == TargetKind.LSN:
         try:
-            with pg.connect(Layout.current().port("primary"), dbname="postgres", timeout=3) as conn:
+            with get_driver().connect("primary", dbname="postgres", timeout=3) as conn:
                 current = walnames.parse_lsn(pg.fetch_row(conn.execute("SELECT pg_current_wal_lsn()::text"))[0])
         except (PitrError, psycopg.Error):
             return False  # the job finds out, before it touches anything

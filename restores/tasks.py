@@ -2,7 +2,7 @@
 from celery import shared_task
 
 import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
-
+from fleet import servers
 from pitrsite.jobs import JobReporter
 from restores.engine import run_restore as restore
 from restores.models import RestoreJob
@@ -10,8 +10,9 @@ from restores.models import RestoreJob
 
 @shared_task(name="restores.tasks.run_restore")
 def run_restore(job_id: int) -> None:
-    job = RestoreJob.objects.get(pk=job_id)
-    restore(job, JobReporter(job))
+    job = RestoreJob.all_servers.select_related("server").get(pk=job_id)
+    with servers.using(job.server):
+        restore(job, JobReporter(job))
 
 
 @shared_task(name="restores.tasks.drill")

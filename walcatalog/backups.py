@@ -14,8 +14,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg
+from fleet import pg, servers
 from fleet.layout import Layout
+from fleet.local import get_driver
 from pitrsite import locks, runner
 from pitrsite.errors import BackupError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
@@ -27,6 +28,7 @@ from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, Stor
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
 TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
 SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
+TABLESPACE_TAR = re.compile(r"^\d+\.tar(\.gz|\.lz4|\.zst)?$")
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
@@ -34,7 +36,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
-    locks.BACKUP.refuse_if_held()
+    servers.lock(locks.BACKUP).refuse_if_held()
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
 
@@ -42,7 +44,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
 def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
     """Take the backup the row describes; one at a time per data home."""
     reap(BaseBackup)  # a backup whose worker was killed must not block this one
-    return run_exclusive(backup, locks.BACKUP, reporter, lambda: _take(backup, reporter))
+    return run_exclusive(backup, servers.lock(locks.BACKUP), reporter, lambda: _take(backup, reporter))
 
 
 def clean_killed_backup(backup: BaseBackup) -> None:
@@ -64,7 +66,7 @@ def check_room(layout: Layout, compression: str) -> None:
     conservative guess, when compressed). Verification reads the archives as they are written and unpacks
     only the backup's WAL, so it needs no room of its own worth counting.
     """
-    with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
+    with get_driver().connect("primary", dbname="postgres", timeout=5) as conn:
         size = int(pg.fetch_row(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database"))[0])
     amount = size if compression == Compression.NONE else size // 2
     free = shutil.disk_usage(layout.backups).free
@@ -89,8 +91,9 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
 
     reporter.step("copying files (pg_basebackup)")
     compress = [] if backup.compression == Compression.NONE else [f"--compress=client-{backup.compression}"]
-    argv = [pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(layout.port("primary")),
-            "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
+    c = servers.conn()
+    argv = [pg.tool("pg_basebackup"), "-h", c.host, "-p", str(c.port), "-U", c.replication_user, "--no-password",
+            "-D", str(dest), "--format=tar", "--wal-method=stream",
             "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress,
             "--manifest-checksums=CRC32C",  # what verify.compare checks (also PostgreSQL's default)
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
@@ -99,7 +102,7 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     finished = threading.Event()
     check = verify.ArchiveCheck(base, finished.is_set, owner)  # reads base.tar while it is written
     try:
-        _run_with_progress(argv, reporter, owner, finished)
+        _run_with_progress(argv, reporter, owner, finished, servers.libpq_env(c))
     except BaseException:
         check.cancel()
         raise
@@ -123,7 +126,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     backup.refresh_from_db()
 
 
-def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, finished: threading.Event) -> None:
+def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, finished: threading.Event,
+                       libpq_env: dict) -> None:
     def progress(line: str) -> bool:
         match = PROGRESS.search(line)
         if match:
@@ -133,7 +137,7 @@ def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, finished
         return match is not None
 
     try:
-        result = pg.run(argv, step="copying files", env=pg.libpq_env(), timeout=None, check=False, owner=owner,
+        result = pg.run(argv, step="copying files", env=libpq_env, timeout=None, check=False, owner=owner,
                         on_line=progress)
     finally:
         finished.set()  # the verifier reads to the end of what is written, then stops
@@ -189,20 +193,33 @@ def archive_file(dest: Path, stem: str) -> Path:
     raise StepFailed("extracting", f"{stem}.tar is missing from {dest}")
 
 
-def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str) -> None:
-    """Unpack base.tar into datadir and pg_wal.tar into datadir/pg_wal, as the server account.
+def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str, tablespaces: Path | None = None) -> None:
+    """Unpack base.tar into datadir, pg_wal.tar into datadir/pg_wal and each OID.tar (a tablespace) too,
+    as the server account.
 
-    GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its
-    checkpoints every 1 MiB give the progress.
+    A tablespace goes under `tablespaces`/OID, and tablespace_map is rewritten to point there, so the copy
+    never writes to the original's tablespace path (PostgreSQL makes pg_tblspc's links from the map). Without
+    `tablespaces` (verification), it goes into pg_tblspc/OID itself, where pg_verifybackup looks.
+    GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its checkpoints every 1 MiB give the progress.
     """
     base, wal = archive_file(dest, "base"), archive_file(dest, "pg_wal")
+    spaces = sorted(p for p in dest.iterdir() if TABLESPACE_TAR.match(p.name))
     total = _raw_size(dest) or None
     done = 0
-    for archive, into in ((base, datadir), (wal, datadir / "pg_wal")):
+    targets = [(base, datadir), (wal, datadir / "pg_wal")]
+    for archive in spaces:
+        oid = archive.name.split(".", 1)[0]
+        targets.append((archive, tablespaces / oid if tablespaces else datadir / "pg_tblspc" / oid))
+    for archive, into in targets:
         pg.give_to_server(into)
         argv = ["tar", "--extract", f"--file={archive}", f"--directory={into}", *TAR_FILTER[archive.suffix],
                 "--checkpoint=100", "--checkpoint-action=echo=%u"]
         done = _tar(argv, reporter, done, total, owner)
+    tsmap = datadir / "tablespace_map"
+    if tablespaces and spaces and tsmap.exists():
+        lines = [f"{oid} {tablespaces / oid}" for oid in (line.split(" ", 1)[0]
+                                                          for line in tsmap.read_text().splitlines() if line)]
+        tsmap.write_text("\n".join(lines) + "\n")  # extracted by the server account: it keeps the owner
 
 
 def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owner: str) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.db import connection
 from django.db.models import Exists, Max, Min, OuterRef, Q
 
+from fleet import servers
 from walcatalog import walnames
 from walcatalog.models import StorageCopy, Timeline, WalSegment
 from walcatalog.segsize import segment_size
@@ -192,11 +193,11 @@ def _holes_by_window(tli: int, lo: int, hi: int) -> list[tuple[int, int]]:
     with connection.cursor() as cur:
         cur.execute(
             f"SELECT segno, nxt FROM (SELECT segno, LEAD(segno) OVER (ORDER BY segno) AS nxt FROM {table} "
-            f"WHERE timeline = %s AND segno >= %s AND segno <= %s) AS s WHERE nxt > segno + 1",
-            [tli, lo, hi])
+            f"WHERE server_id = %s AND timeline = %s AND segno >= %s AND segno <= %s) AS s WHERE nxt > segno + 1",
+            [servers.current_id(), tli, lo, hi])
         holes = [(segno + 1, nxt - 1) for segno, nxt in cur.fetchall()]
-        cur.execute(f"SELECT min(segno), max(segno) FROM {table} WHERE timeline = %s AND segno >= %s "
-                    f"AND segno <= %s", [tli, lo, hi])
+        cur.execute(f"SELECT min(segno), max(segno) FROM {table} WHERE server_id = %s AND timeline = %s "
+                    f"AND segno >= %s AND segno <= %s", [servers.current_id(), tli, lo, hi])
         first, last = cur.fetchone()
     if first is None:
         return [(lo, hi)]

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from pitrsite.output import Result
@@ -73,7 +73,7 @@ class IndexResult(Result):
 def index_archive(archive_dir: Path | None = None, reporter: Reporter | None = None) -> IndexResult:
     """One pass over the archive; returns what it did."""
     began = time.monotonic()
-    archive = Path(archive_dir or settings.PITR_WAL_ARCHIVE)
+    archive = Path(archive_dir or Layout.current().archive)
     if not archive.is_dir():
         raise PitrError(f"WAL archive {archive} does not exist: run `python manage.py fleet up` "
                         "or set PITR_WAL_ARCHIVE")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from django.db import connection
 
+from fleet import servers
 from walcatalog import waldump
 from walcatalog.models import WalSegment
 
@@ -57,7 +58,7 @@ def load_rows() -> dict[str, Brief]:
     table = WalSegment._meta.db_table
     with connection.cursor() as cur:
         cur.execute(f"SELECT name, is_partial, id, size, mtime_ns, in_local_archive, scanned_to < end_lsn "
-                    f"FROM {table}")
+                    f"FROM {table} WHERE server_id = %s", [servers.current_id()])
         return {(name + ".partial" if partial else name): (id_, bool(partial), size, mtime, bool(local),
                                                            bool(unfinished))
                 for name, partial, id_, size, mtime, local, unfinished in cur.fetchall()}

@@ -5,22 +5,30 @@ LSNs are stored as 64-bit integers (BigIntegerField is signed: fine below
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
+from fleet.servers import ScopedManager, server_field, using
 from pitrsite.jobs import Job, JobState
 from walcatalog import walnames
 
 
 class Timeline(models.Model):
-    tli = models.PositiveIntegerField(unique=True)
+    server = server_field("timelines")
+    tli = models.PositiveIntegerField()
     parent_tli = models.PositiveIntegerField(null=True, blank=True)
     switch_lsn = models.BigIntegerField(null=True, blank=True, help_text="where this timeline branched off its parent")
     history = models.TextField(blank=True, help_text="content of the TTTTTTTT.history file")
     history_sha256 = models.CharField(max_length=64, blank=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)
 
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["tli"]
+        constraints = [models.UniqueConstraint(fields=["server", "tli"], name="uniq_timeline")]
 
     def __str__(self) -> str:
         return f"timeline {self.tli}"
@@ -31,6 +39,7 @@ class Timeline(models.Model):
 
 
 class WalSegment(models.Model):
+    server = server_field("segments")
     timeline = models.PositiveIntegerField()
     segno = models.BigIntegerField()
     name = models.CharField(max_length=24, help_text="file name without .partial")
@@ -53,10 +62,13 @@ class WalSegment(models.Model):
     corrupt_detail = models.TextField(blank=True)
     checked_at = models.DateTimeField(null=True, blank=True, help_text="last scrub that re-hashed the file")
 
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["timeline", "segno"]
-        constraints = [models.UniqueConstraint(fields=["timeline", "segno"], name="uniq_segment")]
-        indexes = [models.Index(fields=["timeline", "last_commit_at"])]
+        constraints = [models.UniqueConstraint(fields=["server", "timeline", "segno"], name="uniq_segment")]
+        indexes = [models.Index(fields=["server", "timeline", "last_commit_at"], name="walseg_server_tl_commit")]
 
     def __str__(self) -> str:
         return self.file_name
@@ -90,7 +102,8 @@ class BaseBackup(Job):
     """A pg_basebackup in tar format; offered for restore only once verified."""
     kind = "backup"
 
-    label = models.CharField(max_length=100, unique=True)
+    server = server_field("backups")
+    label = models.CharField(max_length=100)
     compression = models.CharField(max_length=8, choices=Compression.choices, default=DEFAULT_COMPRESSION)
     path = models.CharField(max_length=500, blank=True)
     pinned = models.BooleanField(default=False, help_text="kept by retention whatever the policy says")
@@ -108,9 +121,13 @@ class BaseBackup(Job):
     corrupt_detail = models.CharField(max_length=300, blank=True)
     segment_size = models.BigIntegerField(null=True, blank=True)
 
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "base backup"
+        constraints = [models.UniqueConstraint(fields=["server", "label"], name="uniq_backup_label")]
 
     def __str__(self) -> str:
         return self.label
@@ -122,7 +139,8 @@ class BaseBackup(Job):
     def on_reaped(self) -> None:
         from walcatalog.backups import clean_killed_backup  # the domain module imports this one
 
-        clean_killed_backup(self)
+        with using(self.server):  # the reaper sees every server's jobs
+            clean_killed_backup(self)
 
     @property
     def start_lsn_text(self) -> str:
@@ -142,6 +160,7 @@ class StorageCopy(models.Model):
         BACKUP = "backup"
         DESCRIPTOR = "descriptor"
 
+    server = server_field("storage_copies")
     kind = models.CharField(max_length=12, choices=Kind.choices)
     storage = models.CharField(max_length=32, default="archive", help_text="name in settings.STORAGES")
     key = models.CharField(max_length=500)
@@ -151,6 +170,9 @@ class StorageCopy(models.Model):
     sha256 = models.CharField(max_length=64)
     uploaded_at = models.DateTimeField()
     verified_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
 
     class Meta:
         ordering = ["key"]
@@ -164,15 +186,19 @@ class StorageCopy(models.Model):
 class RestorePoint(models.Model):
     """A named restore point (pg_create_restore_point) found in the captured WAL."""
 
+    server = server_field("restore_points")
     name = models.CharField(max_length=64, db_index=True)
     timeline = models.PositiveIntegerField()
     lsn = models.BigIntegerField()
     segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="restore_points")
 
+    objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
+    all_servers = models.Manager()
+
     class Meta:
         ordering = ["lsn"]
-        constraints = [models.UniqueConstraint(fields=["timeline", "lsn"], name="uniq_restore_point")]
+        constraints = [models.UniqueConstraint(fields=["server", "timeline", "lsn"], name="uniq_restore_point")]
 
     def __str__(self) -> str:
         return f"{self.name} at {walnames.format_lsn(self.lsn)}"

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from fleet import servers
 from pitrsite import home, locks
 from pitrsite.errors import PitrError, RebuildError
 from pitrsite.jobs import JobState, Reporter
@@ -59,7 +60,7 @@ class RebuildResult(Result):
 
 def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = st.STORAGE_NAME,
                          workers: int | None = None) -> RebuildResult:
-    with locks.all_held(locks.INDEX, locks.UPLOAD):
+    with locks.all_held(servers.lock(locks.INDEX), servers.lock(locks.UPLOAD)):
         _require_empty()
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
 
@@ -87,8 +88,8 @@ class _Rebuild:
     def run(self) -> RebuildResult:
         began = time.monotonic()
         self.step("listing storage")
-        wal_keys = st.list_keys(self.storage, "wal")
-        backup_keys = st.list_keys(self.storage, "backups")
+        wal_keys = st.list_keys(self.storage, st.area("wal"))
+        backup_keys = st.list_keys(self.storage, st.area("backups"))
         scratch = Path(tempfile.mkdtemp(prefix="rebuild-", dir=home.home()))
         # No transaction around the whole rebuild: pg_waldump of every segment and reading every backup back
         # take minutes, and on SQLite one long write transaction makes every other writer fail. Each write is
@@ -114,7 +115,7 @@ class _Rebuild:
         for key in keys:
             name = key.rsplit("/", 1)[1]
             # the loosest size: the indexer checks the real one
-            ok = (key.startswith("wal/history/") and name.endswith(".history") and len(name) == 16) or \
+            ok = (key.startswith(st.area("wal/history/")) and name.endswith(".history") and len(name) == 16) or \
                  (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20))
             if ok:
                 wanted.append((key, scratch / name))
@@ -178,7 +179,9 @@ class _Rebuild:
 
     # --- backups ------------------------------------------------------------------------------------
     def backups(self, keys: list[str]) -> None:
-        labels = sorted({k.split("/")[1] for k in keys if k.count("/") == 2})
+        root = st.root()
+        relative = [k.removeprefix(root) for k in keys]
+        labels = sorted({k.split("/")[1] for k in relative if k.count("/") == 2})
         present = set(keys)
         for label in labels:
             key = st.descriptor_key(label)

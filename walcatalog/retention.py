@@ -25,7 +25,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 from django.conf import settings
@@ -33,6 +32,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from fleet import servers
+from fleet.layout import Layout
 from pitrsite import locks
 from pitrsite.errors import RetentionError
 from pitrsite.jobs import ACTIVE_STATES, Reporter
@@ -142,7 +143,7 @@ def apply_retention(policy: Policy | None = None, dry_run: bool = False, now: da
         result.note = "nothing is deleted"
         return result
     # Never with a backup, an upload or a restore running: each reads files this pass may delete.
-    with locks.all_held(locks.RETENTION, locks.BACKUP, locks.UPLOAD, locks.RESTORE):
+    with locks.all_held(*(servers.lock(lock) for lock in (locks.RETENTION, locks.BACKUP, locks.UPLOAD, locks.RESTORE))):
         _pass(policy, dry_run, now or timezone.now(), result, reporter)
     result.seconds = round(time.monotonic() - began, 3)
     return result
@@ -182,7 +183,7 @@ def _pass(policy: Policy, dry_run: bool, now: datetime, result: RetentionResult,
 
     objects = list(StorageCopy.objects.filter(segment__in=segments)) + \
         list(StorageCopy.objects.filter(backup__in=old_backups))
-    archive = Path(settings.PITR_WAL_ARCHIVE)
+    archive = Layout.current().archive
     local_wal = [archive / s.name for s in segments if (archive / s.name).is_file()]
     local_backups = [d for d in (backup_dir(b) for b in old_backups) if d.is_dir()]
     result.deleted_objects = len(objects)

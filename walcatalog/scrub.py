@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from fleet.layout import Layout
 from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, restorable_backups
@@ -38,7 +39,7 @@ class ScrubResult(Result):
 
 def scrub_archive(archive_dir: Path | None = None, mb_per_s: float | None = None,
                   max_seconds: float | None = None) -> ScrubResult:
-    archive = Path(archive_dir or settings.PITR_WAL_ARCHIVE)
+    archive = Path(archive_dir or Layout.current().archive)
     rate = (mb_per_s if mb_per_s is not None else settings.PITR_SCRUB_MB_PER_S) * 1e6
     began, result = time.monotonic(), ScrubResult()
     rows = (WalSegment.objects.filter(is_partial=False, in_local_archive=True, corrupt_at__isnull=True)

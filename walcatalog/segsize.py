@@ -5,36 +5,45 @@ import logging
 from pathlib import Path
 
 import psycopg
-from django.conf import settings
 
+from fleet import servers
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from walcatalog import walnames
 from walcatalog.models import WalSegment
 
 log = logging.getLogger(__name__)
 
-_segment_size: int | None = None
+_segment_size: int | None = None  # the demo server's
+_other_sizes: dict[int, int] = {}  # other servers', by id: each has its own (initdb --wal-segsize)
 
 
 def segment_size(archive_dir: Path | None = None) -> int:
-    """The cluster's wal_segment_size: asked of the primary once per process, never assumed."""
+    """The current server's wal_segment_size: asked of it once per process, never assumed."""
     global _segment_size
-    if _segment_size is None:
+    server = servers.chosen()
+    other = None if server is None or server.managed else server.pk
+    known = _segment_size if other is None else _other_sizes.get(other)
+    if known is None:
         size = _size_from_primary() or _size_from_catalog() or _size_from_archive(
-            Path(archive_dir or settings.PITR_WAL_ARCHIVE))
+            Path(archive_dir or Layout.current().archive))
         if size is None:
             raise PitrError("cannot tell the WAL segment size: the primary is not reachable and the archive holds "
                             "no segment yet; start it with `python manage.py fleet up`")
-        _segment_size = walnames.validate_segment_size(size)
-    return _segment_size
+        known = walnames.validate_segment_size(size)
+        if other is None:
+            _segment_size = known
+        else:
+            _other_sizes[other] = known
+    return known
 
 
 def _size_from_primary() -> int | None:
     from fleet import pg
-    from fleet.layout import Layout
+    from fleet.local import get_driver
 
     try:
-        with pg.connect(Layout.port("primary"), dbname="postgres", timeout=3) as conn:
+        with get_driver().connect("primary", dbname="postgres", timeout=3) as conn:
             row = pg.fetch_row(conn.execute("SELECT setting::bigint, unit FROM pg_settings "
                                             "WHERE name = 'wal_segment_size'"))
     except (PitrError, psycopg.Error) as exc:

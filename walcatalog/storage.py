@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import tenacity
 from django.db import connections
 
+from fleet import servers
 from pitrsite.config import STORAGE_BACKENDS as BACKENDS
 from pitrsite.errors import ChecksumError, LocalChanged, StorageError
 
@@ -67,18 +68,34 @@ def describe(name: str = STORAGE_NAME) -> str:
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
+def root() -> str:
+    """The current server's prefix in storage: two servers' WAL carry the same names. The demo server keeps
+    the top level (its copies predate servers)."""
+    server = servers.chosen()
+    if server is None:
+        return ""
+    if server.storage_prefix:
+        return server.storage_prefix.strip("/") + "/"
+    return "" if server.managed else f"servers/{server.name}/"
+
+
+def area(name: str) -> str:
+    """"wal" or "backups" under the current server's prefix, for listings."""
+    return f"{root()}{name}"
+
+
 def wal_key(segment_name: str) -> str:
     if len(segment_name) != 24:
         raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
-    return f"wal/{segment_name[:8]}/{segment_name}"
+    return f"{root()}wal/{segment_name[:8]}/{segment_name}"
 
 
 def history_key(tli: int) -> str:
-    return f"wal/history/{tli:08X}.history"
+    return f"{root()}wal/history/{tli:08X}.history"
 
 
 def backup_key(label: str, file_name: str) -> str:
-    return f"backups/{label}/{file_name}"
+    return f"{root()}backups/{label}/{file_name}"
 
 
 def descriptor_key(label: str) -> str:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import logging
 
+from contextlib import ExitStack
+
 from celery import shared_task
 
 import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
+from fleet import servers
+from fleet.models import Server, ServerKind
 from pitrsite import locks
 from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
@@ -17,26 +21,44 @@ from walcatalog.indexer import index_archive
 log = logging.getLogger(__name__)
 
 
+def per_server(task, server: str | None, name: str) -> tuple[ExitStack, str]:
+    """Beat sends a periodic task without a server: that message does the demo server's pass and sends one
+    message per other server to the server's own queue (its host holds its archive). Servers added later are
+    served from the next tick on, without restarting beat."""
+    stack = ExitStack()
+    if server is None:
+        for other in Server.objects.exclude(kind=ServerKind.MANAGED):
+            task.apply_async(kwargs={"server": other.name}, queue=servers.queue_of(other))
+        return stack, name
+    chosen = Server.objects.get(name=server)
+    stack.enter_context(servers.using(chosen))
+    return stack, name if chosen.managed else f"{name}-{chosen.name}"
+
+
 @shared_task(name="walcatalog.tasks.index_wal", ignore_result=True)
-def index_wal() -> dict | None:
+def index_wal(server: str | None = None) -> dict | None:
     """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
     def work():
-        with locks.INDEX.held():
+        with servers.lock(locks.INDEX).held():
             result = index_archive()
         if result.new or result.completed or result.vanished or result.errors:
-            log.info("index_wal: %s", result)
+            log.info("index_wal %s: %s", servers.current().name, result)
         return result
 
-    result = run_periodic("index_wal", work)
+    scope, name = per_server(index_wal, server, "index_wal")
+    with scope:
+        result = run_periodic(name, work)
     return result.as_dict() if result else None
 
 
 @shared_task(name="walcatalog.tasks.scrub", ignore_result=True)
-def scrub() -> dict | None:
+def scrub(server: str | None = None) -> dict | None:
     """Re-hash archive segments (beat, every PITR_SCRUB_INTERVAL s); corruption is logged at WARNING."""
     from walcatalog.scrub import scrub_archive
 
-    result = run_periodic("scrub", scrub_archive)
+    scope, name = per_server(scrub, server, "scrub")
+    with scope:
+        result = run_periodic(name, scrub_archive)
     return result.as_dict() if result else None
 
 
@@ -47,8 +69,9 @@ def run_backup(backup_id: int) -> None:
     from walcatalog import backups
     from walcatalog.models import BaseBackup
 
-    backup = BaseBackup.objects.get(pk=backup_id)
-    backups.run_backup(backup, JobReporter(backup))
+    backup = BaseBackup.all_servers.select_related("server").get(pk=backup_id)
+    with servers.using(backup.server):
+        backups.run_backup(backup, JobReporter(backup))
 
 
 @shared_task(name="walcatalog.tasks.scheduled_backup", ignore_result=True)
@@ -66,22 +89,26 @@ def scheduled_backup() -> int | None:
 
 # --- archive storage (walcatalog/uploader.py, walcatalog/retention.py) -----------------------------------
 @shared_task(name="walcatalog.tasks.upload", ignore_result=True)
-def upload() -> dict | None:
+def upload(server: str | None = None) -> dict | None:
     """One upload pass (beat runs it every PITR_UPLOAD_INTERVAL s); skipped while another is still running."""
     from walcatalog.uploader import upload_pass
 
-    result = run_periodic("upload", upload_pass)
+    scope, name = per_server(upload, server, "upload")
+    with scope:
+        result = run_periodic(name, upload_pass)
     if result and (result.uploaded or result.errors):
         log.log(logging.WARNING if result.errors else logging.INFO, "upload: %s", result)
     return result.as_dict() if result else None
 
 
 @shared_task(name="walcatalog.tasks.retention", ignore_result=True)
-def retention() -> dict | None:
+def retention(server: str | None = None) -> dict | None:
     """Apply the retention policy (beat, every PITR_RETENTION_INTERVAL s)."""
     from walcatalog.retention import apply_retention
 
-    result = run_periodic("retention", apply_retention)
+    scope, name = per_server(retention, server, "retention")
+    with scope:
+        result = run_periodic(name, apply_retention)
     if result and (result.deleted_backups or result.deleted_segments):
         log.info("retention: %s", result)
     return result.as_dict() if result else None

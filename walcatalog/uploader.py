@@ -30,6 +30,8 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from fleet import servers
+from fleet.layout import Layout
 from pitrsite import locks
 from pitrsite.jobs import Reporter
 from pitrsite.output import Result
@@ -83,7 +85,7 @@ class UploadResult(Result):
 def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
                 storage_name: str = st.STORAGE_NAME) -> UploadResult:
     """One pass; at most one runs at a time per data home."""
-    with locks.UPLOAD.held():
+    with servers.lock(locks.UPLOAD).held():
         return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
 
 
@@ -124,7 +126,7 @@ class _Pass:
 
     # --- what needs uploading ---------------------------------------------------------------
     def wal_items(self) -> list[Item]:
-        archive = Path(settings.PITR_WAL_ARCHIVE)
+        archive = Layout.current().archive
         rows = wal_to_upload(self.name).order_by("timeline", "segno").values_list("pk", "name", "sha256")
         return [Item(StorageCopy.Kind.WAL, st.wal_key(name), archive / name, sha, segment_id=pk)
                 for pk, name, sha in rows]
@@ -238,7 +240,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
     began = time.monotonic()
     storage = st.get_storage(storage_name)
     result = CheckResult(storage=st.describe(storage_name))
-    remote = set(st.list_keys(storage, "wal")) | set(st.list_keys(storage, "backups"))
+    remote = set(st.list_keys(storage, st.area("wal"))) | set(st.list_keys(storage, st.area("backups")))
     local = _local_keys()
     copies = {c.key: c for c in StorageCopy.objects.filter(storage=storage_name)}
     result.local, result.remote = len(local), len(remote)
@@ -267,7 +269,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
 
 
 def _local_keys() -> set[str]:
-    archive = Path(settings.PITR_WAL_ARCHIVE)
+    archive = Layout.current().archive
     keys = {st.wal_key(name) for name in WalSegment.objects.filter(is_partial=False, in_local_archive=True)
             .values_list("name", flat=True) if (archive / name).is_file()}
     keys |= {st.history_key(tli) for tli in Timeline.objects.exclude(history="").values_list("tli", flat=True)}

@@ -5,8 +5,8 @@ from chaos.models import Verdict
 from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, ChaosParams
 from chaos.report import chaos_dict
 from chaos.run import queue_chaos, run_chaos
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from pitrsite.output import PitrCommand
 
 DEFAULTS = ChaosParams()  # the one set of defaults: chaos.params
 
@@ -15,7 +15,7 @@ def _span(pair: tuple[float, float]) -> str:
     return f"{pair[0]:g}-{pair[1]:g}"
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = ("Write from concurrent clients while injecting failures, then restore to K logged moments and compare "
             "row for row. Exits non-zero when any verification fails. Actions: "
             + "; ".join(f"{name}: {text}" for name, text in ACTION_HELP.items()))

@@ -15,12 +15,12 @@ from chaos.models import ChaosRun, Verdict
 from chaos.params import ChaosParams
 from chaos.run import queue_chaos, run_chaos
 from fleet import pg, services
+from fleet.command import ServerCommand
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from pitrsite.output import PitrCommand
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Show the main job end to end: concurrent writes, a backup, restores to logged moments compared row for row."
 
     json_help = None

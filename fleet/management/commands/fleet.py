@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
+from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.local import get_driver
+from fleet.models import Server, ServerKind
 from fleet.status import capture_problem, fleet_check, fleet_status
+from pitrsite.errors import PitrError
 from pitrsite.output import PitrCommand
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -19,8 +22,31 @@ class Command(PitrCommand):
     def arguments(self, parser):
         parser.add_argument("action", choices=("up", "down", "status", "check", *ROLE_ACTIONS))
         parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)}")
+        parser.add_argument("--server", metavar="NAME", help="one server only (default: up/down every server, "
+                                                             "status/check the demo fleet)")
 
     def run(self, action: str, role: str | None, **opts) -> None:
+        if not opts.get("server"):  # the demo fleet, and for up/down every external server's capturer too
+            self._run(action, role, every=True)  # no database query: status works without one
+            return
+        with servers.using(servers.resolve(opts["server"])):
+            self._run(action, role, every=False)
+
+    def _each_external(self, action: str) -> list[str]:
+        """Every external server's capturer and restore target: one failing says so and the others go on."""
+        lines, failed = [], []
+        for server in Server.objects.exclude(kind=ServerKind.MANAGED).order_by("name"):
+            try:
+                with servers.using(server):
+                    lines += getattr(get_driver(server), action)()
+            except PitrError as exc:
+                self.out.warn(f"{server.name}: {exc}")
+                failed.append(server.name)
+        if failed:
+            self.out.fail(f"fleet {action} failed for {', '.join(failed)}")
+        return lines
+
+    def _run(self, action: str, role: str | None, every: bool) -> None:
         driver = get_driver()
         if action in ROLE_ACTIONS:
             if not role:
@@ -28,9 +54,9 @@ class Command(PitrCommand):
             getattr(driver, action)(check_role(role))
             self.out.result({"role": role, "state": driver.state(role)}, f"{role}: {driver.state(role)}")
         elif action == "up":
-            self.out.result(driver.up())
+            self.out.result(driver.up() + (self._each_external("up") if every else []))
         elif action == "down":
-            self.out.result(driver.down() or ["nothing was running"])
+            self.out.result((driver.down() + (self._each_external("down") if every else [])) or ["nothing was running"])
         elif action == "check":
             problems = fleet_check(driver)
             for line in problems:

@@ -1,8 +1,8 @@
 """python manage.py drill [--json]: one restore drill now (restore the newest moment, check the copy)."""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from pitrsite.output import PitrCommand
 from restores.drill import new_drill, run_drill
 from restores.models import DrillVerdict
 from restores.serializers import restore_dict
@@ -10,7 +10,7 @@ from restores.serializers import restore_dict
 EXIT_SKIPPED = 2  # proved nothing either way: another restore was running
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = ("Restore the newest moment into the restore target, check it reached the end of the WAL and run "
             "pg_amcheck on it; exit 1 when the drill failed, 2 when it was skipped.")
     json_help = "print the finished drill job as JSON"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from fleet.command import ServerCommand
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter, JobState
-from pitrsite.output import PitrCommand
 from restores.engine import run_restore
 from restores.serializers import restore_dict
 from restores.service import queue_restore
 from restores.targets import RestoreTarget
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Restore the restore target to a moment and promote it; the primary is only read."
     json_help = "print the finished job as JSON"
 

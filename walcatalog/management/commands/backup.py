@@ -1,14 +1,14 @@
 """python manage.py backup [--compress zstd] [--json]"""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from pitrsite.output import PitrCommand
 from walcatalog.backups import DEFAULT_COMPRESSION, queue_backup, run_backup
 from walcatalog.models import Compression
 from walcatalog.serializers import backup_dict
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Take a verified base backup of the primary (pg_basebackup, tar format)."
     json_help = "print the finished backup as JSON"
 

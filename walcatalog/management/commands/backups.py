@@ -1,13 +1,13 @@
 """python manage.py backups [--json]"""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import reap_local
-from pitrsite.output import PitrCommand
 from walcatalog.models import BaseBackup
 from walcatalog.serializers import backup_dict
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "List base backups, newest first."
 
     def run(self, *args, **opts):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter
-from pitrsite.output import PitrCommand
 from walcatalog.indexer import index_archive
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Index new and changed files of the WAL archive into the catalog (one pass)."
 
     def arguments(self, parser):

@@ -1,12 +1,12 @@
 """python manage.py rebuild_catalog --from-storage [--json]: refill an empty catalog from the archive storage."""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter
-from pitrsite.output import PitrCommand
 from walcatalog.rebuild import rebuild_from_storage
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = ("Rebuild an empty catalog (segments, timelines, backups, storage copies) from what the archive "
             "storage holds; the indexer then finds the local files again.")
 

@@ -1,12 +1,12 @@
 """python manage.py retention [--dry-run] [--json] [--keep-backups N] [--days D]"""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter
-from pitrsite.output import PitrCommand
 from walcatalog.retention import Policy, apply_retention
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = ("Apply the retention policy (PITR_RETENTION_KEEP_BACKUPS, PITR_RETENTION_DAYS): delete backups and WAL, "
             "locally and in storage, that no restore inside the kept window needs.")
 

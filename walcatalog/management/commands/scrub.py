@@ -1,11 +1,11 @@
 """python manage.py scrub [--json]: one scrub pass over the WAL archive and the local base backups."""
 from __future__ import annotations
 
-from pitrsite.output import PitrCommand
+from fleet.command import ServerCommand
 from walcatalog.scrub import scrub_archive
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Re-hash complete WAL segments and backup files against the catalog; marks changed ones corrupt."
 
     def arguments(self, parser):

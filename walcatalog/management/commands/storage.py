@@ -1,13 +1,13 @@
 """python manage.py storage check [--json]: what is local only, remote only, and mismatched."""
 from __future__ import annotations
 
-from pitrsite.output import PitrCommand
+from fleet.command import ServerCommand
 from walcatalog.uploader import check_storage
 
 LISTS = ("local_only", "remote_only", "untracked", "missing", "mismatched")
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Inspect the archive storage against the catalog and the local files."
     json_help = None  # on the subcommand: `storage check --json`
 

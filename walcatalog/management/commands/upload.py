@@ -1,12 +1,12 @@
 """python manage.py upload [--json] [--parallel N]: one upload pass to the archive storage."""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter
-from pitrsite.output import PitrCommand
 from walcatalog.uploader import upload_pass
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = ("Upload every complete indexed WAL segment, .history file and verified backup that has no verified "
             "copy in the archive storage yet (one pass; beat runs the same every PITR_UPLOAD_INTERVAL s).")
     json_help = "print the pass's result as JSON"

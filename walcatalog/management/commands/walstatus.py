@@ -1,8 +1,8 @@
 """python manage.py walstatus [--json]: what the WAL catalog holds and whether capture keeps up."""
 from __future__ import annotations
 
+from fleet.command import ServerCommand
 from pitrsite.jobs import reap_local
-from pitrsite.output import PitrCommand
 from walcatalog.catalog import summary
 
 
@@ -16,7 +16,7 @@ def _size(n: float | None) -> str:
     return str(n)
 
 
-class Command(PitrCommand):
+class Command(ServerCommand):
     help = "Show segments per timeline, newest segment, partial size, gaps, recoverable window, capturer lag."
 
     def run(self, *args, **opts) -> None:

@@ -1,0 +1,60 @@
+"""The restored copy's configuration: isolated from the original it was copied from.
+
+A base backup carries the original's postgresql.conf and postgresql.auto.conf. Left alone, a copy would
+archive into the original's archive (archive_command), stream from it (primary_conninfo, primary_slot_name),
+fetch from its repository (restore_command), wait for its standbys (synchronous_standby_names), or even run on
+its data directory (data_directory, as Debian's layout sets it). pgBackRest writes archive_mode = 'off' on
+restore for the same reason. Our settings go into pitrsite.node.conf, included at the end of postgresql.conf;
+postgresql.auto.conf is read after it, so every key we set is removed from there.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+NODE_CONF = "pitrsite.node.conf"
+INCLUDE_LINE = f"include_if_exists = '{NODE_CONF}'"
+KEY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?")
+
+
+def isolation(datadir: Path) -> dict[str, str]:
+    """What a restored copy must run with, whatever the original had."""
+    return {"archive_mode": "off", "archive_command": "", "archive_library": "", "primary_conninfo": "",
+            "primary_slot_name": "", "synchronous_standby_names": "",
+            "data_directory": str(datadir),
+            "hba_file": str(datadir / "pg_hba.conf"), "ident_file": str(datadir / "pg_ident.conf")}
+
+
+# Set by pitrsite only while the copy recovers; the original's (from postgresql.conf or .auto.conf) never applies.
+RECOVERY_ONLY = {"restore_command"}
+
+
+def render(values: dict[str, str], title: str) -> str:
+    lines = [f"# Written by pitrsite for {title}."]
+    for key, value in values.items():
+        quoted = value if value.isdigit() else "'" + value.replace("'", "''") + "'"
+        lines.append(f"{key} = {quoted}")
+    return "\n".join(lines) + "\n"
+
+
+def without_keys(text: str, keys: set[str]) -> str:
+    """The file with every line setting one of `keys` commented out (kept, so a reader sees what was there)."""
+    out = []
+    for line in text.splitlines():
+        match = KEY.match(line)
+        if match and match[1].lower() in keys and not line.lstrip().startswith("#"):
+            out.append(f"# pitrsite: overridden on the restored copy: {line}")
+        else:
+            out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def including_node_conf(text: str) -> str:
+    """postgresql.conf ending with our include (an external server's copy has none yet)."""
+    if INCLUDE_LINE in text:
+        return text
+    return text + ("" if text.endswith("\n") or not text else "\n") + INCLUDE_LINE + "\n"
+
+
+LOCAL_HBA = ("# Written by pitrsite: the original's pg_hba.conf lives outside its data directory.\n"
+             "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")

@@ -1,0 +1,193 @@
+"""An existing server, not started by pitrsite: added, captured, backed up, restored; its copy isolated."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import manage, wait_for
+from tests.external_server import External, make_external
+
+pytestmark = [pytest.mark.slow]
+
+
+def write(ext: External, table: str, count: int, tag: str) -> list[tuple[int, datetime, str]]:
+    """(id, commit time, LSN after the commit) of single-row transactions."""
+    rows = []
+    with ext.connect() as conn:
+        for i in range(count):
+            row_id, xid = conn.execute(f"INSERT INTO {table} (payload) VALUES (%s) RETURNING id, xmin::text",
+                                       [f"{tag}-{i}"]).fetchone()
+            at, lsn = conn.execute("SELECT pg_xact_commit_timestamp(%s::xid), pg_current_wal_lsn()::text",
+                                   [xid]).fetchone()
+            rows.append((row_id, at, lsn))
+            time.sleep(0.005)
+    return rows
+
+
+def captured(ext: External) -> None:
+    """Until our pg_receivewal has flushed everything the original wrote."""
+    def done():
+        with ext.connect("postgres") as conn:
+            row = conn.execute("SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication "
+                               "WHERE application_name = 'pg_receivewal'").fetchone()
+        return row and row[0]
+    wait_for(done, 60, "the capturer of the external server to flush all WAL")
+
+
+def restored(port: int, ext: External, table: str) -> set[int]:
+    with ext.connect(port=port) as conn:
+        return {r[0] for r in conn.execute(f"SELECT id FROM {table}").fetchall()}
+
+
+def restore(*target: str) -> dict:
+    return json.loads(manage("restore", "--server", "ext", *target, "--json", timeout=600).stdout)
+
+
+@pytest.fixture
+def ext(transactional_db):
+    # Under the test home: the postgres account must reach it (pytest's tmp dirs are root's only).
+    server = make_external(Path(settings.PITR_HOME) / f"external-{uuid.uuid4().hex[:8]}")
+    yield server
+    manage("fleet", "down", "--server", "ext", check=False)
+    server.stop()
+
+
+def test_external_server_protected_and_restored_isolated(ext):
+    added = manage("server", "add", "ext", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
+                   "--dbname", ext.dbname, "--replication-user", ext.repl, "--passfile", str(ext.passfile))
+    assert "server ext added (slot pitr_ext created" in added.stdout
+    assert "wal_level is replica" in added.stdout and "s3cret" not in added.stdout + added.stderr
+    listed = {s["name"]: s for s in json.loads(manage("server", "list", "--json").stdout)}
+    assert set(listed) == {"demo", "ext"} and listed["ext"]["port"] == ext.port
+    restore_port = listed["ext"]["restore_port"]
+
+    # Two servers now: a command without --server names them instead of guessing.
+    ambiguous = manage("walstatus", check=False)
+    assert ambiguous.returncode != 0 and "name one with --server (demo, ext)" in ambiguous.stderr
+    assert len(ambiguous.stderr.strip().splitlines()) == 1
+    chaos = manage("chaos", "--server", "ext", "--duration", "5", check=False)
+    assert chaos.returncode != 0 and "ext is an external server" in chaos.stderr
+
+    manage("fleet", "up", "--server", "ext")
+    before = write(ext, "items", 5, "before")
+    backup = json.loads(manage("backup", "--server", "ext", "--json", timeout=600).stdout)
+    assert backup["state"] == "done" and backup["manifest_verified"]
+    far = write(ext, "far", 3, "far")  # in the tablespace
+    middle = write(ext, "items", 10, "middle")
+    with ext.connect() as conn:
+        conn.execute("SELECT pg_switch_wal()")
+    tail = write(ext, "items", 5, "tail")  # in the .partial
+    captured(ext)
+    archived_by_original = sorted(p.name for p in ext.own_archive.iterdir())
+
+    rows = before + middle + tail
+    by_time = middle[4]
+    job = restore("--target-time", by_time[1].isoformat())
+    assert job["state"] == "done", job
+    assert restored(restore_port, ext, "items") == {r[0] for r in rows if r[1] <= by_time[1]}
+    assert restored(restore_port, ext, "far") == {r[0] for r in far}
+
+    by_lsn = middle[7]
+    job = restore("--target-lsn", by_lsn[2])
+    assert job["state"] == "done", job
+    assert restored(restore_port, ext, "items") == {r[0] for r in rows if r[0] <= by_lsn[0]}
+
+    job = restore("--latest")
+    assert job["state"] == "done", job
+    assert restored(restore_port, ext, "items") == {r[0] for r in rows}
+
+    with ext.connect(port=restore_port) as copy:
+        # current_setting() shows archive_command as "(disabled)" once archive_mode is off: read the values.
+        settings = dict(copy.execute("SELECT name, setting FROM pg_file_settings WHERE applied").fetchall())
+        settings.update(copy.execute("SELECT name, setting FROM pg_settings WHERE name IN ('data_directory', "
+                                     "'wal_segment_size', 'archive_mode')").fetchall())
+        location = copy.execute("SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                                "WHERE spcname = 'outside'").fetchone()[0]
+    assert settings["archive_mode"] == "off" and settings["archive_command"] == ""
+    assert settings["primary_conninfo"] == "" and settings["primary_slot_name"] == ""
+    assert settings.get("restore_command", "") == ""
+    assert str(ext.datadir) not in settings["data_directory"]
+    assert settings["wal_segment_size"] == str(32 << 20)
+    assert "servers/ext/restore_target" in location and str(ext.tablespace) not in location
+
+    # The original: untouched, still running, its own archive fed by itself only, no slot of the copy's.
+    with ext.connect() as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM items").fetchall()} == {r[0] for r in rows}
+        assert conn.execute("SELECT count(*) FROM far").fetchone()[0] == len(far)
+        slots = [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
+    assert slots == ["pitr_ext"]
+    # The copies promoted onto new timelines; had one archived, its files would be in the original's archive.
+    assert archived_by_original and not [p.name for p in ext.own_archive.iterdir() if not p.name.startswith("00000001")]
+
+
+def one_line_error(*args: str) -> str:
+    result = manage(*args, check=False)
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_input_is_one_line_and_creates_nothing(ext, tmp_path):
+    from fleet.models import Server
+    from tests.external_server import BIN, free_port, give, make_external
+
+    with ext.connect("postgres") as conn:
+        conn.execute("CREATE ROLE no_repl LOGIN PASSWORD 'nr'")
+        conn.execute("SELECT pg_create_physical_replication_slot('held_elsewhere', true)")
+    passfile = ext.root / "pgpass2"
+    passfile.write_text(ext.passfile.read_text() + f"127.0.0.1:{ext.port}:*:no_repl:nr\n")
+    wrong = ext.root / "pgpass-wrong"
+    wrong.write_text(f"127.0.0.1:{ext.port}:*:{ext.superuser}:not-the-password\n")
+    for path in (passfile, wrong):
+        path.chmod(0o600)
+        give(path)
+    # Another client streaming from a slot: pg_receivewal of someone else.
+    other = ext.root / "other-receiver"
+    other.mkdir()
+    give(other)
+    receiver = subprocess.Popen(
+        [str(BIN / "pg_receivewal"), "-h", "127.0.0.1", "-p", str(ext.port), "-U",
+         ext.repl, "--no-password", "-D", str(other), "--slot=held_elsewhere"],
+        env={"PGPASSFILE": str(ext.passfile), "PATH": "/usr/bin:/bin"}, user="postgres", stderr=subprocess.DEVNULL)
+    minimal = make_external(ext.root.parent / f"{ext.root.name}-minimal",
+                            "wal_level = minimal\nmax_wal_senders = 0\narchive_mode = off\n")
+    try:
+        def slot_active():
+            with ext.connect("postgres") as conn:
+                return conn.execute("SELECT active FROM pg_replication_slots "
+                                    "WHERE slot_name = 'held_elsewhere'").fetchone()[0]
+        wait_for(slot_active, 30, "the other client to hold its slot")
+
+        def add(name: str, *extra: str, port: int | None = None, pf=None) -> str:
+            return one_line_error("server", "add", name, "--host", "127.0.0.1", "--port", str(port or ext.port),
+                                  "--user", ext.superuser, "--dbname", ext.dbname, "--passfile",
+                                  str(pf or passfile), *extra)
+
+        assert "cannot connect" in add("bad1", port=free_port())
+        assert "password authentication failed" in add("bad2", pf=wrong)
+        assert "wal_level is minimal: set wal_level = replica" in add("bad3", port=minimal.port, pf=minimal.passfile)
+        assert "replication connection as no_repl refused" in add("bad4", "--replication-user", "no_repl")
+        assert "slot held_elsewhere is held by another client" in add("bad5", "--replication-user", ext.repl,
+                                                                      "--slot", "held_elsewhere")
+        assert "server demo exists already" in add("demo")
+        leftover = Path(settings.PITR_HOME) / "servers" / "reused" / "wal_archive"
+        leftover.mkdir(parents=True)
+        (leftover / "000000010000000000000001").write_bytes(b"another cluster's WAL")
+        assert "holds WAL of an earlier server named reused" in add("reused", "--replication-user", ext.repl)
+        assert "unknown server 'nope'" in one_line_error("walstatus", "--server", "nope")
+        assert list(Server.objects.values_list("name", flat=True)) == ["demo"]
+        with ext.connect("postgres") as conn:
+            slots = {r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()}
+        assert slots == {"held_elsewhere"}, "a refused server add created a slot"
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        minimal.stop()
