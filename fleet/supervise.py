@@ -1,7 +1,7 @@
 """A tiny process supervisor: run one command, restart it with backoff when it exits.
 
-Deliberately free of Django: it supervises the WAL capturer (and the web,
-worker and beat processes in local mode) and must keep running when those die.
+Deliberately free of Django (pitrsite.runner, which starts the child, imports none of it): it supervises
+the WAL capturer (and the web, worker and beat processes in local mode) and must keep running when those die.
 
     python -m fleet.supervise --name capturer --rundir RUN [--user postgres] -- ARGV...
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pitrsite import runner
 
 MIN_BACKOFF, MAX_BACKOFF, HEALTHY_AFTER = 0.5, 10.0, 30.0
 
@@ -48,14 +49,10 @@ class Supervisor:
         tmp.replace(self.rundir / f"{self.name}.state.json")
 
     def spawn(self) -> None:
-        kwargs: dict = {}
-        if self.user and os.geteuid() == 0:
-            account = pwd.getpwnam(self.user)
-            kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [],
-                      "env": {**os.environ, "HOME": account.pw_dir, "USER": self.user}}
-        # Its own process group, so that what it forked (Celery's pool, gunicorn's workers) can be found
-        # and killed with it, as systemd's KillMode=control-group does.
-        self.child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, process_group=0, **kwargs)
+        # Its own process group (the runner's rule), so that what it forked (Celery's pool, gunicorn's
+        # workers) can be found and killed with it, as systemd's KillMode=control-group does; it dies
+        # with the supervisor, so a SIGKILLed supervisor leaves no unsupervised child.
+        self.child = runner.popen(self.argv, user=self.user, stdout=None, stderr=None)
         (self.rundir / f"{self.name}.pid").write_text(f"{self.child.pid}\n")
         self.state["child_pid"] = self.child.pid
         self.save_state()

@@ -44,9 +44,8 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert (2, "dashboard") in imported_packages(module)
 
 
-# The one process starter (pitrsite/runner.py); fleet/supervise.py is a separate, app-free program
-# (importing pitrsite loads Celery) that starts its one child itself.
-STARTERS = {"pitrsite/runner.py", "fleet/supervise.py"}
+# The one process starter: pitrsite/runner.py (the supervisor uses it too; it imports nothing of Django).
+STARTERS = {"pitrsite/runner.py"}
 START_CALLS = {"Popen", "run", "call", "check_call", "check_output", "system", "execv", "execvp", "spawnv"}
 
 
