@@ -76,6 +76,10 @@ def test_external_server_protected_and_restored_isolated(ext):
     assert chaos.returncode != 0 and "ext is an external server" in chaos.stderr
 
     manage("fleet", "up", "--server", "ext")
+    status = json.loads(manage("fleet", "status", "--json", check=False).stdout)
+    brief = {s["name"]: s for s in status["servers"]}
+    assert brief["ext"]["port"] == ext.port and brief["ext"]["restore_port"] == restore_port
+    assert set(brief) == {"demo", "ext"} and brief["ext"]["capture"]
     before = write(ext, "items", 5, "before")
     backup = json.loads(manage("backup", "--server", "ext", "--json", timeout=600).stdout)
     assert backup["state"] == "done" and backup["manifest_verified"]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from django.core.management.base import CommandError
+from django.db import DatabaseError
 
 from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.local import get_driver
 from fleet.models import Server, ServerKind
-from fleet.status import capture_problem, fleet_check, fleet_status
+from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
 from pitrsite.errors import PitrError
 from pitrsite.output import PitrCommand
 
@@ -65,11 +66,13 @@ class Command(PitrCommand):
                 self.out.fail(f"{len(problems)} problem(s) found", problems=problems)
             self.out.result({"problems": []}, "fleet OK: directories, servers, test_data table and both slots active")
         else:
-            self._status(fleet_status(driver))
+            self._status(fleet_status(driver), every)
 
-    def _status(self, status: dict) -> None:
+    def _status(self, status: dict, every: bool) -> None:
         problem = capture_problem(status)
-        self.out.result({**status, "capture_problem": problem}, self._text(status))
+        # Every protected server in brief (port, capture, restore target port), as `server list --json` shows.
+        others = _servers_in_brief() if every and self.out.as_json else []
+        self.out.result({**status, "capture_problem": problem, "servers": others}, self._text(status))
         for error in status["errors"]:
             self.out.warn(error)
         if problem:  # a status that exits 0 means capture streams: scripts and monitors can rely on it
@@ -91,3 +94,11 @@ class Command(PitrCommand):
         for slot in status["slots"]:
             lines.append(f"slot {slot['slot_name']:14} active={slot['active']}  restart_lsn={slot['restart_lsn']}")
         return lines
+
+
+def _servers_in_brief() -> list[dict]:
+    """Each server's summary; none when Django's database is not there (status must work without it)."""
+    try:
+        return [server_summary(server) for server in Server.objects.order_by("name")]
+    except DatabaseError:
+        return []

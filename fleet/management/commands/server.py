@@ -1,11 +1,9 @@
 """python manage.py server add|list|check|remove: the servers pitrsite protects."""
 from __future__ import annotations
 
-import json
 import socket
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import validate_slug
 
 from fleet import servers
@@ -13,16 +11,18 @@ from fleet.checks import capturer_running, ensure_slot, run_checks
 from fleet.local import get_driver
 from fleet.models import Server, ServerKind
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
-from pitrsite.errors import PitrError
+from pitrsite.output import PitrCommand
 
 # Deleted in this order by --forget: what points at a row goes before it.
 FORGET_ORDER = ("chaosrun", "restorejob", "storagecopy", "restorepoint", "walsegment", "basebackup", "timeline")
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Add, list, check and remove the PostgreSQL servers pitrsite protects."
 
-    def add_arguments(self, parser):
+    json_help = None  # on the subcommands: `server list --json`, `server check NAME --json`
+
+    def arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
         add = sub.add_parser("add", help="protect an existing server, after checking what capture needs")
         add.add_argument("name")
@@ -45,20 +45,17 @@ class Command(BaseCommand):
         sub.choices["remove"].add_argument("--forget", action="store_true",
                                            help="also forget its catalog (backups, WAL rows, jobs); deletes no file")
 
-    def handle(self, *args, **opts):
-        try:
-            getattr(self, f"do_{opts['action']}")(opts)
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
+    def run(self, *args, **opts):
+        getattr(self, f"do_{opts['action']}")(opts)
 
     def do_add(self, opts) -> None:
         name = opts["name"]
         try:
             validate_slug(name)
         except ValidationError:
-            raise CommandError(f"server name {name!r} is not a slug: use letters, digits, - and _") from None
+            self.out.fail(f"server name {name!r} is not a slug: use letters, digits, - and _")
         if Server.objects.filter(name=name).exists():
-            raise CommandError(f"server {name} exists already: `python manage.py server check {name}`")
+            self.out.fail(f"server {name} exists already: `python manage.py server check {name}`")
         server = Server(name=name, kind=ServerKind.EXTERNAL, host=opts["host"], port=opts["port"], user=opts["user"],
                         dbname=opts["dbname"], replication_user=opts["replication_user"], passfile=opts["passfile"],
                         slot_name=opts["slot"] or f"pitr_{name.replace('-', '_')}",
@@ -66,24 +63,22 @@ class Command(BaseCommand):
         checks = run_checks(server, stop_at_failure=True)
         for check in checks:
             if not check.ok:
-                raise CommandError(check.line)
-            self.stdout.write(f"ok  {check.line}")
+                self.out.fail(check.line)
+            self.out.line(f"ok  {check.line}")
         from fleet.external import ExternalDriver
 
         with ExternalDriver(server).connect(dbname="postgres") as conn:
             slot = ensure_slot(conn, server.slot_name)
         server.save()
-        self.stdout.write(f"server {name} added ({slot}; restore target on port {server.restore_port}, "
-                          f"queue {server.queue}): `python manage.py fleet up` starts its capturer")
+        self.out.result({"server": name, "slot": slot, "restore_port": server.restore_port, "queue": server.queue},
+                        f"server {name} added ({slot}; restore target on port {server.restore_port}, "
+                        f"queue {server.queue}): `python manage.py fleet up` starts its capturer")
 
     def do_list(self, opts) -> None:
         rows = [server_summary(s) for s in Server.objects.order_by("name")]
-        if opts["json"]:
-            self.stdout.write(json.dumps(rows, indent=2, default=str))
-            return
-        for row in rows:
-            self.stdout.write(f"{row['name']:16} {row['kind']:8} {row['host']}:{row['port']}  capture {row['capture']}"
-                              f"  restore target port {row['restore_port']}  queue {row['queue']}")
+        self.out.result(rows, [f"{row['name']:16} {row['kind']:8} {row['host']}:{row['port']}  capture "
+                               f"{row['capture']}  restore target port {row['restore_port']}  queue {row['queue']}"
+                               for row in rows])
 
     def do_check(self, opts) -> None:
         server = servers.resolve(opts["name"])
@@ -96,23 +91,20 @@ class Command(BaseCommand):
                 lines = [c.as_dict() for c in run_checks(server, slot_owner_running=capturer_running(server))]
                 problem = capture_problem(fleet_status(get_driver(server)))
                 lines.append({"check": "capture", "ok": problem is None, "line": problem or "capture streaming"})
-        if opts["json"]:
-            self.stdout.write(json.dumps({"server": server.name, "checks": lines}, indent=2))
-        else:
-            for line in lines:
-                self.stdout.write(f"{'ok ' if line['ok'] else 'FAIL'} {line['line']}")
+        self.out.result({"server": server.name, "checks": lines},
+                        [f"{'ok ' if line['ok'] else 'FAIL'} {line['line']}" for line in lines])
         failed = [line for line in lines if not line["ok"]]
         if failed:
-            raise CommandError(f"{server.name}: {len(failed)} check(s) failed")
+            self.out.fail(f"{server.name}: {len(failed)} check(s) failed")
 
     def do_remove(self, opts) -> None:
         server = servers.resolve(opts["name"])
         if server.managed:
-            raise CommandError(f"{server.name} is the demo fleet pitrsite runs: stop it with `fleet down`")
+            self.out.fail(f"{server.name} is the demo fleet pitrsite runs: stop it with `fleet down`")
         related = {rel.related_model._meta.model_name: rel.related_model for rel in Server._meta.related_objects}
         held = related["basebackup"]._base_manager.filter(server=server).count()
         if held and not opts["forget"]:
-            raise CommandError(f"{server.name} holds {held} backup(s): remove it with --forget to drop its catalog "
+            self.out.fail(f"{server.name} holds {held} backup(s): remove it with --forget to drop its catalog "
                                "(no file is deleted)")
         with servers.using(server):
             get_driver(server).down()
@@ -120,8 +112,8 @@ class Command(BaseCommand):
             if model in related:
                 related[model]._base_manager.filter(server=server).delete()
         server.delete()
-        self.stdout.write(f"server {server.name} removed; its files stay under PITR_HOME/servers/{server.name} and "
-                          f"its slot {server.slot_name} on the server (drop it there once nothing needs it)")
+        self.out.result(f"server {server.name} removed; its files stay under PITR_HOME/servers/{server.name} and "
+                        f"its slot {server.slot_name} on the server (drop it there once nothing needs it)")
 
 
 def free_port() -> int:
