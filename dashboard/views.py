@@ -208,10 +208,7 @@ def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @staff_action
 def job_cancel(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
-    model = jobs.job_model(kind)
-    if model is None:
-        raise Http404(f"no job kind {kind}")
-    job = get_object_or_404(model, pk=pk)
+    job = _job_or_404(kind, pk)
     if actions.cancel_job(job, _user(request)):
         messages.success(request, f"{job} cancelled: its tools were stopped")
     else:
@@ -226,10 +223,7 @@ def job_log(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     from pitrsite.joblog import path_of
     from pitrsite.jobs import job_key
 
-    model = jobs.job_model(kind)
-    if model is None:
-        raise Http404(f"no job kind {kind}")
-    job = get_object_or_404(model, pk=pk)
+    job = _job_or_404(kind, pk)
     path = path_of(job_key(job))
     text = path.read_text(errors="replace") if path.exists() else "(nothing logged yet)\n"
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
@@ -296,3 +290,10 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard:chaos_runs")
     messages.success(request, f"chaos run #{run.pk} queued", extra_tags="queued")
     return redirect("dashboard:chaos", pk=run.pk)
+
+
+def _job_or_404(kind: str, pk: int):
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    return get_object_or_404(model, pk=pk)

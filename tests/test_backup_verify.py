@@ -18,6 +18,7 @@ from fleet.layout import Layout
 from pitrsite.errors import StepFailed
 from pitrsite.jobs import JobReporter, JobState
 from walcatalog import backups, verify
+from walcatalog import storage as st
 from walcatalog.backups import backup_dir, queue_backup, restorable_backups, run_backup
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db]
@@ -61,7 +62,7 @@ def test_backup_is_verified_and_hashed_in_one_pass(plain_backup):
     verify.compare(manifest, found)  # the members we read are the manifest's files, sizes and CRC32C
     assert len(found) >= len(manifest["Files"]) > 500
     for name in ("base.tar", "pg_wal.tar", "backup_manifest"):  # the scrub's reference: the bytes on disk
-        assert backup.file_hashes[name]["sha256"] == verify.sha256_of(copy / name)[1]
+        assert backup.file_hashes[name]["sha256"] == st.sha256_file(copy / name)[1]
 
 
 def test_a_flipped_byte_in_a_member_is_refused_naming_the_file(plain_backup, tmp_path):

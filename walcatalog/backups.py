@@ -179,7 +179,7 @@ def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: s
         raise StepFailed(step, str(exc)) from None
     for path in dest.iterdir():
         if path.is_file() and path.name not in hashes:
-            size, sha = verify.sha256_of(path)  # pg_wal.tar and the manifest: small
+            size, sha = st.sha256_file(path)  # pg_wal.tar and the manifest: small
             hashes[path.name] = {"size": size, "sha256": sha}
     return hashes, manifest
 

@@ -199,15 +199,6 @@ def wal_check(pg_waldump: str, manifest: dict, wal_dir: Path, run: Callable[[lis
              f"--start={wal_range['Start-LSN']}", f"--end={wal_range['End-LSN']}"])
 
 
-def sha256_of(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def clear(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
