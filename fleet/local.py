@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import psycopg
 from django.conf import settings
 
 from fleet import capture, pg
+from fleet.driver import refuse_foreign_action
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
 from pitrsite import procs
 from pitrsite.config import persistent_secret
@@ -49,6 +52,17 @@ CREATE TABLE IF NOT EXISTS test_data (
     seq integer,
     UNIQUE (writer, seq)
 )
+"""
+
+
+RESUMER = """
+import os, signal, sys, time
+time.sleep(float(sys.argv[1]))
+for pid in sys.argv[2:]:
+    try:
+        os.kill(int(pid), signal.SIGCONT)
+    except OSError:
+        pass
 """
 
 
@@ -137,6 +151,23 @@ class LocalDriver:
         pid = self.pid(role)
         if procs.alive(pid):
             procs.signal_tree(pid, signal.SIGCONT)
+
+    def resume_later(self, role: str, seconds: float) -> None:
+        """A detached process that SIGCONTs the role's processes after ``seconds``: a paused server never
+        stays stopped because whoever paused it died (a SIGCONT to a running process does nothing)."""
+        pid = self.pid(role)
+        if not procs.alive(pid):
+            return
+        pids = [pid, *procs.descendants(pid)]
+        subprocess.Popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         close_fds=True)
+
+    def details(self, role: str) -> dict:
+        return {}
+
+    def check_action(self, action: str) -> None:
+        refuse_foreign_action(self.name, action)
 
     def kill(self, role: str) -> None:
         """SIGKILL: a crash. Servers recover on next start; the capturer is restarted by its supervisor."""
@@ -335,8 +366,4 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def get_driver() -> LocalDriver:
-    return LocalDriver()
-
-
-__all__ = ["LocalDriver", "get_driver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]
+__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]

@@ -27,7 +27,12 @@ PITR_WAL_ARCHIVE = Path(os.environ.get("PITR_WAL_ARCHIVE") or PITR_HOME / "wal_a
 PITR_BACKUP_DIR = Path(os.environ.get("PITR_BACKUP_DIR") or PITR_HOME / "backups")
 
 # --- the fleet ---------------------------------------------------------------
-PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local",))
+PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local", "docker"))
+# The docker driver (fleet/docker.py): containers are named PROJECT-ROLE and labelled with the project;
+# the images build FROM this base (official images where a registry is reachable; scripts/pitr makes
+# pitrsite-base:bookworm with debootstrap where none is).
+PITR_DOCKER_PROJECT = envstr("PITR_DOCKER_PROJECT", "pitrsite")
+PITR_DOCKER_BASE_IMAGE = envstr("PITR_DOCKER_BASE_IMAGE", "pitrsite-base:bookworm")
 PITR_PG_BINDIR = os.environ.get("PITR_PG_BINDIR") or default_pg_bindir()
 PITR_HOST = "127.0.0.1"  # loopback only, by design
 PITR_PRIMARY_PORT = envport("PITR_PRIMARY_PORT", 55432)

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from fleet import pg
 from fleet.layout import Layout
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from pitrsite.errors import PitrError
 from pitrsite.jobs import refuse_if_running
 from restores.engine import ROLE, refresh_catalog

@@ -1,4 +1,4 @@
-"""python manage.py fleet up|down|status|check|start|stop|restart|pause|resume|kill [ROLE]"""
+"""python manage.py fleet up|down|status|check|driver|start|stop|restart|pause|resume|kill [ROLE]"""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet.layout import ROLES, check_role
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from fleet.status import capture_problem, fleet_check, fleet_status
 from pitrsite.errors import PitrError
 
@@ -17,7 +17,7 @@ class Command(BaseCommand):
     help = "Manage the fleet: primary, standby, WAL capturer and restore target."
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=("up", "down", "status", "check", *ROLE_ACTIONS))
+        parser.add_argument("action", choices=("up", "down", "status", "check", "driver", *ROLE_ACTIONS))
         parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)}")
         parser.add_argument("--json", action="store_true", help="machine-readable output (status)")
 
@@ -29,7 +29,9 @@ class Command(BaseCommand):
 
     def _handle(self, action: str, role: str | None, as_json: bool) -> None:
         driver = get_driver()
-        if action in ROLE_ACTIONS:
+        if action == "driver":  # which one PITR_FLEET_DRIVER chose (scripts/pitr asks before `up`)
+            self.stdout.write(driver.name)
+        elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
             getattr(driver, action)(check_role(role))

@@ -1,0 +1,28 @@
+#!/bin/sh
+# pg_receivewal through the capture slot, restarted whenever it exits, for as long as the container lives.
+# Restart-safe: pg_receivewal continues from the newest file in the archive and the slot kept the WAL since.
+# Settings (docker/env/wal_capturer.env, or the fleet driver): PGHOST PGPORT PGUSER PGPASSFILE
+# PITR_WAL_ARCHIVE PITR_CAPTURE_SLOT, and PITR_CAPTURER_LOG (appended to; the fleet reads its errors there).
+set -u
+log="${PITR_CAPTURER_LOG:-/dev/stderr}"
+stopping=""
+child=""
+stop() {
+    stopping=1
+    # SIGINT: pg_receivewal flushes what it has and exits cleanly.
+    [ -n "$child" ] && kill -INT "$child" 2>/dev/null
+}
+trap stop TERM INT
+while [ -z "$stopping" ]; do
+    echo "$(date -u +%FT%T.%3NZ) run_wal_capturer: starting pg_receivewal" >>"$log"
+    pg_receivewal -D "$PITR_WAL_ARCHIVE" --slot="$PITR_CAPTURE_SLOT" --no-password --synchronous --verbose \
+        >>"$log" 2>&1 &
+    child=$!
+    wait "$child"
+    code=$?
+    # A trapped signal interrupts wait: wait again for the child to finish.
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
+    child=""
+    echo "$(date -u +%FT%T.%3NZ) run_wal_capturer: pg_receivewal exited with code $code" >>"$log"
+    [ -n "$stopping" ] || sleep 1
+done
