@@ -124,6 +124,11 @@ class Actions:
         event.update(target="capturer", pid=self.driver.pid("capturer"))
         self.driver.kill("capturer")
 
+    def do_primary_restart(self, event: dict) -> None:
+        event.update(target="primary", pid=self.driver.pid("primary"))
+        self.driver.restart("primary")
+        event["new_pid"] = self.driver.pid("primary")
+
     def do_primary_pause(self, event: dict) -> None:
         self._pause("primary", event)
 

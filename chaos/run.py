@@ -73,6 +73,11 @@ def run_chaos(run: ChaosRun, reporter: Reporter) -> ChaosRun:
 
 
 def preflight(params: ChaosParams, driver: FleetDriver) -> None:
+    for action in params.actions:
+        try:
+            driver.check_action(action)
+        except PitrError as exc:
+            raise ChaosError(str(exc)) from None
     problems = fleet_check(driver)
     if problems:
         raise ChaosError(f"the fleet is not ready: {problems[0]}")

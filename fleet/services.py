@@ -1,4 +1,7 @@
-"""The app's own processes in local mode: Redis, web (gunicorn), Celery worker and Celery beat.
+"""The app's own processes: Redis, web (gunicorn), Celery worker, Celery beat and pgAdmin (PITR_PGADMIN).
+
+With the docker driver each is a container (fleet/docker_services.py) running the same command line;
+what follows is local mode.
 
 Each runs under fleet.supervise, like the WAL capturer, so a killed process is
 restarted with backoff and every restart is counted in RUN/NAME.state.json.
@@ -18,13 +21,14 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 
+from fleet import pgadmin
 from fleet.layout import Layout
 from pitrsite import procs
 from pitrsite.config import persistent_secret
 from pitrsite.errors import PitrError
 
-SERVICES = ("redis", "web", "worker", "beat")
-PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT"}
+SERVICES = ("redis", "web", "worker", "beat", "pgadmin")
+PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT", "pgadmin": "PITR_PGADMIN_PORT"}
 READY_TIMEOUT = 60.0  # a cold gunicorn or Celery start imports all of Django: seconds on a busy 2-core machine
 
 
@@ -46,8 +50,8 @@ def own_redis() -> bool:
 
 
 def managed_services() -> tuple[str, ...]:
-    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop.
-    return SERVICES if own_redis() else tuple(s for s in SERVICES if s != "redis")
+    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop; pgAdmin is optional.
+    return tuple(s for s in SERVICES if (s != "redis" or own_redis()) and (s != "pgadmin" or settings.PITR_PGADMIN))
 
 
 def redis_binary() -> str:
@@ -59,7 +63,8 @@ def redis_binary() -> str:
 
 
 def port(name: str) -> int | None:
-    return {"redis": settings.PITR_REDIS_PORT, "web": settings.PITR_WEB_PORT}.get(name)
+    return {"redis": settings.PITR_REDIS_PORT, "web": settings.PITR_WEB_PORT,
+            "pgadmin": settings.PITR_PGADMIN_PORT}.get(name)
 
 
 def web_url(path: str = "/") -> str:
@@ -74,6 +79,8 @@ def argv(name: str, layout: Layout) -> list[str]:
         return [redis_binary(), "--port", str(settings.PITR_REDIS_PORT), "--bind", settings.PITR_HOST,
                 "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--daemonize", "no",
                 "--dir", str(layout.home / "redis")]
+    if name == "pgadmin":
+        return pgadmin.argv()
     if name == "web":
         return [python, "-m", "gunicorn", "pitrsite.wsgi:application",
                 "--bind", f"{settings.PITR_HOST}:{settings.PITR_WEB_PORT}", "--workers", "2",
@@ -91,6 +98,12 @@ def status(name: str, layout: Layout | None = None) -> dict:
     check_service(name)
     if name == "redis" and not own_redis():
         return {"state": "external", "pid": None, "restarts": None, "port": None}
+    if name == "pgadmin" and not settings.PITR_PGADMIN:
+        return {"state": "off", "pid": None, "restarts": None, "port": None}
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.status(name, layout)
     supervisor = procs.read_pid(layout.run / f"{name}.supervisor.pid")
     child = procs.read_pid(layout.run / f"{name}.pid")
     if not procs.alive(supervisor):
@@ -122,6 +135,10 @@ def services_status(layout: Layout | None = None) -> dict:
 def up(layout: Layout | None = None) -> list[str]:
     """Start every service that is not running, idempotently; returns what was done."""
     layout = layout or Layout.current()
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.up(layout)
     names = managed_services()
     # Every check before the first start: a missing redis-server or a busy port leaves nothing half-started.
     commands = {name: argv(name, layout) for name in names}
@@ -136,8 +153,11 @@ def up(layout: Layout | None = None) -> list[str]:
             done.append(f"{name} already running")
             continue
         logfile = layout.logs / f"{name}.log"
-        procs.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run)
-        wait_ready(name, layout, logfile)
+        if name == "pgadmin":
+            pgadmin.prepare(layout)
+        procs.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run,
+                               env=pgadmin.environment(layout) if name == "pgadmin" else None)
+        wait_ready(name, layout, logfile, READY_TIMEOUT * (3 if name == "pgadmin" else 1))  # a Flask app of 600 MB
         done.append(f"{name} started (pid {status(name, layout)['pid']}){describe(name)}")
     return done
 
@@ -147,14 +167,21 @@ def describe(name: str) -> str:
         return f" on {settings.PITR_HOST}:{settings.PITR_REDIS_PORT}"
     if name == "web":
         return f" at {web_url()}"
+    if name == "pgadmin":
+        secret = pgadmin.password_file(Layout.current())
+        return f" at {pgadmin.url('/')} (login {pgadmin.email()}, password in {secret})"
     return ""
 
 
 def down(layout: Layout | None = None) -> list[str]:
     layout = layout or Layout.current()
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.down(layout)
     done = []
     # Beat first so nothing new is queued, the broker last so the worker can finish talking to it.
-    for name in ("beat", "worker", "web", "redis"):
+    for name in ("pgadmin", "beat", "worker", "web", "redis"):
         if procs.stop_supervised(name, layout.run):
             done.append(f"{name} stopped")
     return done
@@ -169,7 +196,7 @@ def check_port_free(name: str) -> None:
 
 def wait_ready(name: str, layout: Layout, logfile: Path, timeout: float = READY_TIMEOUT) -> None:
     """Wait until the service answers (Redis: PING; web: HTTP) or, for Celery, its process stays up."""
-    probe = {"redis": redis_answers, "web": web_answers}.get(name, lambda: True)
+    probe = {"redis": redis_answers, "web": web_answers, "pgadmin": pgadmin.answers}.get(name, lambda: True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         entry = status(name, layout)

@@ -136,7 +136,14 @@ STORAGES = {
 
 # --- Celery ------------------------------------------------------------------
 PITR_REDIS_PORT = envport("PITR_REDIS_PORT", 56379)
-distinct_ports({"PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
+# pgAdmin 4 (fleet/pgadmin.py): a supervised service (local) or the pgadmin container (docker), its login
+# PITR_PGADMIN_EMAIL with a generated password in PITR_HOME/secrets/pgadmin_password.
+PITR_PGADMIN = envbool("PITR_PGADMIN", True)
+PITR_PGADMIN_PORT = envport("PITR_PGADMIN_PORT", 55050)
+PITR_PGADMIN_EMAIL = envstr("PITR_PGADMIN_EMAIL", "admin@pitrsite.test")
+PITR_PGADMIN_VENV = Path(envstr("PITR_PGADMIN_VENV") or BASE_DIR / ".cache" / "pgadmin-venv")
+distinct_ports({"PITR_PGADMIN_PORT": PITR_PGADMIN_PORT,
+                "PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
                 "PITR_RESTORE_PORT": PITR_RESTORE_PORT, "PITR_REDIS_PORT": PITR_REDIS_PORT,
                 "PITR_WEB_PORT": PITR_WEB_PORT})
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or f"redis://127.0.0.1:{PITR_REDIS_PORT}/0"

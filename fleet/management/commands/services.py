@@ -1,4 +1,4 @@
-"""python manage.py services up|down|status [--json]: Redis, web, Celery worker and beat in local mode."""
+"""python manage.py services up|down|status|list [--json]: Redis, web, Celery worker, beat and pgAdmin."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,14 @@ class Command(BaseCommand):
     help = "Start, stop or show the app's processes (Redis, web, Celery worker, Celery beat), each supervised."
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=("up", "down", "status"))
+        parser.add_argument("action", choices=("up", "down", "status", "list"))
         parser.add_argument("--json", action="store_true", help="machine-readable output (status)")
 
     def handle(self, action: str, **opts) -> None:
         try:
-            if action == "up":
+            if action == "list":  # what `up` would start (scripts/pitr asks before installing pgAdmin)
+                self.stdout.write(" ".join(services.managed_services()))
+            elif action == "up":
                 for line in services.up():
                     self.stdout.write(line)
             elif action == "down":
