@@ -2,9 +2,12 @@
 # pg_receivewal through the capture slot, restarted whenever it exits, for as long as the container lives.
 # Restart-safe: pg_receivewal continues from the newest file in the archive and the slot kept the WAL since.
 # Settings (docker/env/wal_capturer.env, or the fleet driver): PGHOST PGPORT PGUSER PGPASSFILE
-# PITR_WAL_ARCHIVE PITR_CAPTURE_SLOT, and PITR_CAPTURER_LOG (appended to; the fleet reads its errors there).
+# PITR_CAPTURE_SLOT, and PITR_WAL_ARCHIVE and PITR_CAPTURER_LOG (appended to; the fleet reads its errors
+# there) or PITR_HOME, under which both are found.
 set -u
-log="${PITR_CAPTURER_LOG:-/dev/stderr}"
+# Under Compose only PITR_HOME is given: the archive and the log are where the fleet keeps them.
+: "${PITR_WAL_ARCHIVE:=$PITR_HOME/wal_archive}"
+log="${PITR_CAPTURER_LOG:-$PITR_HOME/logs/capturer.log}"
 stopping=""
 child=""
 stop() {
