@@ -76,8 +76,8 @@ def main() -> None:
     from fleet import pg
     from pitrsite.jobs import JobReporter
     from restores.engine import run_restore
-    from restores.planner import RestoreTarget
     from restores.service import queue_restore
+    from restores.targets import RestoreTarget
     from tests.restore_helpers import wait_captured
     from walcatalog.backups import queue_backup, run_backup
     from walcatalog.indexer import index_archive

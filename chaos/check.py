@@ -50,6 +50,7 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter
 from walcatalog import walnames
 
+
 # --- checking one restored moment ----------------------------------------------------------------
 def expected_at(rows: list[LoggedRow], moment: datetime) -> list[LoggedRow]:
     times = [r.committed_at for r in rows]
@@ -128,8 +129,8 @@ def verify_moment(rows: list[LoggedRow], moment: Moment, writer_ids: list[int],
     """
     from pitrsite.jobs import JobState
     from restores.engine import run_restore
-    from restores.planner import RestoreTarget
     from restores.service import queue_restore
+    from restores.targets import RestoreTarget
 
     began = time.monotonic()
     result: dict = {**moment.as_json(), "restored_to": iso(restore_to or moment.at)}

@@ -91,8 +91,8 @@ def restore_latest_caught(damage: Damage, run_dir: Path, writer_ids: list[int], 
     """Restore to the latest WAL and judge it: {caught, how, error | missing/extra counts, restore_job}."""
     from pitrsite.jobs import JobReporter, JobState
     from restores.engine import run_restore
-    from restores.planner import RestoreTarget
     from restores.service import queue_restore
+    from restores.targets import RestoreTarget
 
     result: dict = {}
     try:

@@ -11,7 +11,7 @@ from django.db.models import Max
 from chaos.writers import now_iso
 from fleet import pg, services
 from fleet.driver import FleetDriver
-from pitrsite.errors import PitrError
+from pitrsite.errors import PitrError, first_line
 from walcatalog import walnames
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Health:
                 rows = conn.execute("SELECT application_name, state, flush_lsn::text, replay_lsn::text "
                                     "FROM pg_stat_replication").fetchall()
         except (PitrError, psycopg.Error) as exc:
-            return {"primary": pg.first_line(str(exc))}
+            return {"primary": first_line(exc)}
         repl = {name: (state, flush, replay) for name, state, flush, replay in rows}
         if self.driver.state("capturer") != "running":
             failing["capturer"] = f"capturer is {self.driver.state('capturer')}"

@@ -19,6 +19,7 @@ class ChaosRun(Job):
     Written by chaos.run; files (writes-*.jsonl, verification_log.jsonl,
     report.json) live in ``run_dir``.
     """
+    kind = "chaos"
 
     parameters = models.JSONField(default=dict, blank=True, help_text="as validated by chaos.params.ChaosParams")
     verdict = models.CharField(max_length=8, choices=Verdict.choices, default=Verdict.PENDING, blank=True,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pitrsite.errors import PitrError, StepFailed
+from pitrsite.errors import ChaosError
 
 ACTIONS = ("capturer_restart", "capturer_kill", "primary_pause", "standby_pause", "indexer_kill")
 # Opt-in (not in "all"): each costs a full restore while the writers run.
@@ -20,14 +20,6 @@ ACTION_HELP = {
     "bitrot": "16 bytes flipped in a complete indexed segment (mtime kept); a latest restore must catch it; repaired",
     "stray": "a history file for a timeline that does not exist; a latest restore must catch it; removed",
 }
-
-
-class ChaosError(PitrError):
-    pass
-
-
-class VerdictFailed(StepFailed):
-    """The run worked and its verification found a difference (or an action that never recovered)."""
 
 
 # --- parameters ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import json
 from typing import TYPE_CHECKING
 
 from chaos.models import ChaosRun, Verdict
-from chaos.params import VerdictFailed
+from pitrsite.errors import VerdictFailed
 
 if TYPE_CHECKING:
     from chaos.run import Chaos

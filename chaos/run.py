@@ -26,8 +26,6 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from django.conf import settings
-
 from chaos import log as vlog
 from chaos.actions import Actions, indexer_target
 from chaos.check import verify_moment
@@ -35,14 +33,15 @@ from chaos.health import Health
 from chaos.log import LoggedRow
 from chaos.models import ChaosRun
 from chaos.moments import Moment, pick_moments
-from chaos.params import ChaosError, ChaosParams, VerdictFailed
+from chaos.params import ChaosError, ChaosParams
 from chaos.report import conclude, describe_moment
 from chaos.writers import Watchdog, Writer, iso
 from fleet import pg
 from fleet.driver import FleetDriver, get_driver
 from fleet.status import fleet_check
-from pitrsite.errors import PitrError, StepFailed
-from pitrsite.jobs import JobReporter, Reporter, reap, refuse_if_running, run_exclusive
+from pitrsite import home, locks
+from pitrsite.errors import PitrError, StepFailed, VerdictFailed
+from pitrsite.jobs import JobReporter, Reporter, reap, run_exclusive
 from walcatalog import walnames
 
 
@@ -50,7 +49,7 @@ from walcatalog import walnames
 def queue_chaos(params: dict | ChaosParams | None = None, trigger: str = "command") -> ChaosRun:
     """Validate parameters and the fleet first: an impossible run never becomes a row."""
     chosen = params if isinstance(params, ChaosParams) else ChaosParams.from_dict(params)
-    refuse_if_running("chaos", "chaos run")
+    locks.CHAOS.refuse_if_held()
     preflight(chosen, get_driver())
     return ChaosRun.objects.create(parameters=chosen.as_dict(), trigger=trigger)
 
@@ -64,7 +63,7 @@ def run_chaos(run: ChaosRun, reporter: Reporter) -> ChaosRun:
     """
     reap(ChaosRun)
     try:
-        run_exclusive(run, "chaos", "chaos run", reporter, lambda: Chaos(run, reporter).run())
+        run_exclusive(run, locks.CHAOS, reporter, lambda: Chaos(run, reporter).run())
     except PitrError as exc:
         if not isinstance(exc, VerdictFailed):
             raise
@@ -86,7 +85,7 @@ def preflight(params: ChaosParams, driver: FleetDriver) -> None:
                          "run `python manage.py services up`, or leave it out with --actions")
 
 def run_dir_of(run: ChaosRun) -> Path:
-    return Path(settings.PITR_HOME) / "chaos" / f"run-{run.pk}"
+    return home.chaos_dir(f"run-{run.pk}")
 
 
 

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from fleet import pg
+from pitrsite.errors import first_line
 
 INSERT_SQL = ("INSERT INTO test_data (payload, writer, seq) VALUES (%s, %s, %s) "
               "RETURNING id, xmin::text::bigint, created_at")
@@ -142,7 +143,7 @@ class Writer(threading.Thread):
             try:
                 self.loop()
             except Exception as exc:  # noqa: BLE001 - a writer that dies must say why in the report
-                self.fatal = f"{type(exc).__name__}: {pg.first_line(str(exc))}"
+                self.fatal = f"{type(exc).__name__}: {first_line(exc)}"
             finally:
                 self.close()
 
@@ -174,7 +175,7 @@ class Writer(threading.Thread):
                                        options=f"-c statement_timeout={int(self.timeout * 1000)}")
                 return True
             except Exception as exc:  # noqa: BLE001 - FleetError or OSError while the primary is away
-                self.stats.note(f"{now_iso()} connect: {pg.first_line(str(exc))}")
+                self.stats.note(f"{now_iso()} connect: {first_line(exc)}")
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
         return False
@@ -239,7 +240,7 @@ class Writer(threading.Thread):
 
     def lost(self, exc: BaseException, what: str, sent_at: str, log_unknown: bool = True) -> None:
         """The connection is unusable: note it, drop it; the next attempt reconnects."""
-        message = pg.first_line(str(exc)) if str(exc) else type(exc).__name__
+        message = first_line(exc)
         self.stats.note(f"{now_iso()} {what}: {message}")
         if log_unknown:
             self.stats.unknown += 1

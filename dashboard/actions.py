@@ -9,14 +9,10 @@ import logging
 
 from django.db import transaction
 
-from pitrsite.errors import PitrError
+from pitrsite.errors import QueueError
 from pitrsite.jobs import Job, JobState
 
 log = logging.getLogger(__name__)
-
-
-class QueueError(PitrError):
-    pass
 
 
 def _send(job: Job, task, what: str) -> None:

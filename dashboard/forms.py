@@ -6,7 +6,7 @@ from django import forms
 from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
-from restores.planner import RestoreTarget
+from restores.targets import RestoreTarget
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
 
 

@@ -7,43 +7,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, cast
 
-from django.apps import apps
 from django.db.models import Count
 from django.urls import reverse
 
+from pitrsite import jobs
 from pitrsite.jobs import ACTIVE_STATES, Job
 
 if TYPE_CHECKING:
     from restores.models import RestoreJob
 
-# kind -> (app label, model name, detail url name); ChaosRun joins when its model exists.
-KINDS = {
-    "backup": ("walcatalog", "BaseBackup", "dashboard:backup"),
-    "restore": ("restores", "RestoreJob", "dashboard:restore"),
-    "chaos": ("chaos", "ChaosRun", "dashboard:chaos"),
-}
+def job_models() -> dict[str, type[Job]]:
+    """Every installed job kind (chaos runs only where the chaos app is installed)."""
+    return {model.kind: model for model in jobs.job_models()}
 
 
 def job_model(kind: str) -> type[Job] | None:
-    if kind not in KINDS:
-        return None
-    app_label, name, _ = KINDS[kind]
-    try:
-        return apps.get_model(app_label, name)
-    except LookupError:
-        return None
-
-
-def job_models() -> dict[str, type[Job]]:
-    return {kind: model for kind in KINDS if (model := job_model(kind)) is not None}
-
-
-def kind_of(job: Job) -> str:
-    return next(kind for kind, model in job_models().items() if isinstance(job, model))
+    return job_models().get(kind)
 
 
 def detail_url(job: Job) -> str:
-    return reverse(KINDS[kind_of(job)][2], args=[job.pk])
+    return reverse(f"dashboard:{job.kind}", args=[job.pk])
 
 
 def job_json(job: Job) -> dict:
@@ -51,7 +34,7 @@ def job_json(job: Job) -> dict:
     from restores.serializers import restore_dict
     from walcatalog.serializers import backup_dict, job_dict
 
-    kind = kind_of(job)
+    kind = job.kind
     serializers: dict[str, Callable[[Any], dict]] = {"backup": backup_dict, "restore": restore_dict}
     data = serializers.get(kind, job_dict)(job)
     data.update(kind=kind, title=str(job), active=job.is_active, url=detail_url(job),

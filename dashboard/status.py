@@ -7,8 +7,8 @@ never an error page: the overview is what a user opens when things are wrong.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import hashlib
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
@@ -17,11 +17,12 @@ from django.core.cache import cache
 from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
+from dashboard import jobs
 from fleet.status import capture_summary
 from pitrsite import periodic
 from pitrsite.jobs import JobState
+from walcatalog import catalog
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
-from dashboard import jobs
 
 # The fingerprint decides freshness; the clock only catches what it cannot see cheaply
 # (retention clearing in_local_archive on old segments).
@@ -61,12 +62,13 @@ def storage_lines() -> list[str]:
     if "archive" not in settings.STORAGES:
         return lines
     from walcatalog.storage import describe
+    from walcatalog.uploader import wal_to_upload
 
     lines.append(f"archive storage: {describe('archive')}")
     copies = StorageCopy.objects.filter(storage="archive").order_by()
     counts = dict(copies.values_list("kind").annotate(n=Count("id")))
     newest = copies.aggregate(at=Max("uploaded_at"))["at"]
-    waiting = WalSegment.objects.filter(is_partial=False).exclude(copies__storage="archive").count()
+    waiting = wal_to_upload("archive").count()
     lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
                  + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
@@ -77,7 +79,7 @@ def newest_segments() -> dict[int, dict]:
     rows = (WalSegment.objects.filter(is_partial=False).order_by("timeline", "-segno")
             .values("timeline", "segno", "name", "last_commit_at"))
     result: dict[int, dict] = {}
-    for timeline in WalSegment.objects.order_by().values_list("timeline", flat=True).distinct():
+    for timeline in catalog.timelines_held():
         row = rows.filter(timeline=timeline).first()
         if row:
             result[timeline] = dict(row)

@@ -27,7 +27,7 @@ from fleet import images, pg
 from fleet.layout import check_role
 from fleet.local import LocalDriver
 from fleet.pg import ToolFailed, first_line
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.errors import FleetError
 
 # The seed's container names, after the project prefix (PITR_DOCKER_PROJECT).
@@ -54,7 +54,7 @@ def engine() -> Any:
         client = docker.from_env(timeout=300)  # type: ignore[attr-defined]
         client.ping()
     except docker.errors.DockerException as exc:
-        raise FleetError(f"no Docker engine answers ({first_line(str(exc))}): apt-get install docker.io and start "
+        raise FleetError(f"no Docker engine answers ({first_line(exc)}): apt-get install docker.io and start "
                          "`dockerd --bridge=none --iptables=false` (scripts/pitr does both)") from None
     return client
 
@@ -196,9 +196,8 @@ class DockerDriver(LocalDriver):
 
     def resume_later(self, role: str, seconds: float) -> None:
         """A detached `docker unpause` after ``seconds``: a frozen container outlives a dead chaos run otherwise."""
-        subprocess.Popen([sys.executable, "-c", UNPAUSER, str(seconds), container_name(CONTAINERS[role])],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
+        runner.popen([sys.executable, "-c", UNPAUSER, str(seconds), container_name(CONTAINERS[role])],
+                     detached=True, stderr=subprocess.DEVNULL)
 
     def kill(self, role: str) -> None:
         """SIGKILL: a crash. The capturer's pg_receivewal dies and its container's loop starts it again; a
@@ -323,7 +322,7 @@ class DockerDriver(LocalDriver):
     def _exec(self, container: Any, argv: list[str], step: str) -> None:
         code, output = container.exec_run(argv, user="postgres", environment={"TZ": "UTC"})
         if code != 0:
-            raise ToolFailed(step, first_line((output or b"").decode(errors="replace")))
+            raise ToolFailed(step, runner.error_line((output or b"").decode(errors="replace")))
 
     def _wait_ready(self, role: str) -> None:
         """Like pg_ctl -w: until postmaster.pid says ready (or standby), or the container exits."""

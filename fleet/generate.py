@@ -17,7 +17,7 @@ import psycopg
 
 from fleet import pg
 from fleet.layout import Layout
-from pitrsite.errors import FleetError, PitrError
+from pitrsite.errors import FleetError, PitrError, first_line
 
 TICK = 0.1  # seconds between transactions
 PAYLOAD_BYTES = 32
@@ -75,5 +75,5 @@ def generate(rate: float = 100.0, duration: float | None = None, stop: threading
                 wait = TICK if deadline is None else min(TICK, max(0.0, deadline - time.monotonic()))
                 stop.wait(wait)
     except psycopg.Error as exc:
-        raise FleetError(f"failure generating rows after {rows} rows ({pg.first_line(str(exc))})") from None
+        raise FleetError(f"failure generating rows after {rows} rows ({first_line(exc)})") from None
     return GenerateResult(rows, transactions, round(time.monotonic() - began, 3))

@@ -1,4 +1,4 @@
-"""Where each role of the fleet lives: one source of truth for paths and ports."""
+"""Where each role of the fleet lives: one source of truth for its paths and ports (names from pitrsite.home)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from pitrsite import home
 from pitrsite.errors import FleetError
 
 SERVER_ROLES = ("primary", "standby", "restore_target")
@@ -30,19 +31,19 @@ class Layout:
 
     @property
     def logs(self) -> Path:
-        return self.home / "logs"
+        return self.home / home.LOGS
 
     @property
     def run(self) -> Path:
-        return self.home / "run"
+        return self.home / home.RUN
 
     @property
     def secrets(self) -> Path:
-        return self.home / "secrets"
+        return self.home / home.SECRETS
 
     @property
     def staging(self) -> Path:
-        return self.home / "staging"
+        return self.home / home.STAGING
 
     def datadir(self, role: str) -> Path:
         return self.home / check_role(role, SERVER_ROLES) / "data"

@@ -20,7 +20,7 @@ from django.conf import settings
 from fleet import capture, pg
 from fleet.driver import refuse_foreign_action
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
 from pitrsite.errors import FleetError
 
@@ -122,7 +122,7 @@ class LocalDriver:
 
     def stop(self, role: str, mode: str = "fast") -> None:
         if check_role(role) == "capturer":
-            procs.stop_supervised("capturer", self.layout.run)
+            runner.stop_supervised("capturer", self.layout.run)
             return
         if self.state(role) == "paused":
             self.resume(role)
@@ -159,9 +159,8 @@ class LocalDriver:
         if not procs.alive(pid):
             return
         pids = [pid, *procs.descendants(pid)]
-        subprocess.Popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                         close_fds=True)
+        runner.popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], detached=True,
+                     stderr=subprocess.DEVNULL)
 
     def details(self, role: str) -> dict:
         return {}
@@ -317,7 +316,7 @@ class LocalDriver:
                 "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(self.layout.archive),
                 f"--slot={settings.PITR_CAPTURE_SLOT}", "--synchronous", "--verbose"]
         account = pg.server_account()
-        procs.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
+        runner.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
                                user=account.pw_name if account else None, env=pg.libpq_env())
         if not procs.alive(self.pid("capturer")):
             raise FleetError(f"capturer did not start: see {self.layout.logfile('capturer')}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from django.conf import settings
 
 from fleet.layout import SERVER_ROLES, Layout
 from pitrsite.config import persistent_secret
-from fleet.pg import first_line
+from pitrsite import runner
 from pitrsite.errors import PitrError
 
 CONFIG = """\
@@ -93,7 +92,7 @@ def prepare(layout: Layout) -> None:
         data=str(directory), log=str(layout.logs / "pgadmin-app.log"), host=settings.PITR_HOST,
         port=settings.PITR_PGADMIN_PORT))
     (directory / "servers.json").write_text(json.dumps(servers_json(layout), indent=2))
-    env = {**os.environ, **environment(layout)}
+    env = environment(layout)  # over our own environment (the runner merges)
     setup = str(package_dir() / "setup.py")
     if not (directory / "pgadmin4.db").exists():
         secret = persistent_secret(password_file(layout), 18)
@@ -104,11 +103,10 @@ def prepare(layout: Layout) -> None:
 
 
 def _run(argv_: list[str], env: dict, step: str) -> None:
-    result = subprocess.run(argv_, capture_output=True, text=True, env=env, timeout=300, cwd=str(package_dir()))
+    result = runner.run(argv_, step=step, env=env, timeout=300, cwd=package_dir())
     # load-servers prints its own failures and exits 0: its output is checked too
-    failed = result.returncode != 0 or "Error" in result.stdout or "Traceback" in result.stderr
-    if failed:
-        raise PgAdminError(f"{step} failed: {first_line(result.stderr or result.stdout)}")
+    if "Error" in result.stdout or "Traceback" in result.stderr:
+        raise PgAdminError(f"{step} failed: {runner.error_line(result.stderr or result.stdout)}")
 
 
 def url(path: str = "/login") -> str:

@@ -23,17 +23,13 @@ from django.conf import settings
 
 from fleet import pgadmin
 from fleet.layout import Layout
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
-from pitrsite.errors import PitrError
+from pitrsite.errors import ServiceError
 
 SERVICES = ("redis", "web", "worker", "beat", "pgadmin")
 PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT", "pgadmin": "PITR_PGADMIN_PORT"}
 READY_TIMEOUT = 60.0  # a cold gunicorn or Celery start imports all of Django: seconds on a busy 2-core machine
-
-
-class ServiceError(PitrError):
-    pass
 
 
 def check_service(name: str) -> str:
@@ -155,8 +151,8 @@ def up(layout: Layout | None = None) -> list[str]:
         logfile = layout.logs / f"{name}.log"
         if name == "pgadmin":
             pgadmin.prepare(layout)
-        procs.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run,
-                               env=pgadmin.environment(layout) if name == "pgadmin" else None)
+        runner.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run,
+                                env=pgadmin.environment(layout) if name == "pgadmin" else None)
         wait_ready(name, layout, logfile, READY_TIMEOUT * (3 if name == "pgadmin" else 1))  # a Flask app of 600 MB
         done.append(f"{name} started (pid {status(name, layout)['pid']}){describe(name)}")
     return done
@@ -182,7 +178,7 @@ def down(layout: Layout | None = None) -> list[str]:
     done = []
     # Beat first so nothing new is queued, the broker last so the worker can finish talking to it.
     for name in ("pgadmin", "beat", "worker", "web", "redis"):
-        if procs.stop_supervised(name, layout.run):
+        if runner.stop_supervised(name, layout.run):
             done.append(f"{name} stopped")
     return done
 

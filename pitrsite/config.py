@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import environ
@@ -127,12 +126,13 @@ def default_pg_bindir() -> str:
     """`pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin, else ''."""
     pg_config = shutil.which("pg_config")
     if pg_config:
+        from pitrsite import runner  # not at the top: settings import this module
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            out = runner.run([pg_config, "--bindir"], step="asking pg_config", timeout=10, check=False)
             candidate = out.stdout.strip()
             if out.returncode == 0 and Path(candidate, "initdb").exists():
                 return candidate
-        except (OSError, subprocess.SubprocessError):
+        except runner.ToolFailed:
             pass
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)

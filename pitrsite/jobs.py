@@ -6,31 +6,26 @@ found by the reaper and marked interrupted: it never reads as succeeded.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO, TypeVar
 
 from django.apps import apps
-from django.conf import settings
-from tqdm import tqdm
 from django.db import DatabaseError, connection, models
 from django.utils import timezone
+from tqdm import tqdm
 
 from pitrsite import procs
 from pitrsite.errors import LockBusy, PitrError, StepFailed, first_line
+from pitrsite.locks import HOST, Lock
+from pitrsite.runner import kill_children
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
 # A job on another host is declared dead after STALE_AFTER s without a heartbeat; it beats far more often.
 STALE_AFTER = 120.0
 HEARTBEAT_INTERVAL = 20.0
@@ -65,6 +60,7 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     objects: ClassVar[models.Manager[Self]]  # every concrete job model has the default manager
+    kind: ClassVar[str]  # "backup", "restore", "chaos": its name in URLs, metrics and lists
 
     class Meta:
         abstract = True
@@ -224,10 +220,10 @@ def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
     return job
 
 
-def run_exclusive(job: J, lock: str, what: str, reporter: Reporter, work: Callable[[], None]) -> J:
-    """run_job under the lock `lock`; refused, the row says why instead of staying queued."""
+def run_exclusive(job: J, lock: Lock, reporter: Reporter, work: Callable[[], None]) -> J:
+    """run_job under the lock; refused, the row says why instead of staying queued."""
     try:
-        with exclusive(lock, what):
+        with lock.held():
             return run_job(job, reporter, work)
     except LockBusy as exc:
         job.refuse(str(exc))
@@ -262,43 +258,6 @@ def heartbeat(job: Job, interval: float | None = None) -> Iterator[None]:
 
 def job_key(job: Job) -> str:
     return f"{type(job).__name__}-{job.pk}"
-
-
-def _children_file(key: str) -> Path:
-    return Path(settings.PITR_HOME) / "run" / "children" / f"{key}.pgids"
-
-
-def spawn(argv: list[str], owner: str, **kwargs) -> subprocess.Popen:
-    """Start a tool in its own process group, remembered under the owning job.
-
-    The tool dies with us (PR_SET_PDEATHSIG in the caller's kwargs), but what
-    it forks does not (pg_basebackup's WAL streamer): when the reaper finds
-    the job's process gone, it kills the whole group.
-    """
-    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-    path = _children_file(owner)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(f"{proc.pid}\n")
-    return proc
-
-
-def kill_children(owner: str) -> int:
-    """SIGKILL every process still in the groups a job started; returns how many."""
-    path = _children_file(owner)
-    try:
-        groups = {int(line) for line in path.read_text().split()}
-    except FileNotFoundError:
-        return 0
-    killed = 0
-    for pid in procs.pids_in_groups(groups):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
-            pass
-    path.unlink(missing_ok=True)
-    return killed
 
 
 def job_models() -> list[type[Job]]:
@@ -344,29 +303,3 @@ def _mark_interrupted(job: Job) -> bool:
         except (PitrError, OSError, DatabaseError) as exc:  # the row is right already; say what is left
             log.warning("%s #%s: cleanup after the kill failed: %s", model.__name__, job.pk, exc)
     return True
-
-
-@contextmanager
-def exclusive(name: str, what: str) -> Iterator[None]:
-    """An OS lock under the data home: held while the process lives, released when it dies."""
-    lockdir = Path(settings.PITR_HOME) / "run"
-    lockdir.mkdir(parents=True, exist_ok=True)
-    path = lockdir / f"{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockBusy(f"another {what} is running ({holder}): wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {HOST}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def refuse_if_running(name: str, what: str) -> None:
-    """At submission: refuse a job whose lock is held now, rather than queue one no worker will run."""
-    with exclusive(name, what):
-        pass

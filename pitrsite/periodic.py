@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from django.conf import settings
 from django.utils import timezone
 
+from pitrsite import home
 from pitrsite.errors import LockBusy, PitrError, first_line
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 
 def _folder() -> Path:
-    return Path(settings.PITR_HOME) / "run" / "tasks"
+    return home.run_dir("tasks")
 
 
 def _read(name: str) -> dict:

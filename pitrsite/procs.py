@@ -1,4 +1,4 @@
-"""Process helpers over /proc: liveness, stopped state, descendants, detached starts.
+"""Process helpers over /proc: liveness, stopped state, descendants, process groups.
 
 At the bottom layer: the job machinery (pitrsite/jobs.py) kills what a job started, and the fleet starts
 and supervises servers; both use these helpers.
@@ -9,8 +9,6 @@ import errno
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, TypeGuard
@@ -138,38 +136,3 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return not alive(pid)
 
 
-def start_supervised(name: str, argv: list[str], rundir: Path, logfile: Path,
-                     user: str | None = None, env: dict | None = None, cwd: Path | None = None) -> int:
-    """Start `fleet.supervise` detached (own session), so it outlives whoever started it."""
-    command = [sys.executable, "-m", "fleet.supervise", "--name", name, "--rundir", str(rundir)]
-    if user:
-        command += ["--user", user]
-    command += ["--", *argv]
-    project = Path(__file__).resolve().parent.parent
-    with open(logfile, "ab") as log:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=cwd or project,
-            env={**os.environ, "PYTHONPATH": str(project), **(env or {})},
-        )
-    deadline = time.monotonic() + 10
-    child_pidfile = rundir / f"{name}.pid"
-    while time.monotonic() < deadline and not alive(read_pid(child_pidfile)):
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    return proc.pid
-
-
-def stop_supervised(name: str, rundir: Path, timeout: float = 20) -> bool:
-    """SIGTERM the supervisor (it stops its child); returns False if it was not running."""
-    pid = read_pid(rundir / f"{name}.supervisor.pid")
-    if not alive(pid):
-        return False
-    child = read_pid(rundir / f"{name}.pid")
-    if paused(child):
-        os.kill(child, signal.SIGCONT)
-    os.kill(pid, signal.SIGTERM)
-    if not wait_gone(pid, timeout):
-        signal_tree(pid, signal.SIGKILL)
-    return True

@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from fleet import pg
 from fleet.layout import Layout
-from pitrsite.errors import LockBusy, PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive, refuse_if_running
+from pitrsite import locks
+from pitrsite.errors import LockBusy, PitrError, first_line
+from pitrsite.jobs import JobState, Reporter
 from restores.engine import refresh_catalog, run_restore
 from restores.models import (
     DRILL_TRIGGER,
@@ -61,7 +62,7 @@ def run_drill(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     try:
         # A chaos run restores and then reads the restore target: a drill in between would fool it. Its
         # lock says so without importing chaos (which sits above restores).
-        refuse_if_running("chaos", "chaos run")
+        locks.CHAOS.refuse_if_held()
     except LockBusy as busy:
         return record(job, DrillVerdict.SKIPPED, f"skipped: {busy}", {})
     try:
@@ -91,7 +92,7 @@ def checked(job: RestoreJob, expected: Expected, reporter: Reporter, detail: dic
     """check_copy() under the restore lock, so no restore replaces the copy while it is checked."""
     locked = False
     try:
-        with exclusive("restore", "restore"):
+        with locks.RESTORE.held():
             locked = True
             if restored_since(job):
                 return DrillVerdict.SKIPPED, "skipped: another restore replaced the copy before its checks"
@@ -101,7 +102,7 @@ def checked(job: RestoreJob, expected: Expected, reporter: Reporter, detail: dic
             return DrillVerdict.SKIPPED, f"skipped: the copy could not be checked ({exc})"
         if not isinstance(exc, PitrError):
             log.exception("drill #%s: the checks raised", job.pk)
-        return DrillVerdict.FAILED, f"the checks failed: {pg.first_line(str(exc)) if str(exc) else type(exc).__name__}"
+        return DrillVerdict.FAILED, f"the checks failed: {first_line(exc)}"
 
 
 def expected_end() -> Expected:

@@ -26,23 +26,19 @@ from django.utils import timezone
 
 from fleet import pg
 from fleet.driver import FleetDriver, get_driver
-from pitrsite import procs
-from pitrsite.errors import PitrError, StepFailed
+from pitrsite import locks, procs
+from pitrsite.errors import PitrError, RestoreError, StepFailed
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
 from restores.proof import ServerLog, end_of_recovery, recovery_shortfall
 from restores.staging import WalCheck, WalDownload, give, link_or_copy
-from walcatalog import walnames
 from walcatalog import storage as st
+from walcatalog import walnames
 from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
-
-
-class RestoreError(PitrError):
-    pass
 
 
 def target_of(job: RestoreJob) -> RestoreTarget:
@@ -53,7 +49,7 @@ def target_of(job: RestoreJob) -> RestoreTarget:
 def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     """The one domain function behind `manage.py restore` and the Celery task."""
     reap(RestoreJob)
-    run_exclusive(job, "restore", "restore", reporter, lambda: Restore(job, reporter).run())
+    run_exclusive(job, locks.RESTORE, reporter, lambda: Restore(job, reporter).run())
     job.refresh_from_db()
     return job
 

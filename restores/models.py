@@ -28,6 +28,7 @@ DRILL_TRIGGER = "drill"
 
 
 class RestoreJob(Job):
+    kind = "restore"
     target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
     target_value = models.CharField(max_length=200, blank=True, help_text="as given: time, LSN, xid or name")
     exclusive = models.BooleanField(default=False)

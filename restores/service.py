@@ -9,8 +9,8 @@ from django.utils import timezone
 from fleet import pg
 from fleet.layout import Layout
 from fleet.driver import get_driver
+from pitrsite import locks
 from pitrsite.errors import PitrError
-from pitrsite.jobs import refuse_if_running
 from restores.engine import ROLE, refresh_catalog
 from restores.models import RestoreJob, TargetKind
 from restores.planner import NotYetCaptured, PlanError, RestoreTarget, plan
@@ -26,7 +26,7 @@ def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob
     it may come from a catalog a few seconds old (a restore point or segment not indexed yet).
     """
     target.validate()
-    refuse_if_running("restore", "restore")
+    locks.RESTORE.refuse_if_held()
     get_driver().check_port_ours(ROLE)  # found now, not after the target was stopped and emptied
     try:
         validate_against_catalog(target)

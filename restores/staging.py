@@ -18,7 +18,6 @@ from fleet import pg
 from pitrsite.errors import StepFailed
 from pitrsite.jobs import Reporter
 from walcatalog import storage as st
-from walcatalog.indexer import sha256_file
 from walcatalog.models import StorageCopy
 
 
@@ -55,7 +54,7 @@ class WalCheck:
                 if self.stopping.is_set():
                     return
                 self.bytes += path.stat().st_size
-                if sha256_file(path) == sha:
+                if st.sha256_file(path)[1] == sha:
                     continue
                 if copy is None:
                     self.corrupt.append(name)

@@ -26,7 +26,7 @@ def make_segments(timeline: int, segnos, start: datetime, step: timedelta, parti
             timeline=timeline, segno=segno, name=walnames.segment_name(timeline, segno, SEG),
             start_lsn=segno * SEG, end_lsn=(segno + 1) * SEG, size=SEG // 3 if partial else SEG, is_partial=partial,
             first_commit_at=at - step / 2, last_commit_at=at, last_commit_lsn=segno * SEG + 4096, commit_count=7,
-            scanned_to=(segno + 1) * SEG))
+            scanned_to=(segno + 1) * SEG, sha256="" if partial else f"{segno:064x}"))  # complete ones are hashed
     WalSegment.objects.bulk_create(rows, batch_size=batch)
     return len(rows)
 

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from pitrsite.jobs import JobState
-from walcatalog import catalog, walnames
+from walcatalog import catalog, segsize, walnames
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 SEG = 1 << 20
@@ -18,7 +18,7 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 @pytest.fixture
 def cat(db, monkeypatch):
     """An empty catalog of 1 MiB segments (rows of other test files are removed inside this test's transaction)."""
-    monkeypatch.setattr(catalog, "_segment_size", SEG)
+    monkeypatch.setattr(segsize, "_segment_size", SEG)
     StorageCopy.objects.all().delete()
     WalSegment.objects.all().delete()
     Timeline.objects.all().delete()

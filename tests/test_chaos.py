@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from fleet import pg, services
-from fleet.layout import Layout
-from pitrsite import procs
-from pitrsite.jobs import JobReporter, JobState
 from chaos.log import LoggedRow, load_log
 from chaos.models import ChaosRun, Verdict
 from chaos.moments import pick_moments
 from chaos.params import ACTIONS, ChaosError, ChaosParams
 from chaos.run import queue_chaos, run_chaos
+from fleet import pg, services
+from fleet.layout import Layout
+from pitrsite import procs, runner
+from pitrsite.jobs import JobReporter, JobState
 from restores.models import RestoreJob
 from tests.conftest import manage, subprocess_env
 
@@ -51,7 +51,7 @@ def start_app_services(layout: Layout) -> list[str]:
     for name in ("worker", "beat"):
         logfile = layout.logs / f"{name}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        procs.start_supervised(name, services.argv(name, layout), layout.run, logfile, cwd=layout.run,
+        runner.start_supervised(name, services.argv(name, layout), layout.run, logfile, cwd=layout.run,
                                env=subprocess_env())
         started.append(name)
         services.wait_ready(name, layout, logfile)
@@ -72,7 +72,7 @@ def short_run(fleet, redis_server, django_db_setup, django_db_blocker):
             run = run_chaos(run, JobReporter(run))
     finally:
         for name in reversed(started or ["beat", "worker"]):
-            procs.stop_supervised(name, layout.run)
+            runner.stop_supervised(name, layout.run)
     return run
 
 
@@ -153,8 +153,8 @@ def test_a_write_that_did_not_commit_is_retried_under_the_same_seq(fleet, tmp_pa
     import threading
     import time
 
-    from chaos.writers import Watchdog, Writer
     from chaos.log import collect
+    from chaos.writers import Watchdog, Writer
     from tests.conftest import wait_for
 
     port = fleet.layout.port("primary")
@@ -251,7 +251,7 @@ def test_celery_task_inside_the_worker_kills_beat_not_itself(fleet, redis_server
         assert services.status("worker")["pid"] == worker_pid, "the worker running the chaos task was killed"
     finally:
         for name in ("beat", "worker"):
-            procs.stop_supervised(name, layout.run)
+            runner.stop_supervised(name, layout.run)
 
 
 @pytest.mark.django_db

@@ -13,7 +13,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet import pg
-from pitrsite.jobs import JobReporter, JobState, exclusive
+from pitrsite import locks
+from pitrsite.jobs import JobReporter, JobState
 from restores import drill
 from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob
 from tests.restore_helpers import (
@@ -161,7 +162,7 @@ def test_drill_that_cannot_run_pg_amcheck_fails(fleet, backed_up, db, settings, 
 
 
 def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_up, db):
-    with exclusive("restore", "restore"):  # what a running restore holds
+    with locks.RESTORE.held():  # what a running restore holds
         job = drill.new_drill("test")
         job = drill.run_drill(job, JobReporter(job))
     assert job.drill_verdict == DrillVerdict.SKIPPED
@@ -172,10 +173,10 @@ def test_drill_refused_while_a_restore_runs_is_skipped_not_queued(fleet, backed_
 
 
 def test_drill_during_a_chaos_run_is_skipped(db, no_fleet):
-    from pitrsite.jobs import exclusive
+    from pitrsite import locks
 
     job = drill.new_drill("test")
-    with exclusive("chaos", "chaos run"):  # what a running chaos run holds
+    with locks.CHAOS.held():  # what a running chaos run holds
         job = drill.run_drill(job, JobReporter(job))
     assert (job.drill_verdict, job.state) == (DrillVerdict.SKIPPED, JobState.FAILED)
     assert job.error.startswith("skipped: another chaos run is running (pid "), job.error

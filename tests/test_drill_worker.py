@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from fleet import pg
-from pitrsite.jobs import JobReporter, JobState, exclusive
+from pitrsite import locks
+from pitrsite.jobs import JobReporter, JobState
 from restores.models import DRILL_TRIGGER, DrillVerdict, RestoreJob
 from tests.conftest import manage, wait_for
 from tests.restore_helpers import rot_index_page, wait_captured, write_rows
@@ -43,7 +44,7 @@ def test_drill_command_exit_status_says_the_verdict(fleet, backup):
     assert job["drill_verdict"] == "passed" and job["state"] == "done", job
     assert job["drill_detail"]["end_reached"] and job["drill_detail"]["amcheck"]["exit"] == 0
 
-    with exclusive("restore", "restore"):  # what a running restore holds
+    with locks.RESTORE.held():  # what a running restore holds
         skipped = manage("drill", check=False)
     assert skipped.returncode == 2
     assert " skipped: another restore is running (pid " in skipped.stderr.strip().splitlines()[-1]

@@ -20,7 +20,7 @@ from fleet.generate import generate
 from fleet.status import capture_summary
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.test_timeline_switch import second_fleet  # noqa: F401 - a private fleet to promote
-from walcatalog import catalog, indexer, walnames, waldump
+from walcatalog import catalog, indexer, segsize, storage, waldump, walnames
 from walcatalog.indexer import index_archive
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
@@ -298,8 +298,8 @@ def test_second_pass_with_nothing_new_hashes_nothing(fleet, primary, empty_catal
     first = index_archive()
     assert first.new > 0
     calls = []
-    real = indexer.sha256_file
-    monkeypatch.setattr(indexer, "sha256_file", lambda path: calls.append(path) or real(path))
+    real = storage.sha256_file
+    monkeypatch.setattr(storage, "sha256_file", lambda path: calls.append(path) or real(path))
     files = [n for n in os.listdir(archive()) if walnames.is_wal_name(n, SEG)]
     second = index_archive()
     assert calls == [] and second.hashed == 0, f"the second pass hashed {calls}"
@@ -385,15 +385,15 @@ def test_killed_capturer_restarts_and_leaves_no_gap(fleet, primary, empty_catalo
 
 
 def test_segment_size_comes_from_the_primary_and_falls_back_to_the_archive(fleet, settings):
-    catalog._segment_size = None
+    segsize._segment_size = None
     try:
         assert catalog.segment_size() == SEG
-        catalog._segment_size = None
+        segsize._segment_size = None
         settings.PITR_PRIMARY_PORT = _closed_port()  # a primary that does not answer
-        assert catalog._size_from_primary() is None
-        assert catalog._size_from_archive(archive()) == SEG
+        assert segsize._size_from_primary() is None
+        assert segsize._size_from_archive(archive()) == SEG
     finally:
-        catalog._segment_size = None
+        segsize._segment_size = None
 
 
 def _closed_port() -> int:
@@ -425,11 +425,11 @@ def test_archive_that_does_not_exist_is_a_one_line_error(db, tmp_path):
 
 
 def test_task_skips_while_another_pass_holds_the_lock(fleet, empty_catalog, caplog):
-    from pitrsite.jobs import exclusive
+    from pitrsite import locks
     from walcatalog.tasks import index_wal
 
     caplog.set_level(logging.INFO, logger="walcatalog")
-    with exclusive("index-wal", "WAL index pass"):  # what a slow earlier pass holds
+    with locks.INDEX.held():  # what a slow earlier pass holds
         assert index_wal() is None
     assert WalSegment.objects.count() == 0
     assert any("skipped" in r.getMessage() for r in caplog.records)

@@ -15,11 +15,11 @@ import pytest
 from django.conf import settings
 
 from fleet import pg
-from pitrsite import jobs, procs
+from pitrsite import jobs, locks, procs
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobReporter, JobState, exclusive, run_job
+from pitrsite.jobs import JobReporter, JobState, run_job
 from restores.models import RestoreJob
-from restores.planner import RestoreTarget
+from restores.targets import RestoreTarget
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.restore_helpers import wait_captured
 from walcatalog.models import BaseBackup
@@ -107,7 +107,7 @@ def test_second_backup_is_refused_in_one_line_and_no_row_stays_queued(fleet):
 
     waiting = queue_backup()  # queued just before another backup took the lock
     before = BaseBackup.objects.count()
-    with exclusive("backup", "base backup"):  # what a running backup holds
+    with locks.BACKUP.held():  # what a running backup holds
         line = one_line(manage("backup", check=False))
         assert "another base backup is running" in line
         with pytest.raises(PitrError, match="another base backup is running"):
@@ -127,7 +127,7 @@ def test_second_restore_is_refused_in_one_line_and_no_row_stays_queued(fleet):
     manage("backup")
     waiting = queue_restore(RestoreTarget.from_options(immediate=True))
     before = RestoreJob.objects.count()
-    with exclusive("restore", "restore"):
+    with locks.RESTORE.held():
         assert "another restore is running" in one_line(manage("restore", "--immediate", check=False))
         assert RestoreJob.objects.count() == before
         with pytest.raises(PitrError, match="another restore is running"):

@@ -42,3 +42,35 @@ def test_the_check_sees_an_upward_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from dashboard import views\n")
     assert (2, "dashboard") in imported_packages(module)
+
+
+# The one process starter (pitrsite/runner.py); fleet/supervise.py is a separate, app-free program
+# (importing pitrsite loads Celery) that starts its one child itself.
+STARTERS = {"pitrsite/runner.py", "fleet/supervise.py"}
+START_CALLS = {"Popen", "run", "call", "check_call", "check_output", "system", "execv", "execvp", "spawnv"}
+
+
+def process_starts(path: Path) -> list[int]:
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id in ("subprocess", "os") \
+                and node.func.attr in START_CALLS:
+            lines.append(node.lineno)
+        if isinstance(node, ast.keyword) and node.arg == "preexec_fn":
+            lines.append(node.value.lineno)
+    return lines
+
+
+def test_processes_start_in_one_place():
+    found = [f"{path.relative_to(PROJECT)}:{line}"
+             for package in LAYERS for path in sorted((PROJECT / package).rglob("*.py"))
+             if str(path.relative_to(PROJECT)) not in STARTERS for line in process_starts(path)]
+    assert found == []
+
+
+def test_the_check_sees_a_process_start(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import subprocess\ndef f():\n    subprocess.run(['true'])\n"
+                      "    subprocess.Popen(['true'], preexec_fn=f)\n")
+    assert process_starts(module) == [3, 4, 4]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pitrsite import periodic
-from pitrsite.jobs import exclusive
+from pitrsite import locks, periodic
 
 
 @pytest.fixture
@@ -41,6 +40,6 @@ def test_a_pass_skipped_for_the_lock_is_no_failure(home, db):
     from walcatalog.tasks import index_wal
 
     (home / "no-such-archive").mkdir()
-    with exclusive("index-wal", "WAL index pass"):
+    with locks.INDEX.held():
         assert index_wal() is None
     assert periodic.states() == []  # neither a success nor a failure: nothing ran

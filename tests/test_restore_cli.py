@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from fleet import pg
-from pitrsite import procs
+from pitrsite import locks, procs
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobReporter, JobState, exclusive, reap
+from pitrsite.jobs import JobReporter, JobState, reap
 from restores.engine import run_restore
-from restores.planner import RestoreTarget
-from restores.service import queue_restore
 from restores.models import RestoreJob
+from restores.service import queue_restore
+from restores.targets import RestoreTarget
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
 from walcatalog.models import BaseBackup
@@ -48,6 +48,10 @@ def test_bad_target_on_the_command_line_is_one_line(fleet):
     result = manage("restore", "--target-time", "2026-11-27 14:03:27", check=False)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "has no time zone" in result.stderr
+    # With --json, stdout is still one JSON document: the error, and the exit status says it failed.
+    as_json = manage("restore", "--target-time", "2026-11-27 14:03:27", "--json", check=False)
+    assert as_json.returncode == 1
+    assert "has no time zone" in json.loads(as_json.stdout)["error"]
 
 
 def test_killed_backup_reads_interrupted_and_the_next_one_works(fleet):
@@ -94,7 +98,7 @@ def test_killed_restore_reads_interrupted_and_the_next_one_works(fleet):
 def test_a_second_restore_while_one_runs_is_refused(fleet):
     manage("backup")
     job = queue_restore(RestoreTarget.from_options(immediate=True))
-    with exclusive("restore", "restore"):  # what a running restore holds (an flock: per open file, not per process)
+    with locks.RESTORE.held():  # what a running restore holds (an flock: per open file, not per process)
         with pytest.raises(PitrError, match="another restore is running"):
             run_restore(job, JobReporter(job))
     job.refresh_from_db()

@@ -15,11 +15,11 @@ from django.test import override_settings
 
 from fleet import pg
 from fleet.local import LocalDriver
-from pitrsite import procs
+from pitrsite import procs, runner
 from pitrsite.jobs import JobReporter, JobState
 from restores.engine import run_restore
-from restores.planner import RestoreTarget
 from restores.service import queue_restore
+from restores.targets import RestoreTarget
 from tests.conftest import wait_for
 from tests.restore_helpers import empty_catalog, primary_ids_committed, restored_ids, write_rows
 from walcatalog import walnames
@@ -77,7 +77,7 @@ def fail_over(driver: LocalDriver) -> None:
     with pg.connect(port, dbname="postgres") as conn:
         conn.execute("SELECT pg_create_physical_replication_slot('pitr_slot', true)")
     account = pg.server_account()
-    procs.start_supervised("capturer", [
+    runner.start_supervised("capturer", [
         pg.tool("pg_receivewal"), "-h", "127.0.0.1", "-p", str(port), "-U", "replicator", "--no-password",
         "-D", str(driver.layout.archive), "--slot=pitr_slot", "--synchronous"],
         driver.layout.run, driver.layout.logfile("capturer"), user=account.pw_name if account else None,

@@ -280,7 +280,8 @@ def test_overview_storage_state(viewer, catalog):
 
     segment = WalSegment.objects.filter(is_partial=False).first()
     StorageCopy.objects.create(kind="wal", storage="archive", key=f"wal/{segment.name}", segment=segment,
-                               size=segment.size, sha256="0" * 64, uploaded_at=timezone.now())
+                               size=segment.size, sha256="0" * 64, uploaded_at=timezone.now(),
+                               verified_at=timezone.now())
     html = viewer.get("/").content.decode()
     complete = WalSegment.objects.filter(is_partial=False).count()
     assert "archive storage: " in html and "copies: 1 WAL segments, 0 backup files" in html

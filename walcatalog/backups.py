@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from django.conf import settings
@@ -17,8 +16,9 @@ from django.utils import timezone
 
 from fleet import pg
 from fleet.layout import Layout
-from pitrsite.errors import PitrError, StepFailed
-from pitrsite.jobs import JobState, Reporter, job_key, reap, refuse_if_running, run_exclusive, spawn
+from pitrsite import locks, runner
+from pitrsite.errors import BackupError, StepFailed
+from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
 from walcatalog import catalog, walnames
 from walcatalog import storage as st
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, StorageCopy
@@ -30,15 +30,11 @@ SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4"
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
-class BackupError(PitrError):
-    pass
-
-
 def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command") -> BaseBackup:
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
-    refuse_if_running("backup", "base backup")
+    locks.BACKUP.refuse_if_held()
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)
 
@@ -46,7 +42,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
 def run_backup(backup: BaseBackup, reporter: Reporter) -> BaseBackup:
     """Take the backup the row describes; one at a time per data home."""
     reap(BaseBackup)  # a backup whose worker was killed must not block this one
-    return run_exclusive(backup, "backup", "base backup", reporter, lambda: _take(backup, reporter))
+    return run_exclusive(backup, locks.BACKUP, reporter, lambda: _take(backup, reporter))
 
 
 def clean_killed_backup(backup: BaseBackup) -> None:
@@ -129,20 +125,16 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
 
 
 def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
-    env = {**pg.as_server_kwargs().get("env", os.environ), **pg.libpq_env()}
-    kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
-    proc = spawn(argv, owner, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
-    lines = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
+    def progress(line: str) -> bool:
         match = PROGRESS.search(line)
         if match:
             reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
-        else:
-            lines.append(line.strip())
-    if proc.wait() != 0:
-        errors = [text for text in lines if "error" in text.lower()] or lines or ["no output"]
-        raise StepFailed("copying files", f"{errors[0].removeprefix('pg_basebackup: ')}")
+        return match is not None
+
+    result = pg.run(argv, step="copying files", env=pg.libpq_env(), timeout=None, check=False, owner=owner,
+                    on_line=progress)
+    if result.returncode != 0:
+        raise StepFailed("copying files", runner.error_line(result.stderr).removeprefix("pg_basebackup: "))
 
 
 def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
@@ -185,20 +177,17 @@ def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str) -> None:
 
 
 def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owner: str) -> int:
-    env = pg.as_server_kwargs().get("env", os.environ)
-    kwargs = {k: v for k, v in pg.as_server_kwargs().items() if k != "env"}
-    proc = spawn(argv, owner, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs)
-    start, lines = done, []
-    assert proc.stderr is not None
-    for line in proc.stderr:
+    start = done
+
+    def progress(line: str) -> bool:
+        nonlocal done
         match = TAR_CHECKPOINT.match(line)
         if match:  # records read so far, 10240 bytes each
             done = start + int(match.group(1)) * 10240
             reporter.progress(min(done, total) if total else done, total)
-        else:
-            lines.append(line.strip())
-    if proc.wait() != 0:
-        raise StepFailed("extracting", f"{pg.first_line(chr(10).join(lines))}")
+        return match is not None
+
+    pg.run(argv, step="extracting", timeout=None, owner=owner, on_line=progress)
     return done
 
 

@@ -88,6 +88,7 @@ DEFAULT_COMPRESSION = Compression.ZSTD
 
 class BaseBackup(Job):
     """A pg_basebackup in tar format; offered for restore only once verified."""
+    kind = "backup"
 
     label = models.CharField(max_length=100, unique=True)
     compression = models.CharField(max_length=8, choices=Compression.choices, default=DEFAULT_COMPRESSION)

@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -26,8 +26,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from pitrsite.errors import PitrError
-from pitrsite.jobs import JobState, Reporter, exclusive
+from pitrsite import home, locks
+from pitrsite.errors import PitrError, RebuildError
+from pitrsite.jobs import JobState, Reporter
+from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir
@@ -36,12 +38,8 @@ from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, W
 log = logging.getLogger(__name__)
 
 
-class RebuildError(PitrError):
-    pass
-
-
 @dataclass
-class RebuildResult:
+class RebuildResult(Result):
     storage: str = ""
     segments: int = 0
     timelines: int = 0
@@ -51,8 +49,6 @@ class RebuildResult:
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # objects not adopted, with why
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def __str__(self) -> str:
         text = (f"rebuilt from {self.storage}: {self.segments} segment(s), {self.timelines} timeline(s), "
@@ -63,7 +59,7 @@ class RebuildResult:
 
 def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = st.STORAGE_NAME,
                          workers: int | None = None) -> RebuildResult:
-    with exclusive("index-wal", "WAL index pass"), exclusive("upload", "upload pass"):
+    with locks.all_held(locks.INDEX, locks.UPLOAD):
         _require_empty()
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
 
@@ -93,7 +89,7 @@ class _Rebuild:
         self.step("listing storage")
         wal_keys = st.list_keys(self.storage, "wal")
         backup_keys = st.list_keys(self.storage, "backups")
-        scratch = Path(tempfile.mkdtemp(prefix="rebuild-", dir=settings.PITR_HOME))
+        scratch = Path(tempfile.mkdtemp(prefix="rebuild-", dir=home.home()))
         # No transaction around the whole rebuild: pg_waldump of every segment and reading every backup back
         # take minutes, and on SQLite one long write transaction makes every other writer fail. Each write is
         # short instead, and a rebuild that fails takes back what it wrote, so the catalog is empty again.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -33,8 +33,10 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from pitrsite.errors import PitrError
-from pitrsite.jobs import ACTIVE_STATES, Reporter, exclusive
+from pitrsite import locks
+from pitrsite.errors import RetentionError
+from pitrsite.jobs import ACTIVE_STATES, Reporter
+from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir, restorable_backups
@@ -46,12 +48,8 @@ log = logging.getLogger(__name__)
 REMOVED = "removed by retention"
 
 
-class RetentionError(PitrError):
-    pass
-
-
 @dataclass
-class RetentionResult:
+class RetentionResult(Result):
     policy: str = ""
     dry_run: bool = False
     oldest_kept_backup: str | None = None
@@ -69,8 +67,6 @@ class RetentionResult:
     note: str = ""
     errors: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -127,8 +123,7 @@ def apply_retention(policy: Policy | None = None, dry_run: bool = False, now: da
         result.note = "nothing is deleted"
         return result
     # Never with a backup, an upload or a restore running: each reads files this pass may delete.
-    with exclusive("retention", "retention pass"), exclusive("backup", "base backup"), \
-            exclusive("upload", "upload pass"), exclusive("restore", "restore"):
+    with locks.all_held(locks.RETENTION, locks.BACKUP, locks.UPLOAD, locks.RESTORE):
         _pass(policy, dry_run, now or timezone.now(), result, reporter)
     result.seconds = round(time.monotonic() - began, 3)
     return result

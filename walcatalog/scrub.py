@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,23 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, restorable_backups
-from walcatalog.indexer import sha256_file
 from walcatalog.models import BaseBackup, WalSegment
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ScrubResult:
+class ScrubResult(Result):
     checked: int = 0
     corrupt: int = 0
     bytes: int = 0
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def __str__(self) -> str:
+        return f"{self.checked} segments checked ({self.bytes} bytes), {self.corrupt} corrupt"
+
 
 
 def scrub_archive(archive_dir: Path | None = None, mb_per_s: float | None = None,
@@ -46,7 +47,7 @@ def scrub_archive(archive_dir: Path | None = None, mb_per_s: float | None = None
         if max_seconds is not None and time.monotonic() - began > max_seconds:
             break
         try:
-            found = sha256_file(archive / seg.name)
+            found = st.sha256_file(archive / seg.name)[1]
         except FileNotFoundError:
             continue  # the indexer marks it vanished
         result.checked += 1

@@ -36,7 +36,7 @@ import tenacity
 from django.db import connections
 
 from pitrsite.config import STORAGE_BACKENDS as BACKENDS
-from pitrsite.errors import PitrError
+from pitrsite.errors import ChecksumError, LocalChanged, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ CHUNK = 1 << 20
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class StorageError(PitrError):
-    pass
-
-
-class ChecksumError(StorageError):
-    """An object's bytes are not the bytes the catalog recorded."""
-
-
-class LocalChanged(ChecksumError):
-    """The local file is not what the catalog indexed: uploading it again will not help."""
 
 
 def get_storage(name: str = STORAGE_NAME):

@@ -9,7 +9,7 @@ import logging
 
 from celery import shared_task
 
-from pitrsite.jobs import exclusive
+from pitrsite import locks
 from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def index_wal() -> dict | None:
     """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
     def work():
-        with exclusive("index-wal", "WAL index pass"):
+        with locks.INDEX.held():
             result = index_archive()
         if result.new or result.completed or result.vanished or result.errors:
             log.info("index_wal: %s", result)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,8 +30,9 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from pitrsite.errors import PitrError
-from pitrsite.jobs import Reporter, exclusive
+from pitrsite import locks
+from pitrsite.jobs import Reporter
+from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, restorable_backups
 from walcatalog.models import StorageCopy, Timeline, WalSegment
@@ -57,7 +58,7 @@ class Item:
 
 
 @dataclass
-class UploadResult:
+class UploadResult(Result):
     storage: str = ""
     pending: int = 0
     uploaded: int = 0
@@ -71,8 +72,6 @@ class UploadResult:
     seconds: float = 0.0  # wall clock of the pass
     errors: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def __str__(self) -> str:
         text = (f"{self.uploaded} of {self.pending} object(s) uploaded and verified to {self.storage} "
@@ -81,19 +80,22 @@ class UploadResult:
         return text + (f"; {len(self.errors)} failed" if self.errors else "")
 
 
-class UploadError(PitrError):
-    pass
-
-
 def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
                 storage_name: str = st.STORAGE_NAME) -> UploadResult:
     """One pass; at most one runs at a time per data home."""
-    with exclusive("upload", "upload pass"):
+    with locks.UPLOAD.held():
         return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
 
 
 def verified_copies(storage_name: str = st.STORAGE_NAME):
     return StorageCopy.objects.filter(storage=storage_name, verified_at__isnull=False)
+
+
+def wal_to_upload(storage_name: str = st.STORAGE_NAME):
+    """Complete, indexed local segments with no verified copy in the storage: what the next pass uploads
+    (and the backlog the overview shows)."""
+    copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
+    return WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="").filter(~copied)
 
 
 class _Pass:
@@ -121,14 +123,9 @@ class _Pass:
         return self.result
 
     # --- what needs uploading ---------------------------------------------------------------
-    def _has_verified(self, **link) -> Exists:
-        return Exists(verified_copies(self.name).filter(**link))
-
     def wal_items(self) -> list[Item]:
         archive = Path(settings.PITR_WAL_ARCHIVE)
-        rows = (WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="")
-                .annotate(copied=self._has_verified(segment=OuterRef("pk"))).filter(copied=False)
-                .order_by("timeline", "segno").values_list("pk", "name", "sha256"))
+        rows = wal_to_upload(self.name).order_by("timeline", "segno").values_list("pk", "name", "sha256")
         return [Item(StorageCopy.Kind.WAL, st.wal_key(name), archive / name, sha, segment_id=pk)
                 for pk, name, sha in rows]
 
@@ -210,7 +207,7 @@ class _Pass:
 
 # --- storage check: what is where, and does it hold what the catalog says ------------------------------
 @dataclass
-class CheckResult:
+class CheckResult(Result):
     storage: str = ""
     local: int = 0  # files that should have a copy (complete indexed WAL, history, verified backups)
     remote: int = 0  # objects under wal/ and backups/
@@ -226,8 +223,8 @@ class CheckResult:
     def ok(self) -> bool:
         return not (self.missing or self.mismatched)
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok}
+    def derived(self) -> dict:
+        return {"ok": self.ok}
 
     def __str__(self) -> str:
         return (f"{self.storage}: {self.remote} object(s), {self.verified} verified; "
@@ -282,4 +279,5 @@ def _local_keys() -> set[str]:
     return keys
 
 
-__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "UploadError", "verified_copies"]
+__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "verified_copies",
+           "wal_to_upload"]

@@ -14,14 +14,14 @@ kept, and the next pass starts where this one stopped.
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fleet import pg
-from pitrsite.errors import PitrError
+from pitrsite import runner
+from pitrsite.errors import WalDumpError
 from walcatalog import walnames
 
 # Extra bytes read past the segment end (from the successor) so that a commit
@@ -44,10 +44,6 @@ _RESTORE_POINT_RE = re.compile(
 _LAST_GOOD_RE = re.compile(r"error in WAL record at ([0-9A-F]+/[0-9A-F]+)")
 # After the last complete record of a zero-padded .partial the next header reads as zeros.
 _END_OF_DATA_RE = re.compile(r"invalid record length at ([0-9A-F]+/[0-9A-F]+)")
-
-
-class WalDumpError(PitrError):
-    """pg_waldump printed something we do not understand."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,10 @@ def read_commits(path: Path, timeline: int, segno: int, segment_size: int, *,
                 "--start", walnames.format_lsn(start), "--end", walnames.format_lsn(end), "--rmgr", "Transaction",
                 "--rmgr", "XLOG"]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp,
-                                  env={**pg.libpq_env(), "PATH": "/usr/bin:/bin", "TZ": "UTC"})
-        except subprocess.TimeoutExpired:
-            raise WalDumpError(f"pg_waldump on {path.name} timed out after {timeout:.0f} s") from None
+            proc = runner.run(argv, step="reading WAL (pg_waldump)", cwd=tmp, timeout=timeout, check=False,
+                              env={"TZ": "UTC"})
+        except runner.ToolFailed as exc:
+            raise WalDumpError(f"pg_waldump on {path.name}: {exc.reason}") from None
     commits, points = [], []
     for line in proc.stdout.splitlines():
         # Records past the segment end belong to the successor; it gets its own run.
@@ -152,4 +148,4 @@ def read_commits(path: Path, timeline: int, segno: int, segment_size: int, *,
     scanned = _scanned_to(stderr, start, seg_end, reached_end)
     # Past the segment end only the successor's bytes were read.
     scanned = min(scanned, seg_end)
-    return DumpResult(start, scanned, commits, points, reached_end, "" if reached_end else pg.first_line(stderr))
+    return DumpResult(start, scanned, commits, points, reached_end, "" if reached_end else runner.error_line(stderr))

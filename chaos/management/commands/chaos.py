@@ -1,16 +1,12 @@
 """python manage.py chaos [--writers N] [--duration S] [--interval MIN-MAX] [--restores K] [--actions LIST] [--json]"""
 from __future__ import annotations
 
-import json
-
-from django.core.management.base import BaseCommand, CommandError
-
-from pitrsite.errors import PitrError
-from pitrsite.jobs import ConsoleReporter, JobReporter
 from chaos.models import Verdict
 from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, DRIVER_ACTIONS, ChaosParams
 from chaos.report import chaos_dict
 from chaos.run import queue_chaos, run_chaos
+from pitrsite.jobs import ConsoleReporter, JobReporter
+from pitrsite.output import PitrCommand
 
 DEFAULTS = ChaosParams()  # the one set of defaults: chaos.params
 
@@ -19,12 +15,14 @@ def _span(pair: tuple[float, float]) -> str:
     return f"{pair[0]:g}-{pair[1]:g}"
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = ("Write from concurrent clients while injecting failures, then restore to K logged moments and compare "
             "row for row. Exits non-zero when any verification fails. Actions: "
             + "; ".join(f"{name}: {text}" for name, text in ACTION_HELP.items()))
 
-    def add_arguments(self, parser):
+    json_help = "print the finished run as JSON"
+
+    def arguments(self, parser):
         parser.add_argument("--writers", type=int, default=DEFAULTS.writers,
                             help=f"concurrent writers (default {DEFAULTS.writers})")
         parser.add_argument("--duration", type=float, default=DEFAULTS.duration,
@@ -45,23 +43,16 @@ class Command(BaseCommand):
         parser.add_argument("--restore-offset", type=float, default=DEFAULTS.restore_offset,
                             help="self-test: restore to T+OFFSET seconds but compare with the log at T; the run must "
                                  "then fail, naming the extra ids (proves the checks catch an inexact restore)")
-        parser.add_argument("--json", action="store_true", help="print the finished run as JSON")
 
-    def handle(self, *args, **opts):
+    def run(self, *args, **opts):
         params = {"writers": opts["writers"], "duration": opts["duration"], "interval": opts["interval"],
                   "restores": opts["restores"], "actions": opts["actions"], "pause": opts["pause"],
                   "write_pause": opts["write_pause"], "seed": opts["seed"],
                   "restore_offset": opts["restore_offset"]}
-        try:
-            run = queue_chaos(params, trigger="command")
-            self.stderr.write(f"chaos run #{run.pk}: files in PITR_HOME/chaos/run-{run.pk}/")
-            run = run_chaos(run, ConsoleReporter(self.stderr._out, JobReporter(run)))
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
-        if opts["json"]:
-            self.stdout.write(json.dumps(chaos_dict(run), indent=2, default=str))
-        else:
-            self.stdout.write(f"chaos run #{run.pk} {run.summary}")
-            self.stdout.write(f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.jsonl")
+        run = queue_chaos(params, trigger="command")
+        self.out.warn(f"chaos run #{run.pk}: files in PITR_HOME/chaos/run-{run.pk}/")
+        run = run_chaos(run, ConsoleReporter(self.out.console, JobReporter(run)))
+        files = f"report: {run.run_dir}/report.json; log: {run.run_dir}/verification_log.jsonl"
+        self.out.result(chaos_dict(run), [f"chaos run #{run.pk} {run.summary}", files])
         if run.verdict != Verdict.PASSED:
-            raise CommandError(f"chaos run #{run.pk} failed: {run.error or run.summary}")
+            self.out.fail(f"chaos run #{run.pk} failed: {run.error or run.summary}")

@@ -9,42 +9,44 @@ from __future__ import annotations
 import shutil
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
 from django.urls import NoReverseMatch, reverse
 
-from fleet import pg, services
-from pitrsite.errors import PitrError
-from pitrsite.jobs import ConsoleReporter, JobReporter
 from chaos.models import ChaosRun, Verdict
 from chaos.params import ChaosParams
 from chaos.run import queue_chaos, run_chaos
+from fleet import pg, services
+from pitrsite.errors import PitrError
+from pitrsite.jobs import ConsoleReporter, JobReporter
+from pitrsite.output import PitrCommand
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Show the main job end to end: concurrent writes, a backup, restores to logged moments compared row for row."
 
-    def add_arguments(self, parser):
+    json_help = None
+
+    def arguments(self, parser):
         parser.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default 20)")
         parser.add_argument("--restores", type=int, default=2, help="moments to restore and compare (default 2)")
 
-    def handle(self, *args, **opts):
+    def run(self, *args, **opts):
         params = ChaosParams(writers=3, duration=opts["duration"], interval=(8.0, 12.0), restores=opts["restores"],
                              actions=("capturer_restart",), write_pause=0.2)
-        self.stdout.write(f"demo: {params.writers} writers insert rows into test_data for {params.duration:g} s while "
+        self.out.line(f"demo: {params.writers} writers insert rows into test_data for {params.duration:g} s while "
                           "the WAL capturer is restarted once; every commit is logged with its exact commit time. "
                           f"Then the restore target is restored to {params.restores} logged moments and compared "
                           "row for row.")
         try:
             run = queue_chaos(params, trigger="command")
-            run = run_chaos(run, ConsoleReporter(self.stderr._out, JobReporter(run)))
+            run = run_chaos(run, ConsoleReporter(self.out.console, JobReporter(run)))
         except PitrError as exc:
-            raise CommandError(f"demo: {exc}") from None
+            self.out.fail(f"demo: {exc}")
         self.explain(run)
         if run.verdict != Verdict.PASSED:
-            raise CommandError(f"demo failed: {run.error or run.summary}")
+            self.out.fail(f"demo failed: {run.error or run.summary}")
 
     def explain(self, run: ChaosRun) -> None:
-        out = self.stdout.write
+        out = self.out.line
         out("")
         out(f"verdict: {run.summary}")
         for check in run.verifications:

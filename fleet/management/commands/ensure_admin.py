@@ -1,23 +1,20 @@
 """python manage.py ensure_admin [--username NAME]: the admin superuser, created once with a generated password."""
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
-
 from fleet import services
-from pitrsite.errors import PitrError
+from pitrsite.output import PitrCommand
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Create the admin superuser once; its generated password is kept in PITR_HOME/secrets/admin_password."
 
-    def add_arguments(self, parser):
+    json_help = None
+
+    def arguments(self, parser):
         parser.add_argument("--username", default="admin")
 
-    def handle(self, username: str, **opts) -> None:
-        try:
-            result = services.ensure_admin(username)
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
+    def run(self, username: str, **opts) -> None:
+        result = services.ensure_admin(username)
         if result["created"]:
             self.stdout.write(f"admin user {username!r} created")
         if result["password_file"]:

@@ -4,30 +4,28 @@ from __future__ import annotations
 import signal
 import threading
 
-from django.core.management.base import BaseCommand, CommandError
-
 from fleet.generate import check_args, generate
-from pitrsite.errors import PitrError
+from pitrsite.output import PitrCommand
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Write random rows into test_data on the primary at a steady rate (Ctrl-C stops)."
 
-    def add_arguments(self, parser):
+    json_help = None
+
+    def arguments(self, parser):
         parser.add_argument("--rate", type=float, default=100.0, help="rows per second (default 100)")
         parser.add_argument("--duration", type=float, default=None,
                             help="seconds to run (default: until Ctrl-C)")
 
-    def handle(self, *args, rate: float, duration: float | None, **opts) -> None:
+    def run(self, *args, rate: float, duration: float | None, **opts) -> None:
         stop = threading.Event()
         # Ctrl-C or SIGTERM ends the loop between transactions, so the summary still prints.
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             check_args(rate, duration)
             result = generate(rate, duration, stop)
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.stdout.write(str(result))
+        self.out.result(result)

@@ -2,23 +2,22 @@
 | --immediate | --latest)"""
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter, JobState
+from pitrsite.output import PitrCommand
 from restores.engine import run_restore
-from restores.planner import RestoreTarget
 from restores.serializers import restore_dict
 from restores.service import queue_restore
+from restores.targets import RestoreTarget
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Restore the restore target to a moment and promote it; the primary is only read."
+    json_help = "print the finished job as JSON"
 
-    def add_arguments(self, parser):
+    def arguments(self, parser):
         parser.add_argument("--target-time", help="ISO 8601 with a time zone, e.g. 2026-11-27T14:03:27+00:00")
         parser.add_argument("--target-lsn", help="e.g. 0/16B3740")
         parser.add_argument("--target-xid", help="a committed transaction id")
@@ -28,22 +27,22 @@ class Command(BaseCommand):
         parser.add_argument("--exclusive", action="store_true", help="stop just before the target (time, LSN, xid)")
         parser.add_argument("--timeline", help="recovery target timeline (default: the newest in the catalog)")
         parser.add_argument("--backup", type=int, help="use this backup id instead of the newest usable one")
-        parser.add_argument("--json", action="store_true", help="print the finished job as JSON")
 
-    def handle(self, *args, **opts):
+    def run(self, *args, **opts):
+        target = RestoreTarget.from_options(
+            time=opts["target_time"], lsn=opts["target_lsn"], xid=opts["target_xid"], name=opts["target_name"],
+            immediate=opts["immediate"], latest=opts["latest"], exclusive=opts["exclusive"],
+            timeline=opts["timeline"], backup_id=opts["backup"])
+        job = queue_restore(target, trigger="command")
         try:
-            target = RestoreTarget.from_options(
-                time=opts["target_time"], lsn=opts["target_lsn"], xid=opts["target_xid"], name=opts["target_name"],
-                immediate=opts["immediate"], latest=opts["latest"], exclusive=opts["exclusive"],
-                timeline=opts["timeline"], backup_id=opts["backup"])
-            job = queue_restore(target, trigger="command")
-            job = run_restore(job, ConsoleReporter(self.stderr._out, JobReporter(job)))
+            job = run_restore(job, ConsoleReporter(self.out.console, JobReporter(job)))
         except PitrError as exc:
-            raise CommandError(str(exc)) from None
-        if opts["json"]:
-            self.stdout.write(json.dumps(restore_dict(job), indent=2))
-        elif job.state == JobState.DONE:
-            self.stdout.write(f"restore #{job.pk} promoted at {job.promoted_at.isoformat()} on timeline "
-                              f"{job.final_timeline}; recovery ended at {job.final_lsn_text} "
-                              f"({job.plan.get('stop_reason', '')}); "
-                              f"it listens on {settings.PITR_HOST}:{settings.PITR_RESTORE_PORT}")
+            job.refresh_from_db()
+            self.out.fail(str(exc), restore=restore_dict(job))
+        if job.state == JobState.DONE:
+            self.out.result(restore_dict(job), (
+                f"restore #{job.pk} promoted at {job.promoted_at.isoformat()} on timeline {job.final_timeline}; "
+                f"recovery ended at {job.final_lsn_text} ({job.plan.get('stop_reason', '')}); "
+                f"it listens on {settings.PITR_HOST}:{settings.PITR_RESTORE_PORT}"))
+        else:
+            self.out.result(restore_dict(job), [])

@@ -1,32 +1,23 @@
 """python manage.py backup [--compress zstd] [--json]"""
 from __future__ import annotations
 
-import json
-
-from django.core.management.base import BaseCommand, CommandError
-
-from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
+from pitrsite.output import PitrCommand
 from walcatalog.backups import DEFAULT_COMPRESSION, queue_backup, run_backup
 from walcatalog.models import Compression
 from walcatalog.serializers import backup_dict
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Take a verified base backup of the primary (pg_basebackup, tar format)."
+    json_help = "print the finished backup as JSON"
 
-    def add_arguments(self, parser):
+    def arguments(self, parser):
         parser.add_argument("--compress", default=DEFAULT_COMPRESSION, help=f"one of {', '.join(Compression.values)}")
-        parser.add_argument("--json", action="store_true", help="print the finished backup as JSON")
 
-    def handle(self, *args, **opts):
-        try:
-            backup = queue_backup(opts["compress"], trigger="command")
-            run_backup(backup, ConsoleReporter(self.stderr._out, JobReporter(backup)))
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
-        if opts["json"]:
-            self.stdout.write(json.dumps(backup_dict(backup), indent=2))
-        else:
-            self.stdout.write(f"backup {backup.label} done: {backup.start_lsn_text}..{backup.stop_lsn_text} "
-                              f"on timeline {backup.timeline}, {backup.size_stored:,} bytes stored, manifest verified")
+    def run(self, *args, **opts):
+        backup = queue_backup(opts["compress"], trigger="command")
+        run_backup(backup, ConsoleReporter(self.out.console, JobReporter(backup)))
+        self.out.result(backup_dict(backup), f"backup {backup.label} done: {backup.start_lsn_text}.."
+                        f"{backup.stop_lsn_text} on timeline {backup.timeline}, {backup.size_stored:,} bytes stored, "
+                        "manifest verified")

@@ -1,20 +1,19 @@
-"""python manage.py scrub: one scrub pass over the WAL archive (beat runs it every PITR_SCRUB_INTERVAL s)."""
+"""python manage.py scrub [--json]: one scrub pass over the WAL archive and the local base backups."""
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
-
+from pitrsite.output import PitrCommand
 from walcatalog.scrub import scrub_archive
 
 
-class Command(BaseCommand):
-    help = "Re-hash complete WAL segments against the catalog; marks changed ones corrupt."
+class Command(PitrCommand):
+    help = "Re-hash complete WAL segments and backup files against the catalog; marks changed ones corrupt."
 
-    def add_arguments(self, parser):
+    def arguments(self, parser):
         parser.add_argument("--mb-per-s", type=float, default=None,
                             help="read rate limit (default PITR_SCRUB_MB_PER_S)")
 
-    def handle(self, *args, **opts) -> None:
+    def run(self, *args, **opts) -> None:
         result = scrub_archive(mb_per_s=opts["mb_per_s"])
-        self.stdout.write(f"{result.checked} segments checked ({result.bytes} bytes), {result.corrupt} corrupt")
+        self.out.result(result.as_dict(), str(result))
         if result.corrupt:
-            raise CommandError(f"{result.corrupt} corrupt segment(s): see walstatus")
+            self.out.fail(f"{result.corrupt} corrupt segment(s): see walstatus")

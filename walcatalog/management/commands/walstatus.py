@@ -1,20 +1,9 @@
 """python manage.py walstatus [--json]: what the WAL catalog holds and whether capture keeps up."""
 from __future__ import annotations
 
-import json
-from datetime import datetime
-
-from django.core.management.base import BaseCommand, CommandError
-
-from pitrsite.errors import PitrError
 from pitrsite.jobs import reap_local
+from pitrsite.output import PitrCommand
 from walcatalog.catalog import summary
-
-
-def _json_default(value):
-    if isinstance(value, datetime):
-        return value.isoformat()  # full microseconds: commit times are compared exactly
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _size(n: float | None) -> str:
@@ -27,22 +16,13 @@ def _size(n: float | None) -> str:
     return str(n)
 
 
-class Command(BaseCommand):
+class Command(PitrCommand):
     help = "Show segments per timeline, newest segment, partial size, gaps, recoverable window, capturer lag."
 
-    def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-    def handle(self, *args, **opts) -> None:
+    def run(self, *args, **opts) -> None:
         reap_local()  # a killed job reads interrupted at once
-        try:
-            status = summary()
-        except PitrError as exc:
-            raise CommandError(str(exc)) from None
-        if opts["json"]:
-            self.stdout.write(_dumps(status))
-        else:
-            self._text(status)
+        status = summary()
+        self.out.result(status, self._text(status))
         problems = []
         if status["corrupt"]["count"]:
             problems.append(f"{status['corrupt']['count']} WAL segment(s) corrupt in the local archive: "
@@ -50,11 +30,12 @@ class Command(BaseCommand):
         if (status.get("capturer") or {}).get("reason"):  # exit 0 means capture streams
             problems.append(status["capturer"]["reason"])
         if problems:
-            raise CommandError("; ".join(problems))
+            self.out.fail("; ".join(problems))
 
-    def _text(self, s: dict) -> None:
-        w = self.stdout.write
-        w(f"segment size     {_size(s['segment_size'])}")
+    @staticmethod
+    def _text(s: dict) -> list[str]:
+        lines = [f"segment size     {_size(s['segment_size'])}"]
+        w = lines.append
         if not s["timelines"]:
             w("segments         none yet: is the capturer running? (python manage.py fleet status)")
         for t in s["timelines"]:
@@ -79,7 +60,4 @@ class Command(BaseCommand):
         lag = f", lag {_size(c['lag_bytes'])}" if c.get("lag_bytes") is not None else ""
         errors = f" ({'; '.join(c['errors'])})" if c.get("errors") else ""
         w(f"capturer         {c.get('state', 'unknown')}, {c.get('health', 'unknown')}{lag}{errors}")
-
-
-def _dumps(status: dict) -> str:
-    return json.dumps(status, indent=2, default=_json_default)
+        return lines

@@ -1,0 +1,98 @@
+"""What commands print, in one place (as barman's output.py): console lines or one JSON document.
+
+A command subclasses PitrCommand and writes through self.out. With --json, stdout holds exactly one JSON
+document, the result or {"error": "..."}, and a failure still exits non-zero; without it, results are lines
+on stdout, warnings go to stderr, and a failure is Django's one-line `CommandError: ...`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import date, datetime
+from typing import Any, Iterable
+
+from django.core.management.base import BaseCommand, CommandError
+
+from pitrsite.errors import PitrError
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()  # full microseconds: commit times are compared exactly
+    return str(value)  # Path, Decimal, an LSN object: their text is what a reader compares
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_default)
+
+
+class Result:
+    """Mixin for a pass's result dataclass: its dict is its fields plus what derived() adds."""
+
+    def derived(self) -> dict:
+        return {}
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), **self.derived()}  # type: ignore[call-overload]  # mixed into dataclasses
+
+
+class Output:
+    def __init__(self, command: BaseCommand, as_json: bool):
+        self.command, self.as_json, self.printed = command, as_json, False
+
+    def result(self, data: Any, text: str | Iterable[str] | None = None) -> None:
+        """The command's answer: `data` as JSON, or the text lines (without them: data's items, or data)."""
+        if self.as_json:
+            self.command.stdout.write(to_json(data))
+            self.printed = True
+            return
+        if text is None:
+            text = [str(item) for item in data] if isinstance(data, list) else str(data)
+        for line in [text] if isinstance(text, str) else text:
+            self.command.stdout.write(line)
+
+    def line(self, text: str) -> None:
+        """Console-only detail (a table row, a hint); JSON output carries it in the result."""
+        if not self.as_json:
+            self.command.stdout.write(text)
+
+    def warn(self, text: str) -> None:
+        self.command.stderr.write(text)
+
+    def fail(self, message: str, returncode: int = 1, **extra: Any) -> None:
+        """Exit non-zero with one line; with --json, stdout still holds a JSON document (with `extra`)."""
+        if self.as_json and not self.printed:
+            self.command.stdout.write(to_json({"error": message, **extra}))
+            self.printed = True
+        raise CommandError(message, returncode=returncode)
+
+    @property
+    def console(self):
+        """Where progress bars go (stderr, so --json output stays parseable)."""
+        return self.command.stderr._out
+
+
+class PitrCommand(BaseCommand):
+    """A management command whose domain errors become one line (or a JSON error object)."""
+
+    json_help: str | None = "machine-readable output"  # None: the command has no --json
+
+    def add_arguments(self, parser) -> None:
+        if self.json_help:
+            parser.add_argument("--json", action="store_true", help=self.json_help)
+        self.arguments(parser)
+
+    def arguments(self, parser) -> None:
+        pass
+
+    def handle(self, *args, **opts) -> None:
+        self.out = Output(self, bool(opts.get("json")))
+        try:
+            self.run(*args, **opts)
+        except CommandError as exc:
+            self.out.fail(str(exc), exc.returncode)
+        except PitrError as exc:
+            self.out.fail(str(exc))
+
+    def run(self, *args, **opts) -> None:
+        raise NotImplementedError
