@@ -125,7 +125,8 @@ def status(name: str, layout: Layout | None = None) -> dict:
 def services_status(layout: Layout | None = None) -> dict:
     layout = layout or Layout.current()
     return {"home": str(layout.home), "web_url": web_url(),
-            "services": {name: status(name, layout) for name in SERVICES}}
+            # pgAdmin only when it is on (PITR_PGADMIN): a service nobody asked for is not listed
+            "services": {name: status(name, layout) for name in SERVICES if name != "pgadmin" or settings.PITR_PGADMIN}}
 
 
 def up(layout: Layout | None = None) -> list[str]:
