@@ -32,7 +32,9 @@ DEFAULT_SERVER_PORT = {port}
 MASTER_PASSWORD_REQUIRED = False
 UPGRADE_CHECK_ENABLED = False
 CHECK_EMAIL_DELIVERABILITY = False
-ALLOW_SPECIAL_EMAIL_DOMAINS = ["pitrsite.test"]
+# The login's domain is under .test (reserved: it never reaches anyone), which pgAdmin refuses at login otherwise.
+ALLOW_SPECIAL_EMAIL_DOMAINS = ["test"]
+GLOBALLY_DELIVERABLE = False
 HELP_PATH = "../../docs/en_US/_build/html/"
 """
 

@@ -149,14 +149,21 @@ def up(layout: Layout | None = None) -> list[str]:
         if name not in pending:
             done.append(f"{name} already running")
             continue
-        logfile = layout.logs / f"{name}.log"
-        if name == "pgadmin":
-            pgadmin.prepare(layout)
-        runner.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run,
-                                env=pgadmin.environment(layout) if name == "pgadmin" else None)
-        wait_ready(name, layout, logfile, READY_TIMEOUT * (3 if name == "pgadmin" else 1))  # a Flask app of 600 MB
-        done.append(f"{name} started (pid {status(name, layout)['pid']}){describe(name)}")
+        done.append(start(name, layout, commands[name]))
     return done
+
+
+def start(name: str, layout: Layout, command: list[str]) -> str:
+    """Start one service under the supervisor and wait until it answers (local mode)."""
+    logfile = layout.logs / f"{name}.log"
+    for directory in (layout.logs, layout.run):
+        directory.mkdir(parents=True, exist_ok=True)
+    if name == "pgadmin":
+        pgadmin.prepare(layout)
+    runner.start_supervised(name, command, layout.run, logfile, cwd=layout.run,
+                            env=pgadmin.environment(layout) if name == "pgadmin" else None)
+    wait_ready(name, layout, logfile, READY_TIMEOUT * (3 if name == "pgadmin" else 1))  # a Flask app of 600 MB
+    return f"{name} started (pid {status(name, layout)['pid']}){describe(name)}"
 
 
 def describe(name: str) -> str:

@@ -25,6 +25,7 @@ from pitrsite.errors import FleetError
 from pitrsite.jobs import JobReporter, JobState
 from restores.models import RestoreJob
 from tests.conftest import manage, wait_for
+from tests.pgadmin_login import logs_in
 from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -172,6 +173,7 @@ def test_pgadmin_answers_its_login_page_on_loopback(dfleet):
                                                                                      "restore_target")}
     secret = pgadmin.password_file(dfleet.layout)
     assert secret.stat().st_mode & 0o077 == 0 and len(secret.read_text().strip()) >= 18
+    assert logs_in(pgadmin.url(""), pgadmin.email(), secret.read_text().strip())
 
 
 def test_short_chaos_run_with_every_docker_action(dfleet, django_db_blocker):
