@@ -215,6 +215,10 @@ class DockerDriver(LocalDriver):
         container.kill(signal="SIGKILL")
         container.wait(timeout=30)
 
+    def run_in(self, role: str, argv: list[str]) -> str:
+        """docker exec in the role's container, as postgres."""
+        return self._exec(self._get(role), argv, f"running {argv[0]} in {container_name(CONTAINERS[role])}")
+
     # --- containers --------------------------------------------------------
     def _get(self, role: str) -> Any:
         container = self.container(role)
@@ -319,10 +323,12 @@ class DockerDriver(LocalDriver):
         if account is not None:
             os.chown(logfile, account.pw_uid, account.pw_gid)
 
-    def _exec(self, container: Any, argv: list[str], step: str) -> None:
+    def _exec(self, container: Any, argv: list[str], step: str) -> str:
         code, output = container.exec_run(argv, user="postgres", environment={"TZ": "UTC"})
+        text = (output or b"").decode(errors="replace")
         if code != 0:
-            raise ToolFailed(step, runner.error_line((output or b"").decode(errors="replace")))
+            raise ToolFailed(step, runner.error_line(text))
+        return text
 
     def _wait_ready(self, role: str) -> None:
         """Like pg_ctl -w: until postmaster.pid says ready (or standby), or the container exits."""

@@ -50,6 +50,9 @@ class FleetDriver(Protocol):
 
     def kill(self, role: str) -> None: ...
 
+    def run_in(self, role: str, argv: list[str]) -> str:
+        """Run a command where the node lives (as the server account); its output, or ToolFailed."""
+
     def put_file(self, role: str, relpath: str, content: str | bytes, mode: int = 0o600) -> Path: ...
 
     def write_node_conf(self, role: str, extra: dict[str, str] | None = None) -> None: ...

@@ -165,6 +165,10 @@ class LocalDriver:
     def details(self, role: str) -> dict:
         return {}
 
+    def run_in(self, role: str, argv: list[str]) -> str:
+        check_role(role)
+        return pg.run(argv, step=f"running {argv[0]} for the {role}", env=pg.libpq_env()).stdout
+
     def check_action(self, action: str) -> None:
         refuse_foreign_action(self.name, action)
 

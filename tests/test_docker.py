@@ -113,6 +113,16 @@ def test_fleet_up_runs_every_container_of_the_seed(dfleet, docker_env):
     assert all(services[n]["state"] == "running" and services[n]["container"] for n in SERVICE_NAMES), services
 
 
+def test_a_command_runs_inside_the_nodes_container(dfleet):
+    out = dfleet.run_in("primary", ["pg_controldata", str(dfleet.layout.datadir("primary"))])
+    assert "in production" in out
+    # the container's own view: the Debian paths inside
+    assert dfleet.run_in("capturer", ["sh", "-c", "command -v pg_receivewal"]).strip() == \
+        "/usr/lib/postgresql/15/bin/pg_receivewal"
+    with pytest.raises(FleetError):
+        dfleet.run_in("standby", ["pg_ctl", "status", "-D", "/nonexistent"])
+
+
 def test_capture_has_no_gap_across_docker_restart_of_the_capturer(dfleet, docker_env, transactional_db):
     container = dfleet.container("capturer")
     started = container.attrs["State"]["StartedAt"]
