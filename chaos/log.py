@@ -108,13 +108,23 @@ def collect(run_dir: Path, writer_ids: list[int], port: int, run_tag: str,
 
 
 def _wait_no_writer_backends(conn: psycopg.Connection, run_tag: str, timeout: float) -> None:
-    """A backend whose client gave up may still be finishing its commit: wait until none is left."""
+    """A backend whose client gave up may still be finishing its commit: wait until none is left.
+
+    The writers have stopped, so a backend still there after half the time (a connection left half-open
+    by a pause) is terminated: its transaction then either committed already or never will, and the
+    primary's rows read next are final.
+    """
     deadline = time.monotonic() + timeout
+    terminate_at = time.monotonic() + timeout / 2
+    pattern = application_name(run_tag, "%")
     while time.monotonic() < deadline:
         busy = pg.fetch_row(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
-                            "AND pid <> pg_backend_pid()", [application_name(run_tag, "%")]))[0]
+                            "AND pid <> pg_backend_pid()", [pattern]))[0]
         if not busy:
             return
+        if time.monotonic() >= terminate_at:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s "
+                         "AND pid <> pg_backend_pid()", [pattern])
         time.sleep(0.2)
     raise StepFailed("resolving unknown writes", f"backends of this run still busy after {timeout:.0f} s")
 

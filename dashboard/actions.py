@@ -29,28 +29,44 @@ def _send(job: Job, task, what: str) -> None:
     transaction.on_commit(send, robust=False)
 
 
-def start_backup(compression: str, trigger: str):
+def _started_by(job: Job, user: str) -> None:
+    """Who asked, beside the trigger (dashboard, admin): set on the new row before Celery sees its id."""
+    if user:
+        type(job).objects.filter(pk=job.pk).update(started_by=user)
+        job.started_by = user
+
+
+def start_backup(compression: str, trigger: str, user: str = ""):
     from walcatalog.backups import queue_backup
     from walcatalog.tasks import run_backup
 
     backup = queue_backup(compression=compression, trigger=trigger)
+    _started_by(backup, user)
     _send(backup, run_backup, "backup")
     return backup
 
 
-def start_restore(target, trigger: str):
+def start_restore(target, trigger: str, user: str = ""):
     from restores.service import queue_restore
     from restores.tasks import run_restore
 
     job = queue_restore(target, trigger=trigger)
+    _started_by(job, user)
     _send(job, run_restore, "restore")
     return job
 
 
-def start_chaos(params: dict, trigger: str):
+def start_chaos(params: dict, trigger: str, user: str = ""):
     from chaos.run import queue_chaos
     from chaos.tasks import run_chaos
 
     run = queue_chaos(params, trigger=trigger)
+    _started_by(run, user)
     _send(run, run_chaos, "chaos run")
     return run
+
+
+def cancel_job(job: Job, user: str) -> bool:
+    from pitrsite.cancel import cancel
+
+    return cancel(job, by=user)

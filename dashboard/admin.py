@@ -14,7 +14,7 @@ from django.template.defaultfilters import filesizeformat
 
 from chaos.models import ChaosRun
 from dashboard import actions
-from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin
+from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin, user_of
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
 from restores.models import RestoreJob
 from walcatalog import walnames
@@ -28,6 +28,10 @@ def _lsn(value: int | None) -> str:
 @admin.register(Timeline)
 class TimelineAdmin(ReadOnlyAdmin):
     list_display = ("tli", "parent_tli", "switch_lsn_text", "first_seen_at")
+
+    @admin.display(description="switch LSN", ordering="switch_lsn")
+    def switch_lsn_text(self, timeline: Timeline) -> str:
+        return _lsn(timeline.switch_lsn)
     search_fields = ("tli",)
     readonly_fields = ("tli", "parent_tli", "switch_lsn_text", "history", "history_sha256", "first_seen_at")
     exclude = ("switch_lsn",)
@@ -50,6 +54,14 @@ class WalSegmentAdmin(ReadOnlyAdmin):
     @admin.display(description="size", ordering="size")
     def size_text(self, seg: WalSegment) -> str:
         return filesizeformat(seg.size)
+
+    @admin.display(description="start LSN", ordering="start_lsn")
+    def start_lsn_text(self, seg: WalSegment) -> str:
+        return _lsn(seg.start_lsn)
+
+    @admin.display(description="end LSN", ordering="end_lsn")
+    def end_lsn_text(self, seg: WalSegment) -> str:
+        return _lsn(seg.end_lsn)
 
     @admin.display(description="last commit LSN")
     def last_commit_lsn_text(self, seg: WalSegment) -> str:
@@ -90,15 +102,23 @@ class StorageCopyAdmin(ReadOnlyAdmin):
 class BaseBackupAdmin(JobAdmin):
     start_label = "Start a backup"
     list_display = ("label", "state", "progress", "current_step", "compression", "timeline", "stop_lsn_text",
-                    "stop_time", "sizes", "manifest_verified", "trigger", "created_at")
-    list_filter = ("state", "compression", "manifest_verified", "trigger", "timeline")
+                    "stop_time", "sizes", "manifest_verified", "who", "created_at")
+    list_filter = ("state", "compression", "manifest_verified", "pinned", "trigger", "timeline")
     search_fields = ("label", "error")
     date_hierarchy = "created_at"
     actions = ("start_backup_like", "restore_from")
     readonly_fields = ("label", "compression", "path", "timeline", "start_lsn_text", "stop_lsn_text", "start_time",
-                       "stop_time", "size_raw", "size_stored", "manifest_verified", "segment_size", "restorable",
-                       "progress", *JOB_FIELDS)
+                       "stop_time", "size_raw", "size_stored", "manifest_verified", "pinned", "segment_size",
+                       "restorable", "progress", *JOB_FIELDS)
     fields = readonly_fields
+
+    @admin.display(description="start LSN", ordering="start_lsn")
+    def start_lsn_text(self, backup: BaseBackup) -> str:
+        return _lsn(backup.start_lsn)
+
+    @admin.display(description="stop LSN", ordering="stop_lsn")
+    def stop_lsn_text(self, backup: BaseBackup) -> str:
+        return _lsn(backup.stop_lsn)
 
     @admin.display(description="size raw / stored")
     def sizes(self, backup: BaseBackup) -> str:
@@ -116,7 +136,8 @@ class BaseBackupAdmin(JobAdmin):
             raise PermissionDenied("starting backups needs the add permission on base backups")
         form = BackupForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            done = self.try_start(request, lambda: actions.start_backup(form.cleaned_data["compression"], "admin"),
+            done = self.try_start(
+                request, lambda: actions.start_backup(form.cleaned_data["compression"], "admin", user_of(request)),
                                   "backup")
             if isinstance(done, HttpResponse):
                 return done
@@ -129,7 +150,7 @@ class BaseBackupAdmin(JobAdmin):
         newest = queryset.order_by("-created_at").first()
         assert newest is not None  # an admin action runs on a non-empty selection
         compression = newest.compression
-        done = self.try_start(request, lambda: actions.start_backup(compression, "admin"), "backup")
+        done = self.try_start(request, lambda: actions.start_backup(compression, "admin", user_of(request)), "backup")
         if not isinstance(done, HttpResponse):
             self.message_user(request, str(done), level="error")
             return None
@@ -150,7 +171,8 @@ class BaseBackupAdmin(JobAdmin):
         form = RestoreForm(request.POST if "apply" in request.POST else None, initial={"backup": backup.pk})
         title = f"Restore from {backup.label}"
         if "apply" in request.POST and form.is_valid():
-            done = self.try_start(request, lambda: actions.start_restore(restore_target(form.cleaned_data), "admin"),
+            done = self.try_start(
+                request, lambda: actions.start_restore(restore_target(form.cleaned_data), "admin", user_of(request)),
                                   "restore")
             if isinstance(done, HttpResponse):
                 return done
@@ -166,7 +188,7 @@ class BaseBackupAdmin(JobAdmin):
 class RestoreJobAdmin(JobAdmin):
     start_label = "Start a restore"
     list_display = ("id", "target_description", "state", "progress", "current_step", "backup", "replay_lsn_text",
-                    "promoted_at", "final_lsn_text", "final_timeline", "trigger", "drill_verdict", "created_at")
+                    "promoted_at", "final_lsn_text", "final_timeline", "who", "drill_verdict", "created_at")
     list_display_links = ("id", "target_description")
     list_filter = ("state", "target_kind", "exclusive", "trigger", "uses_partial", "source", "drill_verdict")
     search_fields = ("target_value", "error", "backup__label")
@@ -194,7 +216,8 @@ class RestoreJobAdmin(JobAdmin):
     def _form_and_start(self, request: HttpRequest, form: RestoreForm, title: str, **page) -> HttpResponse:
 
         if form.is_bound and form.is_valid():
-            done = self.try_start(request, lambda: actions.start_restore(restore_target(form.cleaned_data), "admin"),
+            done = self.try_start(
+                request, lambda: actions.start_restore(restore_target(form.cleaned_data), "admin", user_of(request)),
                                   "restore")
             if isinstance(done, HttpResponse):
                 return done
@@ -226,7 +249,7 @@ class RestoreJobAdmin(JobAdmin):
 class ChaosRunAdmin(JobAdmin):
     start_label = "Start a chaos run"
     list_display = ("id", "state", "verdict", "progress", "current_step", "writes_count", "unknown_count",
-                    "events_count", "passed_of", "trigger", "created_at")
+                    "events_count", "passed_of", "who", "created_at")
     list_filter = ("state", "verdict", "trigger")
     search_fields = ("summary", "error", "run_dir")
     date_hierarchy = "created_at"
@@ -247,7 +270,8 @@ class ChaosRunAdmin(JobAdmin):
     def _chaos_form_and_start(self, request: HttpRequest, form, title: str, **page) -> HttpResponse:
 
         if form.is_bound and form.is_valid():
-            done = self.try_start(request, lambda: actions.start_chaos(form.params(), "admin"), "chaos run")
+            done = self.try_start(
+                request, lambda: actions.start_chaos(form.params(), "admin", user_of(request)), "chaos run")
             if isinstance(done, HttpResponse):
                 return done
             return self.form_page(request, title, form, error=str(done), code=400, **page)

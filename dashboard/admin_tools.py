@@ -17,10 +17,11 @@ from django.utils.html import format_html
 
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Job
+from dashboard import jobs
 
 BAR_COLOURS = {"done": "#1f7a3a", "failed": "#b3261e", "interrupted": "#b3261e"}
-JOB_FIELDS = ("state", "trigger", "current_step", "progress_done", "progress_total", "steps", "error", "created_at",
-              "started_at", "finished_at", "owner_host", "owner_pid", "heartbeat_at")
+JOB_FIELDS = ("state", "trigger", "started_by", "current_step", "progress_done", "progress_total", "steps", "error",
+              "created_at", "started_at", "finished_at", "owner_host", "owner_pid", "heartbeat_at")
 
 
 def progress_bar(job: Job) -> str:
@@ -31,6 +32,10 @@ def progress_bar(job: Job) -> str:
         '<div title="{}" style="width:110px;height:10px;background:#e6e8ec;border-radius:5px;overflow:hidden;'
         'display:inline-block;vertical-align:middle"><div style="width:{}%;height:100%;background:{}"></div></div> {}',
         job.current_step or job.state, f"{width:.1f}", BAR_COLOURS.get(job.state, "#2458a6"), label)
+
+
+def user_of(request: HttpRequest) -> str:
+    return request.user.get_username()
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -57,6 +62,11 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="progress")
     def progress(self, job: Job) -> str:
         return progress_bar(job)
+
+    @admin.display(description="started by", ordering="started_by")
+    def who(self, job: Job) -> str:
+        """The user, else what started it (beat, a command, a chaos run)."""
+        return jobs.who(job)
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         opts = self.model._meta

@@ -1,48 +1,77 @@
 """Forms for starting jobs; the planner, not the form, decides what is possible."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import forms
+from django.utils import timezone
 
 from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
 from restores.targets import RestoreTarget
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
+from dashboard.timefmt import display_time, parse_moment
 
 
 class BackupForm(forms.Form):
     compression = forms.ChoiceField(choices=Compression.choices, initial=DEFAULT_COMPRESSION)
 
 
+# What people call each kind of target (the model's values are what the command line takes).
+TARGET_LABELS = {TargetKind.TIME: "time", TargetKind.LSN: "LSN", TargetKind.XID: "XID (transaction id)",
+                 TargetKind.NAME: "restore point name", TargetKind.IMMEDIATE: "immediate (end of the backup)",
+                 TargetKind.LATEST: "latest (all captured WAL)"}
+TARGET_WORDS = {TargetKind.TIME: "a time", TargetKind.LSN: "an LSN", TargetKind.XID: "an XID",
+                TargetKind.NAME: "a restore point", TargetKind.IMMEDIATE: "an immediate", TargetKind.LATEST: "a latest"}
+
+
 class RestoreForm(forms.Form):
-    kind = forms.ChoiceField(label="Target", choices=TargetKind.choices, initial=TargetKind.LATEST,
+    kind = forms.ChoiceField(label="Target", choices=list(TARGET_LABELS.items()), initial=TargetKind.LATEST,
                              widget=forms.RadioSelect)
     value = forms.CharField(label="Value", required=False, max_length=200,
-                            help_text="time with zone (2026-11-27T10:00:00+00:00), LSN (0/3000060), xid or "
-                                      "restore point name; empty for immediate and latest")
+                            help_text="time with zone (2026-11-27 10:00:00 UTC), LSN (0/3000060), transaction id "
+                                      "(XID) or restore point name; empty for an immediate or the latest target")
+    picked = forms.DateTimeField(label="or pick a time", required=False, input_formats=["%Y-%m-%dT%H:%M:%S",
+                                                                                        "%Y-%m-%dT%H:%M"],
+                                 widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"},
+                                                            format="%Y-%m-%dT%H:%M:%S"),
+                                 help_text="in the dashboard's time zone; used when Value is empty")
     exclusive = forms.BooleanField(required=False, help_text="stop just before the target (time, LSN, xid)")
     backup = forms.ModelChoiceField(label="Backup", required=False, empty_label="newest that fits (planner's choice)",
                                     queryset=BaseBackup.objects.none())
     timeline = forms.CharField(label="Timeline", required=False, max_length=16,
                                help_text="timeline number; empty for the newest timeline in the catalog")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, example: datetime | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["backup"].queryset = BaseBackup.objects.filter(state=JobState.DONE, manifest_verified=True)
+        self.fields["backup"].queryset = BaseBackup.objects.filter(  # type: ignore[attr-defined]  # ModelChoiceField
+            state=JobState.DONE, manifest_verified=True)
+        if example is not None:  # a moment inside the recoverable window, in the format the pages show
+            self.fields["value"].help_text = self.fields["value"].help_text.replace(
+                "2026-11-27 10:00:00 UTC", display_time(example))
+            self.fields["picked"].widget.attrs["value"] = timezone.localtime(example).strftime("%Y-%m-%dT%H:%M:%S")
 
     def clean(self):
         data = super().clean()
         kind, value = data.get("kind"), (data.get("value") or "").strip()
+        if kind == TargetKind.TIME and not value and data.get("picked"):
+            value = data["picked"].isoformat()  # aware: Django made it so in the current time zone
+        if kind == TargetKind.TIME and value:
+            moment = parse_moment(value)
+            if moment is not None:  # otherwise the planner says what is wrong with it (no zone, not a time)
+                value = moment.isoformat()
         data["value"] = value
         if kind in (TargetKind.IMMEDIATE, TargetKind.LATEST):
             if value:
-                self.add_error("value", f"a {kind} target takes no value")
+                self.add_error("value", f"{TARGET_WORDS[kind]} target takes no value")
             if data.get("exclusive"):
-                self.add_error("exclusive", f"exclusive applies to time, LSN and xid targets, not {kind}")
+                self.add_error("exclusive",
+                               f"exclusive applies to time, LSN and XID targets, not {TARGET_LABELS[kind]}")
         elif kind and not value:
-            self.add_error("value", f"a {kind} target needs a value")
+            self.add_error("value", f"{TARGET_WORDS[kind]} target needs a value")
         if kind == TargetKind.NAME and data.get("exclusive"):
-            self.add_error("exclusive", "exclusive applies to time, LSN and xid targets, not name")
+            self.add_error("exclusive", "exclusive applies to time, LSN and XID targets, not a restore point name")
         return data
 
 

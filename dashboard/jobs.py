@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from pitrsite import jobs
 from pitrsite.jobs import ACTIVE_STATES, Job
+from dashboard import progress
 
 if TYPE_CHECKING:
     from restores.models import RestoreJob
@@ -37,8 +38,12 @@ def job_json(job: Job) -> dict:
     kind = job.kind
     serializers: dict[str, Callable[[Any], dict]] = {"backup": backup_dict, "restore": restore_dict}
     data = serializers.get(kind, job_dict)(job)
+    # percent: the current step's own progress; overall_percent: the whole job's, which only grows.
     data.update(kind=kind, title=str(job), active=job.is_active, url=detail_url(job),
-                percent=None if job.percent is None else round(job.percent, 1))
+                percent=None if job.percent is None else round(job.percent, 1),
+                overall_percent=progress.overall(kind, job.state, job.steps, job.current_step, job.progress_done,
+                                         job.progress_total),
+                progress_unit=progress.unit(kind, job.current_step), who=who(job))
     if kind == "restore":
         data.update(target_description=cast("RestoreJob", job).target_description, replay_percent=replay_percent(job))
     elif kind == "chaos":
@@ -46,6 +51,21 @@ def job_json(job: Job) -> dict:
             if hasattr(job, name):
                 data[name] = getattr(job, name)
     return data
+
+
+def log_tail(job: Job, lines: int = 200) -> list[str]:
+    from pitrsite.joblog import tail
+    from pitrsite.jobs import job_key
+
+    return tail(job_key(job), lines)
+
+
+def who(job: Job) -> str:
+    """The user who started it, else what did (beat, a command, a chaos run)."""
+    if job.started_by:
+        return job.started_by
+    names = {"celery": "beat", "drill": "beat (drill)", "command": "a command", "chaos": "a chaos run"}
+    return names.get(job.trigger, job.trigger)
 
 
 def replay_percent(job) -> float | None:

@@ -15,6 +15,7 @@ import ipaddress
 from typing import Iterator
 
 from django.conf import settings
+from django.utils import timezone
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -44,7 +45,7 @@ class PitrCollector(Collector):
                                      "WAL bytes the primary wrote that capture has not flushed"),
                    capture.get("lag_bytes"))
         yield _set(GaugeMetricFamily("pitr_capture_lag_seconds", "seconds since the capturer last received WAL "
-                                     "while it is behind (0 when caught up): the recovery point objective"),
+                                     "while it is behind or paused (0 when caught up): the recovery point objective"),
                    capture.get("lag_seconds"))
         yield _set(GaugeMetricFamily("pitr_capture_broken", "1 when the slot or WAL capture needed is gone: a gap"),
                    1 if capture.get("health") == "broken" else 0)
@@ -86,12 +87,65 @@ class PitrCollector(Collector):
         yield _set(GaugeMetricFamily("pitr_wal_gaps", "gaps (runs of missing segments) in the catalog"), len(view.gaps))
         yield _set(GaugeMetricFamily("pitr_last_backup_age_seconds", "seconds since the newest done base backup ended"),
                    view.last_backup_age)
+        yield from fleet_metrics(view)
+        yield from backup_metrics(view)
         counts = GaugeMetricFamily("pitr_jobs", "jobs by kind and state", labels=["kind", "state"])
         for kind in jobs.job_models():
             for state in JobState.values:
                 counts.add_metric([kind, state], float(view.job_counts.get(kind, {}).get(state, 0)))
         yield counts
         yield from drill_metrics(view.drill)
+
+
+def fleet_metrics(view: status.Overview) -> Iterator[Metric]:
+    """The standby, the restore target, storage use and the upload backlog."""
+    standby = view.capture.get("standby") or {}
+    yield _set(GaugeMetricFamily("pitr_standby_streaming", "1 while the hot standby streams from the primary"),
+               None if not standby else int(standby.get("replication") == "streaming"))
+    yield _set(GaugeMetricFamily("pitr_standby_lag_bytes", "WAL bytes the standby has not flushed"),
+               standby.get("lag_bytes"))
+    yield _set(GaugeMetricFamily("pitr_standby_lag_seconds", "the standby's flush lag (s)"), standby.get("lag_seconds"))
+    state = view.target.get("state")
+    target = GaugeMetricFamily("pitr_restore_target_state", "1 for the restore target server's current state",
+                               labels=["state"])
+    if state:
+        target.add_metric([state], 1)
+    yield target
+    used = GaugeMetricFamily("pitr_storage_bytes", "bytes held in each place, from the catalog", labels=["place"])
+    for place, n in view.storage_bytes.items():
+        used.add_metric([place], n)
+    yield used
+    yield _set(GaugeMetricFamily("pitr_upload_backlog_segments",
+                                 "complete WAL segments not yet copied to the archive storage"), view.upload_backlog)
+    upload = next((t for t in view.tasks if t["task"] == "upload"), None)
+    yield _set(GaugeMetricFamily("pitr_upload_errors", "failed upload passes since the home began"),
+               upload["errors"] if upload else None)
+
+
+def backup_metrics(view: status.Overview) -> Iterator[Metric]:
+    """The newest base backup, the schedule's next run, the last verified restore."""
+    from restores.models import RestoreJob
+
+    last = view.last_backup
+    yield _set(GaugeMetricFamily("pitr_last_backup_duration_seconds", "how long the newest done base backup took"),
+               last and last.duration)
+    size = GaugeMetricFamily("pitr_last_backup_size_bytes", "size of the newest done base backup", labels=["kind"])
+    if last and last.size_raw is not None:
+        size.add_metric(["raw"], last.size_raw)
+        size.add_metric(["stored"], last.size_stored or 0)
+    yield size
+    yield _set(GaugeMetricFamily("pitr_backup_too_old", "1 when the newest base backup is older than "
+                                 "PITR_BACKUP_MAX_AGE"), int(view.backup_too_old))
+    yield _set(GaugeMetricFamily("pitr_next_scheduled_backup_timestamp_seconds",
+                                 "when beat takes the next scheduled base backup (unix time)"),
+               view.next_backup and view.next_backup.timestamp())
+    verified = RestoreJob.objects.filter(state=JobState.DONE).exclude(promoted_at=None).order_by("-finished_at").first()
+    yield _set(GaugeMetricFamily("pitr_last_verified_restore_age_seconds",
+                                 "seconds since the newest restore that promoted and passed its checks ended"),
+               verified and verified.finished_at and (timezone.now() - verified.finished_at).total_seconds())
+    yield _set(GaugeMetricFamily("pitr_oldest_recoverable_timestamp_seconds",
+                                 "the oldest moment a restore can reach (unix time; the window's start)"),
+               view.window_start and view.window_start.timestamp())
 
 
 def drill_metrics(drill: dict) -> Iterator[Metric]:

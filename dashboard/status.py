@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from dashboard import jobs
@@ -48,6 +48,12 @@ class Overview:
     drill: dict = field(default_factory=dict)  # restores.drill.summary()
     tasks: list = field(default_factory=list)  # pitrsite.periodic.states(): each beat task's last outcome
     corrupt: int = 0  # complete WAL segments whose content changed after indexing
+    backup_schedule: str = ""  # PITR_BACKUP_SCHEDULE (cron) or "disable"
+    next_backup: datetime | None = None
+    backup_too_old: bool = False
+    storage_bytes: dict[str, int] = field(default_factory=dict)  # place -> bytes held there
+    upload_backlog: int | None = None  # complete segments not in the archive storage yet
+    target: dict = field(default_factory=dict)  # dashboard.target.facts(): what the restore target holds
 
     @property
     def protected(self) -> bool:
@@ -73,6 +79,42 @@ def storage_lines() -> list[str]:
                  + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
     return lines
+
+
+def storage_bytes() -> dict[str, int]:
+    """Bytes in the local archive, the local backups and each storage, from the catalog (one SUM each)."""
+    segs = WalSegment.objects.order_by().filter(in_local_archive=True).aggregate(n=Sum("size"))["n"] or 0
+    local_backups = BaseBackup.objects.order_by().exclude(path="").aggregate(n=Sum("size_stored"))["n"] or 0
+    result = {"local archive": segs, "local backups": local_backups}
+    for storage, total in StorageCopy.objects.order_by().values_list("storage").annotate(n=Sum("size")):
+        result[f"storage {storage}"] = total or 0
+    return result
+
+
+def upload_backlog() -> int | None:
+    if "archive" not in settings.STORAGES:
+        return None
+    from walcatalog.uploader import wal_to_upload
+
+    return wal_to_upload("archive").count()
+
+
+def backup_schedule(view: Overview) -> None:
+    """The scheduled backups' next run, and the age alert past PITR_BACKUP_MAX_AGE."""
+    from pitrsite.celery import backup_crontab
+
+    view.backup_schedule = settings.PITR_BACKUP_SCHEDULE
+    cron = backup_crontab()
+    if cron is not None:
+        now = timezone.now()
+        # Cron runs on whole minutes; the estimate drops the microseconds of now.
+        view.next_backup = (now + cron.remaining_estimate(now) + timedelta(seconds=30)).replace(second=0,
+                                                                                               microsecond=0)
+    limit = settings.PITR_BACKUP_MAX_AGE
+    if limit and view.last_backup_age is not None and view.last_backup_age > limit:
+        view.backup_too_old = True
+        view.problems.append(f"the newest base backup ended {view.last_backup_age / 3600:.1f} h ago, more than "
+                             f"PITR_BACKUP_MAX_AGE ({limit / 3600:.1f} h): take one, or check the backup schedule")
 
 
 def newest_segments() -> dict[int, dict]:
@@ -137,6 +179,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
         view.problems.extend(view.capture.get("errors", []))
         if view.capture.get("reason"):
             view.problems.append(view.capture["reason"])
+        view.target = target_facts()
+        if view.target.get("note") and view.target.get("state") in ("recovering", "promoted"):
+            view.problems.append(f"restore target: {view.target['note']}")
     window = facts["window"]
     if window:
         view.window_start, view.window_end = window["start"], window["end"]
@@ -149,6 +194,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
         moment = view.last_backup.stop_time or view.last_backup.finished_at
         view.last_backup_age = (timezone.now() - moment).total_seconds() if moment else None
     view.storage = cached("storage", key, storage_lines)
+    view.storage_bytes = cached("storage-bytes", key, storage_bytes)
+    view.upload_backlog = cached("upload-backlog", key, upload_backlog)
+    backup_schedule(view)
     view.running = [jobs.job_json(job) for job in jobs.running_jobs()]
     view.job_counts = jobs.counts_by_state()
     view.drill = drill_summary()
@@ -158,6 +206,12 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     view.problems.extend(f"periodic task {t['task']} failing since {t['last_error_at'][:19].replace('T', ' ')} UTC: "
                          f"{t['last_error']}" for t in view.tasks if t["failing"])
     return view
+
+
+def target_facts() -> dict:
+    from dashboard.target import facts
+
+    return facts()
 
 
 def drill_summary() -> dict:
@@ -177,7 +231,9 @@ def overview_json(view: Overview) -> dict:
                    "end": view.window_end and view.window_end.isoformat(), "text": view.window_text},
         "last_backup": view.last_backup and {"id": view.last_backup.pk, "label": view.last_backup.label,
                                              "age_seconds": view.last_backup_age},
-        "storage": view.storage, "running": view.running,
+        "storage": view.storage, "storage_bytes": view.storage_bytes, "upload_backlog": view.upload_backlog,
+        "backup_schedule": view.backup_schedule, "next_backup": view.next_backup and view.next_backup.isoformat(),
+        "backup_too_old": view.backup_too_old, "running": view.running,
         "job_counts": view.job_counts, "problems": view.problems,
         "drill": {"last_id": view.drill["last"] and view.drill["last"].pk, "verdict": view.drill["last_verdict"],
                   "age_seconds": view.drill["last_age"], "last_success_age_seconds": view.drill["last_success_age"],

@@ -16,10 +16,14 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from walcatalog import walnames
 from walcatalog.models import BaseBackup, WalSegment
 
 BUCKETS = 200
-WIDTH, LANE, TOP, LEFT, RIGHT, AXIS = 960, 46, 22, 64, 16, 34
+WIDTH, LANE, TOP, LEFT, RIGHT, AXIS = 960, 80, 26, 64, 16, 40
+# A stretch with no WAL longer than this share of the picture is drawn as idle (nothing written, nothing lost).
+IDLE_SHARE = 0.02
+MAX_MARKS = 200
 MAX_BACKUP_MARKS = 2000
 BACKUP_MERGE_PX = 6
 MAX_GAP_MARKS = 100
@@ -101,10 +105,11 @@ def _segment_time(timeline: int, segno: int) -> float | None:
 
 
 def _label(ts: float, span: float) -> str:
+    """Axis and title times, always with the date; the zone is written once at the axis's end."""
     moment = timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc))
-    if span < 86400:
-        return moment.strftime("%H:%M:%S")
-    return moment.strftime("%m-%d %H:%M") if span < 86400 * 60 else moment.strftime("%Y-%m-%d")
+    if span < 3600:
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M") if span < 86400 * 60 else moment.strftime("%Y-%m-%d")
 
 
 def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None, datetime | None]) -> str:
@@ -121,7 +126,9 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     def x(ts: float) -> float:
         return LEFT + plot_w * min(max((ts - start) / span, 0.0), 1.0)
 
+    # data-*: what dashboard.js needs to turn a click into a moment (zoom and pan change only the viewBox).
     out = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
+           f'data-start="{start:.3f}" data-end="{end:.3f}" data-left="{LEFT}" data-plot-width="{plot_w}" '
            f'aria-label="WAL segments per timeline over time" xmlns="http://www.w3.org/2000/svg">']
     w_start, w_end = (_epoch(v) for v in window)
     if w_start is not None and w_end is not None and w_end >= start and w_start <= end:
@@ -153,7 +160,9 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         out.append(f'<line class="gap" x1="{gx:.1f}" x2="{gx:.1f}" y1="{y}" y2="{y + LANE - 6}"/>'
                    f'<circle class="gap" cx="{gx:.1f}" cy="{y + 4}" r="4"><title>gap on {escape(gap["text"])}'
                    f'</title></circle>')
+    out.extend(_idle_marks(picture, x, lanes))
     out.extend(_backup_marks(picture, x, lanes))
+    out.extend(_moment_marks(picture, x, lanes))
     axis_y = TOP + LANE * len(lanes) + 4
     for i in range(6):
         ts = start + span * i / 5
@@ -161,8 +170,53 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
         out.append(f'<line class="tick" x1="{x(ts):.1f}" x2="{x(ts):.1f}" y1="{axis_y}" y2="{axis_y + 5}"/>'
                    f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">'
                    f'{_label(ts, span)}</text>')
+    zone = timezone.localtime(datetime.fromtimestamp(end, dt_timezone.utc)).tzname()
+    out.append(f'<text class="tick zone" x="{WIDTH - RIGHT}" y="{axis_y + 34}" text-anchor="end">times in {zone}; '
+               f'wheel to zoom, drag to pan, click a moment to restore to it</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _idle_marks(picture: Picture, x, lanes: dict) -> list[str]:
+    """Stretches of a timeline with no WAL: the server wrote nothing (not a gap: no segment is missing)."""
+    assert picture.start is not None and picture.end is not None
+    least = (picture.end - picture.start) * IDLE_SHARE
+    out = []
+    for tli, lane in lanes.items():
+        runs = sorted((b for b in picture.buckets if b.timeline == tli), key=lambda b: b.start)
+        for before, after in zip(runs, runs[1:], strict=False):
+            if after.start - before.end > least:
+                x0, x1 = x(before.end), x(after.start)
+                y = TOP + lane * LANE
+                out.append(f'<rect class="idle" x="{x0:.1f}" y="{y + LANE - 14}" width="{x1 - x0:.1f}" height="8">'
+                           f'<title>idle: no WAL written {_label(before.end, 0)} .. {_label(after.start, 0)} '
+                           f'(nothing missing)</title></rect>')
+    return out
+
+
+def _moment_marks(picture: Picture, x, lanes: dict) -> list[str]:
+    """Named restore points (diamonds) and where restores went (circles on the lane's top)."""
+    from restores.models import RestoreJob, TargetKind
+    from walcatalog.models import RestorePoint
+
+    out = []
+    points = RestorePoint.objects.select_related("segment").order_by("-lsn")[:MAX_MARKS]
+    for point in points:
+        at = (point.segment.last_commit_at or point.segment.indexed_at) if point.segment else None
+        if at is None or point.timeline not in lanes:
+            continue
+        px, y = x(at.timestamp()), TOP + lanes[point.timeline] * LANE + 8
+        out.append(f'<path class="restore-point" d="M{px:.1f},{y - 5} l5,5 l-5,5 l-5,-5 z"><title>restore point '
+                   f'{escape(point.name)} (LSN {walnames.format_lsn(point.lsn)})</title></path>')
+    restores = RestoreJob.objects.filter(target_kind=TargetKind.TIME, state="done").order_by("-created_at")
+    for job in restores[:MAX_MARKS]:
+        try:
+            at = datetime.fromisoformat(job.target_value)
+        except ValueError:
+            continue
+        out.append(f'<circle class="restore" cx="{x(at.timestamp()):.1f}" cy="{TOP + 4}" r="4">'
+                   f'<title>restore #{job.pk} to {escape(job.target_value)}</title></circle>')
+    return out
 
 
 def _backup_marks(picture: Picture, x, lanes: dict) -> list[str]:
@@ -195,4 +249,6 @@ def _backup_marks(picture: Picture, x, lanes: dict) -> list[str]:
 
 def legend() -> list[tuple[str, str]]:
     return [("seg", "WAL segments (bar height: WAL rate in that run)"), ("window", "recoverable window"),
-            ("backup", "base backup (end)"), ("gap", "gap: missing segments")]
+            ("backup", "base backup (end)"), ("gap", "gap: missing segments"),
+            ("idle", "idle: no WAL written, nothing missing"), ("restore-point", "named restore point"),
+            ("restore", "a restore to that time")]

@@ -1,19 +1,19 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import metrics, views
+from dashboard import metrics, security, views
 
 app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html", redirect_authenticated_user=True),
-         name="login"),
+    path("login/", security.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("overview.json", views.overview_json, name="overview_json"),
     path("timeline/", views.timeline_page, name="timeline"),
     path("backups/", views.backups, name="backups"),
     path("backups/start/", views.backup_start, name="backup_start"),
     path("backups/<int:pk>/", views.backup_detail, name="backup"),
+    path("backups/<int:pk>/pin/", views.backup_pin, name="backup_pin"),
     path("restores/", views.restores, name="restores"),
     path("restores/new/", views.restore_new, name="restore_new"),
     path("restores/start/", views.restore_start, name="restore_start"),
@@ -22,5 +22,7 @@ urlpatterns = [
     path("chaos/start/", views.chaos_start, name="chaos_start"),
     path("chaos/<int:pk>/", views.chaos_detail, name="chaos"),
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
+    path("jobs/<str:kind>/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<str:kind>/<int:pk>/log.txt", views.job_log, name="job_log"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus scrapes /metrics
 ]

@@ -23,15 +23,16 @@ from pitrsite.errors import PitrError
 from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
-from dashboard import actions, chaos_plot, jobs, status, timeline
+from dashboard import actions, chaos_plot, jobs, progress, status, timeline
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
 
 PAGE = 50
-# What a restore goes through (restores/engine.py), shown greyed until each starts.
-RESTORE_STEPS = ("planning", "stopping the restore target", "emptying the data directory", "extracting the backup",
-                 "staging WAL", "configuring recovery", "replaying WAL", "promoting", "verifying")
-CHAOS_STEPS = ("writing with chaos", "restoring and verifying")
-BACKUP_STEPS = ("copying files (pg_basebackup)", "verifying (pg_verifybackup)")
+# What each kind of job goes through (dashboard/progress.py), shown greyed until each starts.
+RESTORE_STEPS, CHAOS_STEPS, BACKUP_STEPS = (progress.expected(kind) for kind in ("restore", "chaos", "backup"))
+
+
+def _user(request: HttpRequest) -> str:
+    return request.user.get_username()
 
 
 def staff_action(view: Callable) -> Callable:
@@ -85,8 +86,21 @@ def timeline_page(request: HttpRequest) -> HttpResponse:
 
 @page
 def backups(request: HttpRequest) -> HttpResponse:
+    from walcatalog.retention import Policy, status_of_backups
+
     rows = Paginator(BaseBackup.objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
-    return show(request, "backups.html", "backups", page=rows)
+    return show(request, "backups.html", "backups", page=rows, retention=status_of_backups(),
+                policy=Policy.from_settings())
+
+
+@staff_action
+def backup_pin(request: HttpRequest, pk: int) -> HttpResponse:
+    """Pin (retention never removes it) or unpin a backup."""
+    backup = get_object_or_404(BaseBackup, pk=pk)
+    pinned = request.POST.get("pinned") == "1"
+    BaseBackup.objects.filter(pk=pk).update(pinned=pinned)
+    messages.success(request, f"backup {backup.label} {'pinned: retention keeps it' if pinned else 'unpinned'}")
+    return redirect("dashboard:backups")
 
 
 @page
@@ -104,11 +118,11 @@ def backup_start(request: HttpRequest) -> HttpResponse:
         messages.error(request, "choose a compression: " + ", ".join(c for c, _ in choices))
         return redirect("dashboard:backups")
     try:
-        backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard")
+        backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard", user=_user(request))
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:backups")
-    messages.success(request, f"backup {backup.label} queued")
+    messages.success(request, f"backup {backup.label} queued", extra_tags="queued")
     return redirect("dashboard:backup", pk=backup.pk)
 
 
@@ -118,15 +132,48 @@ def restores(request: HttpRequest) -> HttpResponse:
     return show(request, "restores.html", "restores", page=rows.get_page(request.GET.get("page")))
 
 
-def _restore_form_page(request: HttpRequest, form: RestoreForm, error: str = "", code: int = 200) -> HttpResponse:
+# The planner words its refusals for the command line; the web page names its own controls.
+WEB_WORDS = (("use --latest", "choose the latest target"), ("--exclusive", "exclusive"),
+             ("--target-time", "time"), ("--target-lsn", "LSN"), ("--target-xid", "XID"),
+             ("--target-name", "restore point name"), ("--immediate", "an immediate target"), ("--latest", "latest"))
+
+
+def web_wording(message: str) -> str:
+    for flag, words in WEB_WORDS:
+        message = message.replace(flag, words)
+    return message
+
+
+def _example_moment(view: status.Overview):
+    """A moment inside the recoverable window, for the form's example: its middle."""
+    if view.window_start is None or view.window_end is None:
+        return None
+    return view.window_start + (view.window_end - view.window_start) / 2
+
+
+def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, error: str = "",
+                       code: int = 200, initial: dict | None = None) -> HttpResponse:
     view = status.overview(with_capture=False)
-    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=error)
+    if form is None:
+        form = RestoreForm(initial=initial, example=_example_moment(view))
+    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error),
+                points=restore_points(), backups=BaseBackup.objects.filter(
+                    state="done", manifest_verified=True).order_by("-stop_time")[:20])
+
+
+def restore_points(limit: int = 50) -> list[dict]:
+    """Named restore points, newest first, with the time of the segment holding them."""
+    from walcatalog.models import RestorePoint
+
+    rows = RestorePoint.objects.select_related("segment").order_by("-lsn")[:limit]
+    return [{"name": p.name, "lsn": p.lsn, "timeline": p.timeline,
+             "at": p.segment and (p.segment.last_commit_at or p.segment.indexed_at)} for p in rows]
 
 
 @page
 def restore_new(request: HttpRequest) -> HttpResponse:
-    initial = {"backup": request.GET.get("backup")} if request.GET.get("backup") else None
-    return _restore_form_page(request, RestoreForm(initial=initial))
+    initial = {key: request.GET[key] for key in ("backup", "kind", "value") if request.GET.get(key)}
+    return _restore_form_page(request, initial=initial or None)
 
 
 @staff_action
@@ -135,17 +182,49 @@ def restore_start(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _restore_form_page(request, form, code=400)
     try:
-        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard")
+        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request))
     except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
         return _restore_form_page(request, form, error=str(exc), code=400)
-    messages.success(request, f"restore #{job.pk} queued")
+    messages.success(request, f"restore #{job.pk} queued", extra_tags="queued")
     return redirect("dashboard:restore", pk=job.pk)
 
 
 @page
 def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(RestoreJob.objects.select_related("backup"), pk=pk)
-    return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS)
+    return show(request, "restore.html", "restores", job=job, data=jobs.job_json(job), expected_steps=RESTORE_STEPS,
+                target=status.target_facts())
+
+
+@staff_action
+def job_cancel(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    job = get_object_or_404(model, pk=pk)
+    if actions.cancel_job(job, _user(request)):
+        messages.success(request, f"{job} cancelled: its tools were stopped")
+    else:
+        job.refresh_from_db()
+        messages.error(request, f"{job} is {job.state} already: nothing to cancel")
+    return redirect(jobs.detail_url(job))
+
+
+@page
+def job_log(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    """The job's whole log as a text file."""
+    from pitrsite.joblog import path_of
+    from pitrsite.jobs import job_key
+
+    model = jobs.job_model(kind)
+    if model is None:
+        raise Http404(f"no job kind {kind}")
+    job = get_object_or_404(model, pk=pk)
+    path = path_of(job_key(job))
+    text = path.read_text(errors="replace") if path.exists() else "(nothing logged yet)\n"
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{kind}-{pk}.log"'
+    return response
 
 
 @page
@@ -201,9 +280,9 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
                                           for name, errs in form.errors.items()))
         return redirect("dashboard:chaos_runs")
     try:
-        run = actions.start_chaos(form.params(), trigger="dashboard")
+        run = actions.start_chaos(form.params(), trigger="dashboard", user=_user(request))
     except PitrError as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:chaos_runs")
-    messages.success(request, f"chaos run #{run.pk} queued")
+    messages.success(request, f"chaos run #{run.pk} queued", extra_tags="queued")
     return redirect("dashboard:chaos", pk=run.pk)

@@ -81,14 +81,17 @@ def capture_health(driver: FleetDriver, role_state: str, status: dict, oldest_wa
     `health` is streaming, paused, stopped, retrying (pg_receivewal restarts and fails: a full disk, a
     bad file in the archive) or broken (the slot or the WAL it needed is gone: a gap nothing can fill).
     Lag is honest: bytes the primary wrote that the archive does not hold, and seconds since the capturer
-    last answered while it is behind (0 when caught up).
+    last answered while it is behind or paused (0 when streaming and caught up).
     """
     receiver = next((r for r in status["replication"] if r["application_name"] == "pg_receivewal"), None)
     slot = next((s for s in status["slots"] if s["slot_name"] == settings.PITR_CAPTURE_SLOT), None)
     newest = newest_archived(driver.layout.archive)
     lag_bytes = receiver["lag_bytes"] if receiver else (slot["retained_bytes"] if slot else None)
     if receiver:
-        lag_seconds = 0.0 if not lag_bytes else max(0.0, receiver["reply_age_seconds"] or 0.0)
+        # A paused capturer keeps its connection but receives nothing: whatever the primary writes now is
+        # at risk, so its lag is the time since it last answered, even before the primary writes again.
+        caught_up = not lag_bytes and role_state == "running"
+        lag_seconds = 0.0 if caught_up else max(0.0, receiver["reply_age_seconds"] or 0.0)
     else:
         lag_seconds = archive_age(driver.layout.archive, newest)
     entry = {"streaming": bool(receiver) and role_state == "running", "health": "streaming", "reason": "",
@@ -219,4 +222,14 @@ def capture_summary() -> dict:
             "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
             "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
             "disk": status.get("disk", {}),
-            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", [])}
+            "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", []),
+            "standby": standby_summary(status)}
+
+
+def standby_summary(status: dict) -> dict:
+    """The hot standby: its process, whether it streams from the primary, how far behind."""
+    role = status["roles"].get("standby", {})
+    row = next((r for r in status.get("replication", []) if r["application_name"] == "pitrsite_standby"), None)
+    return {"state": role.get("state"), "replication": row["state"] if row else "not streaming",
+            "lag_bytes": row["lag_bytes"] if row else None,
+            "lag_seconds": row["flush_lag_seconds"] if row else None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pitrsite.settings")
 
@@ -28,3 +29,17 @@ def setup_schedule(sender: Celery, **kwargs) -> None:
     for name, (task, seconds) in schedule.items():
         if seconds > 0:  # 0 turns a schedule off
             sender.conf.beat_schedule[name] = {"task": task, "schedule": seconds}
+    cron = backup_crontab()
+    if cron is not None:
+        sender.conf.beat_schedule["base-backup"] = {"task": "walcatalog.tasks.scheduled_backup", "schedule": cron}
+
+
+def backup_crontab() -> crontab | None:
+    """PITR_BACKUP_SCHEDULE as Celery's crontab; None when it is "disable"."""
+    from django.conf import settings
+
+    if settings.PITR_BACKUP_SCHEDULE == "disable":
+        return None
+    minute, hour, day_of_month, month_of_year, day_of_week = settings.PITR_BACKUP_SCHEDULE.split()
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                   day_of_week=day_of_week)

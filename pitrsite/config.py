@@ -96,6 +96,26 @@ def distinct_ports(ports: dict[str, int]) -> None:
         seen[port] = name
 
 
+def envcron(name: str, default: str) -> str:
+    """A cron schedule "MIN HOUR DOM MON DOW" (Celery's crontab syntax), or "disable" to turn it off."""
+    value = os.environ.get(name, default).strip()
+    if value.lower() == "disable":
+        return "disable"
+    fields = value.split()
+    if len(fields) != 5:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron schedule: give 5 fields "
+                                   "(minute hour day-of-month month day-of-week, e.g. '0 2 * * *') or 'disable'")
+    from celery.schedules import crontab
+
+    try:
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                day_of_week=day_of_week)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron schedule: {exc}") from None
+    return " ".join(fields)
+
+
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name) or default
     if value not in choices:
@@ -110,8 +130,13 @@ def database_from_url(url: str, base_dir: Path) -> dict:
     if engine == "django.db.backends.sqlite3":
         path = Path(config["NAME"])
         config["NAME"] = str(path if path.is_absolute() else base_dir / path)  # sqlite:///rel: under the project
-        # A worker and the web server write at once: wait instead of "database is locked".
-        config.setdefault("OPTIONS", {}).setdefault("timeout", 30)
+        # A worker, beat and the web server write at once: readers never block the writer (WAL journal),
+        # a writer waits for another (busy timeout) and takes its lock when its transaction begins
+        # (IMMEDIATE), since a read lock upgraded mid-transaction fails at once with "database is locked".
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("timeout", 30)
+        options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        options.setdefault("transaction_mode", "IMMEDIATE")
         return config
     if engine == "django.db.backends.postgresql":
         config["PORT"] = str(config.get("PORT") or "")

@@ -14,6 +14,10 @@ class LockBusy(PitrError):
     """Another job or pass holds the lock this one needs: nothing was started. Periodic tasks skip on it."""
 
 
+class JobCancelled(PitrError):
+    """A user cancelled the job: its row reads cancelled already; the code running it stops at its next report."""
+
+
 class StepFailed(PitrError):
     """A job failed in one of its steps; the message reads `failure <step> (<reason>)`."""
 

@@ -13,15 +13,14 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Callable, ClassVar, Iterator, Protocol, Self, TextIO, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Self, TextIO, TypeVar
 
 from django.apps import apps
 from django.db import DatabaseError, connection, models
 from django.utils import timezone
-from tqdm import tqdm
 
-from pitrsite import procs
-from pitrsite.errors import LockBusy, PitrError, StepFailed, first_line
+from pitrsite import joblog, procs
+from pitrsite.errors import JobCancelled, LockBusy, PitrError, StepFailed, first_line
 from pitrsite.locks import HOST, Lock
 from pitrsite.runner import kill_children
 
@@ -37,6 +36,7 @@ class JobState(models.TextChoices):
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
 
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
@@ -47,6 +47,7 @@ class Job(models.Model):
 
     state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
     trigger = models.CharField(max_length=16, default="command", help_text="command, celery, admin, dashboard or chaos")
+    started_by = models.CharField(max_length=150, blank=True, help_text="the user who started it from the web")
     current_step = models.CharField(max_length=64, blank=True)
     progress_done = models.BigIntegerField(default=0)
     progress_total = models.BigIntegerField(null=True, blank=True)
@@ -92,8 +93,13 @@ class Job(models.Model):
         return True
 
     def finish(self, state: str, error: str = "") -> None:
-        self.state, self.error, self.finished_at = state, error, timezone.now()
-        type(self).objects.filter(pk=self.pk).update(state=state, error=error, finished_at=self.finished_at)
+        """Record the end; a job a user cancelled keeps reading cancelled, whatever its code did next."""
+        now = timezone.now()
+        if type(self).objects.filter(pk=self.pk).exclude(state=JobState.CANCELLED).update(
+                state=state, error=error, finished_at=now) == 1:
+            self.state, self.error, self.finished_at = state, error, now
+        else:
+            self.refresh_from_db(fields=["state", "error", "finished_at"])
 
     def refuse(self, reason: str) -> None:
         """queued -> failed with the reason: a job no worker will run must not read queued."""
@@ -124,12 +130,16 @@ class JobReporter:
         self.job, self.extra, self._last = job, extra, 0.0
 
     def _save(self, **fields) -> None:
+        """Every report is also where a cancelled job's code learns it must stop."""
         fields["heartbeat_at"] = timezone.now()
         if self.extra:
             fields.update(self.extra())
         for key, value in fields.items():
             setattr(self.job, key, value)
-        type(self.job).objects.filter(pk=self.job.pk).update(**fields)
+        model = type(self.job)
+        if not model.objects.filter(pk=self.job.pk).exclude(state=JobState.CANCELLED).update(**fields):
+            if model.objects.filter(pk=self.job.pk, state=JobState.CANCELLED).exists():
+                raise JobCancelled(f"{model._meta.verbose_name} #{self.job.pk} was cancelled")
         self._last = time.monotonic()
 
     def step(self, name: str) -> None:
@@ -140,6 +150,7 @@ class JobReporter:
         if name:
             steps.append({"name": name, "started_at": now.isoformat(), "seconds": None})
         log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, name or "finished")
+        joblog.append(job_key(self.job), f"== {name}" if name else "== finished")
         self._save(current_step=name, steps=steps, progress_done=0, progress_total=None)
 
     def progress(self, done: int, total: int | None = None) -> None:
@@ -149,6 +160,7 @@ class JobReporter:
 
     def log(self, message: str) -> None:
         log.debug("job %s #%s: %s", type(self.job).__name__, self.job.pk, message)
+        joblog.append(job_key(self.job), message)
 
     def heartbeat(self) -> None:
         self._save()
@@ -161,13 +173,15 @@ class ConsoleReporter:
         self.stream = stream or sys.stderr
         self.inner = inner  # the job row is updated too, so the dashboard sees command-run jobs
         self.tty = self.stream.isatty()
-        self.bar: tqdm | None = None
+        self.bar: Any = None  # a tqdm bar; tqdm is imported only for a terminal (0.1-0.3 s of start-up)
 
     def step(self, name: str) -> None:
         if self.inner:
             self.inner.step(name)
         self._close()
         if name and self.tty:
+            from tqdm import tqdm
+
             self.bar = tqdm(desc=f"{name:24}", file=self.stream, leave=True, dynamic_ncols=True)
         elif name:
             self.stream.write(f"{name}...\n")
@@ -199,6 +213,7 @@ class ConsoleReporter:
 def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
     """Run work() as the job: claimed first, then done or failed with 'failure <step> (<why>)'."""
     if not job.claim():
+        job.refresh_from_db(fields=["state"])
         raise PitrError(f"{type(job)._meta.verbose_name} #{job.pk} is already {job.state}: nothing to do")
     try:
         try:
@@ -207,6 +222,9 @@ def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
         finally:
             kill_children(job_key(job))  # nothing a job started outlives it
     except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise the unexpected ones
+        if was_cancelled(job):
+            clean_after_cancel(job)
+            raise JobCancelled(f"{type(job)._meta.verbose_name} #{job.pk} was cancelled") from exc
         failed = exc if isinstance(exc, StepFailed) else StepFailed(job.current_step or "starting", first_line(exc))
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         job.finish(JobState.INTERRUPTED if interrupted else JobState.FAILED, str(failed))
@@ -218,6 +236,20 @@ def run_job(job: J, reporter: Reporter, work: Callable[[], None]) -> J:
     reporter.step("")
     job.finish(JobState.DONE)
     return job
+
+
+def was_cancelled(job: Job) -> bool:
+    return type(job).objects.filter(pk=job.pk, state=JobState.CANCELLED).exists()
+
+
+def clean_after_cancel(job: Job) -> None:
+    """What the reaper does for a dead job (a restore target stopped, half-written files removed), done by the
+    process that ran it, once its code has stopped."""
+    job.refresh_from_db(fields=["state", "error", "finished_at", "current_step"])
+    try:
+        job.on_reaped()
+    except (PitrError, OSError, DatabaseError) as exc:
+        log.warning("%s #%s: cleanup after the cancel failed: %s", type(job).__name__, job.pk, exc)
 
 
 def run_exclusive(job: J, lock: Lock, reporter: Reporter, work: Callable[[], None]) -> J:

@@ -65,7 +65,7 @@ def _children_file(owner: str) -> Path:
 def popen(argv: Sequence[str], *, as_server: bool = False, user: str | None = None, env: dict | None = None,
           cwd: Path | str = "/", owner: str | None = None, detached: bool = False,
           stdout: int | IO[Any] | None = subprocess.DEVNULL, stderr: int | IO[Any] | None = subprocess.PIPE,
-          text: bool = True) -> subprocess.Popen:
+          text: bool = True, stdin: int | IO[Any] | None = subprocess.DEVNULL) -> subprocess.Popen:
     """Start argv in its own process group.
 
     as_server/user: run as the server account (or the named one) when we are root.
@@ -88,7 +88,7 @@ def popen(argv: Sequence[str], *, as_server: bool = False, user: str | None = No
         setpriv = _setpriv()
         if setpriv:
             argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
                             cwd=cwd, env=merged, close_fds=True, **kwargs)
     if owner:
         path = _children_file(owner)

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from pitrsite.config import (
     archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
-    envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
+    envcron, envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -55,6 +55,10 @@ PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
 PITR_SCRUB_INTERVAL = envfloat("PITR_SCRUB_INTERVAL", 3600.0)
 PITR_SCRUB_MB_PER_S = envfloat("PITR_SCRUB_MB_PER_S", 20.0)
 PITR_REAP_INTERVAL = envfloat("PITR_REAP_INTERVAL", 15.0)
+# Scheduled base backups: cron syntax in TIME_ZONE ("0 2 * * *": daily at 02:00), "disable" turns them off.
+PITR_BACKUP_SCHEDULE = envcron("PITR_BACKUP_SCHEDULE", "0 2 * * *")
+# The overview and /metrics warn when the newest done base backup is older than this (s; 0 = never).
+PITR_BACKUP_MAX_AGE = envfloat("PITR_BACKUP_MAX_AGE", 2 * 86400.0)
 
 # --- Django ------------------------------------------------------------------
 SECRET_KEY = _secret
@@ -63,7 +67,9 @@ ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,lo
 PITR_WEB_PORT = envport("PITR_WEB_PORT", 58000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin modules (and the dashboard forms they use) load with the URLs (pitrsite/urls.py), not in
+    # django.setup(): a management command such as `restore` never serves the admin.
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -85,7 +91,17 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.security.csp_middleware",
 ]
+# Failed logins: this many per user name and address within the window (s), then refused until it passes.
+PITR_LOGIN_FAILURES = envint("PITR_LOGIN_FAILURES", 5)
+PITR_LOGIN_WINDOW = envint("PITR_LOGIN_WINDOW", 900)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by every web worker of this host, so a throttle is not multiplied by the worker count.
+    "throttle": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                 "LOCATION": str(PITR_HOME / "run" / "throttle")},
+}
 
 ROOT_URLCONF = "pitrsite.urls"
 TEMPLATES = [
@@ -114,6 +130,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = False
+# The dashboard's one time format, with the zone, in the admin too (dashboard/timefmt.py is the same).
+FORMAT_MODULE_PATH = "pitrsite.formats"
 USE_TZ = True
 
 STATIC_URL = "static/"

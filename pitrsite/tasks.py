@@ -5,6 +5,8 @@ import logging
 
 from celery import shared_task
 
+import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
+
 from pitrsite.jobs import job_models, reap
 
 log = logging.getLogger(__name__)

@@ -32,13 +32,16 @@ from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
 from restores.proof import ServerLog, end_of_recovery, recovery_shortfall
-from restores.staging import WalCheck, WalDownload, give, link_or_copy
+from restores.staging import WalCheck, WalDownload, Writeback, give, link_or_copy
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 ROLE = "restore_target"
+# No restartpoint during replay (a restore that dies is redone from the backup, never resumed): they would
+# write and fsync buffers the end-of-recovery checkpoint writes anyway. Dropped after promotion, with a reload.
+REPLAY_SETTINGS = {"max_wal_size": "64GB", "checkpoint_timeout": "1d"}
 
 
 def target_of(job: RestoreJob) -> RestoreTarget:
@@ -94,9 +97,11 @@ class Restore:
         empty_directory(self.datadir)
         source = self.download_backup(backup_copies) if backup_copies else backup_dir(the_plan.backup)
         self.reporter.step("extracting the backup")
+        writeback = Writeback(self.datadir)  # to disk while tar extracts, not in PostgreSQL's start-up fsync
         try:
             extract(source, self.datadir, self.reporter, job_key(self.job))
         finally:
+            writeback.close()
             if source != backup_dir(the_plan.backup):
                 shutil.rmtree(source, ignore_errors=True)
         self.reporter.step("checking WAL against the catalog")
@@ -108,6 +113,7 @@ class Restore:
         self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
         self.reporter.step("configuring recovery")
         self.configure(the_plan)
+        log_offset: int | None = None
         try:
             self.reporter.step("replaying WAL")
             log_offset = self.log_size()
@@ -117,6 +123,7 @@ class Restore:
             self.verify(the_plan, log_offset)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+            self.copy_server_log(log_offset)
 
     # --- steps -----------------------------------------------------------------
     def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:
@@ -254,8 +261,22 @@ class Restore:
         self.driver.write_node_conf(ROLE, {
             # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
             "restore_command": f'cp "{self.staging}/%f" "%p"',
+            **REPLAY_SETTINGS,
             **the_plan.recovery,
         })
+
+    def copy_server_log(self, offset: int | None, limit: int = 5000) -> None:
+        """The restored server's own lines (recovery, promotion) into the job's log."""
+        if offset is None:
+            return
+        try:
+            with open(self.driver.layout.logfile(ROLE), "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return
+        for line in lines[-limit:]:
+            self.reporter.log(f"server: {line}")
 
     def log_size(self) -> int:
         path = self.driver.layout.logfile(ROLE)
@@ -317,7 +338,9 @@ class Restore:
             # A copy that stopped short must not be taken for the moment asked for.
             self.driver.stop(ROLE, mode="immediate")
             raise StepFailed("verifying", f"{problem}; the restore target was stopped")
-        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command and the target
+        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command, the target, REPLAY_SETTINGS
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
         self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
                     plan={**self.job.plan, "stop_reason": reason})
 

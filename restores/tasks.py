@@ -1,6 +1,8 @@
 """Celery entry points: thin callers of the domain functions, messages carry ids only."""
 from celery import shared_task
 
+import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
+
 from pitrsite.jobs import JobReporter
 from restores.engine import run_restore as restore
 from restores.models import RestoreJob

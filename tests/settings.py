@@ -27,6 +27,7 @@ os.environ.setdefault("PITR_INDEX_INTERVAL", "1")
 os.environ.setdefault("PITR_WAL_SEGSIZE_MB", "1")  # small segments: many of them, quickly
 os.environ.setdefault("PITR_PGADMIN", "false")  # the pgAdmin tests turn it on
 os.environ.setdefault("PITR_DOCKER_PROJECT", f"pitrtest{os.environ['PITR_PRIMARY_PORT']}")  # never a user's containers
+os.environ.setdefault("PITR_BACKUP_SCHEDULE", "disable")  # a backup at 02:00 would land in any running test
 os.environ.setdefault("PITR_DRILL_INTERVAL", "0")  # drills replace the restore target: only test_drill runs them
 
 from pitrsite.settings import *  # noqa: E402,F401,F403

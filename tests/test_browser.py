@@ -56,6 +56,12 @@ def login(browser, base: str, username: str):
     return page
 
 
+def fleet_driver_state(role: str) -> str:
+    from fleet.local import get_driver
+
+    return get_driver().state(role)
+
+
 def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -70,6 +76,19 @@ def test_viewer_sees_overview_but_no_start_buttons(browser, live_server, transac
     assert page.locator("#start-backup").count() == 0
     page.goto(live_server.url + "/restores/new/")
     assert "needs a staff account" in page.content()
+    # A refused action (a hand-made POST, as a stale page or a script would send) gets a page saying why.
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    page.evaluate("""([url, token]) => {
+        const form = document.createElement("form");
+        form.method = "post"; form.action = url;
+        const field = document.createElement("input");
+        field.name = "csrfmiddlewaretoken"; field.value = token; form.append(field);
+        document.body.append(form); form.submit();
+    }""", [live_server.url + "/backups/start/", token])
+    page.wait_for_url(live_server.url + "/backups/start/")
+    assert page.locator("#refused").inner_text() == "starting jobs needs a staff account"
+    assert "can look at every page" in page.content()
+    shot(page, "refused")
 
 
 def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_worker, primary):
@@ -98,24 +117,56 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     bar = page.locator("#job-bar")
     expect(bar).to_have_attribute("data-state", "done", timeout=180_000)
     assert page.locator("#job-bar > span").evaluate("el => el.style.width") == "100%"
-    expect(page.locator("#job-steps")).to_contain_text("verifying (pg_verifybackup)")
+    expect(page.locator("#job-steps")).to_contain_text("verifying (manifest checksums, pg_waldump)")
     expect(page.locator("#restorable")).to_have_text("yes")  # the facts refresh when the job ends
+    expect(page.locator("#step-bar")).to_have_count(1)
+    expect(page.locator("#job-log")).to_contain_text("== copying files (pg_basebackup)")  # the job's own log
+    expect(page.locator("#job-who")).to_have_text("ops")
+    expect(page.locator(".messages li.queued")).to_have_count(0)  # "backup … queued" goes once it runs
     backup.refresh_from_db()
     assert backup.restorable, backup.error
     shot(page, "backup")
 
     # Commits after the backup, captured and indexed, so there is a window to restore into.
-    write_rows(primary, 20, "browser", switch_every=5)
+    write_rows(primary, 10, "browser", switch_every=5)
+    primary.execute("SELECT pg_create_restore_point('browser-point')")
+    write_rows(primary, 10, "browser", switch_every=5)
     wait_captured()
     wait_for(lambda: (w := recoverable_window()) and w.based_on == "base backup" and w.end > backup.stop_time,
              60, "the indexer to catalog WAL after the backup")
 
     page.goto(base + "/")
     expect(page.locator("#window")).to_contain_text("from")
+    expect(page.locator("#window")).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"))
+    expect(page.locator("#restore-target")).to_be_visible()
+    expect(page.locator("#standby-replication")).to_have_text("streaming")
     shot(page, "overview")
     page.goto(base + "/timeline/")
     expect(page.locator("svg.timeline rect.window")).to_have_count(1)
     shot(page, "timeline")
+    # The wheel zooms in (the viewBox narrows), then a click inside the window opens the restore form there.
+    plot = page.locator("svg.timeline").bounding_box()
+    page.mouse.move(plot["x"] + plot["width"] / 2, plot["y"] + plot["height"] / 2)
+    page.mouse.wheel(0, -300)
+    assert page.locator("svg.timeline").evaluate("svg => svg.viewBox.baseVal.width") < 960
+    page.reload()
+    box = page.locator("svg.timeline rect.window").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+    page.wait_for_url(re.compile(r"/restores/new/\?kind=time&value="))
+    picked = page.locator("input[name=value]").input_value()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", picked), picked
+    assert page.locator("input[name=kind][value=time]").is_checked()
+    # The pickers: the named restore point (once indexed) and the backups with their windows.
+    from walcatalog.models import RestorePoint
+
+    wait_for(lambda: RestorePoint.objects.filter(name="browser-point").exists(), 60,
+             "the indexer to find the restore point")
+    page.reload()
+    expect(page.locator("#restore-points")).to_contain_text("browser-point")
+    expect(page.locator("#backup-windows")).to_contain_text(backup.label)
+    shot(page, "restore-form")
+    page.locator("#restore-points a.pick").first.click()
+    expect(page.locator("input[name=value]")).to_have_value("browser-point")
 
     # An impossible target is refused with the planner's message, nothing queued.
     page.goto(base + "/restores/new/")
@@ -137,6 +188,25 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     job = RestoreJob.objects.get()
     assert job.promoted_at is not None and job.trigger == "dashboard", job.error
     shot(page, "restore")
+    expect(page.locator("#target-state")).to_have_text("promoted")
+    expect(page.locator("#job-log")).to_contain_text("server: ")  # the restored server's own lines
+
+    # Cancel a restore while it runs: the job reads cancelled, the restore target is left stopped.
+    page.goto(base + "/restores/new/")
+    page.check("input[name=kind][value=latest]")
+    page.click("#start-restore")
+    page.wait_for_url(re.compile(r"/restores/\d+/$"))
+    cancelled = RestoreJob.objects.order_by("-pk").first()
+    wait_for(lambda: RestoreJob.objects.get(pk=cancelled.pk).current_step not in ("", "planning"), 120,
+             "the restore to get past planning")
+    page.click("#cancel-job")
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=60_000)
+    cancelled.refresh_from_db()
+    assert cancelled.state == "cancelled" and cancelled.error.startswith("cancelled by ops"), cancelled.error
+    wait_for(lambda: fleet_driver_state("restore_target") == "stopped", 60, "the restore target to stop")
+    page.reload()
+    expect(page.locator("#target-state")).to_have_text("stopped")
+    shot(page, "restore-cancelled")
 
     # A short chaos run started from the dashboard, then opened.
     page.goto(base + "/chaos/")
@@ -147,9 +217,17 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     page.fill("input[name=actions]", "capturer_restart,primary_pause")
     page.click("#start-chaos")
     page.wait_for_url(re.compile(r"/chaos/\d+/$"))
+    # Live while it runs, without reloading: seconds of chaos, actions and writes as they happen.
+    expect(page.locator("#job-progress")).to_contain_text(re.compile(r" s of 10 s"), timeout=240_000)
+    expect(page.locator("#events")).to_contain_text(re.compile("capturer_restart|primary_pause"), timeout=60_000)
+    expect(page.locator("#chaos-live")).not_to_contain_text("0 rows committed")
+    assert ChaosRun.objects.get().state == "running"
+    expect(page.locator("#job-steps")).not_to_contain_text("restoring and verifying")
+    shot(page, "chaos-live")
     expect(page.locator("#job-state")).to_have_text(re.compile("done|failed"), timeout=400_000)
     run = ChaosRun.objects.get()
     assert run.verdict == "passed", f"{run.summary} {run.error}"
+    expect(page.locator("#verdict")).to_have_text("Passed")  # the header follows the run: no reload
     page.reload()
     expect(page.locator("#verdict")).to_have_text("Passed")
     expect(page.locator("#verifications")).to_contain_text("exact")

@@ -204,3 +204,20 @@ def test_fleet_up_recreates_the_slot_only_while_the_wal_is_held(private_fleet, s
     with pg.connect(private_fleet.layout.port("primary"), dbname="postgres") as conn:
         assert not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
                                 [settings.PITR_CAPTURE_SLOT]).fetchone()
+
+
+def test_paused_capturer_lag_counts_the_seconds_since_it_last_received(private_fleet):
+    """A capturer paused on an idle primary holds everything so far, but receives nothing more: its lag must not
+    read 0 ms (an honest RPO), in status and in what the dashboard and /metrics show."""
+    import time
+
+    private_fleet.up()
+    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    private_fleet.pause("capturer")
+    try:
+        time.sleep(12)  # pg_receivewal answers every 10 s while idle: its last answer is older than 2 s now
+        capture = status(private_fleet)[0]["capturer"]
+        assert capture["health"] == "paused" and capture["lag_seconds"] >= 2.0, capture
+    finally:
+        private_fleet.resume("capturer")
+    wait_for(lambda: status(private_fleet)[0]["capturer"]["lag_seconds"] == 0.0, 30, "lag back to 0 once caught up")

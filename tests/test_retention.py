@@ -123,3 +123,20 @@ def test_no_policy_deletes_nothing_and_command_reports(narrowed):
     assert result["dry_run"] and result["kept_backups"] == [narrowed["backups"][1].label]
     assert narrowed["backups"][0].label in result["deleted_backups"]
     assert BaseBackup.objects.filter(pk=narrowed["backups"][0].pk, manifest_verified=True).exists()
+
+
+def test_a_pinned_backup_is_never_removed(narrowed, settings, tmp_path):
+    from walcatalog.retention import status_of_backups
+
+    old, kept = narrowed["backups"]
+    BaseBackup.objects.filter(pk=old.pk).update(pinned=True)
+    settings.PITR_RETENTION_KEEP_BACKUPS, settings.PITR_RETENTION_DAYS = 1, 0
+    assert status_of_backups()[old.pk] == "pinned" and status_of_backups()[kept.pk] == "kept"
+    with private_copy(settings, tmp_path):
+        done = apply_retention(Policy(keep_backups=1))
+        assert old.label in done.kept_backups and old.label not in done.deleted_backups
+        assert backup_dir(old).is_dir()
+        assert BaseBackup.objects.filter(pk=old.pk, manifest_verified=True).exists()
+        plan(RestoreTarget.from_options(time=(old.stop_time + timedelta(milliseconds=1)).isoformat()))  # still
+    BaseBackup.objects.filter(pk=old.pk).update(pinned=False)
+    assert status_of_backups()[old.pk] == "obsolete"  # unpinned: the next pass would remove it

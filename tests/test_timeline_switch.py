@@ -59,7 +59,7 @@ def second_fleet(fleet):
 def capture_lag(conn) -> int | None:
     row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn) FROM pg_stat_replication "
                        "WHERE application_name = 'pg_receivewal'").fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None or row[0] is None else int(row[0])  # flush_lsn is NULL until its first reply
 
 
 def fail_over(driver: LocalDriver) -> None:

@@ -117,7 +117,8 @@ def test_overview_json(viewer, catalog):
 def test_overview_lists_running_jobs(viewer, catalog):
     job = make_restore(backup=catalog["backup"])
     done = make_restore(state=JobState.DONE)
-    html = viewer.get("/").content.decode()
+    page = viewer.get("/").content.decode()
+    html = page[page.index('id="live-jobs"'):]  # the restore target card names the done one: what it holds
     assert f"/restores/{job.pk}/" in html and f"/restores/{done.pk}/" not in html
 
 
@@ -196,8 +197,9 @@ def test_restore_form_shows_window(staff, catalog):
     ({"kind": "time", "value": "yesterday"}, "is not ISO 8601"),
     ({"kind": "lsn", "value": "nonsense"}, "nonsense"),
     ({"kind": "latest", "value": "0/3"}, "a latest target takes no value"),
-    ({"kind": "lsn", "value": ""}, "a lsn target needs a value"),
-    ({"kind": "name", "value": "x", "exclusive": "on"}, "exclusive applies to time, LSN and xid targets"),
+    ({"kind": "lsn", "value": ""}, "an LSN target needs a value"),
+    ({"kind": "immediate", "value": "0/3"}, "an immediate target takes no value"),
+    ({"kind": "name", "value": "x", "exclusive": "on"}, "exclusive applies to time, LSN and XID targets"),
 ])
 def test_restore_rejects_malformed_targets(staff, catalog, broker, form, message):
     response = staff.post("/restores/start/", form)

@@ -1,4 +1,4 @@
-"""Base backups: pg_basebackup in tar format, verified with pg_verifybackup.
+"""Base backups: pg_basebackup in tar format, verified in the same pass (walcatalog/verify.py).
 
 One domain function (run_backup) behind both `manage.py backup` and the Celery
 task. A backup is offered for restore only once its manifest is verified.
@@ -6,9 +6,9 @@ task. A backup is offered for restore only once its manifest is verified.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from django.conf import settings
@@ -19,7 +19,7 @@ from fleet.layout import Layout
 from pitrsite import locks, runner
 from pitrsite.errors import BackupError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
-from walcatalog import catalog, walnames
+from walcatalog import catalog, verify, walnames
 from walcatalog import storage as st
 from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, StorageCopy
 
@@ -61,22 +61,16 @@ def check_room(layout: Layout, compression: str) -> None:
     """Refuse a backup that cannot fit, before pg_basebackup fills the disk capture also writes to.
 
     The estimate is the primary's database size: the archives hold that much uncompressed (half, as a
-    conservative guess, when compressed), and verification unpacks all of it into the staging directory.
+    conservative guess, when compressed). Verification reads the archives as they are written and unpacks
+    only the backup's WAL, so it needs no room of its own worth counting.
     """
     with pg.connect(layout.port("primary"), dbname="postgres", timeout=5) as conn:
         size = int(pg.fetch_row(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database"))[0])
-    need: dict[int, list] = {}
-    layout.staging.mkdir(parents=True, exist_ok=True)
-    for path, amount in ((layout.backups, size if compression == Compression.NONE else size // 2),
-                         (layout.staging, size)):
-        entry = need.setdefault(os.stat(path).st_dev, [path, 0])
-        entry[1] += amount
-    for path, amount in need.values():
-        free = shutil.disk_usage(path).free
-        if free < amount:
-            raise BackupError(f"backup refused: it needs about {amount / 2**20:,.0f} MiB in {path} (the backup and "
-                              f"its verification copy of a {size / 2**20:,.0f} MiB database), "
-                              f"{free / 2**20:,.0f} MiB free")
+    amount = size if compression == Compression.NONE else size // 2
+    free = shutil.disk_usage(layout.backups).free
+    if free < amount:
+        raise BackupError(f"backup refused: it needs about {amount / 2**20:,.0f} MiB in {layout.backups} (the "
+                          f"backup of a {size / 2**20:,.0f} MiB database), {free / 2**20:,.0f} MiB free")
 
 
 def backup_dir(backup: BaseBackup) -> Path:
@@ -98,20 +92,25 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     argv = [pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(layout.port("primary")),
             "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(dest), "--format=tar", "--wal-method=stream",
             "--checkpoint=fast", "--progress", "--verbose", f"--label={backup.label}", *compress,
+            "--manifest-checksums=CRC32C",  # what verify.compare checks (also PostgreSQL's default)
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
-    _run_with_progress(argv, reporter, job_key(backup))
+    owner = job_key(backup)
+    base = dest / f"base.tar{SUFFIX[Compression(backup.compression)]}"
+    finished = threading.Event()
+    check = verify.ArchiveCheck(base, finished.is_set, owner)  # reads base.tar while it is written
+    try:
+        _run_with_progress(argv, reporter, owner, finished)
+    except BaseException:
+        check.cancel()
+        raise
     stop_time = timezone.now()
 
-    reporter.step("verifying (pg_verifybackup)")
-    manifest = json.loads((dest / "backup_manifest").read_text())
+    reporter.step("verifying (manifest checksums, pg_waldump)")
+    hashes, manifest = _verify(backup, dest, check, owner)
     wal_range = manifest["WAL-Ranges"][0]
-    _verify(backup, dest, reporter)
-
     files = [p for p in dest.iterdir() if p.is_file()]
-    reporter.step("recording checksums")  # what the scrub holds the files to from now on
-    hashes = {p.name: dict(zip(("size", "sha256"), st.sha256_file(p), strict=True)) for p in files}
     BaseBackup.objects.filter(pk=backup.pk).update(
-        file_hashes=hashes,
+        file_hashes=hashes,  # what the scrub holds the files to from now on
         timeline=wal_range["Timeline"],
         start_lsn=walnames.parse_lsn(wal_range["Start-LSN"]),
         stop_lsn=walnames.parse_lsn(wal_range["End-LSN"]),
@@ -124,31 +123,61 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     backup.refresh_from_db()
 
 
-def _run_with_progress(argv: list[str], reporter: Reporter, owner: str) -> None:
+def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, finished: threading.Event) -> None:
     def progress(line: str) -> bool:
         match = PROGRESS.search(line)
         if match:
             reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
+        else:
+            reporter.log(line.strip())  # the job's own log
         return match is not None
 
-    result = pg.run(argv, step="copying files", env=pg.libpq_env(), timeout=None, check=False, owner=owner,
-                    on_line=progress)
+    try:
+        result = pg.run(argv, step="copying files", env=pg.libpq_env(), timeout=None, check=False, owner=owner,
+                        on_line=progress)
+    finally:
+        finished.set()  # the verifier reads to the end of what is written, then stops
     if result.returncode != 0:
         raise StepFailed("copying files", runner.error_line(result.stderr).removeprefix("pg_basebackup: "))
 
 
-def _verify(backup: BaseBackup, dest: Path, reporter: Reporter) -> None:
-    """PostgreSQL 15's pg_verifybackup reads plain backups only: check an extracted scratch copy."""
-    scratch = Layout.current().staging / f"verify-{backup.label}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    pg.give_to_server(scratch, scratch / "pg_wal")
+def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: str) -> tuple[dict, dict]:
+    """The manifest against every archive's members, and its WAL range through pg_waldump.
+
+    base.tar was read while it was written; tablespace archives (rare) are read now, from the page cache.
+    Returns the files' sizes and SHA-256 (recorded for the scrub) and the manifest.
+    """
+    step = "verifying (manifest checksums, pg_waldump)"
     try:
-        extract(dest, scratch, reporter, job_key(backup))
-        pg.run([pg.tool("pg_verifybackup"), "--quiet", "--manifest-path", str(dest / "backup_manifest"),
-                "--wal-directory", str(scratch / "pg_wal"), str(scratch)], step="verifying (pg_verifybackup)",
-               timeout=None)  # proportional to the backup's size: no fixed bound fits every database
-    finally:
+        manifest = verify.read_manifest(dest / "backup_manifest")
+        found = check.result()
+        hashes = {check.path.name: {"size": check.follower.size, "sha256": check.follower.sha256.hexdigest()}}
+        for archive in sorted(dest.iterdir()):
+            name = archive.name.split(".")[0]  # a tablespace's archive is OID.tar[.suffix]
+            if archive == check.path or not name.isdigit() or ".tar" not in archive.name:
+                continue
+            other = verify.ArchiveCheck(archive, lambda: True, owner, prefix=f"pg_tblspc/{name}/")
+            found.update(other.result())
+            hashes[archive.name] = {"size": other.follower.size, "sha256": other.follower.sha256.hexdigest()}
+        verify.compare(manifest, found)
+        scratch = Layout.current().staging / f"verify-{backup.label}"
         shutil.rmtree(scratch, ignore_errors=True)
+        pg.give_to_server(scratch)
+        try:
+            wal = archive_file(dest, "pg_wal")
+            pg.run(["tar", "--extract", f"--file={wal}", f"--directory={scratch}", *TAR_FILTER[wal.suffix]],
+                   step=step, timeout=None)
+            verify.wal_check(pg.tool("pg_waldump"), manifest, scratch,
+                             lambda argv: pg.run(argv, step=step, timeout=None))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except verify.VerifyError as exc:
+        raise StepFailed(step, str(exc)) from None
+    for path in dest.iterdir():
+        if path.is_file() and path.name not in hashes:
+            size, sha = verify.sha256_of(path)  # pg_wal.tar and the manifest: small
+            hashes[path.name] = {"size": size, "sha256": sha}
+    return hashes, manifest
 
 
 def archive_file(dest: Path, stem: str) -> Path:
@@ -185,6 +214,8 @@ def _tar(argv: list[str], reporter: Reporter, done: int, total: int | None, owne
         if match:  # records read so far, 10240 bytes each
             done = start + int(match.group(1)) * 10240
             reporter.progress(min(done, total) if total else done, total)
+        else:
+            reporter.log(f"tar: {line.strip()}")
         return match is not None
 
     pg.run(argv, step="extracting", timeout=None, owner=owner, on_line=progress)

@@ -93,6 +93,7 @@ class BaseBackup(Job):
     label = models.CharField(max_length=100, unique=True)
     compression = models.CharField(max_length=8, choices=Compression.choices, default=DEFAULT_COMPRESSION)
     path = models.CharField(max_length=500, blank=True)
+    pinned = models.BooleanField(default=False, help_text="kept by retention whatever the policy says")
     timeline = models.PositiveIntegerField(null=True, blank=True)
     start_lsn = models.BigIntegerField(null=True, blank=True)
     stop_lsn = models.BigIntegerField(null=True, blank=True)

@@ -110,7 +110,26 @@ def kept_backups(policy: Policy, now: datetime) -> list[BaseBackup]:
         inside = [b for b in backups if b.stop_time and b.stop_time >= window_start]
         before = next((b for b in backups if b.stop_time and b.stop_time < window_start), None)
         keep |= {b.pk for b in inside} | ({before.pk} if before else set())
+    keep |= {b.pk for b in backups if b.pinned}  # pinned: never removed, whatever the policy
     return [b for b in backups if b.pk in keep]
+
+
+def status_of_backups(now: datetime | None = None) -> dict[int, str]:
+    """{backup id: kept, pinned, obsolete (the next pass removes it), removed, or not restorable}."""
+    policy = Policy.from_settings()
+    kept = {b.pk for b in kept_backups(policy, now or timezone.now())} if policy.active else None
+    result = {}
+    for pk, pinned, verified, state, error in BaseBackup.objects.values_list(
+            "pk", "pinned", "manifest_verified", "state", "error"):
+        if error.startswith(REMOVED):
+            result[pk] = "removed"
+        elif pinned:
+            result[pk] = "pinned"
+        elif not verified or state != "done":
+            result[pk] = "not restorable"
+        else:
+            result[pk] = "kept" if kept is None or pk in kept else "obsolete"
+    return result
 
 
 def apply_retention(policy: Policy | None = None, dry_run: bool = False, now: datetime | None = None,
@@ -150,7 +169,7 @@ def _pass(policy: Policy, dry_run: bool, now: datetime, result: RetentionResult,
     kept_ids = {b.pk for b in kept}
     # Verified backups older than the oldest kept one, and failed/interrupted ones started before it.
     old_backups = [b for b in BaseBackup.objects.exclude(pk__in=kept_ids).exclude(state__in=ACTIVE_STATES)
-                   .exclude(error__startswith=REMOVED)
+                   .exclude(error__startswith=REMOVED).exclude(pinned=True)
                    if (b.stop_lsn is not None and b.stop_lsn <= oldest.stop_lsn)
                    or (b.stop_lsn is None and b.created_at < oldest.created_at)]
     segments = list(WalSegment.objects.filter(end_lsn__lte=keep_from, is_partial=False).order_by("segno", "timeline"))
@@ -213,4 +232,5 @@ def stored_bytes() -> int:
     return StorageCopy.objects.aggregate(n=Sum("size"))["n"] or 0
 
 
-__all__ = ["apply_retention", "Policy", "RetentionResult", "RetentionError", "kept_backups", "stored_bytes"]
+__all__ = ["apply_retention", "Policy", "RetentionResult", "RetentionError", "kept_backups", "status_of_backups",
+           "stored_bytes"]

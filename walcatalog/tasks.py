@@ -9,6 +9,7 @@ import logging
 
 from celery import shared_task
 
+import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
 from pitrsite import locks
 from pitrsite.periodic import run_periodic
 from walcatalog.indexer import index_archive
@@ -48,6 +49,19 @@ def run_backup(backup_id: int) -> None:
 
     backup = BaseBackup.objects.get(pk=backup_id)
     backups.run_backup(backup, JobReporter(backup))
+
+
+@shared_task(name="walcatalog.tasks.scheduled_backup", ignore_result=True)
+def scheduled_backup() -> int | None:
+    """A base backup on PITR_BACKUP_SCHEDULE (beat); skipped while another backup runs, failures recorded."""
+    from pitrsite.jobs import JobReporter
+    from walcatalog import backups
+
+    def work() -> int:
+        backup = backups.queue_backup(trigger="beat")
+        return backups.run_backup(backup, JobReporter(backup)).pk
+
+    return run_periodic("scheduled_backup", work)
 
 
 # --- archive storage (walcatalog/uploader.py, walcatalog/retention.py) -----------------------------------

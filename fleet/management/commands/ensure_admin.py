@@ -1,6 +1,8 @@
 """python manage.py ensure_admin [--username NAME]: the admin superuser, created once with a generated password."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fleet import services
 from pitrsite.output import PitrCommand
 
@@ -18,9 +20,10 @@ class Command(PitrCommand):
         if result["created"]:
             self.stdout.write(f"admin user {username!r} created")
         if result["password_file"]:
-            how = f"user {username}, password: cat {result['password_file']}"
+            secret = Path(result["password_file"]).read_text().strip()
+            how = f"user {username}, password {secret} (kept in {result['password_file']})"
         else:
             how = (f"user {username} (created outside pitrsite; "
                    f"change its password with: manage.py changepassword {username})")
-        self.stdout.write(f"log in at {services.web_url('/admin/')} as {how}")
-        self.stdout.write(f"dashboard: {services.web_url('/')}")
+        self.stdout.write(f"log in at {services.web_url('/login/')} as {how}")
+        self.stdout.write(f"dashboard: {services.web_url('/')} · admin: {services.web_url('/admin/')}")

@@ -1,0 +1,188 @@
+"""A base backup is verified in the pass that writes it (walcatalog/verify.py), and one that fails is never offered.
+
+Real pg_basebackup output throughout; the damage is done to real bytes: a flipped byte inside a tar member,
+a manifest entry that disagrees, a file the manifest does not list, a torn WAL segment.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fleet.layout import Layout
+from pitrsite.errors import StepFailed
+from pitrsite.jobs import JobReporter, JobState
+from walcatalog import backups, verify
+from walcatalog.backups import backup_dir, queue_backup, restorable_backups, run_backup
+
+pytestmark = [pytest.mark.fleet, pytest.mark.django_db]
+
+
+@pytest.fixture(scope="module")
+def plain_backup(fleet, django_db_setup, django_db_blocker, tmp_path_factory):
+    """One uncompressed verified backup, copied aside (the tests damage copies, never the original)."""
+    with django_db_blocker.unblock():
+        backup = queue_backup("none")
+        run_backup(backup, JobReporter(backup))
+        backup.refresh_from_db()
+        assert backup.state == JobState.DONE and backup.manifest_verified, backup.error
+        copy = tmp_path_factory.mktemp("backup") / "copy"
+        shutil.copytree(backup_dir(backup), copy)
+        yield backup, copy
+        # Committed outside the tests' transactions: later modules expect no backup rows.
+        shutil.rmtree(backup_dir(backup), ignore_errors=True)
+        backup.delete()
+
+
+def found_in(path: Path, prefix: str = "") -> dict:
+    return verify.ArchiveCheck(path, lambda: True, "test-verify", prefix).result()
+
+
+def rewrite_manifest(path: Path, change) -> None:
+    """Edit backup_manifest and give it a correct checksum again, as a buggy or hostile writer would."""
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    manifest.pop("Manifest-Checksum")
+    body = json.dumps(manifest, indent=0)[:-1].rstrip() + ",\n"
+    path.write_text(body + f'"Manifest-Checksum": "{hashlib.sha256(body.encode()).hexdigest()}"}}\n')
+
+
+def test_backup_is_verified_and_hashed_in_one_pass(plain_backup):
+    backup, copy = plain_backup
+    assert [s["name"] for s in backup.steps][-2:] == ["copying files (pg_basebackup)",
+                                                      "verifying (manifest checksums, pg_waldump)"]
+    manifest = verify.read_manifest(copy / "backup_manifest")
+    found = found_in(copy / "base.tar")
+    verify.compare(manifest, found)  # the members we read are the manifest's files, sizes and CRC32C
+    assert len(found) >= len(manifest["Files"]) > 500
+    for name in ("base.tar", "pg_wal.tar", "backup_manifest"):  # the scrub's reference: the bytes on disk
+        assert backup.file_hashes[name]["sha256"] == verify.sha256_of(copy / name)[1]
+
+
+def test_a_flipped_byte_in_a_member_is_refused_naming_the_file(plain_backup, tmp_path):
+    _, copy = plain_backup
+    damaged = tmp_path / "base.tar"
+    shutil.copyfile(copy / "base.tar", damaged)
+    with tarfile.open(damaged) as tar:
+        member = next(m for m in tar if m.isreg() and m.name.startswith("base/") and m.size >= 8192)
+    with open(damaged, "r+b") as fh:
+        fh.seek(member.offset_data + 4000)
+        byte = fh.read(1)
+        fh.seek(member.offset_data + 4000)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(verify.VerifyError, match=f"{member.name}: checksum mismatch"):
+        verify.compare(verify.read_manifest(copy / "backup_manifest"), found_in(damaged))
+
+
+def test_a_truncated_archive_is_refused(plain_backup, tmp_path):
+    _, copy = plain_backup
+    damaged = tmp_path / "base.tar.zst"
+    with open(copy / "base.tar", "rb") as fh:
+        data = fh.read()
+    compressed = tmp_path / "whole.tar"
+    compressed.write_bytes(data)
+    import subprocess
+
+    subprocess.run(["zstd", "-q", "-f", str(compressed), "-o", str(damaged)], check=True)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(verify.VerifyError):
+        verify.compare(verify.read_manifest(copy / "backup_manifest"), found_in(damaged))
+
+
+def test_manifest_disagreeing_or_tampered_is_refused(plain_backup, tmp_path):
+    _, copy = plain_backup
+    found = found_in(copy / "base.tar")
+    manifest_path = tmp_path / "backup_manifest"
+
+    shutil.copyfile(copy / "backup_manifest", manifest_path)
+    rewrite_manifest(manifest_path, lambda m: m["Files"][3].update(Size=m["Files"][3]["Size"] + 1))
+    with pytest.raises(verify.VerifyError, match="has size"):
+        verify.compare(verify.read_manifest(manifest_path), found)
+
+    shutil.copyfile(copy / "backup_manifest", manifest_path)
+    rewrite_manifest(manifest_path, lambda m: m["Files"].append({**m["Files"][0], "Path": "base/1/999999"}))
+    with pytest.raises(verify.VerifyError, match="base/1/999999 is listed in backup_manifest but missing"):
+        verify.compare(verify.read_manifest(manifest_path), found)
+
+    shutil.copyfile(copy / "backup_manifest", manifest_path)
+    rewrite_manifest(manifest_path, lambda m: m["Files"].pop(5))
+    with pytest.raises(verify.VerifyError, match="is in the backup but not in backup_manifest"):
+        verify.compare(verify.read_manifest(manifest_path), found)
+
+    text = (copy / "backup_manifest").read_text()
+    manifest_path.write_text(text.replace('"Size": ', '"Size":  ', 1))  # one byte more, checksum not redone
+    with pytest.raises(verify.VerifyError, match="manifest's checksum does not match"):
+        verify.read_manifest(manifest_path)
+
+
+def test_a_torn_wal_segment_fails_pg_waldump(plain_backup, tmp_path):
+    from fleet import pg
+
+    _, copy = plain_backup
+    manifest = verify.read_manifest(copy / "backup_manifest")
+    wal_dir = tmp_path / "wal"
+    pg.give_to_server(wal_dir)
+    with tarfile.open(copy / "pg_wal.tar") as tar:
+        tar.extractall(wal_dir, filter="data")
+    verify.wal_check(pg.tool("pg_waldump"), manifest, wal_dir, lambda argv: pg.run(argv, step="t", as_server=False))
+    wal_range = manifest["WAL-Ranges"][0]
+    hi, lo = (int(part, 16) for part in wal_range["Start-LSN"].split("/"))
+    segsize = next(p for p in wal_dir.iterdir() if len(p.name) == 24).stat().st_size
+    lsn, per_id = (hi << 32) | lo, (1 << 32) // segsize
+    segno = lsn // segsize
+    segment = wal_dir / f"{wal_range['Timeline']:08X}{segno // per_id:08X}{segno % per_id:08X}"
+    with open(segment, "r+b") as fh:  # zero the WAL from the backup's start record on
+        fh.seek(lsn % segsize)
+        fh.write(bytes(4096))
+    with pytest.raises(pg.ToolFailed):
+        verify.wal_check(pg.tool("pg_waldump"), manifest, wal_dir,
+                         lambda argv: pg.run(argv, step="t", as_server=False))
+
+
+def test_a_backup_failing_verification_is_failed_and_never_offered(fleet, monkeypatch):
+    """The manifest pg_basebackup wrote is made to disagree with one file before the check reads it."""
+    real = backups._run_with_progress
+
+    def then_damage(argv, reporter, owner, finished):
+        real(argv, reporter, owner, finished)
+        dest = Path(argv[argv.index("-D") + 1])
+        rewrite_manifest(dest / "backup_manifest",
+                         lambda m: m["Files"][7].update(Checksum=f"{int(m['Files'][7]['Checksum'], 16) ^ 1:08x}"))
+
+    monkeypatch.setattr(backups, "_run_with_progress", then_damage)
+    backup = queue_backup("zstd")
+    with pytest.raises(StepFailed, match="checksum mismatch"):
+        run_backup(backup, JobReporter(backup))
+    backup.refresh_from_db()
+    assert backup.state == JobState.FAILED and not backup.manifest_verified
+    assert "checksum mismatch" in backup.error and "verifying" in backup.error
+    assert backup not in restorable_backups()
+    assert not (Layout.current().staging / f"verify-{backup.label}").exists()
+
+
+def test_follower_reads_a_file_while_it_is_written(tmp_path):
+    import threading
+
+    path, done = tmp_path / "growing", threading.Event()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for n in range(3):
+            info = tarfile.TarInfo(f"f{n}")
+            info.size = 300_000
+            tar.addfile(info, io.BytesIO(bytes([n]) * info.size))
+    data = buf.getvalue()
+    check = verify.ArchiveCheck(path, done.is_set, "test-verify")
+    with open(path, "wb") as fh:  # written in pieces while the check reads
+        for at in range(0, len(data), 65536):
+            fh.write(data[at:at + 65536])
+            fh.flush()
+            threading.Event().wait(0.01)
+    done.set()
+    found = check.result()
+    assert {k: v[0] for k, v in found.items()} == {"f0": 300_000, "f1": 300_000, "f2": 300_000}
+    assert check.follower.sha256.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,213 @@
+"""Verifying a base backup in the pass that writes it, as pg_verifybackup would verify a plain one.
+
+PostgreSQL 15's pg_verifybackup reads plain backups only; unpacking the tar files into scratch to run it
+cost as much as the backup. Instead, while pg_basebackup writes base.tar, a thread follows the file as it
+grows, decompresses it (gzip, lz4 or zstd in their own process) and computes each member's CRC32C and
+size. When pg_basebackup is done, the members are held against backup_manifest (whose own SHA-256 is
+checked first): every listed file present with its size and checksum, nothing unlisted but what
+pg_verifybackup ignores too. The WAL range the manifest names is parsed with pg_waldump, as
+pg_verifybackup does, from pg_wal.tar unpacked into scratch (the WAL only: a few segments).
+A mismatch raises BackupError naming the file; the backup is then never offered for restore.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import google_crc32c
+
+from pitrsite import runner
+from pitrsite.errors import PitrError
+
+CHUNK = 1 << 20
+# Files pg_verifybackup does not hold against the manifest (verify_backup_directory's ignore list).
+IGNORED = {"backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal"}
+DECOMPRESS = {".gz": ["gzip", "-dc"], ".lz4": ["lz4", "-dc"], ".zst": ["zstd", "-dc"]}
+
+
+class VerifyError(PitrError):
+    pass
+
+
+class Follower:
+    """Reads a file that another process may still be writing, until that process is done and EOF is met.
+
+    It also computes the SHA-256 of every byte it read: the checksum the scrub holds the file to later.
+    """
+
+    def __init__(self, path: Path, writer_done: Callable[[], bool], stop: threading.Event):
+        self.path, self.writer_done, self.stop = path, writer_done, stop
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.fh: BinaryIO | None = None
+
+    def read(self, size: int = CHUNK) -> bytes:
+        while True:
+            if self.stop.is_set():
+                raise VerifyError("verification stopped")
+            if self.fh is None:
+                if self.path.exists():
+                    self.fh = open(self.path, "rb")
+                elif self.writer_done():
+                    raise VerifyError(f"{self.path.name} was not written")
+                else:
+                    time.sleep(0.05)
+                    continue
+            done = self.writer_done()  # read before the data: what was written before it counts
+            data = self.fh.read(size)
+            if data or done:
+                self.sha256.update(data)
+                self.size += len(data)
+                return data
+            time.sleep(0.05)  # caught up with the writer
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def members(stream, prefix: str = "") -> dict[str, tuple[int, str]]:
+    """{path: (size, crc32c hex)} of the regular files in a tar stream read front to back."""
+    found: dict[str, tuple[int, str]] = {}
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            fh = tar.extractfile(member)
+            assert fh is not None  # a regular file
+            crc, size = 0, 0
+            while chunk := fh.read(CHUNK):
+                crc = google_crc32c.extend(crc, chunk)
+                size += len(chunk)
+            # The manifest prints the CRC's bytes as they lie in memory (little-endian), not the number.
+            found[prefix + member.name.removeprefix("./")] = (size, crc.to_bytes(4, "little").hex())
+    return found
+
+
+class ArchiveCheck:
+    """Follows one tar archive (compressed or not) in a thread and collects its members' checksums."""
+
+    def __init__(self, path: Path, writer_done: Callable[[], bool], owner: str, prefix: str = ""):
+        self.path, self.prefix, self.owner = path, prefix, owner
+        self.stop = threading.Event()
+        self.follower = Follower(path, writer_done, self.stop)
+        self.found: dict[str, tuple[int, str]] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"verify-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            command = DECOMPRESS.get(self.path.suffix)
+            if command is None:
+                self.found = members(self.follower, self.prefix)
+                return
+            proc = runner.popen(command, owner=self.owner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=False)
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPE
+            pump = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+            pump.start()
+            try:
+                self.found = members(proc.stdout, self.prefix)
+                proc.stdout.read()  # a decompressor must see its whole input: drain what follows the tar's end
+            finally:
+                pump.join()
+                errors = proc.stderr.read().decode(errors="replace").strip()
+                if proc.wait() != 0 and self.error is None:
+                    self.error = VerifyError(f"{self.path.name}: {command[0]} failed ({errors or 'no output'})")
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by result()
+            self.error = self.error or exc
+        finally:
+            self.follower.close()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        assert proc.stdin is not None  # PIPE
+        try:
+            while data := self.follower.read(CHUNK):
+                proc.stdin.write(data)
+        except BrokenPipeError:
+            pass  # the decompressor failed: its own error is reported
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by result()
+            self.error = exc
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def result(self) -> dict[str, tuple[int, str]]:
+        self.thread.join()
+        if self.error is not None:
+            if isinstance(self.error, (VerifyError, tarfile.TarError)):
+                raise VerifyError(f"{self.path.name} is not a readable tar archive: {self.error}")
+            raise self.error
+        return self.found
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def read_manifest(path: Path) -> dict:
+    """backup_manifest, its own SHA-256 checked as pg_verifybackup checks it (all but the last line)."""
+    data = path.read_bytes()
+    cut = data.rstrip(b"\n").rfind(b"\n")
+    try:
+        manifest = json.loads(data)
+        stated = manifest["Manifest-Checksum"]
+    except (ValueError, KeyError):
+        raise VerifyError(f"{path} is not a backup manifest") from None
+    if hashlib.sha256(data[:cut + 1]).hexdigest() != stated:
+        raise VerifyError(f"{path}: the manifest's checksum does not match its contents")
+    return manifest
+
+
+def compare(manifest: dict, found: dict[str, tuple[int, str]]) -> None:
+    """Every file the manifest lists, with its size and CRC32C; no file it does not list."""
+    listed = {}
+    for entry in manifest["Files"]:
+        if entry.get("Checksum-Algorithm") != "CRC32C":
+            raise VerifyError(f"{entry['Path']}: checksum algorithm {entry.get('Checksum-Algorithm')!r}, "
+                              "expected CRC32C (pg_basebackup --manifest-checksums=CRC32C)")
+        listed[entry["Path"]] = entry
+    for path, entry in listed.items():
+        if path not in found:
+            raise VerifyError(f"{path} is listed in backup_manifest but missing from the backup")
+        size, crc = found[path]
+        if size != entry["Size"]:
+            raise VerifyError(f"{path} has size {size} in the backup, {entry['Size']} in backup_manifest")
+        if crc != entry["Checksum"]:
+            raise VerifyError(f"{path}: checksum mismatch (CRC32C {crc}, backup_manifest says {entry['Checksum']})")
+    extra = sorted(p for p in found if p not in listed and p not in IGNORED and not p.startswith("pg_wal/"))
+    if extra:
+        raise VerifyError(f"{extra[0]} is in the backup but not in backup_manifest"
+                          + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+def wal_check(pg_waldump: str, manifest: dict, wal_dir: Path, run: Callable[[list[str]], object]) -> None:
+    """Every WAL-Range of the manifest parses from its start to its end (pg_verifybackup's own check)."""
+    for wal_range in manifest["WAL-Ranges"]:
+        run([pg_waldump, "--quiet", f"--path={wal_dir}", f"--timeline={wal_range['Timeline']}",
+             f"--start={wal_range['Start-LSN']}", f"--end={wal_range['End-LSN']}"])
+
+
+def sha256_of(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def clear(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
