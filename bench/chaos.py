@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos printed no JSON (exit {proc.returncode}):\n{proc.stdout}", file=sys.stderr)
         return proc.returncode or 1
     report = json.loads((Path(run["run_dir"]) / "report.json").read_text())
-    result = {"command": "python manage.py chaos " + " ".join(chaos_opts), "started_at": started_at,
+    driver = subprocess.run([sys.executable, str(PROJECT / "manage.py"), "fleet", "driver"], cwd=PROJECT,
+                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    result = {"command": "python manage.py chaos " + " ".join(chaos_opts), "fleet_driver": driver,
+              "started_at": started_at,
               "wall_seconds": wall, "exit_status": proc.returncode, "verdict": report["verdict"],
               "passed": report["passed"], "restores": report["restores"], "summary": report["summary"],
               "writes": run["writes_count"], "unknown_outcomes": run["unknown_count"],

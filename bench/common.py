@@ -36,10 +36,10 @@ def fleet_with_pgbench(scale: int):
     django.setup()
     from django.core.management import call_command
 
-    from fleet.local import LocalDriver
+    from fleet.driver import get_driver
 
     call_command("migrate", verbosity=0)
-    driver = LocalDriver()
+    driver = get_driver()
     driver.up()
     print(f"loading pgbench scale {scale} ...", flush=True)
     try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ from chaos.health import wait_primary_lsn
 from chaos.params import ACTION_HELP, ChaosError
 from chaos.writers import now_iso
 from fleet import pg, services
-from pitrsite import procs, runner
+from pitrsite import procs
 from pitrsite.errors import PitrError
 from walcatalog import walnames
 
@@ -36,7 +34,7 @@ if TYPE_CHECKING:
     from chaos.health import Health
     from chaos.models import ChaosRun
     from chaos.params import ChaosParams
-    from fleet.local import LocalDriver
+    from fleet.driver import FleetDriver
     from pitrsite.jobs import Reporter
 
 
@@ -60,37 +58,11 @@ def restarted(name: str, old_pid: int) -> dict | None:
     status = services.status(name)
     return status if status["state"] == "running" and status["pid"] != old_pid else None
 
-RESUMER = """
-import os, signal, sys, time
-time.sleep(float(sys.argv[1]))
-for pid in sys.argv[2:]:
-    try:
-        os.kill(int(pid), signal.SIGCONT)
-    except OSError:
-        pass
-"""
-
-
-def resume_later(pid: int | None, seconds: float) -> None:
-    """A detached process that SIGCONTs the server's processes after ``seconds``.
-
-    The run resumes a paused server itself; this is for when the run dies in
-    the middle of a pause (SIGKILL, a crash): a primary must never stay
-    stopped because its chaos run is gone. A SIGCONT to a running process does nothing.
-    """
-    if not pid:
-        return
-    pids = [pid, *procs.descendants(pid)]
-    runner.popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], detached=True,
-                 stderr=subprocess.DEVNULL)
-
-
-
 class Actions:
     """The chaos actions of a run (mixed into chaos.run.Chaos: needs driver, params, rng, health, events)."""
 
     if TYPE_CHECKING:  # provided by chaos.run.Chaos
-        driver: LocalDriver
+        driver: FleetDriver
         params: ChaosParams
         rng: random.Random
         health: Health
@@ -152,6 +124,11 @@ class Actions:
         event.update(target="capturer", pid=self.driver.pid("capturer"))
         self.driver.kill("capturer")
 
+    def do_primary_restart(self, event: dict) -> None:
+        event.update(target="primary", pid=self.driver.pid("primary"))
+        self.driver.restart("primary")
+        event["new_pid"] = self.driver.pid("primary")
+
     def do_primary_pause(self, event: dict) -> None:
         self._pause("primary", event)
 
@@ -161,7 +138,7 @@ class Actions:
     def _pause(self, role: str, event: dict) -> None:
         seconds = round(self.rng.uniform(*self.params.pause), 2)
         event.update(target=role, pid=self.driver.pid(role), paused_seconds=seconds)
-        resume_later(self.driver.pid(role), seconds + 5)
+        self.driver.resume_later(role, seconds + 5)
         self.driver.pause(role)
         try:
             time.sleep(seconds)
@@ -239,7 +216,6 @@ class Actions:
         for role in ("primary", "standby"):
             if self.driver.state(role) == "paused":
                 self.driver.resume(role)
-        if self.driver.state("capturer") == "stopped" and not procs.alive(
-                procs.read_pid(self.driver.layout.run / "capturer.supervisor.pid")):
-            self.driver.start("capturer")
+        if self.driver.state("capturer") == "stopped":
+            self.driver.start("capturer")  # idempotent: a capturer its supervisor is about to restart is left to it
 

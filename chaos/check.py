@@ -45,7 +45,7 @@ from chaos.log import LIST_LIMIT, LoggedRow
 from chaos.moments import Moment
 from chaos.writers import iso
 from fleet import pg
-from fleet.local import LocalDriver
+from fleet.driver import FleetDriver
 from pitrsite.errors import PitrError
 from pitrsite.jobs import JobReporter
 from walcatalog import walnames
@@ -121,7 +121,7 @@ def _prefix_gaps(pairs, writer_ids: list[int]) -> dict[str, str]:
 
 
 def verify_moment(rows: list[LoggedRow], moment: Moment, writer_ids: list[int],
-                  driver: LocalDriver, restore_to: datetime | None = None) -> dict:
+                  driver: FleetDriver, restore_to: datetime | None = None) -> dict:
     """Restore to ``restore_to`` (normally the moment itself) through the restore engine, then check at ``moment``.
 
     ``restore_to`` differing from the moment is how the tests prove the checks

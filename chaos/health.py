@@ -10,7 +10,7 @@ from django.db.models import Max
 
 from chaos.writers import now_iso
 from fleet import pg, services
-from fleet.local import LocalDriver
+from fleet.driver import FleetDriver
 from pitrsite.errors import PitrError, first_line
 from walcatalog import walnames
 
@@ -29,7 +29,7 @@ class Health:
     When worker and beat are not running, the run indexes the archive itself.
     """
 
-    def __init__(self, driver: LocalDriver, since_lsn: int, use_services: bool):
+    def __init__(self, driver: FleetDriver, since_lsn: int, use_services: bool):
         self.driver, self.since_lsn, self.use_services = driver, since_lsn, use_services
 
     def primary_lsn(self) -> int | None:

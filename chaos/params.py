@@ -8,12 +8,15 @@ from pitrsite.errors import ChaosError
 ACTIONS = ("capturer_restart", "capturer_kill", "primary_pause", "standby_pause", "indexer_kill")
 # Opt-in (not in "all"): each costs a full restore while the writers run.
 DAMAGE_ACTIONS = ("bitrot", "stray")
+# Opt-in, and only on the fleet driver that has it (fleet.driver.DRIVER_ONLY_ACTIONS refuses it elsewhere).
+DRIVER_ACTIONS = ("primary_restart",)
 ACTION_HELP = {
     "capturer_restart": "graceful restart of pg_receivewal (SIGHUP to its supervisor)",
     "capturer_kill": "SIGKILL of pg_receivewal; its supervisor starts it again",
     "primary_pause": "SIGSTOP of the primary for a few seconds (a network partition), then SIGCONT",
     "standby_pause": "SIGSTOP of the standby for a few seconds (hot-standby desync), then SIGCONT",
     "indexer_kill": "SIGKILL of the Celery worker running the WAL indexer (beat when the run is inside the worker)",
+    "primary_restart": "docker restart of the primary's container (docker driver): every client reconnects",
     "bitrot": "16 bytes flipped in a complete indexed segment (mtime kept); a latest restore must catch it; repaired",
     "stray": "a history file for a timeline that does not exist; a latest restore must catch it; removed",
 }
@@ -46,10 +49,12 @@ def _actions(value) -> tuple[str, ...]:
         return ACTIONS
     if names == ("none",):
         return ()
-    unknown = [n for n in names if n not in ACTIONS + DAMAGE_ACTIONS]
+    if "all" in names:  # "all,bitrot": every default action and the opt-in ones named
+        names = tuple(dict.fromkeys(ACTIONS + tuple(n for n in names if n != "all")))
+    unknown = [n for n in names if n not in ACTIONS + DAMAGE_ACTIONS + DRIVER_ACTIONS]
     if unknown:
         raise ChaosError(f"unknown chaos action {unknown[0]!r}: choose from "
-                         f"{', '.join(ACTIONS + DAMAGE_ACTIONS)}, all or none")
+                         f"{', '.join(ACTIONS + DAMAGE_ACTIONS + DRIVER_ACTIONS)}, all or none")
     return names
 
 

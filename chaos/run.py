@@ -37,7 +37,7 @@ from chaos.params import ChaosError, ChaosParams
 from chaos.report import conclude, describe_moment
 from chaos.writers import Watchdog, Writer, iso
 from fleet import pg, servers
-from fleet.local import LocalDriver, get_driver
+from fleet.driver import FleetDriver, get_driver
 from fleet.status import fleet_check
 from pitrsite import home, locks
 from pitrsite.errors import PitrError, StepFailed, VerdictFailed
@@ -75,7 +75,12 @@ def run_chaos(run: ChaosRun, reporter: Reporter) -> ChaosRun:
     return run
 
 
-def preflight(params: ChaosParams, driver: LocalDriver) -> None:
+def preflight(params: ChaosParams, driver: FleetDriver) -> None:
+    for action in params.actions:
+        try:
+            driver.check_action(action)
+        except PitrError as exc:
+            raise ChaosError(str(exc)) from None
     problems = fleet_check(driver)
     if problems:
         raise ChaosError(f"the fleet is not ready: {problems[0]}")
@@ -90,7 +95,7 @@ def run_dir_of(run: ChaosRun) -> Path:
 
 # --- the run ---------------------------------------------------------------------------------------
 class Chaos(Actions):
-    def __init__(self, run: ChaosRun, reporter: Reporter, driver: LocalDriver | None = None):
+    def __init__(self, run: ChaosRun, reporter: Reporter, driver: FleetDriver | None = None):
         self.run_row, self.reporter = run, reporter
         self.params = ChaosParams.from_dict(run.parameters)
         self.driver = driver or get_driver()

@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from fleet import pg
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from pitrsite.errors import PitrError, first_line
 from pitrsite.jobs import JobState
 from restores.models import RestoreJob

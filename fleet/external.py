@@ -22,7 +22,7 @@ ROLES = ("primary", "capturer", "restore_target")
 
 class ExternalDriver(LocalDriver):
     name = "external"
-    roles = ROLES
+    roles: tuple[str, ...] = ROLES
 
     def __init__(self, server: Server):
         self.server = server

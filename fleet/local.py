@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import psycopg
 from django.conf import settings
 
 from fleet import capture, pg, pgconf
+from fleet.driver import refuse_foreign_action
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
 from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
@@ -49,6 +52,17 @@ CREATE TABLE IF NOT EXISTS test_data (
     seq integer,
     UNIQUE (writer, seq)
 )
+"""
+
+
+RESUMER = """
+import os, signal, sys, time
+time.sleep(float(sys.argv[1]))
+for pid in sys.argv[2:]:
+    try:
+        os.kill(int(pid), signal.SIGCONT)
+    except OSError:
+        pass
 """
 
 
@@ -148,6 +162,26 @@ class LocalDriver:
         pid = self.pid(role)
         if procs.alive(pid):
             procs.signal_tree(pid, signal.SIGCONT)
+
+    def resume_later(self, role: str, seconds: float) -> None:
+        """A detached process that SIGCONTs the role's processes after ``seconds``: a paused server never
+        stays stopped because whoever paused it died (a SIGCONT to a running process does nothing)."""
+        pid = self.pid(role)
+        if not procs.alive(pid):
+            return
+        pids = [pid, *procs.descendants(pid)]
+        runner.popen([sys.executable, "-c", RESUMER, str(seconds), *map(str, pids)], detached=True,
+                     stderr=subprocess.DEVNULL)
+
+    def details(self, role: str) -> dict:
+        return {}
+
+    def run_in(self, role: str, argv: list[str]) -> str:
+        check_role(role)
+        return pg.run(argv, step=f"running {argv[0]} for the {role}", env=pg.libpq_env()).stdout
+
+    def check_action(self, action: str) -> None:
+        refuse_foreign_action(self.name, action)
 
     def kill(self, role: str) -> None:
         """SIGKILL: a crash. Servers recover on next start; the capturer is restarted by its supervisor."""
@@ -358,16 +392,4 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def get_driver(server=None) -> LocalDriver:
-    """The driver of a server (the current one by default): local for the demo fleet, external otherwise."""
-    from fleet import servers  # servers needs the app registry; local is imported before it is ready
-
-    server = server or servers.chosen()
-    if server is None or server.managed:
-        return LocalDriver()
-    from fleet.external import ExternalDriver  # it subclasses this driver
-
-    return ExternalDriver(server)
-
-
-__all__ = ["LocalDriver", "get_driver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]
+__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]

@@ -1,4 +1,7 @@
-"""The app's own processes in local mode: Redis, web (gunicorn), Celery worker and Celery beat.
+"""The app's own processes: Redis, web (gunicorn), Celery worker, Celery beat and pgAdmin (PITR_PGADMIN).
+
+With the docker driver each is a container (fleet/docker_services.py) running the same command line;
+what follows is local mode.
 
 Each runs under fleet.supervise, like the WAL capturer, so a killed process is
 restarted with backoff and every restart is counted in RUN/NAME.state.json.
@@ -18,13 +21,14 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 
+from fleet import pgadmin
 from fleet.layout import Layout
 from pitrsite import procs, runner
 from pitrsite.config import persistent_secret
 from pitrsite.errors import ServiceError
 
-SERVICES = ("redis", "web", "worker", "beat")
-PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT"}
+SERVICES = ("redis", "web", "worker", "beat", "pgadmin")
+PORT_SETTINGS = {"redis": "PITR_REDIS_PORT", "web": "PITR_WEB_PORT", "pgadmin": "PITR_PGADMIN_PORT"}
 READY_TIMEOUT = 60.0  # a cold gunicorn or Celery start imports all of Django: seconds on a busy 2-core machine
 
 
@@ -42,8 +46,8 @@ def own_redis() -> bool:
 
 
 def managed_services() -> tuple[str, ...]:
-    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop.
-    return SERVICES if own_redis() else tuple(s for s in SERVICES if s != "redis")
+    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop; pgAdmin is optional.
+    return tuple(s for s in SERVICES if (s != "redis" or own_redis()) and (s != "pgadmin" or settings.PITR_PGADMIN))
 
 
 def redis_binary() -> str:
@@ -55,7 +59,8 @@ def redis_binary() -> str:
 
 
 def port(name: str) -> int | None:
-    return {"redis": settings.PITR_REDIS_PORT, "web": settings.PITR_WEB_PORT}.get(name)
+    return {"redis": settings.PITR_REDIS_PORT, "web": settings.PITR_WEB_PORT,
+            "pgadmin": settings.PITR_PGADMIN_PORT}.get(name)
 
 
 def web_url(path: str = "/") -> str:
@@ -70,6 +75,8 @@ def argv(name: str, layout: Layout) -> list[str]:
         return [redis_binary(), "--port", str(settings.PITR_REDIS_PORT), "--bind", settings.PITR_HOST,
                 "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--daemonize", "no",
                 "--dir", str(layout.home / "redis")]
+    if name == "pgadmin":
+        return pgadmin.argv()
     if name == "web":
         return [python, "-m", "gunicorn", "pitrsite.wsgi:application",
                 "--bind", f"{settings.PITR_HOST}:{settings.PITR_WEB_PORT}", "--workers", "2",
@@ -88,6 +95,12 @@ def status(name: str, layout: Layout | None = None) -> dict:
     check_service(name)
     if name == "redis" and not own_redis():
         return {"state": "external", "pid": None, "restarts": None, "port": None}
+    if name == "pgadmin" and not settings.PITR_PGADMIN:
+        return {"state": "off", "pid": None, "restarts": None, "port": None}
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.status(name, layout)
     supervisor = procs.read_pid(layout.run / f"{name}.supervisor.pid")
     child = procs.read_pid(layout.run / f"{name}.pid")
     if not procs.alive(supervisor):
@@ -113,12 +126,17 @@ def status(name: str, layout: Layout | None = None) -> dict:
 def services_status(layout: Layout | None = None) -> dict:
     layout = layout or Layout.current()
     return {"home": str(layout.home), "web_url": web_url(),
-            "services": {name: status(name, layout) for name in SERVICES}}
+            # pgAdmin only when it is on (PITR_PGADMIN): a service nobody asked for is not listed
+            "services": {name: status(name, layout) for name in SERVICES if name != "pgadmin" or settings.PITR_PGADMIN}}
 
 
 def up(layout: Layout | None = None) -> list[str]:
     """Start every service that is not running, idempotently; returns what was done."""
     layout = layout or Layout.current()
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.up(layout)
     names = managed_services()
     # Every check before the first start: a missing redis-server or a busy port leaves nothing half-started.
     commands = {name: argv(name, layout) for name in names}
@@ -132,11 +150,21 @@ def up(layout: Layout | None = None) -> list[str]:
         if name not in pending:
             done.append(f"{name} already running")
             continue
-        logfile = layout.logs / f"{name}.log"
-        runner.start_supervised(name, commands[name], layout.run, logfile, cwd=layout.run)
-        wait_ready(name, layout, logfile)
-        done.append(f"{name} started (pid {status(name, layout)['pid']}){describe(name)}")
+        done.append(start(name, layout, commands[name]))
     return done
+
+
+def start(name: str, layout: Layout, command: list[str]) -> str:
+    """Start one service under the supervisor and wait until it answers (local mode)."""
+    logfile = layout.logs / f"{name}.log"
+    for directory in (layout.logs, layout.run):
+        directory.mkdir(parents=True, exist_ok=True)
+    if name == "pgadmin":
+        pgadmin.prepare(layout)
+    runner.start_supervised(name, command, layout.run, logfile, cwd=layout.run,
+                            env=pgadmin.environment(layout) if name == "pgadmin" else None)
+    wait_ready(name, layout, logfile, READY_TIMEOUT * (3 if name == "pgadmin" else 1))  # a Flask app of 600 MB
+    return f"{name} started (pid {status(name, layout)['pid']}){describe(name)}"
 
 
 def describe(name: str) -> str:
@@ -144,14 +172,21 @@ def describe(name: str) -> str:
         return f" on {settings.PITR_HOST}:{settings.PITR_REDIS_PORT}"
     if name == "web":
         return f" at {web_url()}"
+    if name == "pgadmin":
+        secret = pgadmin.password_file(Layout.current())
+        return f" at {pgadmin.url('/')} (login {pgadmin.email()}, password in {secret})"
     return ""
 
 
 def down(layout: Layout | None = None) -> list[str]:
     layout = layout or Layout.current()
+    if settings.PITR_FLEET_DRIVER == "docker":
+        from fleet import docker_services
+
+        return docker_services.down(layout)
     done = []
     # Beat first so nothing new is queued, the broker last so the worker can finish talking to it.
-    for name in ("beat", "worker", "web", "redis"):
+    for name in ("pgadmin", "beat", "worker", "web", "redis"):
         if runner.stop_supervised(name, layout.run):
             done.append(f"{name} stopped")
     return done
@@ -166,7 +201,7 @@ def check_port_free(name: str) -> None:
 
 def wait_ready(name: str, layout: Layout, logfile: Path, timeout: float = READY_TIMEOUT) -> None:
     """Wait until the service answers (Redis: PING; web: HTTP) or, for Celery, its process stays up."""
-    probe = {"redis": redis_answers, "web": web_answers}.get(name, lambda: True)
+    probe = {"redis": redis_answers, "web": web_answers, "pgadmin": pgadmin.answers}.get(name, lambda: True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         entry = status(name, layout)

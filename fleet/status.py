@@ -12,8 +12,8 @@ import psycopg
 from django.conf import settings
 
 from fleet import pg
+from fleet.driver import FleetDriver, get_driver
 from fleet.layout import SERVER_ROLES
-from fleet.local import LocalDriver, get_driver
 from pitrsite.errors import FleetError, PitrError, first_line
 
 REPLICATION_SQL = """
@@ -35,7 +35,7 @@ FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
 """
 
 
-def fleet_status(driver: LocalDriver | None = None) -> dict:
+def fleet_status(driver: FleetDriver | None = None) -> dict:
     driver = driver or get_driver()
     roles: dict[str, dict[str, Any]] = {}
     for role in driver.roles:
@@ -43,6 +43,7 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
                                  "pid": driver.pid(role) if driver.state(role) != "stopped" else None}
         if role in SERVER_ROLES:
             entry["port"] = driver.layout.port(role)
+        entry.update(driver.details(role))  # the docker driver's container id, image, state and health
         roles[role] = entry
     capturer_state = driver.layout.run / "capturer.state.json"
     if capturer_state.exists():
@@ -74,7 +75,7 @@ def fleet_status(driver: LocalDriver | None = None) -> dict:
     return result
 
 
-def capture_health(driver: LocalDriver, role_state: str, status: dict, oldest_wal: str | None) -> dict:
+def capture_health(driver: FleetDriver, role_state: str, status: dict, oldest_wal: str | None) -> dict:
     """Is capture streaming? When not, why: from the slot, the walsender and the capturer's own log.
 
     `health` is streaming, paused, stopped, retrying (pg_receivewal restarts and fails: a full disk, a
@@ -154,7 +155,7 @@ def receiver_error(logfile: Path) -> str | None:
     return None
 
 
-def disk_space(driver: LocalDriver) -> dict[str, dict]:
+def disk_space(driver: FleetDriver) -> dict[str, dict]:
     """Free space of the filesystems capture, backups and restores write to; low below PITR_DISK_WARN_PERCENT."""
     places = {"archive": driver.layout.archive, "backups": driver.layout.backups,
               "restore_target": driver.layout.datadir("restore_target").parent}
@@ -180,7 +181,7 @@ def capture_problem(status: dict) -> str | None:
     return None if capture["health"] == "streaming" else f"capture {capture['health']}: {capture['reason']}"
 
 
-def fleet_check(driver: LocalDriver | None = None) -> list[str]:
+def fleet_check(driver: FleetDriver | None = None) -> list[str]:
     """The seed's start-up checks; returns problems, each saying what to run."""
     driver = driver or get_driver()
     problems = []

@@ -27,7 +27,12 @@ PITR_WAL_ARCHIVE = Path(os.environ.get("PITR_WAL_ARCHIVE") or PITR_HOME / "wal_a
 PITR_BACKUP_DIR = Path(os.environ.get("PITR_BACKUP_DIR") or PITR_HOME / "backups")
 
 # --- the fleet ---------------------------------------------------------------
-PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local",))
+PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local", "docker"))
+# The docker driver (fleet/docker.py): containers are named PROJECT-ROLE and labelled with the project;
+# the images build FROM this base (official images where a registry is reachable; scripts/pitr makes
+# pitrsite-base:bookworm with debootstrap where none is).
+PITR_DOCKER_PROJECT = envstr("PITR_DOCKER_PROJECT", "pitrsite")
+PITR_DOCKER_BASE_IMAGE = envstr("PITR_DOCKER_BASE_IMAGE", "pitrsite-base:bookworm")
 PITR_PG_BINDIR = os.environ.get("PITR_PG_BINDIR") or default_pg_bindir()
 PITR_HOST = "127.0.0.1"  # loopback only, by design
 PITR_PRIMARY_PORT = envport("PITR_PRIMARY_PORT", 55432)
@@ -153,7 +158,14 @@ STORAGES = {
 
 # --- Celery ------------------------------------------------------------------
 PITR_REDIS_PORT = envport("PITR_REDIS_PORT", 56379)
-distinct_ports({"PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
+# pgAdmin 4 (fleet/pgadmin.py): a supervised service (local) or the pgadmin container (docker), its login
+# PITR_PGADMIN_EMAIL with a generated password in PITR_HOME/secrets/pgadmin_password.
+PITR_PGADMIN = envbool("PITR_PGADMIN", True)
+PITR_PGADMIN_PORT = envport("PITR_PGADMIN_PORT", 55050)
+PITR_PGADMIN_EMAIL = envstr("PITR_PGADMIN_EMAIL", "admin@pitrsite.test")
+PITR_PGADMIN_VENV = Path(envstr("PITR_PGADMIN_VENV") or BASE_DIR / ".cache" / "pgadmin-venv")
+distinct_ports({"PITR_PGADMIN_PORT": PITR_PGADMIN_PORT,
+                "PITR_PRIMARY_PORT": PITR_PRIMARY_PORT, "PITR_STANDBY_PORT": PITR_STANDBY_PORT,
                 "PITR_RESTORE_PORT": PITR_RESTORE_PORT, "PITR_REDIS_PORT": PITR_REDIS_PORT,
                 "PITR_WEB_PORT": PITR_WEB_PORT})
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or f"redis://127.0.0.1:{PITR_REDIS_PORT}/0"

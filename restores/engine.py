@@ -25,7 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import pg, servers
-from fleet.local import LocalDriver, get_driver
+from fleet.driver import FleetDriver, get_driver
 from pitrsite import locks, procs
 from pitrsite.errors import PitrError, RestoreError, StepFailed
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
@@ -58,7 +58,7 @@ def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
 
 
 class Restore:
-    def __init__(self, job: RestoreJob, reporter: Reporter, driver: LocalDriver | None = None):
+    def __init__(self, job: RestoreJob, reporter: Reporter, driver: FleetDriver | None = None):
         self.job, self.reporter = job, reporter
         self.driver = driver or get_driver()
         self.datadir = self.driver.layout.datadir(ROLE)

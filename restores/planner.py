@@ -195,7 +195,7 @@ def _captured_end(segments) -> int:
 def _xid_commit_time(xid: int, primary_port: int | None) -> datetime:
     from fleet import pg
 
-    from fleet.local import get_driver
+    from fleet.driver import get_driver
 
     with (pg.connect(primary_port, timeout=5) if primary_port else get_driver().connect("primary", timeout=5)) as conn:
         row = conn.execute("SELECT pg_xact_commit_timestamp(%s::text::xid)", [str(xid)]).fetchone()

@@ -7,7 +7,7 @@ import psycopg
 from django.utils import timezone
 
 from fleet import pg, servers
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from pitrsite import locks
 from pitrsite.errors import PitrError
 from restores.engine import ROLE, refresh_catalog

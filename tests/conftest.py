@@ -37,10 +37,11 @@ def subprocess_env(**extra: str) -> dict:
             "PYTHONPATH": str(PROJECT), **extra}
 
 
-def manage(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python manage.py ARGS` as a user would, against the test fleet and test database."""
+def manage(*args: str, check: bool = True, timeout: float = 300,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python manage.py ARGS` as a user would, against the test fleet and test database (env: more settings)."""
     result = subprocess.run([sys.executable, str(PROJECT / "manage.py"), *args], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=timeout, cwd=PROJECT)
+                            env=subprocess_env(**(env or {})), timeout=timeout, cwd=PROJECT)
     if check and result.returncode != 0:
         pytest.fail(f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result

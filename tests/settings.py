@@ -18,12 +18,15 @@ if "PITR_TEST_HOME" not in os.environ:
     home = tempfile.mkdtemp(prefix="pitr-test-")
     os.chmod(home, 0o755)  # the postgres OS user must reach its data directories
     os.environ["PITR_TEST_HOME"] = home
-    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT", "PITR_REDIS_PORT", "PITR_WEB_PORT"):
+    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT", "PITR_REDIS_PORT", "PITR_WEB_PORT",
+                 "PITR_PGADMIN_PORT"):
         os.environ[name] = str(_free_port())
     os.environ.pop("CELERY_BROKER_URL", None)
 os.environ["PITR_HOME"] = os.environ["PITR_TEST_HOME"]
 os.environ.setdefault("PITR_INDEX_INTERVAL", "1")
 os.environ.setdefault("PITR_WAL_SEGSIZE_MB", "1")  # small segments: many of them, quickly
+os.environ.setdefault("PITR_PGADMIN", "false")  # the pgAdmin tests turn it on
+os.environ.setdefault("PITR_DOCKER_PROJECT", f"pitrtest{os.environ['PITR_PRIMARY_PORT']}")  # never a user's containers
 os.environ.setdefault("PITR_BACKUP_SCHEDULE", "disable")  # a backup at 02:00 would land in any running test
 os.environ.setdefault("PITR_DRILL_INTERVAL", "0")  # drills replace the restore target: only test_drill runs them
 

@@ -57,7 +57,7 @@ def login(browser, base: str, username: str):
 
 
 def fleet_driver_state(role: str) -> str:
-    from fleet.local import get_driver
+    from fleet.driver import get_driver
 
     return get_driver().state(role)
 

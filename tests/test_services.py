@@ -44,6 +44,7 @@ def services_env():
         # No beat schedules: this test is about the processes, not the indexer.
         "PITR_INDEX_INTERVAL": "0", "PITR_REAP_INTERVAL": "0", "PITR_UPLOAD_INTERVAL": "0",
         "PITR_RETENTION_INTERVAL": "0",
+        "PITR_PGADMIN": "false",  # the four processes; pgAdmin has its own test (tests/test_pgadmin.py)
     }
     yield env
     subprocess.run([sys.executable, str(PROJECT / "manage.py"), "services", "down"], env=env, cwd=PROJECT,

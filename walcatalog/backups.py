@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from fleet import pg, servers
 from fleet.layout import Layout
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from pitrsite import locks, runner
 from pitrsite.errors import BackupError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive

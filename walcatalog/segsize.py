@@ -40,7 +40,7 @@ def segment_size(archive_dir: Path | None = None) -> int:
 
 def _size_from_primary() -> int | None:
     from fleet import pg
-    from fleet.local import get_driver
+    from fleet.driver import get_driver
 
     try:
         with get_driver().connect("primary", dbname="postgres", timeout=3) as conn:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from chaos.models import Verdict
-from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, ChaosParams
+from chaos.params import ACTION_HELP, ACTIONS, DAMAGE_ACTIONS, DRIVER_ACTIONS, ChaosParams
 from chaos.report import chaos_dict
 from chaos.run import queue_chaos, run_chaos
 from fleet.command import ServerCommand
@@ -32,8 +32,9 @@ class Command(ServerCommand):
         parser.add_argument("--restores", type=int, default=DEFAULTS.restores,
                             help=f"moments T to restore and verify (default {DEFAULTS.restores})")
         parser.add_argument("--actions", default="all",
-                            help=f"comma-separated subset of {','.join(ACTIONS + DAMAGE_ACTIONS)}, or all "
-                                 f"({','.join(ACTIONS)}), or none (default all)")
+                            help=f"comma-separated subset of {','.join(ACTIONS + DAMAGE_ACTIONS + DRIVER_ACTIONS)}, "
+                                 f"or all ({','.join(ACTIONS)}; all,NAME adds an opt-in one), or none (default all; "
+                                 f"{','.join(DRIVER_ACTIONS)} only on the docker driver)")
         parser.add_argument("--pause", default=_span(DEFAULTS.pause),
                             help=f"MIN-MAX seconds a paused server stays paused (default {_span(DEFAULTS.pause)})")
         parser.add_argument("--write-pause", type=float, default=DEFAULTS.write_pause,

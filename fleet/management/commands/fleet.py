@@ -1,4 +1,4 @@
-"""python manage.py fleet up|down|status|check|start|stop|restart|pause|resume|kill [ROLE]"""
+"""python manage.py fleet up|down|status|check|driver|start|stop|restart|pause|resume|kill [ROLE]"""
 from __future__ import annotations
 
 from django.core.management.base import CommandError
@@ -6,7 +6,7 @@ from django.db import DatabaseError
 
 from fleet import servers
 from fleet.layout import ROLES, check_role
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from fleet.models import Server, ServerKind
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
 from pitrsite.errors import PitrError
@@ -21,7 +21,7 @@ class Command(PitrCommand):
     json_help = "machine-readable output (status)"
 
     def arguments(self, parser):
-        parser.add_argument("action", choices=("up", "down", "status", "check", *ROLE_ACTIONS))
+        parser.add_argument("action", choices=("up", "down", "status", "check", "driver", *ROLE_ACTIONS))
         parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)}")
         parser.add_argument("--server", metavar="NAME", help="one server only (default: up/down every server, "
                                                              "status/check the demo fleet)")
@@ -49,7 +49,9 @@ class Command(PitrCommand):
 
     def _run(self, action: str, role: str | None, every: bool) -> None:
         driver = get_driver()
-        if action in ROLE_ACTIONS:
+        if action == "driver":  # which one PITR_FLEET_DRIVER chose (scripts/pitr asks before `up`)
+            self.stdout.write(driver.name)
+        elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
             getattr(driver, action)(check_role(role))

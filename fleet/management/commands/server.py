@@ -8,7 +8,7 @@ from django.core.validators import validate_slug
 
 from fleet import servers
 from fleet.checks import capturer_running, ensure_slot, run_checks
-from fleet.local import get_driver
+from fleet.driver import get_driver
 from fleet.models import Server, ServerKind
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
 from pitrsite.output import PitrCommand

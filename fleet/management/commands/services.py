@@ -1,4 +1,4 @@
-"""python manage.py services up|down|status [--json]: Redis, web, Celery worker and beat in local mode."""
+"""python manage.py services up|down|status|list [--json]: Redis, web, Celery worker, beat and pgAdmin."""
 from __future__ import annotations
 
 from fleet import services
@@ -10,10 +10,12 @@ class Command(PitrCommand):
     json_help = "machine-readable output (status)"
 
     def arguments(self, parser):
-        parser.add_argument("action", choices=("up", "down", "status"))
+        parser.add_argument("action", choices=("up", "down", "status", "list"))
 
     def run(self, action: str, **opts) -> None:
-        if action == "up":
+        if action == "list":  # what `up` would start (scripts/pitr asks before installing pgAdmin)
+            self.out.result(list(services.managed_services()), [" ".join(services.managed_services())])
+        elif action == "up":
             self.out.result(services.up())
         elif action == "down":
             self.out.result(services.down() or ["nothing was running"])
