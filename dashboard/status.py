@@ -63,11 +63,11 @@ def storage_lines() -> list[str]:
     lines = [f"local archive: filesystem {Layout.current().archive}"]
     if "archive" not in settings.STORAGES:
         return lines
-    from walcatalog.storage import describe
+    from walcatalog.storage import describe, identity
     from walcatalog.uploader import wal_to_upload
 
     lines.append(f"archive storage: {describe('archive')}")
-    copies = StorageCopy.objects.filter(storage="archive").order_by()
+    copies = StorageCopy.objects.filter(storage=identity("archive")).order_by()
     counts = dict(copies.values_list("kind").annotate(n=Count("id")))
     newest = copies.aggregate(at=Max("uploaded_at"))["at"]
     waiting = wal_to_upload("archive").count()

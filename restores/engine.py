@@ -198,7 +198,7 @@ class Restore:
             raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
                                "a .partial is never copied to storage")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.STORAGE_NAME, segment__in=missing, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=missing, verified_at__isnull=False)}
         absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
@@ -216,7 +216,7 @@ class Restore:
         archive = self.driver.layout.archive
         local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
         good = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.STORAGE_NAME, segment__in=local, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=local, verified_at__isnull=False)}
         items = [(s.name, archive / s.file_name, s.sha256,
                   good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
         return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")

@@ -62,6 +62,7 @@ def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = s
                          workers: int | None = None) -> RebuildResult:
     with locks.all_held(servers.lock(locks.INDEX), servers.lock(locks.UPLOAD)):
         _require_empty()
+        st.probe(storage_name)
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
 
 
@@ -76,7 +77,7 @@ def _require_empty() -> None:
 
 class _Rebuild:
     def __init__(self, storage_name: str, workers: int, reporter: Reporter | None):
-        self.name, self.workers, self.reporter = storage_name, workers, reporter
+        self.where, self.workers, self.reporter = st.identity(storage_name), workers, reporter
         self.storage = st.get_storage(storage_name)
         self.result = RebuildResult(storage=st.describe(storage_name))
         self.made_backups: list[int] = []
@@ -154,7 +155,7 @@ class _Rebuild:
                     self.result.skipped.append(f"{key}: not indexed")
                     continue
                 kind = StorageCopy.Kind.WAL
-            copies.append(StorageCopy(storage=self.name, key=key, kind=kind, segment=segment, size=size, sha256=sha,
+            copies.append(StorageCopy(storage=self.where, key=key, kind=kind, segment=segment, size=size, sha256=sha,
                                       uploaded_at=self.modified(key, now), verified_at=now))
         StorageCopy.objects.bulk_create(copies)
         self.result.segments = len(segments)
@@ -226,9 +227,9 @@ class _Rebuild:
         self.made_backups.append(backup.pk)
         now = timezone.now()
         StorageCopy.objects.bulk_create(
-            [StorageCopy(storage=self.name, key=f["key"], kind=StorageCopy.Kind.BACKUP, backup=backup, size=f["size"],
+            [StorageCopy(storage=self.where, key=f["key"], kind=StorageCopy.Kind.BACKUP, backup=backup, size=f["size"],
                          sha256=f["sha256"], uploaded_at=self.modified(f["key"], now), verified_at=now) for f in files]
-            + [StorageCopy(storage=self.name, key=key, kind=StorageCopy.Kind.DESCRIPTOR, backup=backup,
+            + [StorageCopy(storage=self.where, key=key, kind=StorageCopy.Kind.DESCRIPTOR, backup=backup,
                            size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                            uploaded_at=self.modified(key, now), verified_at=now)])
         self.result.backups += 1

@@ -56,15 +56,30 @@ def get_storage(name: str = STORAGE_NAME):
     return storages[name]
 
 
-def describe(name: str = STORAGE_NAME) -> str:
-    """Where a storage points, for messages: backend and bucket/container/directory."""
+def identity(name: str = STORAGE_NAME) -> str:
+    """What a storage is, as copy records name it: backend, endpoint or account, bucket/container/directory
+    and prefix. Pointing a home at another bucket changes it, so every file uploads again to the new place."""
     from django.conf import settings
 
     entry = settings.STORAGES.get(name, {})
     options = entry.get("OPTIONS", {})
-    where = (options.get("bucket_name") or options.get("azure_container") or options.get("location") or "?")
     backend = next((k for k, v in BACKENDS.items() if v == entry.get("BACKEND")), entry.get("BACKEND", "?"))
-    return f"{backend}:{where}"
+    where = options.get("bucket_name") or options.get("azure_container") or options.get("location") or "?"
+    endpoint = options.get("endpoint_url") or options.get("account_name") or _blob_endpoint(options) or ""
+    prefix = options.get("location", "") if backend != "filesystem" else ""
+    text = f"{backend}:{where}" + (f"/{prefix.strip('/')}" if prefix else "")
+    return text + (f" at {endpoint}" if endpoint else "")
+
+
+def _blob_endpoint(options: dict) -> str:
+    conn = options.get("connection_string") or ""
+    parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+    return parts.get("BlobEndpoint") or parts.get("AccountName", "")
+
+
+def describe(name: str = STORAGE_NAME) -> str:
+    """Where a storage points, for messages (the same text copy records are keyed by)."""
+    return identity(name)
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
@@ -206,6 +221,8 @@ def list_keys(storage, prefix: str) -> list[str]:
         dirs, files = storage.listdir(prefix)
     except FileNotFoundError:  # FileSystemStorage: the directory does not exist yet
         return []
+    except Exception as exc:
+        raise as_storage_error(exc) from None
     # Backends differ: most list one level relative to the prefix; AzureStorage lists every blob below
     # it, by full name (its location prefix included).
     location = (getattr(storage, "location", "") or "").strip("/") if "/" in "".join(files) else ""
@@ -215,6 +232,45 @@ def list_keys(storage, prefix: str) -> list[str]:
     return sorted(keys)
 
 
+# --- one-line storage errors ------------------------------------------------------------------------
+def error_code(exc: BaseException) -> str:
+    """The service's own error code: botocore's ClientError carries it in .response, Azure's in .error_code."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))  # azure-storage-blob's StorageErrorCode is an enum
+
+
+def as_storage_error(exc: BaseException, name: str = STORAGE_NAME) -> StorageError:
+    """A backend's exception as one line that says which storage and what to change (never a traceback)."""
+    if isinstance(exc, StorageError):
+        return exc
+    where, code, kind = identity(name), error_code(exc), type(exc).__name__
+    if code in ("NoSuchBucket", "ContainerNotFound"):
+        what = "bucket" if code == "NoSuchBucket" else "container"
+        return StorageError(f"storage {where}: the {what} does not exist; create it first (pitrsite never "
+                            "creates buckets or containers)")
+    if _credentials_refused(exc):
+        return StorageError(f"storage {where}: credentials refused ({code or kind}); check the PITR_STORAGE_* keys")
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ServiceRequestError", "ConnectionError",
+                "ServiceRequestTimeoutError", "ReadTimeoutError"):
+        return StorageError(f"storage {where}: cannot reach the endpoint ({_first_line(exc)})")
+    return StorageError(f"storage {where}: {code or kind}: {_first_line(exc)}")
+
+
+def probe(name: str = STORAGE_NAME) -> None:
+    """List this server's area once, so a wrong endpoint, a missing bucket or refused credentials stop a
+    pass at the start with one line (a HEAD of a missing key reads "absent", a listing does not)."""
+    storage = get_storage(name)
+    try:
+        storage.listdir(area("wal"))  # once: the passes retry each transfer, a probe only asks "reachable?"
+    except FileNotFoundError:
+        pass  # FileSystemStorage: the directory appears with the first upload
+    except Exception as exc:
+        raise as_storage_error(exc, name) from None
+
+
 # --- retries and bounded parallelism ---------------------------------------------------------------
 # Errors that another attempt cannot mend: a changed local file, a missing or unreadable one, refused
 # credentials. Everything else (timeouts, resets, 5xx) is retried.
@@ -222,11 +278,10 @@ NOT_RETRIED: tuple[type[BaseException], ...] = (LocalChanged, FileNotFoundError,
 
 
 def _credentials_refused(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    response = getattr(exc, "response", None)  # botocore's ClientError carries the service's error code
-    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-    return name in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError", "DefaultCredentialsError") \
-        or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure")
+    return type(exc).__name__ in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError",
+                                  "DefaultCredentialsError") \
+        or error_code(exc) in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure",
+                               "AuthenticationFailed")
 
 
 def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5,

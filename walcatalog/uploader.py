@@ -86,11 +86,12 @@ def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
                 storage_name: str = st.STORAGE_NAME) -> UploadResult:
     """One pass; at most one runs at a time per data home."""
     with servers.lock(locks.UPLOAD).held():
+        st.probe(storage_name)  # a wrong endpoint, missing bucket or refused key: one line, before any item
         return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
 
 
 def verified_copies(storage_name: str = st.STORAGE_NAME):
-    return StorageCopy.objects.filter(storage=storage_name, verified_at__isnull=False)
+    return StorageCopy.objects.filter(storage=st.identity(storage_name), verified_at__isnull=False)
 
 
 def wal_to_upload(storage_name: str = st.STORAGE_NAME):
@@ -192,7 +193,7 @@ class _Pass:
     def record(self, item: Item, up: st.Uploaded) -> None:
         now = timezone.now()
         StorageCopy.objects.update_or_create(
-            storage=self.name, key=item.key,
+            storage=st.identity(self.name), key=item.key,
             defaults=dict(kind=item.kind, segment_id=item.segment_id, backup_id=item.backup_id, size=up.size,
                           sha256=up.sha256, uploaded_at=now - timedelta(seconds=up.verify_seconds),
                           verified_at=now))
@@ -238,11 +239,12 @@ class CheckResult(Result):
 def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = None) -> CheckResult:
     """Compare the catalog, the local files and the storage; every recorded object is read back and hashed."""
     began = time.monotonic()
+    st.probe(storage_name)
     storage = st.get_storage(storage_name)
     result = CheckResult(storage=st.describe(storage_name))
     remote = set(st.list_keys(storage, st.area("wal"))) | set(st.list_keys(storage, st.area("backups")))
     local = _local_keys()
-    copies = {c.key: c for c in StorageCopy.objects.filter(storage=storage_name)}
+    copies = {c.key: c for c in StorageCopy.objects.filter(storage=st.identity(storage_name))}
     result.local, result.remote = len(local), len(remote)
     result.local_only = sorted(local - remote)
     result.remote_only = sorted(remote - local)
