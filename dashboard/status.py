@@ -64,7 +64,7 @@ def storage_lines() -> list[str]:
     if "archive" not in settings.STORAGES:
         return lines
     from walcatalog.storage import describe, identity
-    from walcatalog.uploader import wal_to_upload
+    from walcatalog.uploader import storage_recovery_point, wal_to_upload
 
     lines.append(f"archive storage: {describe('archive')}")
     copies = StorageCopy.objects.filter(storage=identity("archive")).order_by()
@@ -74,6 +74,10 @@ def storage_lines() -> list[str]:
     lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
                  + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
+    point = storage_recovery_point("archive")
+    # A timestamp, not an age: these lines are cached per catalog state (the age is in /metrics).
+    lines.append("newest commit held in storage: " + (
+        f"{point:%Y-%m-%d %H:%M:%S.%f %Z} (later commits are only on this machine)" if point else "none yet"))
     return lines
 
 

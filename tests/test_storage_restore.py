@@ -227,8 +227,18 @@ def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, na
     another backend, uploads everything again there, and says which storage it means."""
     from tests.storage_servers import storage_env, storage_setting
 
+    from django.db.models import Max
+
+    from walcatalog.uploader import storage_recovery_point
+
+    assert storage_recovery_point() is None  # nothing in this bucket yet
     first = upload_pass()
     assert first.uploaded and not first.errors and first.storage.startswith("s3:")
+    # The storage's recovery point: the newest commit of a complete segment; the tail row in the .partial
+    # (make_scenario's last commit) is newer and only on this machine.
+    point = storage_recovery_point()
+    assert point == WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
+    assert WalSegment.objects.get(is_partial=True).last_commit_at > point
     assert upload_pass().pending == 0  # nothing left for the same bucket
     for backend in ("s3", "azure"):
         settings.STORAGES = {**settings.STORAGES,

@@ -87,7 +87,12 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     copies = StorageCopy.all_servers.filter(segment__name=one, kind="wal")
     assert {c.server_id for c in copies} == {demo.pk, external.pk}
     keys = {c.server_id: c.key for c in copies}
-    assert keys[external.pk] == f"servers/ext/{keys[demo.pk]}" and len({c.sha256 for c in copies}) == 2
+    # Each under its server's prefix and its own cluster's "<version>-<system id>/" (two initdbs, two ids).
+    assert demo.system_identifier and external.system_identifier != demo.system_identifier
+    tail = f"wal/{one[:8]}/{one}"
+    assert keys[demo.pk] == f"15-{demo.system_identifier}/{tail}"
+    assert keys[external.pk] == f"servers/ext/15-{external.system_identifier}/{tail}"
+    assert len({c.sha256 for c in copies}) == 2
     with servers.using(external):  # the scoped managers see one server's rows only
         assert set(WalSegment.objects.filter(is_partial=False).values_list("name", flat=True)) == names[external]
 

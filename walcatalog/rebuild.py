@@ -59,10 +59,11 @@ class RebuildResult(Result):
 
 
 def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = st.STORAGE_NAME,
-                         workers: int | None = None) -> RebuildResult:
+                         workers: int | None = None, cluster: str | None = None) -> RebuildResult:
     with locks.all_held(servers.lock(locks.INDEX), servers.lock(locks.UPLOAD)):
         _require_empty()
         st.probe(storage_name)
+        _adopt_cluster(st.get_storage(storage_name), cluster)
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
 
 
@@ -73,6 +74,34 @@ def _require_empty() -> None:
     if held:
         raise RebuildError(f"the catalog is not empty ({', '.join(held)}): rebuild_catalog --from-storage only "
                            "fills an empty catalog")
+
+
+def _adopt_cluster(storage, wanted: str | None) -> None:
+    """A server whose cluster is not known yet (a new home) takes the one its prefix in storage holds; with
+    several (a re-initialised cluster, a promoted copy) the user names one with --cluster."""
+    from walcatalog.cluster import cluster_dir, parse_cluster_dir
+
+    server = servers.current()
+    known = cluster_dir(server.pg_major, server.system_identifier) if server.system_identifier else None
+    if known and (wanted is None or wanted == known):
+        return
+    try:
+        dirs = storage.listdir(st.root().rstrip("/"))[0]
+    except FileNotFoundError:
+        dirs = []
+    except Exception as exc:
+        raise st.as_storage_error(exc) from None
+    held = sorted(d.rstrip("/").rsplit("/", 1)[-1] for d in dirs if parse_cluster_dir(d.rstrip("/").rsplit("/", 1)[-1]))
+    if known:
+        raise RebuildError(f"server {server.name} is cluster {known}; --cluster {wanted} names another")
+    if wanted is not None and wanted not in held or wanted is None and len(held) != 1:
+        listed = ", ".join(held) or "none"
+        raise RebuildError(f"storage {st.identity()} holds cluster(s) {listed} for server {server.name}"
+                           + ("" if not held else ": name one with --cluster VERSION-SYSTEMID"))
+    parsed = parse_cluster_dir(wanted or held[0])
+    assert parsed is not None  # listed because it parses
+    server.pg_major, server.system_identifier = parsed
+    server.save(update_fields=["pg_major", "system_identifier"])
 
 
 class _Rebuild:
@@ -180,7 +209,7 @@ class _Rebuild:
 
     # --- backups ------------------------------------------------------------------------------------
     def backups(self, keys: list[str]) -> None:
-        root = st.root()
+        root = st.base()
         relative = [k.removeprefix(root) for k in keys]
         labels = sorted({k.split("/")[1] for k in relative if k.count("/") == 2})
         present = set(keys)

@@ -10,10 +10,14 @@ so the backend is only configuration.
 Keys are laid out so that a listing by timeline and segment range is one
 prefix listing, names sorting in LSN order::
 
-    wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
-    wal/history/<timeline>.history
-    backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
-    backups/<label>/descriptor.json          written last: the backup row + file list with sha256
+    [<server prefix>/]<version>-<system id>/                        one cluster's files (pgBackRest's
+                                                                   archive/<stanza>/<version>-<id>/)
+        wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
+        wal/history/<timeline>.history
+        backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
+        backups/<label>/descriptor.json          written last: the backup row + file list with sha256
+
+Two clusters (a server re-initialised, a new primary after disaster recovery) never share a key.
 
 This module does I/O and hashing only (no models): the uploader, the restore
 engine and the rebuild call it from worker threads, and keep every database
@@ -94,23 +98,34 @@ def root() -> str:
     return "" if server.managed else f"servers/{server.name}/"
 
 
+def base() -> str:
+    """The current server's cluster directory: its prefix, then "<version>-<system id>/"."""
+    from walcatalog.cluster import cluster_dir
+
+    server = servers.current()
+    if not server.system_identifier:
+        raise StorageError(f"the cluster of server {server.name} is not known yet (no WAL indexed, nothing "
+                           "rebuilt from storage): run index_wal once capture has written WAL")
+    return f"{root()}{cluster_dir(server.pg_major, server.system_identifier)}/"
+
+
 def area(name: str) -> str:
-    """"wal" or "backups" under the current server's prefix, for listings."""
-    return f"{root()}{name}"
+    """"wal" or "backups" under the current server's cluster directory, for listings."""
+    return f"{base()}{name}"
 
 
 def wal_key(segment_name: str) -> str:
     if len(segment_name) != 24:
         raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
-    return f"{root()}wal/{segment_name[:8]}/{segment_name}"
+    return f"{base()}wal/{segment_name[:8]}/{segment_name}"
 
 
 def history_key(tli: int) -> str:
-    return f"{root()}wal/history/{tli:08X}.history"
+    return f"{base()}wal/history/{tli:08X}.history"
 
 
 def backup_key(label: str, file_name: str) -> str:
-    return f"{root()}backups/{label}/{file_name}"
+    return f"{base()}backups/{label}/{file_name}"
 
 
 def descriptor_key(label: str) -> str:

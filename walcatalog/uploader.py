@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 
 from fleet import servers
@@ -99,6 +99,13 @@ def wal_to_upload(storage_name: str = st.STORAGE_NAME):
     (and the backlog the overview shows)."""
     copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
     return WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="").filter(~copied)
+
+
+def storage_recovery_point(storage_name: str = st.STORAGE_NAME):
+    """The newest commit held in the storage (in a verified segment copy): what a restore from storage alone
+    can reach, so its age bounds the data a lost machine takes with it. None when storage holds no commit."""
+    copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
+    return WalSegment.objects.filter(copied).aggregate(at=Max("last_commit_at"))["at"]
 
 
 class _Pass:
@@ -284,4 +291,4 @@ def _local_keys() -> set[str]:
 
 
 __all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "verified_copies",
-           "wal_to_upload"]
+           "wal_to_upload", "storage_recovery_point"]
