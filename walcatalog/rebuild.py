@@ -86,12 +86,16 @@ def _adopt_cluster(storage, wanted: str | None) -> None:
     if known and (wanted is None or wanted == known):
         return
     try:
-        dirs = storage.listdir(st.root().rstrip("/"))[0]
+        dirs, files = storage.listdir(st.root().rstrip("/"))
     except FileNotFoundError:
-        dirs = []
+        dirs, files = [], []
     except Exception as exc:
         raise st.as_storage_error(exc) from None
-    held = sorted(d.rstrip("/").rsplit("/", 1)[-1] for d in dirs if parse_cluster_dir(d.rstrip("/").rsplit("/", 1)[-1]))
+    # Most backends list one level (directories); AzureStorage lists every blob below, by full name.
+    location = (getattr(storage, "location", "") or "").strip("/")
+    firsts = {d.rstrip("/").rsplit("/", 1)[-1] for d in dirs}
+    firsts |= {f.removeprefix(location + "/").removeprefix(st.root()).split("/", 1)[0] for f in files if "/" in f}
+    held = sorted(name for name in firsts if parse_cluster_dir(name))
     if known:
         raise RebuildError(f"server {server.name} is cluster {known}; --cluster {wanted} names another")
     if wanted is not None and wanted not in held or wanted is None and len(held) != 1:

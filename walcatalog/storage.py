@@ -279,7 +279,9 @@ def probe(name: str = STORAGE_NAME) -> None:
     pass at the start with one line (a HEAD of a missing key reads "absent", a listing does not)."""
     storage = get_storage(name)
     try:
-        storage.listdir(area("wal"))  # once: the passes retry each transfer, a probe only asks "reachable?"
+        # The server's prefix (its cluster may not be known yet), once: passes retry each transfer, a probe
+        # only asks "reachable?".
+        storage.listdir(root().rstrip("/"))
     except FileNotFoundError:
         pass  # FileSystemStorage: the directory appears with the first upload
     except Exception as exc:
