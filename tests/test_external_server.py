@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -64,6 +65,8 @@ def ext(transactional_db):
     yield server
     manage("fleet", "down", "--server", "ext", check=False)
     server.stop()
+    # The next test's "ext" is another cluster: its WAL must not land beside this one's (the indexer refuses it).
+    shutil.rmtree(Path(settings.PITR_HOME) / "servers" / "ext", ignore_errors=True)
 
 
 def test_external_server_protected_and_restored_isolated(ext):

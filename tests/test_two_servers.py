@@ -4,6 +4,7 @@ its own queue."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -28,6 +29,8 @@ def ext(transactional_db, fleet):
     yield server
     manage("fleet", "down", "--server", "ext", check=False)
     server.stop()
+    # The next test's "ext" is another cluster: its WAL must not land beside this one's (the indexer refuses it).
+    shutil.rmtree(Path(settings.PITR_HOME) / "servers" / "ext", ignore_errors=True)
 
 
 def start_worker(name: str, queue: str) -> tuple[subprocess.Popen, Path]:
