@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from dashboard import jobs, status
 from pitrsite.jobs import JobState, reap_local
+from walcatalog.uploader import storage_recovery_point
 
 
 def _set(family: GaugeMetricFamily, value, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -85,6 +86,11 @@ class PitrCollector(Collector):
         yield errors
         yield success
         yield _set(GaugeMetricFamily("pitr_wal_gaps", "gaps (runs of missing segments) in the catalog"), len(view.gaps))
+        point = storage_recovery_point() if "archive" in settings.STORAGES else None
+        yield _set(GaugeMetricFamily("pitr_storage_newest_commit_age_seconds",
+                                     "seconds since the newest commit held in the archive storage: what a restore "
+                                     "from storage alone loses at most (the storage's recovery point)"),
+                   point and (timezone.now() - point).total_seconds())
         yield _set(GaugeMetricFamily("pitr_last_backup_age_seconds", "seconds since the newest done base backup ended"),
                    view.last_backup_age)
         yield from fleet_metrics(view)

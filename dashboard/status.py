@@ -69,17 +69,21 @@ def storage_lines() -> list[str]:
     lines = [f"local archive: filesystem {Layout.current().archive}"]
     if "archive" not in settings.STORAGES:
         return lines
-    from walcatalog.storage import describe
-    from walcatalog.uploader import wal_to_upload
+    from walcatalog.storage import describe, identity
+    from walcatalog.uploader import storage_recovery_point, wal_to_upload
 
     lines.append(f"archive storage: {describe('archive')}")
-    copies = StorageCopy.objects.filter(storage="archive").order_by()
+    copies = StorageCopy.objects.filter(storage=identity("archive")).order_by()
     counts = dict(copies.values_list("kind").annotate(n=Count("id")))
     newest = copies.aggregate(at=Max("uploaded_at"))["at"]
     waiting = wal_to_upload("archive").count()
     lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
                  + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
+    point = storage_recovery_point("archive")
+    # A timestamp, not an age: these lines are cached per catalog state (the age is in /metrics).
+    lines.append("newest commit held in storage: " + (
+        f"{point:%Y-%m-%d %H:%M:%S.%f %Z} (later commits are only on this machine)" if point else "none yet"))
     return lines
 
 

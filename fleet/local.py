@@ -216,7 +216,8 @@ class LocalDriver:
         commented out of the postgresql.auto.conf it inherited, which would otherwise win.
         """
         datadir = self.layout.datadir(role)
-        values = {"port": str(self.layout.port(role)), "unix_socket_directories": str(self.layout.run),
+        sockets = self.socket_dir(role)
+        values = {"port": str(self.layout.port(role)), "unix_socket_directories": str(sockets),
                   "cluster_name": f"pitrsite_{role}", "listen_addresses": settings.PITR_HOST,
                   **(pgconf.isolation(datadir) if role == "restore_target" else {}), **(extra or {})}
         self.put_file(role, pgconf.NODE_CONF, pgconf.render(values, f"the {role} node"))
@@ -228,8 +229,24 @@ class LocalDriver:
         self.put_file(role, "postgresql.conf", pgconf.including_node_conf(text))
         if auto.exists():
             self.put_file(role, "postgresql.auto.conf", pgconf.without_keys(auto.read_text(), ours))
-        if not (datadir / "pg_hba.conf").exists():
-            self.put_file(role, "pg_hba.conf", pgconf.LOCAL_HBA)
+        hba = datadir / "pg_hba.conf"
+        original = hba.read_text() if hba.exists() else pgconf.LOCAL_HBA
+        self.put_file(role, "pg_hba.conf", pgconf.with_self_login(original))
+
+    def socket_dir(self, role: str) -> Path:
+        """Where a node listens on a Unix socket: the restore target in its own 0700 directory, so the trust
+        line pitrsite writes into the copy's pg_hba.conf is reachable by the server account and root only."""
+        if role != "restore_target":
+            return self.layout.run
+        path = self.layout.datadir(role).parent / "socket"
+        pg.give_to_server(path)
+        path.chmod(0o700)
+        return path
+
+    def connect_own(self, role: str, user: str, timeout: int = 5) -> psycopg.Connection:
+        """pitrsite's own login to the restored copy, through its private socket: no password of the original's."""
+        return psycopg.connect(host=str(self.socket_dir(role)), port=self.layout.port(role), user=user,
+                               dbname="postgres", autocommit=True, connect_timeout=timeout)
 
     # --- provisioning --------------------------------------------------------
     def _check_home(self) -> None:
@@ -348,6 +365,12 @@ class LocalDriver:
         if not procs.alive(self.pid("capturer")):
             raise FleetError(f"capturer did not start: see {self.layout.logfile('capturer')}")
         return f"capturer streaming into {self.layout.archive} through slot {settings.PITR_CAPTURE_SLOT}"
+
+    def prepare_restore_target(self) -> None:
+        """What a restore needs of this home, made when missing: a restore-only home (a new machine with the
+        storage settings and a catalog rebuilt from storage) gets a restore target without any primary."""
+        pg.give_to_server(self.layout.home, self.layout.logs, self.layout.run, self.layout.staging)
+        self._ensure_restore_target()
 
     def _ensure_restore_target(self) -> str:
         datadir = self.layout.datadir("restore_target")

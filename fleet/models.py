@@ -36,6 +36,10 @@ class Server(models.Model):
     compression = models.CharField(max_length=8, blank=True, help_text="blank: the default")
     retention_keep_backups = models.PositiveIntegerField(null=True, blank=True, help_text="blank: the setting")
     retention_days = models.FloatField(null=True, blank=True, help_text="blank: the setting")
+    # The cluster its WAL comes from, read from the first WAL indexed (or from storage by rebuild_catalog):
+    # WAL with another system identifier is refused, and storage keys carry both (walcatalog.cluster).
+    system_identifier = models.CharField(max_length=20, blank=True)
+    pg_major = models.PositiveSmallIntegerField(null=True, blank=True)
     queue = models.CharField(max_length=100, default=DEFAULT_QUEUE,
                              help_text="Celery queue of the host holding its archive and restore target")
     created_at = models.DateTimeField(auto_now_add=True)

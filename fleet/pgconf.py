@@ -56,5 +56,16 @@ def including_node_conf(text: str) -> str:
     return text + ("" if text.endswith("\n") or not text else "\n") + INCLUDE_LINE + "\n"
 
 
+SELF_LOGIN = ("# Written by pitrsite ahead of the original's lines: its own login to verify the copy, through the\n"
+              "# copy's private socket directory (mode 0700: only the server account and root reach it). Users\n"
+              "# keep the original's roles, passwords and lines below over TCP.\n"
+              "local all all trust\n")
+
+
+def with_self_login(hba: str) -> str:
+    """The copy's pg_hba.conf with pitrsite's own socket login first (pg_hba.conf: the first match wins)."""
+    return hba if hba.startswith(SELF_LOGIN) else SELF_LOGIN + hba
+
+
 LOCAL_HBA = ("# Written by pitrsite: the original's pg_hba.conf lives outside its data directory.\n"
              "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")

@@ -26,8 +26,9 @@ from django.utils import timezone
 
 from fleet import pg, servers
 from fleet.driver import FleetDriver, get_driver
+from fleet.layout import Layout
 from pitrsite import locks, procs
-from pitrsite.errors import PitrError, RestoreError, StepFailed
+from pitrsite.errors import PitrError, RestoreError, StepFailed, first_line
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
@@ -73,6 +74,7 @@ class Restore:
 
     def run(self) -> None:
         self.reporter.step("planning")
+        self.driver.prepare_restore_target()
         self.driver.check_port_ours(ROLE)  # a busy port must stop us before the target is touched
         refresh_catalog()
         the_plan = plan(target_of(self.job))
@@ -205,7 +207,7 @@ class Restore:
             raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
                                "a .partial is never copied to storage")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.STORAGE_NAME, segment__in=missing, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=missing, verified_at__isnull=False)}
         absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
@@ -223,7 +225,7 @@ class Restore:
         archive = self.driver.layout.archive
         local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
         good = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.STORAGE_NAME, segment__in=local, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=local, verified_at__isnull=False)}
         items = [(s.name, archive / s.file_name, s.sha256,
                   good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
         return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")
@@ -322,13 +324,21 @@ class Restore:
             with self.connect(timeout=2) as conn:
                 in_recovery, replay = pg.fetch_row(conn.execute(
                     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"))
-        except (PitrError, psycopg.Error):
+        except psycopg.OperationalError as exc:
+            if login_refused(exc):  # it will never let us in: waiting PITR_RESTORE_TIMEOUT would prove nothing
+                self.driver.stop(ROLE, mode="immediate")
+                raise StepFailed("replaying WAL", f"the restored copy refuses pitrsite's login ({first_line(exc)}); "
+                                 "the restore target was stopped") from None
             return None  # not accepting connections yet (before consistency)
+        except (PitrError, psycopg.Error):
+            return None
         return in_recovery, walnames.parse_lsn(replay) if replay else None
 
     def connect(self, timeout: int = 5) -> psycopg.Connection:
-        # The restore target inherits the primary's roles and passwords with the backup.
-        return self.driver.connect(ROLE, dbname="postgres", timeout=timeout)
+        # Through the copy's private socket, which the pg_hba.conf line written ahead of the original's trusts:
+        # a new home knows none of the original's passwords. The copy's superuser is the original's.
+        user = servers.current().user or settings.PITR_PG_SUPERUSER
+        return self.driver.connect_own(ROLE, user, timeout)
 
     def verify(self, the_plan: Plan, log_offset: int) -> None:
         with self.connect() as conn:
@@ -348,6 +358,12 @@ class Restore:
                     plan={**self.job.plan, "stop_reason": reason})
 
 
+def login_refused(exc: psycopg.OperationalError) -> bool:
+    """An answer from a running server that no retry changes (not "starting up", not "connection refused")."""
+    text = str(exc)
+    return any(what in text for what in ("authentication failed", "no pg_hba.conf entry", "does not exist"))
+
+
 def empty_directory(path: Path) -> None:
     """Remove everything inside the restore target's data directory, nothing else."""
     if path.name != "data" or path.parent.name != ROLE:
@@ -363,7 +379,8 @@ def refresh_catalog() -> None:
     """Index what was captured up to now, so a target in the last seconds is known."""
     from walcatalog.indexer import index_archive  # imported late: the indexer imports the fleet status
 
-    index_archive()
+    if Layout.current().archive.is_dir():  # a restore-only home has no archive: storage holds the WAL
+        index_archive()
 
 
 __all__ = ["run_restore", "RestoreError", "target_of", "WalSegment"]

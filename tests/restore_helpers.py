@@ -56,12 +56,14 @@ def restored_ids(driver) -> set[int]:
 
 
 def empty_catalog() -> None:
-    """Delete every catalog and job row, dependants first (PROTECT on restore -> backup)."""
+    """Delete every catalog and job row, dependants first (PROTECT on restore -> backup), and forget which
+    cluster the servers are: an empty catalog learns it again from the next WAL indexed."""
     from django.apps import apps
 
     for label in ("chaos.ChaosRun", "restores.RestoreJob", "walcatalog.StorageCopy", "walcatalog.RestorePoint",
                   "walcatalog.WalSegment", "walcatalog.Timeline", "walcatalog.BaseBackup"):
         apps.get_model(label).objects.all().delete()
+    apps.get_model("fleet.Server").objects.update(system_identifier="", pg_major=None)
 
 
 def newest_commit():

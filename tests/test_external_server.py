@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.conf import settings
 
+from fleet import pgconf
+from restores.engine import login_refused
 from tests.conftest import manage, wait_for
-from tests.external_server import External, make_external
+from tests.external_server import External, free_port, make_external
 
 pytestmark = [pytest.mark.slow]
 
@@ -46,6 +50,10 @@ def restored(port: int, ext: External, table: str) -> set[int]:
         return {r[0] for r in conn.execute(f"SELECT id FROM {table}").fetchall()}
 
 
+def target_dir() -> Path:
+    return Path(settings.PITR_HOME) / "servers" / "ext" / "restore_target"
+
+
 def restore(*target: str) -> dict:
     return json.loads(manage("restore", "--server", "ext", *target, "--json", timeout=600).stdout)
 
@@ -57,6 +65,8 @@ def ext(transactional_db):
     yield server
     manage("fleet", "down", "--server", "ext", check=False)
     server.stop()
+    # The next test's "ext" is another cluster: its WAL must not land beside this one's (the indexer refuses it).
+    shutil.rmtree(Path(settings.PITR_HOME) / "servers" / "ext", ignore_errors=True)
 
 
 def test_external_server_protected_and_restored_isolated(ext):
@@ -103,9 +113,30 @@ def test_external_server_protected_and_restored_isolated(ext):
     assert job["state"] == "done", job
     assert restored(restore_port, ext, "items") == {r[0] for r in rows if r[0] <= by_lsn[0]}
 
-    job = restore("--latest")
+    # As on a new machine: no password of the original known to pitrsite (the passfile gone). The copy is
+    # verified through its own private socket, trusted by a line written ahead of the original's.
+    hidden = ext.passfile.with_name("pgpass.hidden")
+    ext.passfile.rename(hidden)
+    try:
+        began = time.monotonic()
+        job = restore("--latest")
+    finally:
+        hidden.rename(ext.passfile)
     assert job["state"] == "done", job
+    assert time.monotonic() - began < 300  # never the PITR_RESTORE_TIMEOUT wait of a refused login
+    # Users keep the original's roles and scram passwords over TCP (the original's pg_hba.conf lines follow).
     assert restored(restore_port, ext, "items") == {r[0] for r in rows}
+    hba = (target_dir() / "data" / "pg_hba.conf").read_text()
+    assert hba.startswith(pgconf.SELF_LOGIN) and "scram-sha-256" in hba.removeprefix(pgconf.SELF_LOGIN)
+    socket_dir = target_dir() / "socket"
+    assert socket_dir.stat().st_mode & 0o777 == 0o700
+    # A refused login is told apart from a server still starting up: the restore fails at once instead.
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(host="127.0.0.1", port=restore_port, user=ext.superuser, password="wrong", dbname="postgres")
+    assert login_refused(refused.value)
+    with pytest.raises(psycopg.OperationalError) as nothing:
+        psycopg.connect(host="127.0.0.1", port=free_port(), user=ext.superuser, password="x", dbname="postgres")
+    assert not login_refused(nothing.value)
 
     with ext.connect(port=restore_port) as copy:
         # current_setting() shows archive_command as "(disabled)" once archive_mode is off: read the values.

@@ -59,7 +59,26 @@ def test_metrics_empty_catalog_has_no_made_up_values(db, no_fleet):
     found = samples(Client().get("/metrics").content.decode())
     assert ("pitr_last_backup_age_seconds", ()) not in found
     assert ("pitr_recoverable_window_start_timestamp_seconds", ()) not in found
+    assert ("pitr_storage_newest_commit_age_seconds", ()) not in found  # storage holds no commit yet
     assert found[("pitr_wal_gaps", ())] == 0
+
+
+def test_metrics_storage_recovery_point(catalog):
+    """The age of the newest commit held in storage: that of the newest verified segment copy."""
+    from walcatalog.models import StorageCopy, WalSegment
+    from walcatalog.storage import identity
+
+    segments = list(WalSegment.objects.filter(is_partial=False).exclude(last_commit_at=None).order_by("-segno")[:2])
+    older = segments[1]
+    StorageCopy.objects.create(kind="wal", storage=identity(), key=f"x/{older.name}", segment=older, size=1,
+                               sha256="0" * 64, uploaded_at=timezone.now(), verified_at=timezone.now())
+    StorageCopy.objects.create(kind="wal", storage="s3:another-bucket", key=f"x/{segments[0].name}",
+                               segment=segments[0], size=1, sha256="0" * 64, uploaded_at=timezone.now(),
+                               verified_at=timezone.now())  # another storage's copy does not count
+    found = samples(Client().get("/metrics").content.decode())
+    age = found[("pitr_storage_newest_commit_age_seconds", ())]
+    expected = (timezone.now() - older.last_commit_at).total_seconds()
+    assert expected - 5 < age <= expected + 1
 
 
 def test_metrics_refused_to_other_hosts_without_token(db):

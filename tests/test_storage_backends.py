@@ -15,21 +15,27 @@ each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=Tru
 
 
 @each_backend
+@pytest.mark.django_db
 def test_upload_verify_download_and_corruption(archive_storage, tmp_path):
+    from fleet import servers
+
     data = b"segment bytes " * 70000  # ~1 MB: more than one read chunk
     source = tmp_path / "000000010000000000000003"
     source.write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
+    server = servers.demo()
+    server.system_identifier, server.pg_major = "7000000000000000001", 15
+    server.save()
     key = st.wal_key(source.name)
-    assert key == "wal/00000001/000000010000000000000003"
+    assert key == "15-7000000000000000001/wal/00000001/000000010000000000000003"
 
     up = st.upload(archive_storage, key, source, sha)
     assert (up.size, up.sha256) == (len(data), sha)
     # A second upload of the same key overwrites it (a half-written object from a killed pass is replaced).
     st.upload(archive_storage, key, source, sha)
     st.upload(archive_storage, st.history_key(2), b"1\t0/3000000\tno recovery target specified\n")
-    assert st.list_keys(archive_storage, "wal") == [key, "wal/history/00000002.history"]
-    assert st.list_keys(archive_storage, "backups") == []
+    assert st.list_keys(archive_storage, st.area("wal")) == [key, "15-7000000000000000001/wal/history/00000002.history"]
+    assert st.list_keys(archive_storage, st.area("backups")) == []
 
     dest = tmp_path / "restored"
     assert st.download(archive_storage, key, dest, sha, len(data)) == len(data)
@@ -43,7 +49,7 @@ def test_upload_verify_download_and_corruption(archive_storage, tmp_path):
         st.download(archive_storage, key, dest, sha, len(data))
     assert not dest.exists() and not dest.with_name(dest.name + ".download").exists()
     with pytest.raises(st.StorageError, match="is missing from storage"):
-        st.download(archive_storage, "wal/00000001/000000010000000000000009", dest, sha)
+        st.download(archive_storage, st.wal_key("000000010000000000000009"), dest, sha)
 
 
 @each_backend
@@ -51,7 +57,7 @@ def test_upload_refuses_a_file_that_changed_since_indexing(archive_storage, tmp_
     source = tmp_path / "000000010000000000000004"
     source.write_bytes(b"new bytes")
     with pytest.raises(st.ChecksumError, match="changed since it was indexed"):
-        st.upload(archive_storage, st.wal_key(source.name), source, "0" * 64)
+        st.upload(archive_storage, "wal/00000001/" + source.name, source, "0" * 64)
 
 
 def test_configuration_errors_are_one_line(monkeypatch, tmp_path):

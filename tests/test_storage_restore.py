@@ -219,3 +219,35 @@ def test_rebuild_writes_in_short_transactions_and_takes_back_a_failed_one(archiv
     result = rebuild_from_storage(watch)
     assert result.backups == 1 and result.segments > 0 and not result.skipped
     assert set(watch.depths.values()) == {0}
+
+
+@pytest.mark.parametrize("archive_storage", ["s3"], indirect=True)
+def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, narrowed, settings, request, tmp_path):
+    """Copy records name where they are (backend, endpoint, bucket): a home pointed at another bucket, then at
+    another backend, uploads everything again there, and says which storage it means."""
+    from tests.storage_servers import storage_env, storage_setting
+
+    from django.db.models import Max
+
+    from walcatalog.uploader import storage_recovery_point
+
+    assert storage_recovery_point() is None  # nothing in this bucket yet
+    first = upload_pass()
+    assert first.uploaded and not first.errors and first.storage.startswith("s3:")
+    # The storage's recovery point: the newest commit of a complete segment; the tail row in the .partial
+    # (make_scenario's last commit) is newer and only on this machine.
+    point = storage_recovery_point()
+    assert point == WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
+    assert WalSegment.objects.get(is_partial=True).last_commit_at > point
+    assert upload_pass().pending == 0  # nothing left for the same bucket
+    for backend in ("s3", "azure"):
+        settings.STORAGES = {**settings.STORAGES,
+                             "archive": storage_setting(storage_env(backend, request, tmp_path), tmp_path)}
+        again = upload_pass()
+        assert not again.errors, again.errors
+        assert again.storage == st.identity() and again.storage != first.storage
+        assert again.uploaded == first.uploaded, (again.as_dict(), first.as_dict())
+        check = check_storage()
+        assert check.storage == st.identity()
+        assert check.ok and not check.local_only and check.verified == first.uploaded, check.as_dict()
+    assert StorageCopy.objects.values("storage").distinct().count() == 3

@@ -4,6 +4,7 @@ its own queue."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -28,6 +29,8 @@ def ext(transactional_db, fleet):
     yield server
     manage("fleet", "down", "--server", "sales", check=False)
     server.stop()
+    # A later server of this name is another cluster: its WAL must not land beside this one's (refused).
+    shutil.rmtree(Path(settings.PITR_HOME) / "servers" / "sales", ignore_errors=True)
 
 
 def start_worker(name: str, queue: str) -> tuple[subprocess.Popen, Path]:
@@ -87,7 +90,12 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     copies = StorageCopy.all_servers.filter(segment__name=one, kind="wal")
     assert {c.server_id for c in copies} == {demo.pk, external.pk}
     keys = {c.server_id: c.key for c in copies}
-    assert keys[external.pk] == f"servers/sales/{keys[demo.pk]}" and len({c.sha256 for c in copies}) == 2
+    # Each under its server's prefix and its own cluster's "<version>-<system id>/" (two initdbs, two ids).
+    assert demo.system_identifier and external.system_identifier != demo.system_identifier
+    tail = f"wal/{one[:8]}/{one}"
+    assert keys[demo.pk] == f"15-{demo.system_identifier}/{tail}"
+    assert keys[external.pk] == f"servers/sales/15-{external.system_identifier}/{tail}"
+    assert len({c.sha256 for c in copies}) == 2
     with servers.using(external):  # the scoped managers see one server's rows only
         assert set(WalSegment.objects.filter(is_partial=False).values_list("name", flat=True)) == names[external]
 

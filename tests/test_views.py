@@ -279,9 +279,10 @@ def test_chaos_start_denials_and_validation(staff, viewer, db):
 
 def test_overview_storage_state(viewer, catalog):
     from walcatalog.models import StorageCopy, WalSegment
+    from walcatalog.storage import identity
 
     segment = WalSegment.objects.filter(is_partial=False).first()
-    StorageCopy.objects.create(kind="wal", storage="archive", key=f"wal/{segment.name}", segment=segment,
+    StorageCopy.objects.create(kind="wal", storage=identity(), key=f"wal/{segment.name}", segment=segment,
                                size=segment.size, sha256="0" * 64, uploaded_at=timezone.now(),
                                verified_at=timezone.now())
     html = viewer.get("/").content.decode()

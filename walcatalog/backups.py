@@ -265,8 +265,8 @@ def held_locally(backup: BaseBackup) -> bool:
 
 def storage_copies(backup: BaseBackup, storage: str) -> list[StorageCopy]:
     """Its verified file copies in storage, or [] unless the descriptor (written last) is verified too."""
-    copies = list(StorageCopy.objects.filter(storage=storage, backup=backup, verified_at__isnull=False,
+    copies = list(StorageCopy.objects.filter(storage=st.identity(storage), backup=backup, verified_at__isnull=False,
                                              kind=StorageCopy.Kind.BACKUP))
-    complete = StorageCopy.objects.filter(storage=storage, key=st.descriptor_key(backup.label),
+    complete = StorageCopy.objects.filter(storage=st.identity(storage), key=st.descriptor_key(backup.label),
                                           verified_at__isnull=False).exists()
     return copies if complete else []

@@ -37,6 +37,7 @@ from pitrsite.jobs import Reporter
 from pitrsite.output import Result
 from walcatalog import catalog, histories, waldump, walnames
 from walcatalog import storage as st
+from walcatalog.cluster import OtherCluster, check_cluster
 from walcatalog.indexrows import Brief, File, Row, commit_fields, full_row, list_archive, load_rows, ns, warn_junk
 from walcatalog.models import RestorePoint, WalSegment
 
@@ -62,6 +63,7 @@ class IndexResult(Result):
     dumped: int = 0  # pg_waldump runs
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    other_cluster: list[str] = field(default_factory=list)  # WAL refused: another system identifier
 
     def __str__(self) -> str:
         text = (f"{self.new} new, {self.updated} updated, {self.completed} completed, "
@@ -151,6 +153,9 @@ class _Pass:
                 self._segment(wal, f)
             except FileNotFoundError:
                 pass  # renamed (partial -> complete) or removed since the listing: the next pass sees it
+            except OtherCluster as exc:
+                self.result.other_cluster.append(f"{f.name}: {exc}")
+                log.error("refused %s: %s", f.name, exc)
             except PitrError as exc:
                 self.result.errors.append(f"{f.name}: {exc}")
                 log.warning("could not index %s: %s", f.name, exc)
@@ -187,6 +192,7 @@ class _Pass:
     # --- segments --------------------------------------------------------------
     def _segment(self, wal: walnames.WalFile, f: File) -> None:
         assert wal.segno is not None  # a segment or a partial
+        check_cluster(f.path)  # before any row is made or "re-indexed" from another cluster's bytes
         name = walnames.segment_name(wal.timeline, wal.segno, self.seg_size)
         brief = self.rows.get(name) or self.rows.get(name + ".partial")
         row = full_row(brief[0]) if brief else None

@@ -162,7 +162,8 @@ class StorageCopy(models.Model):
 
     server = server_field("storage_copies")
     kind = models.CharField(max_length=12, choices=Kind.choices)
-    storage = models.CharField(max_length=32, default="archive", help_text="name in settings.STORAGES")
+    storage = models.CharField(max_length=300, help_text="where: backend, endpoint, bucket/container/directory "
+                                                             "(walcatalog.storage.identity)")
     key = models.CharField(max_length=500)
     segment = models.ForeignKey(WalSegment, null=True, blank=True, on_delete=models.CASCADE, related_name="copies")
     backup = models.ForeignKey(BaseBackup, null=True, blank=True, on_delete=models.CASCADE, related_name="copies")

@@ -59,9 +59,11 @@ class RebuildResult(Result):
 
 
 def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = st.STORAGE_NAME,
-                         workers: int | None = None) -> RebuildResult:
+                         workers: int | None = None, cluster: str | None = None) -> RebuildResult:
     with locks.all_held(servers.lock(locks.INDEX), servers.lock(locks.UPLOAD)):
         _require_empty()
+        st.probe(storage_name)
+        _adopt_cluster(st.get_storage(storage_name), cluster)
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
 
 
@@ -74,9 +76,41 @@ def _require_empty() -> None:
                            "fills an empty catalog")
 
 
+def _adopt_cluster(storage, wanted: str | None) -> None:
+    """A server whose cluster is not known yet (a new home) takes the one its prefix in storage holds; with
+    several (a re-initialised cluster, a promoted copy) the user names one with --cluster."""
+    from walcatalog.cluster import cluster_dir, parse_cluster_dir
+
+    server = servers.current()
+    known = cluster_dir(server.pg_major, server.system_identifier) if server.system_identifier else None
+    if known and (wanted is None or wanted == known):
+        return
+    try:
+        dirs, files = storage.listdir(st.root().rstrip("/"))
+    except FileNotFoundError:
+        dirs, files = [], []
+    except Exception as exc:
+        raise st.as_storage_error(exc) from None
+    # Most backends list one level (directories); AzureStorage lists every blob below, by full name.
+    location = (getattr(storage, "location", "") or "").strip("/")
+    firsts = {d.rstrip("/").rsplit("/", 1)[-1] for d in dirs}
+    firsts |= {f.removeprefix(location + "/").removeprefix(st.root()).split("/", 1)[0] for f in files if "/" in f}
+    held = sorted(name for name in firsts if parse_cluster_dir(name))
+    if known:
+        raise RebuildError(f"server {server.name} is cluster {known}; --cluster {wanted} names another")
+    if wanted is not None and wanted not in held or wanted is None and len(held) != 1:
+        listed = ", ".join(held) or "none"
+        raise RebuildError(f"storage {st.identity()} holds cluster(s) {listed} for server {server.name}"
+                           + ("" if not held else ": name one with --cluster VERSION-SYSTEMID"))
+    parsed = parse_cluster_dir(wanted or held[0])
+    assert parsed is not None  # listed because it parses
+    server.pg_major, server.system_identifier = parsed
+    server.save(update_fields=["pg_major", "system_identifier"])
+
+
 class _Rebuild:
     def __init__(self, storage_name: str, workers: int, reporter: Reporter | None):
-        self.name, self.workers, self.reporter = storage_name, workers, reporter
+        self.where, self.workers, self.reporter = st.identity(storage_name), workers, reporter
         self.storage = st.get_storage(storage_name)
         self.result = RebuildResult(storage=st.describe(storage_name))
         self.made_backups: list[int] = []
@@ -154,7 +188,7 @@ class _Rebuild:
                     self.result.skipped.append(f"{key}: not indexed")
                     continue
                 kind = StorageCopy.Kind.WAL
-            copies.append(StorageCopy(storage=self.name, key=key, kind=kind, segment=segment, size=size, sha256=sha,
+            copies.append(StorageCopy(storage=self.where, key=key, kind=kind, segment=segment, size=size, sha256=sha,
                                       uploaded_at=self.modified(key, now), verified_at=now))
         StorageCopy.objects.bulk_create(copies)
         self.result.segments = len(segments)
@@ -179,7 +213,7 @@ class _Rebuild:
 
     # --- backups ------------------------------------------------------------------------------------
     def backups(self, keys: list[str]) -> None:
-        root = st.root()
+        root = st.base()
         relative = [k.removeprefix(root) for k in keys]
         labels = sorted({k.split("/")[1] for k in relative if k.count("/") == 2})
         present = set(keys)
@@ -226,9 +260,9 @@ class _Rebuild:
         self.made_backups.append(backup.pk)
         now = timezone.now()
         StorageCopy.objects.bulk_create(
-            [StorageCopy(storage=self.name, key=f["key"], kind=StorageCopy.Kind.BACKUP, backup=backup, size=f["size"],
+            [StorageCopy(storage=self.where, key=f["key"], kind=StorageCopy.Kind.BACKUP, backup=backup, size=f["size"],
                          sha256=f["sha256"], uploaded_at=self.modified(f["key"], now), verified_at=now) for f in files]
-            + [StorageCopy(storage=self.name, key=key, kind=StorageCopy.Kind.DESCRIPTOR, backup=backup,
+            + [StorageCopy(storage=self.where, key=key, kind=StorageCopy.Kind.DESCRIPTOR, backup=backup,
                            size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                            uploaded_at=self.modified(key, now), verified_at=now)])
         self.result.backups += 1

@@ -10,10 +10,14 @@ so the backend is only configuration.
 Keys are laid out so that a listing by timeline and segment range is one
 prefix listing, names sorting in LSN order::
 
-    wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
-    wal/history/<timeline>.history
-    backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
-    backups/<label>/descriptor.json          written last: the backup row + file list with sha256
+    [<server prefix>/]<version>-<system id>/                        one cluster's files (pgBackRest's
+                                                                   archive/<stanza>/<version>-<id>/)
+        wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
+        wal/history/<timeline>.history
+        backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
+        backups/<label>/descriptor.json          written last: the backup row + file list with sha256
+
+Two clusters (a server re-initialised, a new primary after disaster recovery) never share a key.
 
 This module does I/O and hashing only (no models): the uploader, the restore
 engine and the rebuild call it from worker threads, and keep every database
@@ -56,15 +60,30 @@ def get_storage(name: str = STORAGE_NAME):
     return storages[name]
 
 
-def describe(name: str = STORAGE_NAME) -> str:
-    """Where a storage points, for messages: backend and bucket/container/directory."""
+def identity(name: str = STORAGE_NAME) -> str:
+    """What a storage is, as copy records name it: backend, endpoint or account, bucket/container/directory
+    and prefix. Pointing a home at another bucket changes it, so every file uploads again to the new place."""
     from django.conf import settings
 
     entry = settings.STORAGES.get(name, {})
     options = entry.get("OPTIONS", {})
-    where = (options.get("bucket_name") or options.get("azure_container") or options.get("location") or "?")
     backend = next((k for k, v in BACKENDS.items() if v == entry.get("BACKEND")), entry.get("BACKEND", "?"))
-    return f"{backend}:{where}"
+    where = options.get("bucket_name") or options.get("azure_container") or options.get("location") or "?"
+    endpoint = options.get("endpoint_url") or options.get("account_name") or _blob_endpoint(options) or ""
+    prefix = options.get("location", "") if backend != "filesystem" else ""
+    text = f"{backend}:{where}" + (f"/{prefix.strip('/')}" if prefix else "")
+    return text + (f" at {endpoint}" if endpoint else "")
+
+
+def _blob_endpoint(options: dict) -> str:
+    conn = options.get("connection_string") or ""
+    parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+    return parts.get("BlobEndpoint") or parts.get("AccountName", "")
+
+
+def describe(name: str = STORAGE_NAME) -> str:
+    """Where a storage points, for messages (the same text copy records are keyed by)."""
+    return identity(name)
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
@@ -79,23 +98,34 @@ def root() -> str:
     return "" if server.managed else f"servers/{server.name}/"
 
 
+def base() -> str:
+    """The current server's cluster directory: its prefix, then "<version>-<system id>/"."""
+    from walcatalog.cluster import cluster_dir
+
+    server = servers.current()
+    if not server.system_identifier:
+        raise StorageError(f"the cluster of server {server.name} is not known yet (no WAL indexed, nothing "
+                           "rebuilt from storage): run index_wal once capture has written WAL")
+    return f"{root()}{cluster_dir(server.pg_major, server.system_identifier)}/"
+
+
 def area(name: str) -> str:
-    """"wal" or "backups" under the current server's prefix, for listings."""
-    return f"{root()}{name}"
+    """"wal" or "backups" under the current server's cluster directory, for listings."""
+    return f"{base()}{name}"
 
 
 def wal_key(segment_name: str) -> str:
     if len(segment_name) != 24:
         raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
-    return f"{root()}wal/{segment_name[:8]}/{segment_name}"
+    return f"{base()}wal/{segment_name[:8]}/{segment_name}"
 
 
 def history_key(tli: int) -> str:
-    return f"{root()}wal/history/{tli:08X}.history"
+    return f"{base()}wal/history/{tli:08X}.history"
 
 
 def backup_key(label: str, file_name: str) -> str:
-    return f"{root()}backups/{label}/{file_name}"
+    return f"{base()}backups/{label}/{file_name}"
 
 
 def descriptor_key(label: str) -> str:
@@ -206,6 +236,8 @@ def list_keys(storage, prefix: str) -> list[str]:
         dirs, files = storage.listdir(prefix)
     except FileNotFoundError:  # FileSystemStorage: the directory does not exist yet
         return []
+    except Exception as exc:
+        raise as_storage_error(exc) from None
     # Backends differ: most list one level relative to the prefix; AzureStorage lists every blob below
     # it, by full name (its location prefix included).
     location = (getattr(storage, "location", "") or "").strip("/") if "/" in "".join(files) else ""
@@ -215,6 +247,47 @@ def list_keys(storage, prefix: str) -> list[str]:
     return sorted(keys)
 
 
+# --- one-line storage errors ------------------------------------------------------------------------
+def error_code(exc: BaseException) -> str:
+    """The service's own error code: botocore's ClientError carries it in .response, Azure's in .error_code."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))  # azure-storage-blob's StorageErrorCode is an enum
+
+
+def as_storage_error(exc: BaseException, name: str = STORAGE_NAME) -> StorageError:
+    """A backend's exception as one line that says which storage and what to change (never a traceback)."""
+    if isinstance(exc, StorageError):
+        return exc
+    where, code, kind = identity(name), error_code(exc), type(exc).__name__
+    if code in ("NoSuchBucket", "ContainerNotFound"):
+        what = "bucket" if code == "NoSuchBucket" else "container"
+        return StorageError(f"storage {where}: the {what} does not exist; create it first (pitrsite never "
+                            "creates buckets or containers)")
+    if _credentials_refused(exc):
+        return StorageError(f"storage {where}: credentials refused ({code or kind}); check the PITR_STORAGE_* keys")
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ServiceRequestError", "ConnectionError",
+                "ServiceRequestTimeoutError", "ReadTimeoutError"):
+        return StorageError(f"storage {where}: cannot reach the endpoint ({_first_line(exc)})")
+    return StorageError(f"storage {where}: {code or kind}: {_first_line(exc)}")
+
+
+def probe(name: str = STORAGE_NAME) -> None:
+    """List this server's area once, so a wrong endpoint, a missing bucket or refused credentials stop a
+    pass at the start with one line (a HEAD of a missing key reads "absent", a listing does not)."""
+    storage = get_storage(name)
+    try:
+        # The server's prefix (its cluster may not be known yet), once: passes retry each transfer, a probe
+        # only asks "reachable?".
+        storage.listdir(root().rstrip("/"))
+    except FileNotFoundError:
+        pass  # FileSystemStorage: the directory appears with the first upload
+    except Exception as exc:
+        raise as_storage_error(exc, name) from None
+
+
 # --- retries and bounded parallelism ---------------------------------------------------------------
 # Errors that another attempt cannot mend: a changed local file, a missing or unreadable one, refused
 # credentials. Everything else (timeouts, resets, 5xx) is retried.
@@ -222,11 +295,10 @@ NOT_RETRIED: tuple[type[BaseException], ...] = (LocalChanged, FileNotFoundError,
 
 
 def _credentials_refused(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    response = getattr(exc, "response", None)  # botocore's ClientError carries the service's error code
-    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-    return name in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError", "DefaultCredentialsError") \
-        or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure")
+    return type(exc).__name__ in ("NoCredentialsError", "ClientAuthenticationError", "RefreshError",
+                                  "DefaultCredentialsError") \
+        or error_code(exc) in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationFailure",
+                               "AuthenticationFailed")
 
 
 def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: float = 0.5,

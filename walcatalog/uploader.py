@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 
 from fleet import servers
@@ -86,11 +86,12 @@ def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
                 storage_name: str = st.STORAGE_NAME) -> UploadResult:
     """One pass; at most one runs at a time per data home."""
     with servers.lock(locks.UPLOAD).held():
+        st.probe(storage_name)  # a wrong endpoint, missing bucket or refused key: one line, before any item
         return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
 
 
 def verified_copies(storage_name: str = st.STORAGE_NAME):
-    return StorageCopy.objects.filter(storage=storage_name, verified_at__isnull=False)
+    return StorageCopy.objects.filter(storage=st.identity(storage_name), verified_at__isnull=False)
 
 
 def wal_to_upload(storage_name: str = st.STORAGE_NAME):
@@ -98,6 +99,13 @@ def wal_to_upload(storage_name: str = st.STORAGE_NAME):
     (and the backlog the overview shows)."""
     copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
     return WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="").filter(~copied)
+
+
+def storage_recovery_point(storage_name: str = st.STORAGE_NAME):
+    """The newest commit held in the storage (in a verified segment copy): what a restore from storage alone
+    can reach, so its age bounds the data a lost machine takes with it. None when storage holds no commit."""
+    copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
+    return WalSegment.objects.filter(copied).aggregate(at=Max("last_commit_at"))["at"]
 
 
 class _Pass:
@@ -192,7 +200,7 @@ class _Pass:
     def record(self, item: Item, up: st.Uploaded) -> None:
         now = timezone.now()
         StorageCopy.objects.update_or_create(
-            storage=self.name, key=item.key,
+            storage=st.identity(self.name), key=item.key,
             defaults=dict(kind=item.kind, segment_id=item.segment_id, backup_id=item.backup_id, size=up.size,
                           sha256=up.sha256, uploaded_at=now - timedelta(seconds=up.verify_seconds),
                           verified_at=now))
@@ -238,11 +246,12 @@ class CheckResult(Result):
 def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = None) -> CheckResult:
     """Compare the catalog, the local files and the storage; every recorded object is read back and hashed."""
     began = time.monotonic()
+    st.probe(storage_name)
     storage = st.get_storage(storage_name)
     result = CheckResult(storage=st.describe(storage_name))
     remote = set(st.list_keys(storage, st.area("wal"))) | set(st.list_keys(storage, st.area("backups")))
     local = _local_keys()
-    copies = {c.key: c for c in StorageCopy.objects.filter(storage=storage_name)}
+    copies = {c.key: c for c in StorageCopy.objects.filter(storage=st.identity(storage_name))}
     result.local, result.remote = len(local), len(remote)
     result.local_only = sorted(local - remote)
     result.remote_only = sorted(remote - local)
@@ -282,4 +291,4 @@ def _local_keys() -> set[str]:
 
 
 __all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "verified_copies",
-           "wal_to_upload"]
+           "wal_to_upload", "storage_recovery_point"]

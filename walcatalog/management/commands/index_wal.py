@@ -20,3 +20,5 @@ class Command(ServerCommand):
         for error in result.errors:
             self.out.warn(error)
         self.out.result(result.as_dict(), f"indexed: {result}")
+        if result.other_cluster:  # never a quiet warning: that WAL would mix two clusters
+            self.out.fail(f"{len(result.other_cluster)} file(s) refused: {result.other_cluster[0]}")

@@ -14,8 +14,11 @@ class Command(ServerCommand):
         parser.add_argument("--from-storage", action="store_true", required=True,
                             help="rebuild from the archive storage (the only source so far)")
 
+        parser.add_argument("--cluster", metavar="VERSION-SYSTEMID",
+                            help="which cluster of the server, when its storage prefix holds several")
+
     def run(self, *args, **opts):
-        result = rebuild_from_storage(ConsoleReporter(self.out.console))
+        result = rebuild_from_storage(ConsoleReporter(self.out.console), cluster=opts["cluster"])
         for entry in result.skipped:
             self.out.warn(f"skipped: {entry}")
         self.out.result(result.as_dict(), str(result))

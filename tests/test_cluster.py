@@ -1,0 +1,84 @@
+"""WAL of another cluster is refused: two clusters reuse segment names, never system identifiers.
+
+Two real clusters made with initdb (1 MiB segments, as the suite's fleet); their first segments carry their
+own system identifier, which pg_controldata reads from the other end. No server needs to run.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.external_server import as_postgres, give
+from tests.test_settings_errors import free_port
+
+pytestmark = pytest.mark.django_db
+
+SEGMENT = "000000010000000000000006"  # where initdb's WAL ends with 1 MiB segments: the current one
+
+
+def _initdb(root: Path) -> tuple[Path, str]:
+    root.mkdir()
+    give(root)
+    as_postgres(["initdb", "-D", str(root / "data"), "--wal-segsize=1", "-A", "trust", "-U", "someone"])
+    control = as_postgres(["pg_controldata", str(root / "data")]).stdout
+    sysid = next(line.split(":")[1].strip() for line in control.splitlines() if "system identifier" in line)
+    return root / "data" / "pg_wal", sysid
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    base = Path(tempfile.mkdtemp(prefix="pitr-clusters-"))
+    base.chmod(0o755)
+    try:
+        yield _initdb(base / "a"), _initdb(base / "b")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_header_names_the_cluster(clusters):
+    from walcatalog.cluster import read_cluster
+
+    (wal_a, id_a), (wal_b, id_b) = clusters
+    assert id_a != id_b
+    assert read_cluster(wal_a / SEGMENT) == (15, id_a)
+    assert read_cluster(wal_b / SEGMENT) == (15, id_b)
+
+
+def test_indexer_refuses_wal_of_another_cluster_and_keys_carry_the_cluster(clusters, tmp_path):
+    from fleet import servers
+    from fleet.models import Server
+    from walcatalog import storage as st
+    from walcatalog.indexer import index_archive
+    from walcatalog.models import WalSegment
+
+    (wal_a, id_a), (wal_b, id_b) = clusters
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    server = Server.objects.create(name="twice", host="127.0.0.1", port=free_port(), user="someone",
+                                   archive_dir=str(archive))
+    with servers.using(server):
+        shutil.copy(wal_a / SEGMENT, archive / SEGMENT)
+        first = index_archive(archive)
+        assert first.new == 1 and not first.other_cluster, first.as_dict()
+        server.refresh_from_db()
+        assert (server.pg_major, server.system_identifier) == (15, id_a)  # the first WAL names the cluster
+        indexed = WalSegment.objects.get(name=SEGMENT)
+
+        # The same name from a re-initialised cluster (what a second `fleet up` on a new primary writes), and
+        # a new name: both refused, loudly, and nothing of the catalog changes.
+        (archive / SEGMENT).unlink()
+        shutil.copy(wal_b / SEGMENT, archive / SEGMENT)
+        nxt = "000000010000000000000007"
+        shutil.copy(wal_b / nxt, archive / nxt)
+        second = index_archive(archive)
+        assert len(second.other_cluster) == 2, second.as_dict()
+        assert all(f"system identifier {id_b}" in e and f"is cluster {id_a}" in e for e in second.other_cluster)
+        assert not WalSegment.objects.filter(name=nxt).exists()
+        assert WalSegment.objects.get(name=SEGMENT).sha256 == indexed.sha256
+
+        # Storage keys: server prefix, then <version>-<system id>/ (pgBackRest's archive/<stanza>/<ver>-<id>/).
+        assert st.wal_key(SEGMENT) == f"servers/twice/15-{id_a}/wal/00000001/{SEGMENT}"
+        assert st.backup_key("b1", "base.tar") == f"servers/twice/15-{id_a}/backups/b1/base.tar"
