@@ -30,6 +30,9 @@ class FleetDriver(Protocol):
                 **kwargs) -> psycopg.Connection:
         """A connection to one of this server's nodes as the superuser."""
 
+    def prepare_restore_target(self) -> None:
+        """The restore target's directories, without any primary (a restore-only home)."""
+
     def connect_own(self, role: str, user: str, timeout: int = 5) -> psycopg.Connection:
         """pitrsite's own login to the restored copy (its private socket): no password of the original's."""
 
