@@ -134,18 +134,9 @@ class DockerDriver(LocalDriver):
         if check_role(role) == "capturer":
             self._ensure_capturer()
             return
-        state = self.state(role)
-        if state == "paused":
-            raise FleetError(f"{role} is paused: run `python manage.py fleet resume {role}`")
-        if state == "running":
+        datadir = self._ready_to_start(role)
+        if datadir is None:
             return
-        datadir = self.layout.datadir(role)
-        if not (datadir / "PG_VERSION").exists():
-            hint = "run a restore first" if role == "restore_target" else "run `python manage.py fleet up`"
-            raise FleetError(f"{role} has no data directory at {datadir}: {hint}")
-        self._check_port_free(role)
-        if not (datadir / "pitrsite.node.conf").exists() or role != "restore_target":
-            self.write_node_conf(role)  # a restore writes the restore target's own, with recovery settings
         self._own_log(role)
         if role == "restore_target":
             container = self._ensure_idle_target()

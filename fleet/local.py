@@ -116,10 +116,20 @@ class LocalDriver:
         if check_role(role) == "capturer":
             self._ensure_capturer()
             return
-        if self.state(role) == "paused":
-            raise FleetError(f"{role} is paused: run `python manage.py fleet resume {role}`")
-        if self.state(role) == "running":
+        datadir = self._ready_to_start(role)
+        if datadir is None:
             return
+        pg.give_to_server(self.layout.logs, self.layout.run)
+        pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(self.layout.logfile(role)),
+                *(["-w", "-t", "120"] if wait else ["-W"]), "-s", "start"], step=f"starting {role}", timeout=180)
+
+    def _ready_to_start(self, role: str) -> Path | None:
+        """The data directory to start, checked and configured; None when the role runs already."""
+        state = self.state(role)
+        if state == "paused":
+            raise FleetError(f"{role} is paused: run `python manage.py fleet resume {role}`")
+        if state == "running":
+            return None
         datadir = self.layout.datadir(role)
         if not (datadir / "PG_VERSION").exists():
             hint = "run a restore first" if role == "restore_target" else "run `python manage.py fleet up`"
@@ -127,9 +137,7 @@ class LocalDriver:
         self._check_port_free(role)
         if not (datadir / "pitrsite.node.conf").exists() or role != "restore_target":
             self.write_node_conf(role)  # a restore writes the restore target's own, with recovery settings
-        pg.give_to_server(self.layout.logs, self.layout.run)
-        pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(self.layout.logfile(role)),
-                *(["-w", "-t", "120"] if wait else ["-W"]), "-s", "start"], step=f"starting {role}", timeout=180)
+        return datadir
 
     def stop(self, role: str, mode: str = "fast") -> None:
         if check_role(role) == "capturer":
