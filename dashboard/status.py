@@ -63,20 +63,18 @@ class Overview:
                 and self.window_start is not None)
 
 
-def storage_lines() -> list[str]:
-    """Where copies go and how far uploads got (asked once per catalog state: the not-uploaded count is an
-    anti-join)."""
+def storage_lines(waiting: int | None) -> list[str]:
+    """Where copies go and how far uploads got (asked once per catalog state); `waiting` is upload_backlog()."""
     lines = [f"local archive: filesystem {Layout.current().archive}"]
     if "archive" not in settings.STORAGES:
         return lines
     from walcatalog.storage import describe, identity
-    from walcatalog.uploader import storage_recovery_point, wal_to_upload
+    from walcatalog.uploader import storage_recovery_point
 
     lines.append(f"archive storage: {describe('archive')}")
     copies = StorageCopy.objects.filter(storage=identity("archive")).order_by()
     counts = dict(copies.values_list("kind").annotate(n=Count("id")))
     newest = copies.aggregate(at=Max("uploaded_at"))["at"]
-    waiting = wal_to_upload("archive").count()
     lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
                  + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
@@ -200,9 +198,9 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     if view.last_backup:
         moment = view.last_backup.stop_time or view.last_backup.finished_at
         view.last_backup_age = (timezone.now() - moment).total_seconds() if moment else None
-    view.storage = cached("storage", key, storage_lines)
+    view.upload_backlog = cached("upload-backlog", key, upload_backlog)  # an anti-join: once per catalog state
+    view.storage = cached("storage", key, lambda: storage_lines(view.upload_backlog))
     view.storage_bytes = cached("storage-bytes", key, storage_bytes)
-    view.upload_backlog = cached("upload-backlog", key, upload_backlog)
     backup_schedule(view)
     view.running = [jobs.job_json(job) for job in jobs.running_jobs()]
     view.job_counts = jobs.counts_by_state()
