@@ -238,14 +238,16 @@ def standby_summary(status: dict) -> dict:
             "lag_seconds": row["flush_lag_seconds"] if row else None}
 
 
-def server_summary(server) -> dict:
-    """One line of `server list` and the dashboard's server page: where it is, capture, restore target."""
+def server_summary(server, status: dict | None = None) -> dict:
+    """One line of `server list` and the dashboard's server page: where it is, capture, restore target.
+
+    `status`: this server's fleet_status, when the caller has it already."""
     from fleet import servers  # needs the app registry
 
     driver = get_driver(server)
     with servers.using(server):
         try:
-            status = fleet_status(driver)
+            status = status or fleet_status(driver)
             cap = status.get("capturer") or {}
             capture = cap.get("health") or status["roles"]["capturer"]["state"]
             lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds")}

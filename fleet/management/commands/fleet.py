@@ -73,7 +73,7 @@ class Command(PitrCommand):
     def _status(self, status: dict, every: bool) -> None:
         problem = capture_problem(status)
         # Every protected server in brief (port, capture, restore target port), as `server list --json` shows.
-        others = _servers_in_brief() if every and self.out.as_json else []
+        others = _servers_in_brief(status) if every and self.out.as_json else []
         self.out.result({**status, "capture_problem": problem, "servers": others}, self._text(status))
         for error in status["errors"]:
             self.out.warn(error)
@@ -98,9 +98,12 @@ class Command(PitrCommand):
         return lines
 
 
-def _servers_in_brief() -> list[dict]:
-    """Each server's summary; none when Django's database is not there (status must work without it)."""
+def _servers_in_brief(current: dict) -> list[dict]:
+    """Each server's summary (the current one's from the status already read); none when Django's database
+    is not there (status must work without it)."""
     try:
-        return [server_summary(server) for server in Server.objects.order_by("name")]
+        chosen = servers.current()
+        return [server_summary(server, current if server.pk == chosen.pk else None)
+                for server in Server.objects.order_by("name")]
     except DatabaseError:
         return []
