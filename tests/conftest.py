@@ -152,6 +152,26 @@ def no_fleet(settings, tmp_path):
     return tmp_path
 
 
+def logged_in(username: str, **flags: bool):
+    """A test client logged in as a new user (flags: is_staff, is_superuser)."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_user(username, password="x", **flags))
+    return client
+
+
+@pytest.fixture
+def staff(db):
+    return logged_in("ops", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def viewer(db):
+    return logged_in("viewer")
+
+
 @pytest.fixture(autouse=True)
 def fresh_dashboard_cache():
     """The dashboard caches catalog answers per catalog state (process memory): each test starts from none."""
