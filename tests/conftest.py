@@ -220,11 +220,15 @@ def _warn_of_other_sessions() -> None:
         with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
                              dbname="postgres", connect_timeout=5) as conn:
             rows = conn.execute("SELECT pid, application_name, client_port, state, backend_start,"
-                                " left(query, 120) FROM pg_stat_activity"
+                                " query FROM pg_stat_activity"
                                 " WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)",
                                 [db["NAME"], ours]).fetchall()
     except psycopg.Error as exc:
         warnings.warn(f"could not list the test database's sessions: {exc}", stacklevel=1)
         return
+    import threading
+
+    threads = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
     for row in rows:
-        warnings.warn("session left on the test database: " + " | ".join(map(str, row)), stacklevel=1)
+        warnings.warn("session left on the test database: " + " | ".join(map(str, row))
+                      + f" (threads of this process: {threads or 'none'})", stacklevel=1)

@@ -42,6 +42,11 @@ def browser(monkeypatch):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield browser
         browser.close()
+        # Inside sync_playwright() the test runs in another context (greenlet), so its ORM calls opened a
+        # connection of their own, which the test database's teardown would find still open.
+        from django.db import connections
+
+        connections.close_all()
 
 
 def login(browser, base: str, username: str):
