@@ -58,6 +58,15 @@ def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     return job
 
 
+def local_wal(archive: Path, segment: WalSegment) -> Path | None:
+    """The archive's file for a planned segment. A planned .partial that pg_receivewal has completed and
+    renamed since is read from the complete segment: it begins with the same bytes."""
+    for name in (segment.file_name, segment.name) if segment.is_partial else (segment.file_name,):
+        if (archive / name).exists():
+            return archive / name
+    return None
+
+
 class Restore:
     def __init__(self, job: RestoreJob, reporter: Reporter, driver: FleetDriver | None = None):
         self.job, self.reporter = job, reporter
@@ -141,7 +150,7 @@ class Restore:
             self.put_staged(name, timeline.history.encode())
         total, done = len(the_plan.segments), 0
         for segment in the_plan.segments:
-            source = archive / segment.file_name
+            source = local_wal(archive, segment)
             dest = self.staging / segment.name
             if segment.name in wal.names:
                 continue  # lost locally: downloading since planning, linked in below
@@ -150,9 +159,9 @@ class Restore:
                 self.used_storage += 1
                 done += 1
                 continue
-            if not source.exists():
-                raise StepFailed("staging WAL", f"{source} is missing from the local archive")
-            if segment.is_partial:
+            if source is None:
+                raise StepFailed("staging WAL", f"{archive / segment.file_name} is missing from the local archive")
+            if source.name.endswith(".partial"):
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
                 give(dest)
@@ -201,7 +210,7 @@ class Restore:
         extracting the backup; stage() waits for them.
         """
         archive = self.driver.layout.archive
-        missing = [s for s in the_plan.segments if not (archive / s.file_name).exists()]
+        missing = [s for s in the_plan.segments if local_wal(archive, s) is None]
         partial = next((s for s in missing if s.is_partial), None)
         if partial is not None:
             raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
