@@ -51,6 +51,9 @@ PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 
 # Status warns (and exits non-zero) when the archive, backup or restore filesystem has less free space.
 PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
+# Status alerts (and exits non-zero) when a server keeps more WAL than this for a capture slot: capture is
+# behind or stopped, and the server's pg_wal grows until it catches up. 0 turns the alert off.
+PITR_SLOT_RETAINED_WARN_BYTES = envint("PITR_SLOT_RETAINED_WARN_BYTES", 1 << 30, 0)
 
 # --- schedules (seconds; 0 turns one off) -----------------------------------
 PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
