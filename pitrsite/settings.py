@@ -184,6 +184,9 @@ CELERY_TIMEZONE = TIME_ZONE
 # The queues this host's worker serves (`services up`): a server's work goes to the queue it records (its
 # host holds its archive and restore target). Empty: Celery's default queue "celery" only.
 PITR_WORKER_QUEUES = ",".join(q.strip() for q in os.environ.get("PITR_WORKER_QUEUES", "").split(",") if q.strip())
+# Which services `services up` starts on this host (comma-separated; empty: all of them). A second host runs
+# only a worker: one beat and one web for the installation.
+PITR_SERVICES = tuple(s.strip() for s in os.environ.get("PITR_SERVICES", "").split(",") if s.strip())
 
 LOGGING = {
     "version": 1,
