@@ -10,12 +10,14 @@ from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
 from restores.targets import RestoreTarget
-from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
+from walcatalog import server_policy
+from walcatalog.models import BaseBackup, Compression
 from dashboard.timefmt import display_time, parse_moment
 
 
 class BackupForm(forms.Form):
-    compression = forms.ChoiceField(choices=Compression.choices, initial=DEFAULT_COMPRESSION)
+    # The current server's own compression, else DEFAULT_COMPRESSION (a callable: read when the form shows).
+    compression = forms.ChoiceField(choices=Compression.choices, initial=server_policy.compression)
 
 
 # What people call each kind of target (the model's values are what the command line takes).

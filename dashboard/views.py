@@ -67,8 +67,15 @@ def show(request: HttpRequest, template: str, nav: str, code: int = 200, **conte
 
 @page
 def servers_page(request: HttpRequest) -> HttpResponse:
-    """Every protected server: where it is, its capture, lag and restore target; each links to its pages."""
-    return show(request, "servers.html", "servers", rows=[server_summary(s) for s in Server.objects.order_by("name")])
+    """Every protected server: where it is, its capture (lag, slot, alerts), its catalog's window, gaps and newest
+    backup, its restore target; each links to its pages."""
+    rows = []
+    for server in Server.objects.order_by("name"):
+        with servers.using(server):
+            view = status.overview(with_capture=False)
+            rows.append({**server_summary(server), "window": view.window_text, "gaps": len(view.gaps),
+                         "last_backup_age": view.last_backup_age})
+    return show(request, "servers.html", "servers", rows=rows)
 
 
 def _timeline_svg(view: status.Overview, key: str) -> str:
@@ -100,7 +107,7 @@ def backups(request: HttpRequest) -> HttpResponse:
 
     rows = Paginator(BaseBackup.objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
     return show(request, "backups.html", "backups", page=rows, retention=status_of_backups(),
-                policy=Policy.from_settings())
+                policy=Policy.of_server())
 
 
 @staff_action

@@ -36,6 +36,9 @@ class FleetDriver(Protocol):
     def connect_own(self, role: str, user: str, timeout: int = 5) -> psycopg.Connection:
         """pitrsite's own login to the restored copy (its private socket): no password of the original's."""
 
+    def socket_dir(self, role: str) -> Path:
+        """Where the node listens on a Unix socket (the restore target's: private, trusted by the copy)."""
+
     def up(self) -> list[str]:
         """Create and start every role, idempotently; returns what was done."""
 

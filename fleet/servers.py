@@ -181,6 +181,16 @@ def libpq_env(c: Conn) -> dict:
     return env
 
 
+def host_queues() -> list[str]:
+    """The queues this host serves: PITR_WORKER_QUEUES, else Celery's default queue (a worker without -Q)."""
+    return settings.PITR_WORKER_QUEUES.split(",") if settings.PITR_WORKER_QUEUES else [DEFAULT_QUEUE]
+
+
+def on_this_host() -> list[Server]:
+    """The external servers whose capturer and restore target live here: those on one of this host's queues."""
+    return list(Server.objects.exclude(kind=ServerKind.MANAGED).filter(queue__in=host_queues()).order_by("name"))
+
+
 def queue_of(server: Server | None = None) -> str:
     return (server or current()).queue or DEFAULT_QUEUE
 

@@ -85,7 +85,8 @@ class Restore:
         self.reporter.step("planning")
         self.driver.prepare_restore_target()
         self.driver.check_port_ours(ROLE)  # a busy port must stop us before the target is touched
-        refresh_catalog()
+        refresh_catalog()  # the first WAL indexed names the server's major version
+        check_binaries(self.driver)
         the_plan = plan(target_of(self.job))
         self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
                     wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
@@ -382,6 +383,21 @@ def empty_directory(path: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def check_binaries(driver: FleetDriver) -> None:
+    """The restore target runs the backup's data directory with the local binaries: a major version of its own
+    would refuse the directory after it was emptied, so a different one is refused first, in one line."""
+    from fleet.checks import local_major
+
+    server = servers.current()
+    if driver.name == "docker" or not server.pg_major:  # a container brings its own binaries; no WAL yet
+        return
+    local = local_major()
+    if server.pg_major != local:
+        raise RestoreError(f"server {server.name} is PostgreSQL {server.pg_major}, the local binaries of its restore "
+                           f"target are PostgreSQL {local} in {pg.bindir()}): install PostgreSQL "
+                           f"{server.pg_major} here and set PITR_PG_BINDIR to its bin directory")
 
 
 def refresh_catalog() -> None:

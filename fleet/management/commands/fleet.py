@@ -7,9 +7,9 @@ from django.db import DatabaseError
 from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.driver import get_driver
-from fleet.models import Server, ServerKind
+from fleet.external import each_on_this_host
+from fleet.models import Server
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
-from pitrsite.errors import PitrError
 from pitrsite.output import PitrCommand
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -34,17 +34,13 @@ class Command(PitrCommand):
             self._run(action, role, every=False)
 
     def _each_external(self, action: str) -> list[str]:
-        """Every external server's capturer and restore target: one failing says so and the others go on."""
-        lines, failed = [], []
-        for server in Server.objects.exclude(kind=ServerKind.MANAGED).order_by("name"):
-            try:
-                with servers.using(server):
-                    lines += getattr(get_driver(server), action)()
-            except PitrError as exc:
-                self.out.warn(f"{server.name}: {exc}")
-                failed.append(server.name)
+        """The capturer and restore target of every external server on this host's queues (PITR_WORKER_QUEUES):
+        one failing says so and the others go on."""
+        lines, failed = each_on_this_host(action)
+        for line in failed:
+            self.out.warn(line)
         if failed:
-            self.out.fail(f"fleet {action} failed for {', '.join(failed)}")
+            self.out.fail(f"fleet {action} failed for {', '.join(f.split(':')[0] for f in failed)}")
         return lines
 
     def _run(self, action: str, role: str | None, every: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from fleet.command import ServerCommand
+from fleet.layout import Layout
 from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter, JobState
 from restores.engine import run_restore
@@ -43,6 +44,6 @@ class Command(ServerCommand):
             self.out.result(restore_dict(job), (
                 f"restore #{job.pk} promoted at {job.promoted_at.isoformat()} on timeline {job.final_timeline}; "
                 f"recovery ended at {job.final_lsn_text} ({job.plan.get('stop_reason', '')}); "
-                f"it listens on {settings.PITR_HOST}:{settings.PITR_RESTORE_PORT}"))
+                f"it listens on {settings.PITR_HOST}:{Layout.current().port('restore_target')}"))
         else:
             self.out.result(restore_dict(job), [])
