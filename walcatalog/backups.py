@@ -36,6 +36,7 @@ def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command
     """Create the job row; run_backup (here or in a worker) does the work."""
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    servers.current().refuse_if_retired("backups")
     servers.lock(locks.BACKUP).refuse_if_held()
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)

@@ -37,6 +37,9 @@ class Command(PitrCommand):
         """Every external server's capturer and restore target: one failing says so and the others go on."""
         lines, failed = [], []
         for server in Server.objects.exclude(kind=ServerKind.MANAGED).order_by("name"):
+            if action == "up" and server.retired_at is not None:
+                lines.append(retired_line(server))
+                continue
             try:
                 with servers.using(server):
                     lines += getattr(get_driver(server), action)()
@@ -54,10 +57,17 @@ class Command(PitrCommand):
         elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
+            if action in ("start", "restart") and role == "capturer":
+                servers.current().refuse_if_retired("capture")
             getattr(driver, action)(check_role(role))
             self.out.result({"role": role, "state": driver.state(role)}, f"{role}: {driver.state(role)}")
         elif action == "up":
-            self.out.result(driver.up() + (self._each_external("up") if every else []))
+            current = servers.current()
+            if current.retired_at is not None:  # its primary is lost: no new one, no capture (restores still work)
+                own = [retired_line(current)]
+            else:
+                own = driver.up()
+            self.out.result(own + (self._each_external("up") if every else []))
         elif action == "down":
             self.out.result((driver.down() + (self._each_external("down") if every else [])) or ["nothing was running"])
         elif action == "check":
@@ -107,3 +117,8 @@ def _servers_in_brief(current: dict) -> list[dict]:
                 for server in Server.objects.order_by("name")]
     except DatabaseError:
         return []
+
+
+def retired_line(server: Server) -> str:
+    heir = f" (successor {server.successor.name})" if server.successor else ""
+    return f"{server.name} is retired{heir}: nothing of it started; its history stays restorable"
