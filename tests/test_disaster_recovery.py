@@ -25,7 +25,7 @@ from django.conf import settings as django_settings
 from tests.restore_helpers import empty_catalog, primary_ids_committed, write_rows
 from tests.storage_scenario import make_scenario, narrow_catalog
 from tests.storage_servers import azurite_server, moto_server, storage_env, storage_setting  # noqa: F401
-from tests.test_settings_errors import clean_env, free_port, home, one_line_error, run_manage  # noqa: F401
+from tests.test_settings_errors import clean_env, free_port, home, run_manage  # noqa: F401
 from walcatalog.uploader import upload_pass
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db, pytest.mark.slow]
@@ -38,7 +38,8 @@ def scenario(fleet, django_db_setup, django_db_blocker):
         empty_catalog()
 
 
-@pytest.mark.parametrize("backend", ["s3", "azure"])
+# S3: test_restored_copy_becomes_a_new_primary starts with the same fresh-home restore (and checks the same).
+@pytest.mark.parametrize("backend", ["azure"])
 def test_fresh_home_restores_a_moment_from_storage_alone(backend, scenario, primary, settings, request, tmp_path,
                                                          home):  # noqa: F811
     narrow_catalog(scenario["backup"])
@@ -113,9 +114,9 @@ def test_restored_copy_becomes_a_new_primary(scenario, primary, settings, reques
         _manage_json(new, "rebuild_catalog", "--from-storage")
         job = _manage_json(new, "restore", "--target-time", moment.isoformat(), "--as-new-primary", "dr",
                            "--port", str(port), "--restore-port", str(restore_port))
-        assert job["state"] == "done" and job["new_primary"] == "dr", job
+        assert job["state"] == "done" and job["new_primary"] == "dr" and job["source"] == "storage", job
+        assert not (home / "primary").exists() and not any((home / "wal_archive").glob("0*"))
         assert not (home / "restore_target" / "data" / "PG_VERSION").exists()  # moved out of the restore target
-        assert "retired" in one_line_error(run_manage(new, "backup", "--server", django_settings.PITR_DEMO_SERVER))
 
         # The copy is a primary on its own port: it takes writes, and its capturer fills dr's archive.
         with psycopg.connect(host=str(dr / "primary" / "socket"), port=port, user=base["PITR_PG_SUPERUSER"],
@@ -129,17 +130,17 @@ def test_restored_copy_becomes_a_new_primary(scenario, primary, settings, reques
             _switch_and_wait(conn, dr / "wal_archive")
             later = after[2].committed_at
             expected = primary_ids_committed(conn, later)
-        _manage_json(new, "index_wal", "--server", "dr")
-        with sqlite3.connect(home / "pitrsite.sqlite3") as db:
-            timelines = {r[0] for r in db.execute(
-                "SELECT DISTINCT s.timeline FROM walcatalog_walsegment s JOIN fleet_server f ON f.id = s.server_id "
-                "WHERE f.name = 'dr' AND NOT s.is_partial")}
-        assert timelines == {job["final_timeline"]}
-
         # A later restore of the new primary, to a moment after its promotion: exact.
         again = _manage_json(new, "restore", "--server", "dr", "--target-time", later.isoformat())
         assert again["state"] == "done" and again["final_timeline"] == job["final_timeline"] + 1, again
         assert _restored_ids(dr / "restore_target", restore_port) == expected
+        with sqlite3.connect(home / "pitrsite.sqlite3") as db:  # the restore indexed dr's archive first
+            timelines = {r[0] for r in db.execute(
+                "SELECT DISTINCT s.timeline FROM walcatalog_walsegment s JOIN fleet_server f ON f.id = s.server_id "
+                "WHERE f.name = 'dr' AND NOT s.is_partial")}
+            retired = db.execute("SELECT o.retired_at IS NOT NULL, n.name FROM fleet_server o JOIN fleet_server n "
+                                 "ON n.id = o.successor_id WHERE o.name = ?", [base["PITR_DEMO_SERVER"]]).fetchone()
+        assert timelines == {job["final_timeline"]} and retired == (1, "dr")
 
         # A new machine knows no server dr: its entry is rebuilt from storage, and the same moment comes back.
         uploaded = _manage_json(new, "upload", "--server", "dr")
@@ -155,3 +156,22 @@ def test_restored_copy_becomes_a_new_primary(scenario, primary, settings, reques
         run_manage(new, "fleet", "down")
         run_manage(third, "fleet", "down")
         shutil.rmtree(third_home, ignore_errors=True)
+
+
+def test_a_retired_server_takes_no_backup_and_starts_no_capture(db):
+    from django.utils import timezone
+
+    from fleet import servers
+    from fleet.models import Server
+    from pitrsite.errors import FleetError
+    from walcatalog.backups import queue_backup
+
+    heir = Server.objects.create(name="heir", kind="promoted")
+    old = Server.objects.create(name="old", retired_at=timezone.now(), successor=heir)
+    refused = r"server old was retired at .*: no backups of it \(its history stays restorable\); its successor is heir"
+    with servers.using(old), pytest.raises(FleetError, match=refused):
+        queue_backup()
+    with pytest.raises(FleetError, match="no capture of it"):
+        from fleet.promoted import PromotedDriver
+
+        PromotedDriver(Server(name="x", kind="promoted", port=1, retired_at=timezone.now())).up()
