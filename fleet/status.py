@@ -250,10 +250,14 @@ def server_summary(server, status: dict | None = None) -> dict:
             status = status or fleet_status(driver)
             cap = status.get("capturer") or {}
             capture = cap.get("health") or status["roles"]["capturer"]["state"]
+            if server.retired_at is not None:  # stopped on purpose, not a capture problem
+                capture = f"retired (successor {server.successor.name})" if server.successor else "retired"
             lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds")}
         except PitrError as exc:
             capture, lag = f"unknown ({exc})", {}
     c = servers.conn(server)
     return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
             "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
-            "archive": str(driver.layout.archive), **lag}
+            "archive": str(driver.layout.archive), **lag,
+            "retired_at": server.retired_at.isoformat() if server.retired_at else None,
+            "successor": server.successor.name if server.successor else None}
