@@ -335,8 +335,9 @@ class ServerForm(forms.ModelForm):
 @admin.register(Server)
 class ServerAdmin(admin.ModelAdmin):
     form = ServerForm
-    list_display = ("name", "kind", "host", "port", "restore_port", "queue", "created_at")
+    list_display = ("name", "kind", "host", "port", "restore_port", "queue", "retired_at", "successor", "created_at")
     list_filter = ("kind", "queue")
+    readonly_fields = ("retired_at", "successor")  # set by restore --as-new-primary only
     actions = ["check_servers", "remove", "remove_forgetting_catalog"]
 
     @admin.action(description="Check the selected servers (as `server check`)")

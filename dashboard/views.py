@@ -27,7 +27,7 @@ from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
 from dashboard import actions, chaos_plot, jobs, progress, status, timeline
-from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
+from dashboard.forms import BackupForm, ChaosForm, DashboardRestoreForm, RestoreForm, restore_target
 
 PAGE = 50
 # What each kind of job goes through (dashboard/progress.py), shown greyed until each starts.
@@ -172,7 +172,7 @@ def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, er
                        code: int = 200, initial: dict | None = None) -> HttpResponse:
     view = status.overview(with_capture=False)
     if form is None:
-        form = RestoreForm(initial=initial, example=_example_moment(view))
+        form = DashboardRestoreForm(initial=initial, example=_example_moment(view))
     return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error),
                 points=restore_points(), backups=BaseBackup.objects.filter(
                     state="done", manifest_verified=True).order_by("-stop_time")[:20])
@@ -195,11 +195,12 @@ def restore_new(request: HttpRequest) -> HttpResponse:
 
 @staff_action
 def restore_start(request: HttpRequest) -> HttpResponse:
-    form = RestoreForm(request.POST)
+    form = DashboardRestoreForm(request.POST)
     if not form.is_valid():
         return _restore_form_page(request, form, code=400)
     try:
-        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request))
+        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request),
+                                    as_new_primary=form.new_primary())
     except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
         return _restore_form_page(request, form, error=str(exc), code=400)
     messages.success(request, f"restore #{job.pk} queued", extra_tags="queued")

@@ -47,14 +47,24 @@ def remove_server(server: Server, forget: bool = False) -> str:
 def each_on_this_host(action: str) -> tuple[list[str], list[str]]:
     """`up` or `down` of every external server on this host's queues (servers.on_this_host): what was done,
     and one `NAME: why` per server that failed (the others go on)."""
+    from fleet.driver import get_driver  # the driver module picks this one: imported late
+
     lines, failed = [], []
     for server in servers.on_this_host():
+        if action == "up" and server.retired_at is not None:
+            lines.append(retired_line(server))
+            continue
         try:
             with servers.using(server):
-                lines += getattr(ExternalDriver(server), action)()
+                lines += getattr(get_driver(server), action)()  # external or promoted
         except PitrError as exc:
             failed.append(f"{server.name}: {exc}")
     return lines, failed
+
+
+def retired_line(server: Server) -> str:
+    heir = f" (successor {server.successor.name})" if server.successor else ""
+    return f"{server.name} is retired{heir}: nothing of it started; its history stays restorable"
 
 
 class ExternalDriver(LocalDriver):

@@ -128,8 +128,8 @@ def conn(server: Server | None = None) -> Conn:
 
         return Conn(settings.PITR_HOST, settings.PITR_PRIMARY_PORT, settings.PITR_PG_SUPERUSER,
                     settings.PITR_REPL_USER, settings.PITR_DBNAME, str(pg.passfile()), settings.PITR_CAPTURE_SLOT)
-    assert server.port is not None  # server add requires it
-    return Conn(server.host, server.port, server.user, server.replication_user or server.user,
+    # server add requires a port; an entry rebuilt from storage (restores only) has none
+    return Conn(server.host, server.port or 0, server.user, server.replication_user or server.user,
                 server.dbname or "postgres", server.passfile, server.slot_name or f"pitr_{server.name}")
 
 

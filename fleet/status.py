@@ -286,9 +286,14 @@ def server_summary(server, status: dict | None = None) -> dict:
             lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds"),
                    "slot_active": cap.get("slot_active"), "retained_bytes": cap.get("retained_bytes")}
             problem = capture_problem(status)
+            if server.retired_at is not None:  # stopped on purpose, not a capture problem
+                capture = f"retired (successor {server.successor.name})" if server.successor else "retired"
+                problem = None
         except PitrError as exc:
             capture, lag, problem = f"unknown ({exc})", {}, f"capture state unknown: {exc}"
     c = servers.conn(server)
     return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
             "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
-            "archive": str(driver.layout.archive), "problem": problem or "", **lag}
+            "archive": str(driver.layout.archive), "problem": problem or "", **lag,
+            "retired_at": server.retired_at.isoformat() if server.retired_at else None,
+            "successor": server.successor.name if server.successor else None}

@@ -139,6 +139,12 @@ class Restore:
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.copy_server_log(log_offset)
+        if self.job.as_new_primary:
+            self.reporter.step("becoming a new primary")
+            from restores.promote import become_new_primary  # promote imports fleet.promoted, only needed here
+
+            server = become_new_primary(self.job, self.driver)
+            self.update(plan={**self.job.plan, "new_primary": server.name})
 
     # --- steps -----------------------------------------------------------------
     def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:

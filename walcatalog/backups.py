@@ -37,6 +37,7 @@ def queue_backup(compression: str | None = None, trigger: str = "command") -> Ba
     compression = compression or server_policy.compression()
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    servers.current().refuse_if_retired("backups")
     servers.lock(locks.BACKUP).refuse_if_held()
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet import servers
+from fleet.models import Server, ServerKind
 from pitrsite import home, locks
 from pitrsite.errors import PitrError, RebuildError
 from pitrsite.jobs import JobState, Reporter
@@ -65,6 +66,25 @@ def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = s
         st.probe(storage_name)
         _adopt_cluster(st.get_storage(storage_name), cluster)
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
+
+
+def server_from_storage(name: str, restore_port: int | None = None, storage_prefix: str = "",
+                        user: str = "") -> Server:
+    """A new home's entry for a server it has never seen, from what storage holds: its name and prefix
+    (servers/NAME/ unless given), then its cluster (system identifier, major version) as any rebuild adopts
+    it. It is an external server without a connection: pitrsite restores it, and captures nothing of it
+    until `server add` on a home that reaches it. `user`: the original's superuser, pitrsite's login to
+    the restored copy (through its private socket, no password)."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_slug
+
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise RebuildError(f"server name {name!r} is not a slug: use letters, digits, - and _") from None
+    return Server.objects.create(name=name, kind=ServerKind.EXTERNAL, user=user or settings.PITR_PG_SUPERUSER,
+                                 storage_prefix=(storage_prefix or f"servers/{name}").strip("/"),
+                                 restore_port=restore_port or settings.PITR_RESTORE_PORT)
 
 
 def _require_empty() -> None:

@@ -7,7 +7,7 @@ from django.db import DatabaseError
 from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.driver import get_driver
-from fleet.external import each_on_this_host
+from fleet.external import each_on_this_host, retired_line
 from fleet.models import Server
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
 from pitrsite.output import PitrCommand
@@ -50,10 +50,17 @@ class Command(PitrCommand):
         elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
+            if action in ("start", "restart") and role == "capturer":
+                servers.current().refuse_if_retired("capture")
             getattr(driver, action)(check_role(role))
             self.out.result({"role": role, "state": driver.state(role)}, f"{role}: {driver.state(role)}")
         elif action == "up":
-            self.out.result(driver.up() + (self._each_external("up") if every else []))
+            current = servers.current()
+            if current.retired_at is not None:  # its primary is lost: no new one, no capture (restores still work)
+                own = [retired_line(current)]
+            else:
+                own = driver.up()
+            self.out.result(own + (self._each_external("up") if every else []))
         elif action == "down":
             self.out.result((driver.down() + (self._each_external("down") if every else [])) or ["nothing was running"])
         elif action == "check":
@@ -103,3 +110,4 @@ def _servers_in_brief(current: dict) -> list[dict]:
                 for server in Server.objects.order_by("name")]
     except DatabaseError:
         return []
+
