@@ -251,3 +251,59 @@ def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, na
         assert check.storage == st.identity()
         assert check.ok and not check.local_only and check.verified == first.uploaded, check.as_dict()
     assert StorageCopy.objects.values("storage").distinct().count() == 3
+
+
+@pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
+def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_it(
+        archive_storage, narrowed, fleet, primary, settings, tmp_path):
+    """Commits since the last segment switch reach storage as a snapshot of the .partial (its valid prefix,
+    under its own key), replaced as it grows at most every PITR_PARTIAL_UPLOAD_INTERVAL s and dropped once the
+    complete segment is up. With the local archive gone, a restore to the latest WAL ends exactly at the
+    snapshot: every row committed before it, nothing after."""
+    from restores.engine import refresh_catalog
+    from tests.restore_helpers import wait_captured, write_rows
+    from walcatalog.uploader import storage_recovery_point
+
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 3600
+    before = write_rows(primary, 5, "snapshot")  # no segment switch since the last of these commits
+    wait_captured()
+    refresh_catalog()
+    growing = WalSegment.objects.get(is_partial=True)
+    assert growing.last_commit_at == before[-1].committed_at
+    first = uploaded(archive_storage)
+    assert first["partials"] == 1
+    snap = StorageCopy.objects.get(kind="partial")
+    assert snap.key == st.partial_key(growing.name) != st.wal_key(growing.name)
+    assert (snap.segment_id, snap.size) == (growing.pk, growing.scanned_to - growing.start_lsn)
+    assert snap.last_commit_at == before[-1].committed_at == storage_recovery_point()
+    assert st.read_bytes(archive_storage, snap.key) == (fleet.layout.archive / growing.file_name).read_bytes()[
+        :snap.size]
+
+    after = write_rows(primary, 3, "after-snapshot")
+    wait_captured()
+    refresh_catalog()
+    assert uploaded(archive_storage)["partials"] == 0  # grown, but the last snapshot is younger than the interval
+
+    job = restore_from_storage(settings, tmp_path / "lost", RestoreTarget.from_options(latest=True))
+    assert job.state == JobState.DONE, job.error
+    assert job.source == "storage" and job.uses_partial and job.wal_last == growing.file_name
+    assert job.plan["partial_snapshot"]["key"] == snap.key
+    restored = restored_ids(fleet)
+    assert restored == primary_ids_committed(primary, before[-1].committed_at)
+    assert {r.id for r in before} <= restored and not {r.id for r in after} & restored
+
+    # Due again: replaced under the same key by the longer prefix; then the segment completes and the
+    # snapshot is dropped from storage once the complete segment has a verified copy.
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 0.001
+    refresh_catalog()  # the archive is back (the restore's index pass saw it lost)
+    assert uploaded(archive_storage)["partials"] == 1
+    grown = StorageCopy.objects.get(kind="partial")
+    assert grown.key == snap.key and grown.size > snap.size and grown.last_commit_at == after[-1].committed_at
+    primary.execute("SELECT pg_switch_wal()")
+    wait_captured()
+    refresh_catalog()
+    last = uploaded(archive_storage)
+    assert last["partials_dropped"] == 1
+    assert not archive_storage.exists(snap.key)
+    assert StorageCopy.objects.filter(segment=growing, kind="wal", verified_at__isnull=False).exists()
+    assert check_storage().ok and not check_storage().remote_only
