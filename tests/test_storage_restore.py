@@ -68,8 +68,12 @@ def test_upload_verify_resume_and_rebuild(archive_storage, narrowed):
     assert first["backup_files"] == 3 and first["descriptors"] == 1  # base.tar.zst, pg_wal.tar.zst, backup_manifest
     assert not StorageCopy.objects.filter(verified_at__isnull=True).exists()
     assert WalSegment.objects.filter(is_partial=True).exists()
-    assert not StorageCopy.objects.filter(segment__is_partial=True).exists()  # the growing .partial never goes up
-    assert not any(k.endswith(".partial") for k in st.list_keys(archive_storage, "wal"))
+    # The growing .partial goes up as a snapshot under its own key, never under a complete segment's.
+    growing = WalSegment.objects.get(is_partial=True)
+    assert first["partials"] == 1
+    assert list(StorageCopy.objects.filter(segment__is_partial=True).values_list("kind", "key")) == \
+        [("partial", st.partial_key(growing.name))]
+    assert st.wal_key(growing.name) not in st.list_keys(archive_storage, st.area("wal"))
     assert uploaded(archive_storage)["uploaded"] == 0  # everything has a verified copy: nothing to do
 
     check = check_storage()
@@ -234,11 +238,12 @@ def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, na
     assert storage_recovery_point() is None  # nothing in this bucket yet
     first = upload_pass()
     assert first.uploaded and not first.errors and first.storage.startswith("s3:")
-    # The storage's recovery point: the newest commit of a complete segment; the tail row in the .partial
-    # (make_scenario's last commit) is newer and only on this machine.
+    # The storage's recovery point: the tail row in the .partial (make_scenario's last commit), whose snapshot
+    # went up with the complete segments; without snapshots, the newest commit of a complete segment.
     point = storage_recovery_point()
-    assert point == WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
-    assert WalSegment.objects.get(is_partial=True).last_commit_at > point
+    assert point == WalSegment.objects.get(is_partial=True).last_commit_at == StorageCopy.objects.get(
+        kind="partial").last_commit_at
+    assert point > WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
     assert upload_pass().pending == 0  # nothing left for the same bucket
     for backend in ("s3", "azure"):
         settings.STORAGES = {**settings.STORAGES,
