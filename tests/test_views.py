@@ -25,20 +25,6 @@ ACTIONS = ["/backups/start/", "/restores/start/"]
 
 
 @pytest.fixture
-def staff(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("ops", password="x", is_staff=True, is_superuser=True))
-    return client
-
-
-@pytest.fixture
-def viewer(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("viewer", password="x"))
-    return client
-
-
-@pytest.fixture
 def catalog(db, no_fleet):
     """Timeline 1 with a gap at segments 40..41, timeline 2 after it, one verified backup, a partial."""
     start = timezone.now() - timedelta(hours=2)
