@@ -6,6 +6,7 @@ fresh bucket. The shared fleet's archive is never modified: see tests/storage_sc
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pytest
@@ -22,6 +23,7 @@ from tests.restore_helpers import empty_catalog, primary_ids_committed, restored
 from tests.storage_scenario import local_files_lost, make_scenario, narrow_catalog
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
 from walcatalog import storage as st
+from walcatalog import walnames
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 from walcatalog.rebuild import RebuildError, rebuild_from_storage
 from walcatalog.uploader import check_storage, upload_pass
@@ -296,6 +298,21 @@ def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_
     restored = restored_ids(fleet)
     assert restored == primary_ids_committed(primary, before[-1].committed_at)
     assert {r.id for r in before} <= restored and not {r.id for r in after} & restored
+
+    # Time targets plan against the snapshot's commits, not the lost local file's (no restore run: planning only).
+    from pitrsite.errors import NotYetCaptured
+    from restores.planner import plan
+
+    with local_files_lost(settings, tmp_path / "plans"):
+        refresh_catalog()
+        with pytest.raises(NotYetCaptured, match=re.escape(before[-1].committed_at.isoformat())):
+            plan(RestoreTarget.from_options(time=after[0].committed_at.isoformat()))
+        newest = plan(RestoreTarget.from_options(time=before[-1].committed_at.isoformat()))
+        assert newest.snapshot == snap and newest.recovery["recovery_target_lsn"] == \
+            walnames.format_lsn(snap.last_commit_lsn)
+        inside = plan(RestoreTarget.from_options(time=before[-2].committed_at.isoformat()))
+        assert inside.snapshot == snap and inside.segments[-1].pk == growing.pk
+        assert "recovery_target_time" in inside.recovery
 
     # Due again: replaced under the same key by the longer prefix; then the segment completes and the
     # snapshot is dropped from storage once the complete segment has a verified copy.
