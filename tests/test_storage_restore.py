@@ -276,13 +276,14 @@ def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_
     wait_captured()
     refresh_catalog()
     growing = WalSegment.objects.get(is_partial=True)
-    assert growing.last_commit_at == before[-1].committed_at
+    # Not always equal: autovacuum's analyze of test_data commits too, at any moment.
+    assert growing.last_commit_at >= before[-1].committed_at
     first = uploaded(archive_storage)
     assert first["partials"] == 1
     snap = StorageCopy.objects.get(kind="partial")
     assert snap.key == st.partial_key(growing.name) != st.wal_key(growing.name)
     assert (snap.segment_id, snap.size) == (growing.pk, growing.scanned_to - growing.start_lsn)
-    assert snap.last_commit_at == before[-1].committed_at == storage_recovery_point()
+    assert snap.last_commit_at == growing.last_commit_at == storage_recovery_point()
     assert st.read_bytes(archive_storage, snap.key) == (fleet.layout.archive / growing.file_name).read_bytes()[
         :snap.size]
 
@@ -296,7 +297,7 @@ def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_
     assert job.source == "storage" and job.uses_partial and job.wal_last == growing.file_name
     assert job.plan["partial_snapshot"]["key"] == snap.key
     restored = restored_ids(fleet)
-    assert restored == primary_ids_committed(primary, before[-1].committed_at)
+    assert restored == primary_ids_committed(primary, snap.last_commit_at)
     assert {r.id for r in before} <= restored and not {r.id for r in after} & restored
 
     # Time targets plan against the snapshot's commits, not the lost local file's (no restore run: planning only).
@@ -305,9 +306,9 @@ def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_
 
     with local_files_lost(settings, tmp_path / "plans"):
         refresh_catalog()
-        with pytest.raises(NotYetCaptured, match=re.escape(before[-1].committed_at.isoformat())):
-            plan(RestoreTarget.from_options(time=after[0].committed_at.isoformat()))
-        newest = plan(RestoreTarget.from_options(time=before[-1].committed_at.isoformat()))
+        with pytest.raises(NotYetCaptured, match=re.escape(snap.last_commit_at.isoformat())):
+            plan(RestoreTarget.from_options(time=after[-1].committed_at.isoformat()))
+        newest = plan(RestoreTarget.from_options(time=snap.last_commit_at.isoformat()))
         assert newest.snapshot == snap and newest.recovery["recovery_target_lsn"] == \
             walnames.format_lsn(snap.last_commit_lsn)
         inside = plan(RestoreTarget.from_options(time=before[-2].committed_at.isoformat()))
@@ -320,7 +321,8 @@ def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_
     refresh_catalog()  # the archive is back (the restore's index pass saw it lost)
     assert uploaded(archive_storage)["partials"] == 1
     grown = StorageCopy.objects.get(kind="partial")
-    assert grown.key == snap.key and grown.size > snap.size and grown.last_commit_at == after[-1].committed_at
+    assert grown.key == snap.key and grown.size > snap.size
+    assert grown.last_commit_at == WalSegment.objects.get(pk=growing.pk).last_commit_at >= after[-1].committed_at
     primary.execute("SELECT pg_switch_wal()")
     wait_captured()
     refresh_catalog()
