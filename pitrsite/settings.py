@@ -214,6 +214,9 @@ PITR_DRILL_INTERVAL = envfloat("PITR_DRILL_INTERVAL", 86400.0)
 
 # --- cloud storage (walcatalog/storage.py, uploader.py, retention.py) ------------------------
 PITR_UPLOAD_INTERVAL = envfloat("PITR_UPLOAD_INTERVAL", 30.0)
+# A snapshot of the growing .partial goes to storage at most every N s (0 = never): with the upload and index
+# intervals it bounds how old the newest commit held in storage can get while WAL trickles in.
+PITR_PARTIAL_UPLOAD_INTERVAL = envfloat("PITR_PARTIAL_UPLOAD_INTERVAL", 60.0)
 PITR_UPLOAD_PARALLEL = envint("PITR_UPLOAD_PARALLEL", 4, 1, 64)
 PITR_DOWNLOAD_PARALLEL = envint("PITR_DOWNLOAD_PARALLEL", 8, 1, 64)
 PITR_STORAGE_RETRIES = envint("PITR_STORAGE_RETRIES", 4, 1, 20)

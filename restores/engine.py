@@ -11,7 +11,8 @@ When the local backup directory or a planned WAL file is missing, it comes
 from the archive storage (walcatalog/storage.py): the WAL downloads start
 right after planning and overlap the backup's download and extraction, in
 parallel (PITR_DOWNLOAD_PARALLEL), each checked against the catalog's sha256
-before use; job.source says local, storage or mixed.
+before use; job.source says local, storage or mixed. A .partial lost with the local archive comes from its
+newest storage snapshot (the plan's partial_snapshot), padded to the segment size under the complete name.
 """
 from __future__ import annotations
 
@@ -219,11 +220,14 @@ class Restore:
         archive = self.driver.layout.archive
         missing = [s for s in the_plan.segments if local_wal(archive, s) is None]
         partial = next((s for s in missing if s.is_partial), None)
-        if partial is not None:
-            raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
-                               "a .partial is never copied to storage")
+        snapshot = the_plan.snapshot
+        if partial is not None and (snapshot is None or snapshot.segment_id != partial.pk):
+            raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive and "
+                               f"storage {st.describe()} holds no snapshot of it")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.identity(), segment__in=missing, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=missing, verified_at__isnull=False, kind=StorageCopy.Kind.WAL)}
+        if partial is not None and snapshot is not None:
+            copies[partial.pk] = snapshot  # downloaded under the complete name, padded: as the .partial is copied
         absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
@@ -234,14 +238,15 @@ class Restore:
                 raise StepFailed("planning", f"the copy record of {copies[segment.pk].key} disagrees "
                                    "with the catalog's sha256 of the segment")
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
-        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
+        pad = {partial.name: partial.end_lsn - partial.start_lsn} if partial is not None else {}
+        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder, pad)
 
     def start_wal_check(self, the_plan: Plan, wal: WalDownload) -> WalCheck:
         """Hash the planned local segments against the catalog while the backup is extracted."""
         archive = self.driver.layout.archive
         local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
         good = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.identity(), segment__in=local, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=local, verified_at__isnull=False, kind=StorageCopy.Kind.WAL)}
         items = [(s.name, archive / s.file_name, s.sha256,
                   good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
         return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")
