@@ -49,11 +49,11 @@ def start_backup(compression: str, trigger: str, user: str = ""):
     return backup
 
 
-def start_restore(target, trigger: str, user: str = ""):
+def start_restore(target, trigger: str, user: str = "", as_new_primary: dict | None = None):
     from restores.service import queue_restore
     from restores.tasks import run_restore
 
-    job = queue_restore(target, trigger=trigger)
+    job = queue_restore(target, trigger=trigger, as_new_primary=as_new_primary)
     _started_by(job, user)
     _send(job, run_restore, "restore")
     return job

@@ -7,7 +7,7 @@ hand; jobs started here go to Celery.
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -18,9 +18,10 @@ from dashboard import actions
 from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin, user_of
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
 from fleet.models import Server
+from pitrsite.errors import PitrError
 from restores.models import RestoreJob
 from walcatalog import walnames
-from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
+from walcatalog.models import BaseBackup, Compression, RestorePoint, StorageCopy, Timeline, WalSegment
 
 
 def _lsn(value: int | None) -> str:
@@ -308,6 +309,12 @@ class ServerForm(forms.ModelForm):
                   "restore_port", "queue", "storage_prefix", "compression", "retention_keep_backups",
                   "retention_days")
 
+    def clean_compression(self) -> str:
+        value = self.cleaned_data.get("compression", "")
+        if value and value not in Compression.values:
+            raise forms.ValidationError(f"choose one of {', '.join(Compression.values)}, or blank for the default")
+        return value
+
     def clean(self):
         from fleet.checks import capturer_running, run_checks
 
@@ -328,8 +335,38 @@ class ServerForm(forms.ModelForm):
 @admin.register(Server)
 class ServerAdmin(admin.ModelAdmin):
     form = ServerForm
-    list_display = ("name", "kind", "host", "port", "restore_port", "queue", "created_at")
+    list_display = ("name", "kind", "host", "port", "restore_port", "queue", "retired_at", "successor", "created_at")
     list_filter = ("kind", "queue")
+    readonly_fields = ("retired_at", "successor")  # set by restore --as-new-primary only
+    actions = ["check_servers", "remove", "remove_forgetting_catalog"]
+
+    @admin.action(description="Check the selected servers (as `server check`)")
+    def check_servers(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from fleet.checks import check_server
+
+        for server in queryset:
+            for found in check_server(server):
+                self.message_user(request, f"{server.name}: {'ok' if found.ok else 'FAIL'} {found.line}",
+                                  messages.SUCCESS if found.ok else messages.ERROR)
+
+    def _remove(self, request: HttpRequest, queryset: QuerySet, forget: bool) -> None:
+        from fleet.external import remove_server
+
+        for server in queryset:
+            try:
+                self.message_user(request, remove_server(server, forget=forget), messages.SUCCESS)
+            except PitrError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+
+    @admin.action(description="Remove the selected servers (refused while they hold backups)",
+                  permissions=["change"])
+    def remove(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._remove(request, queryset, forget=False)
+
+    @admin.action(description="Remove the selected servers and forget their catalog (no file is deleted)",
+                  permissions=["change"])
+    def remove_forgetting_catalog(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._remove(request, queryset, forget=True)
 
     def save_model(self, request: HttpRequest, obj: Server, form, change: bool) -> None:
         if not obj.managed:

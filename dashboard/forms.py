@@ -10,12 +10,14 @@ from chaos.params import ACTIONS, ChaosParams
 from pitrsite.jobs import JobState
 from restores.models import TargetKind
 from restores.targets import RestoreTarget
-from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression
+from walcatalog import server_policy
+from walcatalog.models import BaseBackup, Compression
 from dashboard.timefmt import display_time, parse_moment
 
 
 class BackupForm(forms.Form):
-    compression = forms.ChoiceField(choices=Compression.choices, initial=DEFAULT_COMPRESSION)
+    # The current server's own compression, else DEFAULT_COMPRESSION (a callable: read when the form shows).
+    compression = forms.ChoiceField(choices=Compression.choices, initial=server_policy.compression)
 
 
 # What people call each kind of target (the model's values are what the command line takes).
@@ -73,6 +75,37 @@ class RestoreForm(forms.Form):
         if kind == TargetKind.NAME and data.get("exclusive"):
             self.add_error("exclusive", "exclusive applies to time, LSN and XID targets, not a restore point name")
         return data
+
+
+class DashboardRestoreForm(RestoreForm):
+    """The dashboard's restore form: also the disaster-recovery path (restore --as-new-primary), which must be
+    confirmed, as it retires the server restored from (the view lets staff only post it)."""
+
+    as_new_primary = forms.SlugField(label="As new primary", required=False, max_length=40,
+                                     help_text="disaster recovery: the copy becomes a new server of this name "
+                                               "(captured, backed up); empty for an ordinary restore")
+    new_port = forms.IntegerField(label="New primary's port", required=False, min_value=1024, max_value=65535)
+    new_restore_port = forms.IntegerField(label="Its restore target's port", required=False, min_value=1024,
+                                          max_value=65535)
+    confirm = forms.BooleanField(label="Confirm", required=False,
+                                 help_text="with a new primary: I know the server restored from is retired "
+                                           "(no capture or backups of it any more; its history stays restorable)")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("as_new_primary"):
+            for field in ("new_port", "new_restore_port"):
+                if not data.get(field):
+                    self.add_error(field, "a new primary needs both ports")
+            if not data.get("confirm"):
+                self.add_error("confirm", "tick Confirm to make the copy the new primary and retire this server")
+        return data
+
+    def new_primary(self) -> dict | None:
+        data = self.cleaned_data
+        if not data.get("as_new_primary"):
+            return None
+        return {"name": data["as_new_primary"], "port": data["new_port"], "restore_port": data["new_restore_port"]}
 
 
 def _span(pair: tuple[float, float]) -> str:

@@ -207,7 +207,7 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     view.drill = drill_summary()
     if view.drill["warning"]:
         view.problems.append(view.drill["warning"])
-    view.tasks = periodic.states()
+    view.tasks = periodic.states(servers.current().name)
     view.problems.extend(f"periodic task {t['task']} failing since {t['last_error_at'][:19].replace('T', ' ')} UTC: "
                          f"{t['last_error']}" for t in view.tasks if t["failing"])
     return view

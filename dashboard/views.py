@@ -27,7 +27,7 @@ from pitrsite.jobs import reap_local
 from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
 from dashboard import actions, chaos_plot, jobs, progress, status, timeline
-from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
+from dashboard.forms import BackupForm, ChaosForm, DashboardRestoreForm, RestoreForm, restore_target
 
 PAGE = 50
 # What each kind of job goes through (dashboard/progress.py), shown greyed until each starts.
@@ -67,8 +67,15 @@ def show(request: HttpRequest, template: str, nav: str, code: int = 200, **conte
 
 @page
 def servers_page(request: HttpRequest) -> HttpResponse:
-    """Every protected server: where it is, its capture, lag and restore target; each links to its pages."""
-    return show(request, "servers.html", "servers", rows=[server_summary(s) for s in Server.objects.order_by("name")])
+    """Every protected server: where it is, its capture (lag, slot, alerts), its catalog's window, gaps and newest
+    backup, its restore target; each links to its pages."""
+    rows = []
+    for server in Server.objects.order_by("name"):
+        with servers.using(server):
+            view = status.overview(with_capture=False)
+            rows.append({**server_summary(server), "window": view.window_text, "gaps": len(view.gaps),
+                         "last_backup_age": view.last_backup_age})
+    return show(request, "servers.html", "servers", rows=rows)
 
 
 def _timeline_svg(view: status.Overview, key: str) -> str:
@@ -100,7 +107,7 @@ def backups(request: HttpRequest) -> HttpResponse:
 
     rows = Paginator(BaseBackup.objects.order_by("-created_at"), PAGE).get_page(request.GET.get("page"))
     return show(request, "backups.html", "backups", page=rows, retention=status_of_backups(),
-                policy=Policy.from_settings())
+                policy=Policy.of_server())
 
 
 @staff_action
@@ -165,7 +172,7 @@ def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, er
                        code: int = 200, initial: dict | None = None) -> HttpResponse:
     view = status.overview(with_capture=False)
     if form is None:
-        form = RestoreForm(initial=initial, example=_example_moment(view))
+        form = DashboardRestoreForm(initial=initial, example=_example_moment(view))
     return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error),
                 points=restore_points(), backups=BaseBackup.objects.filter(
                     state="done", manifest_verified=True).order_by("-stop_time")[:20])
@@ -188,11 +195,12 @@ def restore_new(request: HttpRequest) -> HttpResponse:
 
 @staff_action
 def restore_start(request: HttpRequest) -> HttpResponse:
-    form = RestoreForm(request.POST)
+    form = DashboardRestoreForm(request.POST)
     if not form.is_valid():
         return _restore_form_page(request, form, code=400)
     try:
-        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request))
+        job = actions.start_restore(restore_target(form.cleaned_data), trigger="dashboard", user=_user(request),
+                                    as_new_primary=form.new_primary())
     except PitrError as exc:  # the planner's one-line reason: target outside the window, gap, bad value
         return _restore_form_page(request, form, error=str(exc), code=400)
     messages.success(request, f"restore #{job.pk} queued", extra_tags="queued")

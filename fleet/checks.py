@@ -116,6 +116,23 @@ def run_checks(server: Server, stop_at_failure: bool = False, slot_owner_running
     return found
 
 
+def check_server(server: Server) -> list[Check]:
+    """`server check` and the admin's check: what capture needs (an external server's), then capture's own
+    health (slot missing, inactive or retaining too much WAL), each one line saying what to do."""
+    from fleet.driver import get_driver
+    from fleet.status import capture_problem, fleet_check, fleet_status
+
+    with servers.using(server):
+        if server.managed:
+            problems = fleet_check(get_driver(server))
+            return [Check("fleet", False, p) for p in problems] or [Check("fleet", True, "fleet OK")]
+        found = run_checks(server, slot_owner_running=capturer_running(server))
+        if any(check.name == "reachable" and check.ok for check in found):  # else capture is unknown
+            problem = capture_problem(fleet_status(get_driver(server)))
+            found.append(Check("capture", problem is None, problem or "capture streaming"))
+    return found
+
+
 def _server_account_reads(path: str) -> bool:
     account = pg.server_account()
     try:

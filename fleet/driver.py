@@ -36,6 +36,9 @@ class FleetDriver(Protocol):
     def connect_own(self, role: str, user: str, timeout: int = 5) -> psycopg.Connection:
         """pitrsite's own login to the restored copy (its private socket): no password of the original's."""
 
+    def socket_dir(self, role: str) -> Path:
+        """Where the node listens on a Unix socket (the restore target's: private, trusted by the copy)."""
+
     def up(self) -> list[str]:
         """Create and start every role, idempotently; returns what was done."""
 
@@ -95,10 +98,15 @@ def refuse_foreign_action(driver_name: str, action: str) -> None:
 
 def get_driver(server=None) -> FleetDriver:
     """The driver of a server (the current one by default): the demo fleet's is PITR_FLEET_DRIVER's (local
-    processes or docker containers); an external server's reaches it by connection only."""
+    processes or docker containers); an external server's reaches it by connection only; a promoted copy's
+    runs it as a local process (fleet/promoted.py)."""
     from fleet import servers  # servers needs the app registry; drivers are imported before it is ready
 
     server = server or servers.chosen()
+    if server is not None and server.kind == "promoted":  # ServerKind.PROMOTED (models need the registry)
+        from fleet.promoted import PromotedDriver
+
+        return PromotedDriver(server)
     if server is not None and not server.managed:
         from fleet.external import ExternalDriver
 

@@ -15,9 +15,56 @@ from fleet.layout import Layout
 from fleet.local import LocalDriver
 from fleet.models import Server
 from pitrsite import procs, runner
-from pitrsite.errors import FleetError, first_line
+from pitrsite.errors import FleetError, PitrError, first_line
 
 ROLES = ("primary", "capturer", "restore_target")
+
+
+# Deleted in this order by remove_server(forget=True): what points at a row goes before it.
+FORGET_ORDER = ("chaosrun", "restorejob", "storagecopy", "restorepoint", "walsegment", "basebackup", "timeline")
+
+
+def remove_server(server: Server, forget: bool = False) -> str:
+    """Stop its capturer and restore target and forget it (`server remove`, the admin); refused while it holds
+    backups unless `forget`, which drops its catalog rows. No file is deleted, nor its slot."""
+    if server.managed:
+        raise FleetError(f"{server.name} is the demo fleet pitrsite runs: stop it with `fleet down`")
+    related = {rel.related_model._meta.model_name: rel.related_model for rel in Server._meta.related_objects}
+    held = related["basebackup"]._base_manager.filter(server=server).count()
+    if held and not forget:
+        raise FleetError(f"{server.name} holds {held} backup(s): remove it with --forget to drop its catalog "
+                         "(no file is deleted)")
+    with servers.using(server):
+        ExternalDriver(server).down()
+    for model in FORGET_ORDER:
+        if model in related:
+            related[model]._base_manager.filter(server=server).delete()
+    server.delete()
+    return (f"server {server.name} removed; its files stay under PITR_HOME/servers/{server.name} and its slot "
+            f"{server.slot_name} on the server (drop it there once nothing needs it)")
+
+
+def each_on_this_host(action: str) -> tuple[list[str], list[str]]:
+    """`up` or `down` of every external server on this host's queues (servers.on_this_host): what was done,
+    and one `NAME: why` per server that failed (the others go on)."""
+    from fleet.driver import get_driver  # the driver module picks this one: imported late
+
+    lines, failed = [], []
+    for server in servers.on_this_host():
+        if action == "up" and server.retired_at is not None:
+            lines.append(retired_line(server))
+            continue
+        try:
+            with servers.using(server):
+                lines += getattr(get_driver(server), action)()  # external or promoted
+        except PitrError as exc:
+            failed.append(f"{server.name}: {exc}")
+    return lines, failed
+
+
+def retired_line(server: Server) -> str:
+    heir = f" (successor {server.successor.name})" if server.successor else ""
+    return f"{server.name} is retired{heir}: nothing of it started; its history stays restorable"
 
 
 class ExternalDriver(LocalDriver):

@@ -227,9 +227,9 @@ class LocalDriver:
         sockets = self.socket_dir(role)
         values = {"port": str(self.layout.port(role)), "unix_socket_directories": str(sockets),
                   "cluster_name": f"pitrsite_{role}", "listen_addresses": settings.PITR_HOST,
-                  **(pgconf.isolation(datadir) if role == "restore_target" else {}), **(extra or {})}
+                  **(pgconf.isolation(datadir) if self.restored(role) else {}), **(extra or {})}
         self.put_file(role, pgconf.NODE_CONF, pgconf.render(values, f"the {role} node"))
-        if role != "restore_target":
+        if not self.restored(role):
             return
         conf, auto = datadir / "postgresql.conf", datadir / "postgresql.auto.conf"
         ours = set(values) | pgconf.RECOVERY_ONLY
@@ -241,10 +241,14 @@ class LocalDriver:
         original = hba.read_text() if hba.exists() else pgconf.LOCAL_HBA
         self.put_file(role, "pg_hba.conf", pgconf.with_self_login(original))
 
+    def restored(self, role: str) -> bool:
+        """A node whose data directory is a restored copy: isolated from its original, with its own socket."""
+        return role == "restore_target"
+
     def socket_dir(self, role: str) -> Path:
-        """Where a node listens on a Unix socket: the restore target in its own 0700 directory, so the trust
+        """Where a node listens on a Unix socket: a restored copy in its own 0700 directory, so the trust
         line pitrsite writes into the copy's pg_hba.conf is reachable by the server account and root only."""
-        if role != "restore_target":
+        if not self.restored(role):
             return self.layout.run
         path = self.layout.datadir(role).parent / "socket"
         pg.give_to_server(path)

@@ -11,8 +11,12 @@ from django.db import models
 
 
 class ServerKind(models.TextChoices):
-    MANAGED = "managed"
-    EXTERNAL = "external"
+    MANAGED = "managed"  # the demo fleet: paths and ports from the settings
+    EXTERNAL = "external"  # reached by connection only
+    # A restored copy promoted to primary (restore --as-new-primary): pitrsite runs its server on its own
+    # data directory under PITR_HOME/servers/NAME and reaches it through the copy's private socket (host is
+    # that directory), so capture, backups and storage work as for an external server, start and stop too.
+    PROMOTED = "promoted"
 
 
 DEFAULT_QUEUE = "celery"  # Celery's own default queue: one worker with no -Q serves it
@@ -42,6 +46,14 @@ class Server(models.Model):
     pg_major = models.PositiveSmallIntegerField(null=True, blank=True)
     queue = models.CharField(max_length=100, default=DEFAULT_QUEUE,
                              help_text="Celery queue of the host holding its archive and restore target")
+    # Disaster recovery (restore --as-new-primary): the lost server's entry is not deleted but retired, because
+    # its catalog is the history the new primary came from and stays restorable; a timestamp (not a flag)
+    # says from when capture and backups are refused, and `successor` names the server that took over, so
+    # the old entry points at the new one instead of a note in a name or a second table.
+    retired_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="capture and backups refused from then on; restores still work")
+    successor = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="predecessors", help_text="the server promoted in its place")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -53,3 +65,13 @@ class Server(models.Model):
     @property
     def managed(self) -> bool:
         return self.kind == ServerKind.MANAGED
+
+    def refuse_if_retired(self, what: str) -> None:
+        """Capture and backups of a retired server: one line naming its successor."""
+        if self.retired_at is None:
+            return
+        from pitrsite.errors import FleetError
+
+        heir = f"; its successor is {self.successor.name} (--server {self.successor.name})" if self.successor else ""
+        raise FleetError(f"server {self.name} was retired at {self.retired_at:%Y-%m-%d %H:%M:%S} UTC: no {what} "
+                         f"of it (its history stays restorable){heir}")

@@ -58,8 +58,9 @@ def including_node_conf(text: str) -> str:
 
 SELF_LOGIN = ("# Written by pitrsite ahead of the original's lines: its own login to verify the copy, through the\n"
               "# copy's private socket directory (mode 0700: only the server account and root reach it). Users\n"
-              "# keep the original's roles, passwords and lines below over TCP.\n"
-              "local all all trust\n")
+              "# keep the original's roles, passwords and lines below over TCP. Replication too: a copy promoted\n"
+              "# to primary (restore --as-new-primary) is captured and backed up through the same socket.\n"
+              "local all all trust\nlocal replication all trust\n")
 
 
 def with_self_login(hba: str) -> str:

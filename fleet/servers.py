@@ -128,8 +128,8 @@ def conn(server: Server | None = None) -> Conn:
 
         return Conn(settings.PITR_HOST, settings.PITR_PRIMARY_PORT, settings.PITR_PG_SUPERUSER,
                     settings.PITR_REPL_USER, settings.PITR_DBNAME, str(pg.passfile()), settings.PITR_CAPTURE_SLOT)
-    assert server.port is not None  # server add requires it
-    return Conn(server.host, server.port, server.user, server.replication_user or server.user,
+    # server add requires a port; an entry rebuilt from storage (restores only) has none
+    return Conn(server.host, server.port or 0, server.user, server.replication_user or server.user,
                 server.dbname or "postgres", server.passfile, server.slot_name or f"pitr_{server.name}")
 
 
@@ -179,6 +179,16 @@ def libpq_env(c: Conn) -> dict:
     if c.passfile:
         env["PGPASSFILE"] = c.passfile
     return env
+
+
+def host_queues() -> list[str]:
+    """The queues this host serves: PITR_WORKER_QUEUES, else Celery's default queue (a worker without -Q)."""
+    return settings.PITR_WORKER_QUEUES.split(",") if settings.PITR_WORKER_QUEUES else [DEFAULT_QUEUE]
+
+
+def on_this_host() -> list[Server]:
+    """The external servers whose capturer and restore target live here: those on one of this host's queues."""
+    return list(Server.objects.exclude(kind=ServerKind.MANAGED).filter(queue__in=host_queues()).order_by("name"))
 
 
 def queue_of(server: Server | None = None) -> str:

@@ -46,8 +46,11 @@ def own_redis() -> bool:
 
 
 def managed_services() -> tuple[str, ...]:
-    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop; pgAdmin is optional.
-    return tuple(s for s in SERVICES if (s != "redis" or own_redis()) and (s != "pgadmin" or settings.PITR_PGADMIN))
+    # A broker elsewhere (CELERY_BROKER_URL) is not ours to start or stop; pgAdmin is optional; PITR_SERVICES
+    # narrows what this host runs (a second host: the worker only).
+    chosen = [check_service(name) for name in settings.PITR_SERVICES] or SERVICES
+    return tuple(s for s in SERVICES if s in chosen and (s != "redis" or own_redis())
+                 and (s != "pgadmin" or settings.PITR_PGADMIN))
 
 
 def redis_binary() -> str:

@@ -29,7 +29,7 @@ RECEIVER_ERROR = re.compile(r"pg_receivewal: (?:error|fatal): (.*)$")
 WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial)?$")
 LOG_TAIL = 64 << 10
 SLOTS_SQL = """
-SELECT slot_name, active, active_pid, restart_lsn::text,
+SELECT slot_name, active, active_pid, restart_lsn::text, wal_status,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
 FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name
 """
@@ -99,16 +99,21 @@ def capture_health(driver: FleetDriver, role_state: str, status: dict, oldest_wa
         lag_seconds = archive_age(driver.layout.archive, newest)
     entry = {"streaming": bool(receiver) and role_state == "running", "health": "streaming", "reason": "",
              "last_error": None, "flush_lsn": receiver["flush_lsn"] if receiver else None,
-             "lag_bytes": lag_bytes, "lag_seconds": lag_seconds, "newest_file": newest, "lost_after": None}
+             "lag_bytes": lag_bytes, "lag_seconds": lag_seconds, "newest_file": newest, "lost_after": None,
+             "slot_active": slot["active"] if slot else None,
+             "retained_bytes": slot["retained_bytes"] if slot else None, "alerts": slot_alerts(driver, slot)}
     last_error = receiver_error(driver.layout.logfile("capturer"))
-    if slot is None:
+    if slot is None or slot.get("wal_status") == "lost":
+        what = "is missing on the primary" if slot is None else "was invalidated (max_slot_wal_keep_size)"
         entry.update(health="broken", lost_after=newest,
-                     reason=f"replication slot {driver.slot} is missing on the primary: WAL after "
+                     reason=f"replication slot {driver.slot} {what}: WAL after "
                             f"{newest or 'the archive'} is no longer kept for capture and, once recycled, is lost; a "
-                            "new base backup starts a new recoverable window")
+                            f"new base backup starts a new recoverable window (`{up_command(driver)}` makes a new "
+                            "slot)")
     elif role_state != "running":
+        start = up_command(driver) if getattr(driver, "server", None) else "python manage.py fleet start capturer"
         what = "paused (SIGSTOP): run `python manage.py fleet resume capturer`" if role_state == "paused" \
-            else "stopped: run `python manage.py fleet start capturer`"
+            else f"stopped: run `{start}`"
         entry.update(health=role_state if role_state in ("paused", "stopped") else "stopped",
                      reason=f"capturer is {what}")
     elif not receiver:
@@ -120,6 +125,32 @@ def capture_health(driver: FleetDriver, role_state: str, status: dict, oldest_wa
                              "backup starts a new recoverable window") if removed else
                             f"capturer is not streaming: {last_error or 'no connection to the primary yet'}")
     return entry
+
+
+def up_command(driver: FleetDriver) -> str:
+    server = getattr(driver, "server", None)  # an external server's driver knows its entry
+    return "python manage.py fleet up" + (f" --server {server.name}" if server is not None else "")
+
+
+def slot_alerts(driver: FleetDriver, slot: dict | None) -> list[str]:
+    """What the capture slot says beyond the capturer's health: nobody streams from it, or the server keeps
+    more WAL for it than PITR_SLOT_RETAINED_WARN_BYTES (its pg_wal grows until capture catches up)."""
+    if slot is None or slot.get("wal_status") == "lost":
+        return []  # the health says it: broken
+    alerts = []
+    retained = slot.get("retained_bytes") or 0
+    if not slot["active"]:
+        alerts.append(f"slot {driver.slot} is inactive: nothing streams from it while the server keeps its WAL "
+                      f"({retained:,} bytes so far): `{up_command(driver)}` starts the capturer")
+    limit = settings.PITR_SLOT_RETAINED_WARN_BYTES
+    if limit and retained > limit:
+        alerts.append(f"slot {driver.slot} retains {retained:,} bytes of WAL on the server, more than "
+                      f"PITR_SLOT_RETAINED_WARN_BYTES ({limit:,}): capture is behind or stopped and the server's "
+                      f"pg_wal grows until it catches up; check `{up_command(driver)}` and the capturer's log")
+    if slot.get("wal_status") == "unreserved":
+        alerts.append(f"slot {driver.slot} is past max_slot_wal_keep_size: the server removes its WAL at the next "
+                      "checkpoint unless capture catches up now")
+    return alerts
 
 
 def newest_archived(archive: Path) -> str | None:
@@ -178,7 +209,8 @@ def capture_problem(status: dict) -> str | None:
     capture = status.get("capturer")
     if capture is None:
         return "capture state unknown: " + ("; ".join(status["errors"]) or "the primary did not answer")
-    return None if capture["health"] == "streaming" else f"capture {capture['health']}: {capture['reason']}"
+    found = [] if capture["health"] == "streaming" else [f"capture {capture['health']}: {capture['reason']}"]
+    return "; ".join(found + capture.get("alerts", [])) or None
 
 
 def fleet_check(driver: FleetDriver | None = None) -> list[str]:
@@ -224,7 +256,8 @@ def capture_summary() -> dict:
             "lag_bytes": capture.get("lag_bytes"), "lag_seconds": capture.get("lag_seconds"),
             "health": capture.get("health", "unknown"), "reason": capture_problem(status) or "",
             "last_error": capture.get("last_error"), "lost_after": capture.get("lost_after"),
-            "disk": status.get("disk", {}),
+            "slot_active": capture.get("slot_active"), "retained_bytes": capture.get("retained_bytes"),
+            "alerts": capture.get("alerts", []), "disk": status.get("disk", {}),
             "primary_lsn": status.get("primary_lsn"), "errors": status.get("errors", []),
             "standby": standby_summary(status)}
 
@@ -250,10 +283,17 @@ def server_summary(server, status: dict | None = None) -> dict:
             status = status or fleet_status(driver)
             cap = status.get("capturer") or {}
             capture = cap.get("health") or status["roles"]["capturer"]["state"]
-            lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds")}
+            lag = {"lag_bytes": cap.get("lag_bytes"), "lag_seconds": cap.get("lag_seconds"),
+                   "slot_active": cap.get("slot_active"), "retained_bytes": cap.get("retained_bytes")}
+            problem = capture_problem(status)
+            if server.retired_at is not None:  # stopped on purpose, not a capture problem
+                capture = f"retired (successor {server.successor.name})" if server.successor else "retired"
+                problem = None
         except PitrError as exc:
-            capture, lag = f"unknown ({exc})", {}
+            capture, lag, problem = f"unknown ({exc})", {}, f"capture state unknown: {exc}"
     c = servers.conn(server)
     return {"name": server.name, "kind": server.kind, "host": c.host, "port": c.port, "capture": capture,
             "restore_port": driver.layout.port("restore_target"), "queue": server.queue,
-            "archive": str(driver.layout.archive), **lag}
+            "archive": str(driver.layout.archive), "problem": problem or "", **lag,
+            "retired_at": server.retired_at.isoformat() if server.retired_at else None,
+            "successor": server.successor.name if server.successor else None}

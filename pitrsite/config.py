@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import environ
@@ -126,6 +127,20 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def application_name(argv: list[str]) -> str:
+    """What this process is, for pg_stat_activity: `pitrsite restore`, `pitrsite celery worker`, ..."""
+    path = Path(argv[0] if argv else "")
+    program = path.parent.name if path.name == "__main__.py" else path.name  # python -m PACKAGE
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    if program == "manage.py" and words:
+        what = words[0]
+    elif program == "celery":
+        what = next((w for w in words if w in ("worker", "beat")), program)
+    else:
+        what = program.removesuffix(".py")
+    return f"pitrsite {what}"[:63]  # NAMEDATALEN
+
+
 def database_from_url(url: str, base_dir: Path) -> dict:
     """DATABASE_URL through django-environ (query options such as sslmode kept): SQLite or PostgreSQL."""
     config = environ.Env.db_url_config(url)
@@ -143,6 +158,7 @@ def database_from_url(url: str, base_dir: Path) -> dict:
         return config
     if engine == "django.db.backends.postgresql":
         config["PORT"] = str(config.get("PORT") or "")
+        config.setdefault("OPTIONS", {}).setdefault("application_name", application_name(sys.argv))
         return {**config, "CONN_MAX_AGE": 0}
     scheme = url.split(":", 1)[0]
     raise ImproperlyConfigured(

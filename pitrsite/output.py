@@ -7,11 +7,12 @@ on stdout, warnings go to stderr, and a failure is Django's one-line `CommandErr
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from datetime import date, datetime
 from typing import Any, Iterable
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from pitrsite.errors import PitrError
 
@@ -72,12 +73,23 @@ class Output:
         return self.command.stderr._out
 
 
+class JsonErrorParser(CommandParser):
+    """Argument errors of a `--json` command line are a JSON error object on stdout too (argparse's usage and
+    exit status 2 stay): a caller reading stdout never gets nothing. Subcommand parsers take this class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if self.called_from_command_line and "--json" in sys.argv[2:]:
+            sys.stdout.write(to_json({"error": f"{self.prog}: {message}"}) + "\n")
+        super().error(message)
+
+
 class PitrCommand(BaseCommand):
     """A management command whose domain errors become one line (or a JSON error object)."""
 
     json_help: str | None = "machine-readable output"  # None: the command has no --json
 
     def add_arguments(self, parser) -> None:
+        parser.__class__ = JsonErrorParser  # Django builds a CommandParser itself; subparsers copy the class
         if self.json_help:
             parser.add_argument("--json", action="store_true", help=self.json_help)
         self.arguments(parser)

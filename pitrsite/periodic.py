@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from django.conf import settings
 from django.utils import timezone
 
 from pitrsite import home
@@ -66,8 +67,9 @@ def run_periodic(name: str, work: Callable[[], T]) -> T | None:
     return result
 
 
-def states() -> list[dict]:
-    """Every recorded task, with `failing` when its last error is newer than its last success."""
+def states(server: str | None = None) -> list[dict]:
+    """Every recorded task (of one server when named), `failing` when its last error is newer than its last
+    success."""
     try:
         names = sorted(p.stem for p in _folder().glob("*.json"))
     except OSError:
@@ -75,6 +77,10 @@ def states() -> list[dict]:
     found = []
     for name in names:
         state = _read(name)
+        # "index_wal-sales": the pass of server sales (walcatalog.tasks.per_server); no suffix: the demo server's.
+        state["task"], _, state["server"] = name.partition("-")
+        state["server"] = state["server"] or settings.PITR_DEMO_SERVER
         state["failing"] = bool(state["last_error_at"]) and (state["last_success_at"] or "") < state["last_error_at"]
-        found.append(state)
+        if server is None or state["server"] == server:
+            found.append(state)
     return found

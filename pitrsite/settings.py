@@ -51,6 +51,9 @@ PITR_WAL_SEGSIZE_MB = envpow2("PITR_WAL_SEGSIZE_MB", 16, 1, 1024)
 
 # Status warns (and exits non-zero) when the archive, backup or restore filesystem has less free space.
 PITR_DISK_WARN_PERCENT = envfloat("PITR_DISK_WARN_PERCENT", 10.0)
+# Status alerts (and exits non-zero) when a server keeps more WAL than this for a capture slot: capture is
+# behind or stopped, and the server's pg_wal grows until it catches up. 0 turns the alert off.
+PITR_SLOT_RETAINED_WARN_BYTES = envint("PITR_SLOT_RETAINED_WARN_BYTES", 1 << 30, 0)
 
 # --- schedules (seconds; 0 turns one off) -----------------------------------
 PITR_INDEX_INTERVAL = envfloat("PITR_INDEX_INTERVAL", 5.0)
@@ -181,6 +184,9 @@ CELERY_TIMEZONE = TIME_ZONE
 # The queues this host's worker serves (`services up`): a server's work goes to the queue it records (its
 # host holds its archive and restore target). Empty: Celery's default queue "celery" only.
 PITR_WORKER_QUEUES = ",".join(q.strip() for q in os.environ.get("PITR_WORKER_QUEUES", "").split(",") if q.strip())
+# Which services `services up` starts on this host (comma-separated; empty: all of them). A second host runs
+# only a worker: one beat and one web for the installation.
+PITR_SERVICES = tuple(s.strip() for s in os.environ.get("PITR_SERVICES", "").split(",") if s.strip())
 
 LOGGING = {
     "version": 1,
@@ -208,6 +214,9 @@ PITR_DRILL_INTERVAL = envfloat("PITR_DRILL_INTERVAL", 86400.0)
 
 # --- cloud storage (walcatalog/storage.py, uploader.py, retention.py) ------------------------
 PITR_UPLOAD_INTERVAL = envfloat("PITR_UPLOAD_INTERVAL", 30.0)
+# A snapshot of the growing .partial goes to storage at most every N s (0 = never): with the upload and index
+# intervals it bounds how old the newest commit held in storage can get while WAL trickles in.
+PITR_PARTIAL_UPLOAD_INTERVAL = envfloat("PITR_PARTIAL_UPLOAD_INTERVAL", 60.0)
 PITR_UPLOAD_PARALLEL = envint("PITR_UPLOAD_PARALLEL", 4, 1, 64)
 PITR_DOWNLOAD_PARALLEL = envint("PITR_DOWNLOAD_PARALLEL", 8, 1, 64)
 PITR_STORAGE_RETRIES = envint("PITR_STORAGE_RETRIES", 4, 1, 20)

@@ -19,11 +19,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import pg, servers
-from fleet.layout import Layout
+from fleet.driver import get_driver
 from pitrsite import locks
 from pitrsite.errors import LockBusy, PitrError, first_line
 from pitrsite.jobs import JobState, Reporter
-from restores.engine import refresh_catalog, run_restore
+from restores.engine import ROLE, refresh_catalog, run_restore
 from restores.models import (
     DRILL_TRIGGER,
     DrillVerdict,
@@ -130,7 +130,7 @@ def check_copy(job: RestoreJob, expected: Expected, reporter: Reporter, detail: 
         return DrillVerdict.FAILED, (f"recovery ended at {job.final_lsn_text or 'an unknown LSN'}, before the end of "
                                      f"the staged WAL ({walnames.format_lsn(expected.lsn)} in {expected.segment})")
     reporter.step("drill: pg_amcheck")
-    detail["amcheck"] = amcheck(Layout.current().port("restore_target"))
+    detail["amcheck"] = amcheck()
     if detail["amcheck"]["exit"] == 0:
         return DrillVerdict.PASSED, ""
     what = "found corruption" if detail["amcheck"]["exit"] == AMCHECK_CORRUPTION else "could not check the copy"
@@ -145,12 +145,17 @@ def first_finding(lines: list[str]) -> str:
     return f"{head} {lines[1].strip()}" if head.endswith(":") and len(lines) > 1 else head
 
 
-def amcheck(port: int) -> dict:
-    """pg_amcheck on every database of the server on `port`: exit status, seconds, first lines of its report."""
-    argv = [pg.tool("pg_amcheck"), *AMCHECK_OPTIONS, "-h", settings.PITR_HOST, "-p", str(port),
-            "-U", settings.PITR_PG_SUPERUSER, "--no-password"]
+def amcheck() -> dict:
+    """pg_amcheck on every database of the restored copy: exit status, seconds, first lines of its report.
+
+    Through the copy's private socket as the original's superuser, as the restore's own checks log in: an
+    external server's copy has no role of pitrsite's and no password pitrsite knows."""
+    driver = get_driver()
+    argv = [pg.tool("pg_amcheck"), *AMCHECK_OPTIONS, "-h", str(driver.socket_dir(ROLE)),
+            "-p", str(driver.layout.port(ROLE)), "-U", servers.current().user or settings.PITR_PG_SUPERUSER,
+            "--no-password"]
     began = time.monotonic()
-    result = pg.run(argv, step="checking the copy (pg_amcheck)", env=pg.libpq_env(),
+    result = pg.run(argv, step="checking the copy (pg_amcheck)", env={"TZ": "UTC"},
                     timeout=settings.PITR_RESTORE_TIMEOUT, check=False)
     lines = [line for line in (result.stdout + "\n" + result.stderr).splitlines() if line.strip()]
     return {"exit": result.returncode, "seconds": round(time.monotonic() - began, 2),

@@ -11,7 +11,8 @@ When the local backup directory or a planned WAL file is missing, it comes
 from the archive storage (walcatalog/storage.py): the WAL downloads start
 right after planning and overlap the backup's download and extraction, in
 parallel (PITR_DOWNLOAD_PARALLEL), each checked against the catalog's sha256
-before use; job.source says local, storage or mixed.
+before use; job.source says local, storage or mixed. A .partial lost with the local archive comes from its
+newest storage snapshot (the plan's partial_snapshot), padded to the segment size under the complete name.
 """
 from __future__ import annotations
 
@@ -58,6 +59,15 @@ def run_restore(job: RestoreJob, reporter: Reporter) -> RestoreJob:
     return job
 
 
+def local_wal(archive: Path, segment: WalSegment) -> Path | None:
+    """The archive's file for a planned segment. A planned .partial that pg_receivewal has completed and
+    renamed since is read from the complete segment: it begins with the same bytes."""
+    for name in (segment.file_name, segment.name) if segment.is_partial else (segment.file_name,):
+        if (archive / name).exists():
+            return archive / name
+    return None
+
+
 class Restore:
     def __init__(self, job: RestoreJob, reporter: Reporter, driver: FleetDriver | None = None):
         self.job, self.reporter = job, reporter
@@ -76,7 +86,8 @@ class Restore:
         self.reporter.step("planning")
         self.driver.prepare_restore_target()
         self.driver.check_port_ours(ROLE)  # a busy port must stop us before the target is touched
-        refresh_catalog()
+        refresh_catalog()  # the first WAL indexed names the server's major version
+        check_binaries(self.driver)
         the_plan = plan(target_of(self.job))
         self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
                     wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
@@ -129,6 +140,12 @@ class Restore:
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.copy_server_log(log_offset)
+        if self.job.as_new_primary:
+            self.reporter.step("becoming a new primary")
+            from restores.promote import become_new_primary  # promote imports fleet.promoted, only needed here
+
+            server = become_new_primary(self.job, self.driver)
+            self.update(plan={**self.job.plan, "new_primary": server.name})
 
     # --- steps -----------------------------------------------------------------
     def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:
@@ -141,7 +158,7 @@ class Restore:
             self.put_staged(name, timeline.history.encode())
         total, done = len(the_plan.segments), 0
         for segment in the_plan.segments:
-            source = archive / segment.file_name
+            source = local_wal(archive, segment)
             dest = self.staging / segment.name
             if segment.name in wal.names:
                 continue  # lost locally: downloading since planning, linked in below
@@ -150,9 +167,9 @@ class Restore:
                 self.used_storage += 1
                 done += 1
                 continue
-            if not source.exists():
-                raise StepFailed("staging WAL", f"{source} is missing from the local archive")
-            if segment.is_partial:
+            if source is None:
+                raise StepFailed("staging WAL", f"{archive / segment.file_name} is missing from the local archive")
+            if source.name.endswith(".partial"):
                 # A snapshot of the file still being written: a torn tail just ends replay there.
                 shutil.copyfile(source, dest)
                 give(dest)
@@ -201,13 +218,16 @@ class Restore:
         extracting the backup; stage() waits for them.
         """
         archive = self.driver.layout.archive
-        missing = [s for s in the_plan.segments if not (archive / s.file_name).exists()]
+        missing = [s for s in the_plan.segments if local_wal(archive, s) is None]
         partial = next((s for s in missing if s.is_partial), None)
-        if partial is not None:
-            raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive; "
-                               "a .partial is never copied to storage")
+        snapshot = the_plan.snapshot
+        if partial is not None and (snapshot is None or snapshot.segment_id != partial.pk):
+            raise StepFailed("planning", f"{archive / partial.file_name} is missing from the local archive and "
+                               f"storage {st.describe()} holds no snapshot of it")
         copies = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.identity(), segment__in=missing, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=missing, verified_at__isnull=False, kind=StorageCopy.Kind.WAL)}
+        if partial is not None and snapshot is not None:
+            copies[partial.pk] = snapshot  # downloaded under the complete name, padded: as the .partial is copied
         absent = [s.name for s in missing if s.pk not in copies]
         if absent:
             span = absent[0] if len(absent) == 1 else f"{absent[0]}..{absent[-1]} ({len(absent)} segments)"
@@ -218,14 +238,15 @@ class Restore:
                 raise StepFailed("planning", f"the copy record of {copies[segment.pk].key} disagrees "
                                    "with the catalog's sha256 of the segment")
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
-        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder)
+        pad = {partial.name: partial.end_lsn - partial.start_lsn} if partial is not None else {}
+        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder, pad)
 
     def start_wal_check(self, the_plan: Plan, wal: WalDownload) -> WalCheck:
         """Hash the planned local segments against the catalog while the backup is extracted."""
         archive = self.driver.layout.archive
         local = [s for s in the_plan.segments if not s.is_partial and s.name not in wal.names]
         good = {c.segment_id: c for c in StorageCopy.objects.filter(
-            storage=st.identity(), segment__in=local, verified_at__isnull=False)}
+            storage=st.identity(), segment__in=local, verified_at__isnull=False, kind=StorageCopy.Kind.WAL)}
         items = [(s.name, archive / s.file_name, s.sha256,
                   good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
         return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")
@@ -373,6 +394,21 @@ def empty_directory(path: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def check_binaries(driver: FleetDriver) -> None:
+    """The restore target runs the backup's data directory with the local binaries: a major version of its own
+    would refuse the directory after it was emptied, so a different one is refused first, in one line."""
+    from fleet.checks import local_major
+
+    server = servers.current()
+    if driver.name == "docker" or not server.pg_major:  # a container brings its own binaries; no WAL yet
+        return
+    local = local_major()
+    if server.pg_major != local:
+        raise RestoreError(f"server {server.name} is PostgreSQL {server.pg_major}, the local binaries of its restore "
+                           f"target are PostgreSQL {local} in {pg.bindir()}): install PostgreSQL "
+                           f"{server.pg_major} here and set PITR_PG_BINDIR to its bin directory")
 
 
 def refresh_catalog() -> None:

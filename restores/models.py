@@ -51,6 +51,10 @@ class RestoreJob(Job):
     final_lsn = models.BigIntegerField(null=True, blank=True)
     final_timeline = models.PositiveIntegerField(null=True, blank=True)
     source = models.CharField(max_length=16, default="local", help_text="where backup and WAL came from")
+    # restore --as-new-primary: {"name", "port", "restore_port"} asked for; the job's last step makes the
+    # verified copy that server (restores/promote.py), so the command and the dashboard's task share it.
+    as_new_primary = models.JSONField(default=dict, blank=True,
+                                      help_text="the server the restored copy becomes, when asked")
     # Set only on restore drills (trigger "drill", restores/drill.py).
     drill_verdict = models.CharField(max_length=8, choices=DrillVerdict.choices, default=DrillVerdict.PENDING,
                                      blank=True, db_index=True)

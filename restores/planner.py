@@ -20,7 +20,7 @@ from restores.targets import EXAMPLE_TIME, RestoreTarget
 from walcatalog import catalog, gaps, walnames
 from walcatalog import storage as st
 from walcatalog.backups import held_locally, restorable_backups, storage_copies
-from walcatalog.models import BaseBackup, Timeline, WalSegment
+from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 __all__ = ["EXAMPLE_TIME", "NotYetCaptured", "Plan", "PlanError", "RestoreTarget", "available", "plan"]
 
@@ -35,10 +35,21 @@ class Plan:
     recovery: dict[str, str] = field(default_factory=dict)
     target_lsn: int | None = None  # where replay must at least reach, when known
     note: str = ""
+    # The last segment is the .partial's storage snapshot (its local file is gone): staged like the .partial,
+    # it ends where the snapshot ends.
+    snapshot: StorageCopy | None = None
 
     @property
     def partial(self) -> WalSegment | None:
         return self.segments[-1] if self.segments and self.segments[-1].is_partial else None
+
+    @property
+    def partial_end(self) -> int | None:
+        """Where the staged .partial's WAL ends: the snapshot's valid length, or what the indexer read locally."""
+        partial = self.partial
+        if partial is None:
+            return None
+        return partial.start_lsn + self.snapshot.size if self.snapshot else partial.scanned_to
 
     def describe(self) -> dict:
         return {
@@ -51,6 +62,10 @@ class Plan:
             "recovery": self.recovery,
             "target_lsn": walnames.format_lsn(self.target_lsn) if self.target_lsn is not None else None,
             "note": self.note,
+            "partial_snapshot": None if self.snapshot is None else {
+                "key": self.snapshot.key, "bytes": self.snapshot.size,
+                "end_lsn": walnames.format_lsn(self.partial_end or 0),
+                "newest_commit": self.snapshot.last_commit_at.isoformat() if self.snapshot.last_commit_at else None},
         }
 
 
@@ -63,6 +78,18 @@ class _Context:
     candidates: list[BaseBackup]  # newest first
     seg_size: int
     primary_port: int | None
+    snapshot: StorageCopy | None  # the newest segment is a .partial known only by its storage snapshot
+
+    @property
+    def snapshot_segno(self) -> int:
+        assert self.snapshot is not None and self.snapshot.segment is not None  # a snapshot is of a segment
+        return self.snapshot.segment.segno
+
+    def complete(self) -> QuerySet[WalSegment]:
+        """The segments whose commit fields are what replay will find: all but a snapshot-served .partial."""
+        if self.snapshot is None or self.snapshot.segment is None:
+            return self.segments
+        return self.segments.exclude(pk=self.snapshot.segment.pk)
 
 
 @dataclass
@@ -82,12 +109,24 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
     seg_size = catalog.segment_size()
     chain = Chain(target_timeline(target, backups))
     segments = WalSegment.objects.filter(chain.q(seg_size))
-    context = _Context(target, chain, segments, _candidates(target, chain, backups), seg_size, primary_port)
+    snapshot = _snapshot(segments)
+    context = _Context(target, chain, segments, _candidates(target, chain, backups), seg_size, primary_port,
+                       snapshot)
     stop = STOPS[target.kind](context)
     recovery = {**stop.recovery, "recovery_target_timeline": str(chain.tli), "recovery_target_action": "promote"}
+    wal = _wal_range(chain, segments, stop.backup, stop.end_segno, seg_size)
+    used = snapshot if snapshot and wal and wal[-1].pk == snapshot.segment_id else None
     return Plan(target=target, backup=stop.backup, timeline=chain.tli, history=chain.history_rows(),
-                recovery=recovery, target_lsn=stop.target_lsn, note=stop.note,
-                segments=_wal_range(chain, segments, stop.backup, stop.end_segno, seg_size))
+                recovery=recovery, target_lsn=stop.target_lsn, note=stop.note, segments=wal, snapshot=used)
+
+
+def _snapshot(segments: QuerySet[WalSegment]) -> StorageCopy | None:
+    """The verified storage snapshot of the newest segment when that is a .partial with no good local file."""
+    newest = segments.order_by("-segno").first()
+    if newest is None or not newest.is_partial or (newest.in_local_archive and newest.corrupt_at is None):
+        return None
+    return StorageCopy.objects.select_related("segment").filter(
+        storage=st.identity(), segment=newest, kind=StorageCopy.Kind.PARTIAL, verified_at__isnull=False).first()
 
 
 def _candidates(target: RestoreTarget, chain: Chain, backups: list[BaseBackup]) -> list[BaseBackup]:
@@ -114,7 +153,9 @@ def _stop_at_commit(c: _Context) -> _Stop:
     """A time or xid target: replay stops at the first commit past it, so the range must reach that commit."""
     target = c.target
     when = target.time if target.kind == TargetKind.TIME else _xid_commit_time(target.xid, c.primary_port)
-    newest_commit = c.segments.aggregate(t=Max("last_commit_at"))["t"]
+    complete, snap = c.complete(), c.snapshot
+    found = [complete.aggregate(t=Max("last_commit_at"))["t"], snap.last_commit_at if snap else None]
+    newest_commit = max((t for t in found if t is not None), default=None)
     if newest_commit is None or when > newest_commit:
         newest = newest_commit.isoformat() if newest_commit else "none yet"
         raise NotYetCaptured(f"target {when.isoformat()} is after the newest captured commit ({newest}): "
@@ -123,24 +164,32 @@ def _stop_at_commit(c: _Context) -> _Stop:
     if target.kind == TargetKind.XID:  # the xid's commit is somewhere from the backup on: take the rest
         return _Stop(backup, {"recovery_target_xid": str(target.xid),
                               "recovery_target_inclusive": "off" if target.exclusive else "on"}, None)
-    later = c.segments.filter(last_commit_at__gte=when) if target.exclusive \
-        else c.segments.filter(last_commit_at__gt=when)
-    stopper = later.order_by("segno").first()
+    later = complete.filter(last_commit_at__gte=when) if target.exclusive \
+        else complete.filter(last_commit_at__gt=when)
+    stopper = later.order_by("segno").values_list("segno", flat=True).first()
+    if stopper is None and snap and snap.last_commit_at and (
+            snap.last_commit_at > when or target.exclusive and snap.last_commit_at == when):
+        stopper = c.snapshot_segno  # the snapshot holds a commit past T
     if stopper is None:
         # No commit after T was captured: T is the newest commit itself. Stop right after it
         # (PostgreSQL refuses to end recovery before a time target is passed).
-        last = c.segments.filter(last_commit_at=newest_commit).order_by("-segno").first()
-        assert last is not None and last.last_commit_lsn is not None  # it holds the newest commit
-        return _Stop(backup, {"recovery_target_lsn": walnames.format_lsn(last.last_commit_lsn),
-                              "recovery_target_inclusive": "on"}, last.segno, target_lsn=last.last_commit_lsn,
+        if snap and snap.last_commit_at == newest_commit:
+            segno, lsn = c.snapshot_segno, snap.last_commit_lsn
+        else:
+            last = complete.filter(last_commit_at=newest_commit).order_by("-segno").first()
+            assert last is not None  # it holds the newest commit
+            segno, lsn = last.segno, last.last_commit_lsn
+        assert lsn is not None  # a commit's row or snapshot records its LSN
+        return _Stop(backup, {"recovery_target_lsn": walnames.format_lsn(lsn),
+                              "recovery_target_inclusive": "on"}, segno, target_lsn=lsn,
                      note="the target is the newest captured commit: stopping right after its commit record")
     return _Stop(backup, {"recovery_target_time": when.isoformat(sep=" "),
-                          "recovery_target_inclusive": "off" if target.exclusive else "on"}, stopper.segno)
+                          "recovery_target_inclusive": "off" if target.exclusive else "on"}, stopper)
 
 
 def _stop_at_lsn(c: _Context) -> _Stop:
     lsn = c.target.lsn
-    captured = _captured_end(c.segments)
+    captured = _captured_end(c)
     if lsn >= captured:
         raise NotYetCaptured(f"target LSN {c.target.value} is at or after the end of the captured WAL "
                              f"({walnames.format_lsn(captured)}): choose an earlier LSN or use --latest")
@@ -185,10 +234,12 @@ def _backup_before(candidates: list[BaseBackup], ok, what: str) -> BaseBackup:
                     f"({oldest.stop_time.isoformat()}, LSN {oldest.stop_lsn_text}): choose a later target")
 
 
-def _captured_end(segments) -> int:
-    newest = segments.order_by("-segno").first()
+def _captured_end(c: _Context) -> int:
+    newest = c.segments.order_by("-segno").first()
     if newest is None:
         return 0
+    if c.snapshot is not None:
+        return newest.start_lsn + c.snapshot.size
     return newest.scanned_to if newest.is_partial else newest.end_lsn
 
 

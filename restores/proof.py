@@ -52,7 +52,10 @@ def latest_end(the_plan: Plan) -> tuple[int, str]:
         return the_plan.backup.stop_lsn, "the end of the backup"
     last = the_plan.segments[-1]
     if last.is_partial:
-        return last.scanned_to, f"the end of the WAL captured in {last.file_name}"
+        where = f"its storage snapshot {the_plan.snapshot.key}" if the_plan.snapshot else last.file_name
+        end = the_plan.partial_end
+        assert end is not None  # the plan's last segment is partial
+        return end, f"the end of the WAL captured in {where}"
     if last.last_commit_lsn is not None:
         return last.last_commit_lsn + 1, f"the last commit in {last.name}"
     return last.start_lsn, f"the start of {last.name}"

@@ -20,4 +20,5 @@ def restore_dict(job: RestoreJob) -> dict:
         "promoted_at": job.promoted_at.isoformat() if job.promoted_at else None,
         "final_lsn": _lsn(job.final_lsn), "final_timeline": job.final_timeline, "source": job.source,
         "drill_verdict": job.drill_verdict or None, "drill_detail": job.drill_detail,
+        "as_new_primary": job.as_new_primary or None, "new_primary": job.plan.get("new_primary"),
     }

@@ -16,8 +16,10 @@ from restores.planner import NotYetCaptured, PlanError, RestoreTarget, plan
 from walcatalog import walnames
 
 
-def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob:
+def queue_restore(target: RestoreTarget, trigger: str = "command", as_new_primary: dict | None = None) -> RestoreJob:
     """Validate the target against the catalog: an impossible one never becomes a job.
+
+    `as_new_primary` (restore --as-new-primary) is checked here too, before anything is touched.
 
     A valid target costs no index pass here (it runs pg_waldump, and this runs inside a web request): the
     job indexes what was captured since and plans for real. A target just past the catalog is let through
@@ -27,6 +29,12 @@ def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob
     target.validate()
     servers.lock(locks.RESTORE).refuse_if_held()
     get_driver().check_port_ours(ROLE)  # found now, not after the target was stopped and emptied
+    spec = {}
+    if as_new_primary is not None:  # {"name", "port", "restore_port"}: restores/promote.py
+        from restores.promote import new_primary_spec
+
+        spec = new_primary_spec(as_new_primary["name"], as_new_primary.get("port"),
+                                as_new_primary.get("restore_port"), get_driver())
     try:
         validate_against_catalog(target)
     except PlanError:
@@ -34,7 +42,7 @@ def queue_restore(target: RestoreTarget, trigger: str = "command") -> RestoreJob
         validate_against_catalog(target)
     return RestoreJob.objects.create(target_kind=target.kind, target_value=target.value, exclusive=target.exclusive,
                                      target_timeline=target.timeline, requested_backup_id=target.backup_id,
-                                     trigger=trigger)
+                                     trigger=trigger, as_new_primary=spec)
 
 
 def validate_against_catalog(target: RestoreTarget) -> None:

@@ -99,11 +99,13 @@ class WalDownload:
     """Parallel downloads (PITR_DOWNLOAD_PARALLEL) of WAL segments in a background thread, sha256 checked.
 
     The thread does storage and file I/O only: the database and the reporter stay in the job's thread.
-    The first failure stops it; wait() turns it into the restore's error, naming the object.
+    The first failure stops it; wait() turns it into the restore's error, naming the object. A .partial
+    snapshot (named in `pad`, with its segment size) is its valid prefix: once checked, it is extended with
+    zeros to the segment size, which PostgreSQL requires of a restored file and reads as the end of WAL.
     """
 
-    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path):
-        self.pairs, self.folder = pairs, folder
+    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path, pad: dict[str, int] | None = None):
+        self.pairs, self.folder, self.pad = pairs, folder, pad or {}
         self.names = {dest.name for _, dest in pairs}
         self.error: BaseException | None = None
         self.stopping = threading.Event()
@@ -123,6 +125,8 @@ class WalDownload:
             copy, dest = pair
             st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
                             f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
+            if dest.name in self.pad:
+                os.truncate(dest, self.pad[dest.name])
             give(dest)
 
         try:

@@ -16,10 +16,19 @@ def run_restore(job_id: int) -> None:
 
 
 @shared_task(name="restores.tasks.drill")
-def drill(job_id: int | None = None) -> None:
-    """Beat sends no id (a new drill); a caller that queued a drill job sends its id."""
+def drill(job_id: int | None = None, server: str | None = None) -> None:
+    """Beat sends no id: a new drill of the demo server here, and one message per other server to its own
+    queue (walcatalog.tasks.per_server); a caller that queued a drill job sends its id."""
     from restores.drill import new_drill, run_drill
+    from walcatalog.tasks import per_server
 
-    job = RestoreJob.objects.get(pk=job_id) if job_id is not None else new_drill("beat")
-    run_drill(job, JobReporter(job))
+    if job_id is not None:
+        job = RestoreJob.all_servers.select_related("server").get(pk=job_id)
+        with servers.using(job.server):
+            run_drill(job, JobReporter(job))
+        return
+    scope, _ = per_server(drill, server, "drill")
+    with scope:
+        job = new_drill("beat")
+        run_drill(job, JobReporter(job))
 

@@ -152,6 +152,26 @@ def no_fleet(settings, tmp_path):
     return tmp_path
 
 
+def logged_in(username: str, **flags: bool):
+    """A test client logged in as a new user (flags: is_staff, is_superuser)."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_user(username, password="x", **flags))
+    return client
+
+
+@pytest.fixture
+def staff(db):
+    return logged_in("ops", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def viewer(db):
+    return logged_in("viewer")
+
+
 @pytest.fixture(autouse=True)
 def fresh_dashboard_cache():
     """The dashboard caches catalog answers per catalog state (process memory): each test starts from none."""
@@ -175,3 +195,40 @@ def broker(redis_server):
         messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
         return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
     return queued
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Before the test database is dropped, name whoever still holds a session on it: the drop then
+    fails with only 'accessed by other users', which says nothing of who."""
+    if nextitem is None:
+        _warn_of_other_sessions()
+    yield
+
+
+def _warn_of_other_sessions() -> None:
+    import warnings
+
+    db = settings.DATABASES["default"]
+    if "postgresql" not in db["ENGINE"]:
+        return
+    import psycopg
+    from django.db import connection
+
+    ours = connection.connection.info.backend_pid if connection.connection is not None else 0
+    try:
+        with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
+                             dbname="postgres", connect_timeout=5) as conn:
+            rows = conn.execute("SELECT pid, application_name, client_port, state, backend_start,"
+                                " query FROM pg_stat_activity"
+                                " WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)",
+                                [db["NAME"], ours]).fetchall()
+    except psycopg.Error as exc:
+        warnings.warn(f"could not list the test database's sessions: {exc}", stacklevel=1)
+        return
+    import threading
+
+    threads = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    for row in rows:
+        warnings.warn("session left on the test database: " + " | ".join(map(str, row))
+                      + f" (threads of this process: {threads or 'none'})", stacklevel=1)

@@ -153,3 +153,24 @@ def test_chaos_run_again_action_prefills_parameters(superuser, db):
     response = superuser.post(url, {"action": "run_again", "_selected_action": [run.pk], "apply": "1", "writers": 2,
                                     "duration": 30, "interval": "9-1", "restores": 1, "actions": ""})
     assert response.status_code == 400 and "need 0 &lt; MIN &lt;= MAX" in response.content.decode()
+
+
+def test_server_check_and_remove_actions(superuser, no_fleet):
+    """Staff check and remove servers in the admin as `server check` and `server remove` do."""
+    from fleet import servers
+    from fleet.models import Server
+
+    sales = Server.objects.create(name="sales", kind="external", host="127.0.0.1", port=1, restore_port=2)
+    with servers.using(sales):
+        make_backup(1, 3, timezone.now())
+    url = reverse("admin:fleet_server_changelist")
+
+    def act(action: str) -> str:
+        response = superuser.post(url, {"action": action, "_selected_action": [sales.pk]}, follow=True)
+        return " ".join(str(m) for m in response.context["messages"])
+
+    assert "sales: FAIL cannot connect to sales (primary) on 127.0.0.1:1" in act("check_servers")
+    assert "sales holds 1 backup(s): remove it with --forget" in act("remove")
+    assert Server.objects.filter(name="sales").exists()
+    assert "server sales removed" in act("remove_forgetting_catalog")
+    assert not Server.objects.filter(name="sales").exists() and not BaseBackup.all_servers.filter(server=sales.pk)

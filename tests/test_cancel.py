@@ -20,14 +20,12 @@ from pitrsite.errors import JobCancelled
 from pitrsite.jobs import JobReporter, JobState, job_key, run_job
 from pitrsite.runner import popen
 from walcatalog.models import BaseBackup
-from tests.conftest import wait_for
+from tests.conftest import logged_in, wait_for
 
 
 @pytest.fixture
 def staff(transactional_db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("ops", password="x", is_staff=True))
-    return client
+    return logged_in("ops", is_staff=True)
 
 
 def start_job(label: str) -> tuple[BaseBackup, threading.Thread, dict]:
@@ -91,10 +89,9 @@ def test_cancel_a_queued_job_means_it_never_runs(staff):
 
 
 def test_viewer_cannot_cancel(transactional_db):
-    client = Client()
-    client.force_login(User.objects.create_user("viewer", password="x"))
+    viewer = logged_in("viewer")
     backup = BaseBackup.objects.create(label="keep")
-    response = client.post(f"/jobs/backup/{backup.pk}/cancel/")
+    response = viewer.post(f"/jobs/backup/{backup.pk}/cancel/")
     assert response.status_code == 403 and "needs a staff account" in response.content.decode()
     assert BaseBackup.objects.get(pk=backup.pk).state == JobState.QUEUED
 

@@ -82,3 +82,64 @@ def test_indexer_refuses_wal_of_another_cluster_and_keys_carry_the_cluster(clust
         # Storage keys: server prefix, then <version>-<system id>/ (pgBackRest's archive/<stanza>/<ver>-<id>/).
         assert st.wal_key(SEGMENT) == f"servers/twice/15-{id_a}/wal/00000001/{SEGMENT}"
         assert st.backup_key("b1", "base.tar") == f"servers/twice/15-{id_a}/backups/b1/base.tar"
+
+
+def _forget(server) -> None:
+    """What `server remove NAME --forget` then `server add NAME` leave: the same name, no catalog, no cluster."""
+    from walcatalog.models import RestorePoint, StorageCopy, Timeline, WalSegment
+
+    for model in (StorageCopy, RestorePoint, WalSegment, Timeline):
+        model.objects.all().delete()
+    server.system_identifier, server.pg_major = "", None
+    server.save(update_fields=["system_identifier", "pg_major"])
+
+
+def test_two_clusters_in_turn_share_one_bucket_and_stay_apart(clusters, tmp_path, settings):
+    """The same server name, re-initialised, uploading into the same bucket: each cluster's WAL under its own
+    <version>-<system id>/ (the same segment name, other bytes), and a rebuild from the bucket takes back exactly
+    the cluster asked for."""
+    from fleet import servers
+    from fleet.models import Server
+    from tests.storage_servers import storage_env, storage_setting
+    from walcatalog import storage as st
+    from walcatalog.indexer import index_archive
+    from walcatalog.models import StorageCopy, WalSegment
+    from walcatalog.rebuild import RebuildError, rebuild_from_storage
+    from walcatalog.uploader import upload_pass
+
+    settings.STORAGES = {**settings.STORAGES,
+                         "archive": storage_setting(storage_env("filesystem", None, tmp_path), tmp_path)}
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 0
+    bucket = st.get_storage()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    server = Server.objects.create(name="inturn", host="127.0.0.1", port=free_port(), user="someone",
+                                   archive_dir=str(archive))
+    held = {}
+    with servers.using(server):
+        for wal, sysid in clusters:  # initialised in turn: the second one after the first was forgotten
+            _forget(server)
+            shutil.copy(wal / SEGMENT, archive / SEGMENT)
+            assert index_archive(archive).new == 1
+            result = upload_pass()
+            assert result.wal == 1 and not result.errors, result.as_dict()
+            key = f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}"
+            assert st.wal_key(SEGMENT) == key
+            held[sysid] = WalSegment.objects.get(name=SEGMENT).sha256
+            assert st.sha256_object(bucket, key)[1] == held[sysid]
+            (archive / SEGMENT).unlink()
+        (id_a, sha_a), (id_b, sha_b) = held.items()
+        assert sha_a != sha_b and st.sha256_object(bucket, f"servers/inturn/15-{id_a}/wal/00000001/{SEGMENT}")[1] \
+            == sha_a  # the second cluster overwrote nothing of the first
+
+        _forget(server)
+        with pytest.raises(RebuildError, match=f"cluster.s. 15-{id_a}, 15-{id_b}|cluster.s. 15-{id_b}, 15-{id_a}"):
+            rebuild_from_storage()
+        for sysid, sha in held.items():
+            _forget(server)
+            rebuilt = rebuild_from_storage(cluster=f"15-{sysid}")
+            assert rebuilt.segments == 1 and not rebuilt.skipped, rebuilt.as_dict()
+            server.refresh_from_db()
+            assert server.system_identifier == sysid
+            assert WalSegment.objects.get(name=SEGMENT).sha256 == sha
+            assert StorageCopy.objects.get().key == f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}"

@@ -25,13 +25,6 @@ TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
 
 
 @pytest.fixture
-def staff(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("ops", password="x", is_staff=True, is_superuser=True))
-    return client
-
-
-@pytest.fixture
 def catalog(db, no_fleet):
     Path(settings.PITR_WAL_ARCHIVE).mkdir(parents=True, exist_ok=True)  # the planner reads the archive
     start = timezone.now() - timedelta(hours=2)
@@ -161,10 +154,8 @@ def test_admin_columns_are_named_for_people(staff, catalog):
     assert TIME.search(html)  # the admin shows times in the dashboard's one format
 
 
-def test_viewer_refused_action_gets_a_page_saying_why(db):
-    client = Client()
-    client.force_login(User.objects.create_user("viewer", password="x"))
-    response = client.post("/backups/start/", {"compression": "gzip"})
+def test_viewer_refused_action_gets_a_page_saying_why(viewer):
+    response = viewer.post("/backups/start/", {"compression": "gzip"})
     assert response.status_code == 403
     html = response.content.decode()
     assert 'id="refused">starting jobs needs a staff account<' in html and "viewer" in html

@@ -226,3 +226,73 @@ def test_bad_input_is_one_line_and_creates_nothing(ext, tmp_path):
         receiver.terminate()
         receiver.wait(10)
         minimal.stop()
+
+
+def test_external_server_own_settings_drill_metrics_and_alerts(ext):
+    """The server's own compression and retention, a drill of its copy, its gauges under its name in /metrics,
+    the servers page; then capture stopped and the slot dropped: loud in `server check`, /metrics, the page;
+    and a restore refused in one line when its major version is not the local binaries'."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from fleet.models import Server
+    from tests.test_metrics import samples
+
+    manage("server", "add", "ext", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
+           "--dbname", ext.dbname, "--replication-user", ext.repl, "--passfile", str(ext.passfile))
+    Server.objects.filter(name="ext").update(compression="gzip", retention_keep_backups=1)
+    manage("fleet", "up", "--server", "ext")
+    first = json.loads(manage("backup", "--server", "ext", "--json", timeout=600).stdout)
+    assert first["compression"] == "gzip"  # the server's own, not DEFAULT_COMPRESSION (zstd)
+    rows = write(ext, "items", 5, "drilled")
+    captured(ext)
+    second = json.loads(manage("backup", "--server", "ext", "--compress", "none", "--json", timeout=600).stdout)
+    assert second["compression"] == "none"
+    kept = json.loads(manage("retention", "--server", "ext", "--dry-run", "--json").stdout)
+    assert kept["policy"].startswith("keep 1 backup(s)") and kept["deleted_backups"] == [first["label"]]
+
+    drill = manage("drill", "--server", "ext", "--json", timeout=600, check=False)
+    job = json.loads(drill.stdout)
+    assert drill.returncode == 0 and job["drill_verdict"] == "passed", job
+    restore_port = json.loads(manage("server", "list", "--json").stdout)[1]["restore_port"]
+    assert restored(restore_port, ext, "items") == {r[0] for r in rows}
+
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("admin", "a@example.org", "pw"))
+    found = samples(staff.get("/metrics").content.decode(), "ext")
+    assert found[("pitr_capture_up", ())] == 1 and found[("pitr_slot_active", ())] == 1
+    assert found[("pitr_capture_alert", ())] == 0 and found[("pitr_restore_drill_last_verdict", ())] == 1
+    assert ("pitr_slot_retained_bytes", ()) in found
+    page = staff.get("/servers/").content.decode()
+    assert 'id="alert-ext"' not in page and "ago</td>" in page
+
+    # Another major version than the local binaries': refused in one line, the copy left as it was.
+    Server.objects.filter(name="ext").update(pg_major=14)
+    refused = manage("restore", "--server", "ext", "--latest", check=False)
+    error = refused.stderr.strip().splitlines()[-1]  # after the progress line "planning..."
+    assert refused.returncode != 0 and error.startswith("CommandError: failure planning (server ext is "
+                                                        "PostgreSQL 14, the local binaries of its restore target "
+                                                        "are PostgreSQL 15"), refused.stderr
+    assert restored(restore_port, ext, "items") == {r[0] for r in rows}
+    Server.objects.filter(name="ext").update(pg_major=15)
+
+    # Capture stopped: the slot is inactive and the server keeps WAL for it.
+    manage("fleet", "down", "--server", "ext")
+    write(ext, "items", 3, "uncaptured")
+    checked = manage("server", "check", "ext", "--json", check=False, env={"PITR_SLOT_RETAINED_WARN_BYTES": "1"})
+    assert checked.returncode != 0
+    [capture] = [c for c in json.loads(checked.stdout)["checks"] if c["check"] == "capture"]
+    assert "slot pitr_ext is inactive" in capture["line"] and "fleet up --server ext" in capture["line"]
+    assert "more than PITR_SLOT_RETAINED_WARN_BYTES (1)" in capture["line"]
+    found = samples(staff.get("/metrics").content.decode(), "ext")
+    assert found[("pitr_slot_active", ())] == 0 and found[("pitr_capture_alert", ())] == 1
+    assert found[("pitr_slot_retained_bytes", ())] > 0
+    assert "slot pitr_ext is inactive" in staff.get("/servers/").content.decode()
+
+    with ext.connect("postgres") as conn:
+        conn.execute("SELECT pg_drop_replication_slot('pitr_ext')")
+    text = manage("server", "check", "ext", check=False).stdout
+    assert "FAIL capture broken: replication slot pitr_ext is missing on the primary" in text
+    assert "`python manage.py fleet up --server ext` makes a new slot" in text
+    listed = manage("server", "list").stdout
+    assert "ALERT capture broken: replication slot pitr_ext is missing" in listed

@@ -13,11 +13,15 @@ from pitrsite.jobs import JobState
 from tests.dashboard_data import make_backup, make_restore, make_segments
 
 
-def samples(text: str) -> dict[tuple, float]:
+def samples(text: str, server: str = "demo") -> dict[tuple, float]:
+    """One server's samples, keyed by name and the other labels: every sample names its server."""
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            labels = dict(sample.labels)
+            assert "server" in labels, sample
+            if labels.pop("server") == server:
+                found[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return found
 
 
@@ -61,6 +65,25 @@ def test_metrics_empty_catalog_has_no_made_up_values(db, no_fleet):
     assert ("pitr_recoverable_window_start_timestamp_seconds", ()) not in found
     assert ("pitr_storage_newest_commit_age_seconds", ()) not in found  # storage holds no commit yet
     assert found[("pitr_wal_gaps", ())] == 0
+
+
+def test_metrics_carry_each_server(catalog):
+    """Two servers, one scrape: each server's gauges under its own label, from its own catalog."""
+    from fleet import servers
+    from fleet.models import Server
+    from walcatalog.models import WalSegment
+
+    other = Server.objects.create(name="sales", kind="external", host="127.0.0.1", port=1, restore_port=2)
+    with servers.using(other):
+        make_segments(1, range(1, 4), timezone.now() - timedelta(minutes=5), timedelta(seconds=30))
+        assert WalSegment.objects.count() == 3
+    text = Client().get("/metrics").content.decode()
+    demo, sales = samples(text), samples(text, "sales")
+    assert demo[("pitr_wal_segments", ())] == 48 + 10 and sales[("pitr_wal_segments", ())] == 3
+    assert sales[("pitr_newest_segment_number", (("timeline", "1"),))] == 3
+    assert sales[("pitr_capture_up", ())] == 0 and sales[("pitr_capture_alert", ())] == 1  # unreachable
+    assert ("pitr_last_backup_age_seconds", ()) not in sales
+    assert sales[("pitr_jobs", (("kind", "restore"), ("state", "failed")))] == 0
 
 
 def test_metrics_storage_recovery_point(catalog):

@@ -26,8 +26,8 @@ def test_a_failing_beat_task_shows_until_it_passes_again(home, db, client, setti
     assert any(p.startswith("periodic task index_wal failing since ") for p in problems), problems
     client.force_login(User.objects.create_superuser("admin", "a@example.org", "pw"))
     text = client.get("/metrics").content.decode()
-    assert 'pitr_periodic_task_failing{task="index_wal"} 1.0' in text
-    assert 'pitr_periodic_task_errors{task="index_wal"} 1.0' in text
+    assert 'pitr_periodic_task_failing{server="demo",task="index_wal"} 1.0' in text
+    assert 'pitr_periodic_task_errors{server="demo",task="index_wal"} 1.0' in text
 
     (home / "no-such-archive").mkdir()
     assert index_wal() is not None

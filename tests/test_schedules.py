@@ -69,7 +69,7 @@ def test_overview_shows_next_backup_and_age_alert(viewer, no_fleet, settings):
     assert "<code>30 4 * * *</code> (cron) · next " in schedule and " 04:30:00 UTC" in schedule
     assert "the newest base backup ended 71.9 h ago, more than PITR_BACKUP_MAX_AGE (24.0 h)" in html
     text = viewer.get("/metrics").content.decode()
-    assert metric(text, "pitr_backup_too_old") == ["pitr_backup_too_old 1.0"]
+    assert metric(text, "pitr_backup_too_old") == ['pitr_backup_too_old{server="demo"} 1.0']
     nxt = float(metric(text, "pitr_next_scheduled_backup_timestamp_seconds")[0].split()[1])
     assert 0 < nxt - timezone.now().timestamp() <= 86400
     settings.PITR_BACKUP_SCHEDULE = "disable"
@@ -96,13 +96,13 @@ def test_storage_use_and_new_metrics(viewer, no_fleet):
     assert "Local archive</dt><dd>10.0\xa0MB" in storage and "Local backups</dt><dd>4.0\xa0MB" in storage
     assert "Storage archive</dt><dd>1.0\xa0MB" in storage
     text = viewer.get("/metrics").content.decode()
-    assert 'pitr_storage_bytes{place="local archive"} 1.048576e+07' in text
-    assert metric(text, "pitr_last_backup_duration_seconds") == ["pitr_last_backup_duration_seconds 3.0"]
-    assert 'pitr_last_backup_size_bytes{kind="raw"} 3.145728e+07' in text
+    assert 'pitr_storage_bytes{place="local archive",server="demo"} 1.048576e+07' in text
+    assert metric(text, "pitr_last_backup_duration_seconds") == ['pitr_last_backup_duration_seconds{server="demo"} 3.0']
+    assert 'pitr_last_backup_size_bytes{kind="raw",server="demo"} 3.145728e+07' in text
     age = float(metric(text, "pitr_last_verified_restore_age_seconds")[0].split()[1])
     assert 530 < age < 600
     assert metric(text, "pitr_oldest_recoverable_timestamp_seconds")
-    assert 'pitr_restore_target_state{state="stopped"} 1.0' in text
+    assert 'pitr_restore_target_state{server="demo",state="stopped"} 1.0' in text
 
 
 @pytest.mark.fleet

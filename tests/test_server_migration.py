@@ -8,7 +8,7 @@ from django.db.migrations.executor import MigrationExecutor
 BEFORE = [("walcatalog", "0009_basebackup_pinned"), ("restores", "0005_job_cancelled_started_by"),
           ("chaos", "0002_job_cancelled_started_by"), ("fleet", None)]
 AFTER = [("walcatalog", "0010_server"), ("restores", "0006_server"), ("chaos", "0003_server"),
-         ("fleet", "0002_server_cluster")]  # runs before the server migrations (they read the Server model)
+         ("fleet", "0003_server_retired_successor")]  # runs before the server migrations (they read the Server model)
 
 
 @pytest.mark.django_db(transaction=True)

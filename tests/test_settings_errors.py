@@ -256,8 +256,24 @@ def test_database_url_keeps_its_query_options(tmp_path):
                                tmp_path)
     assert (config["NAME"], config["USER"], config["PASSWORD"], config["HOST"], config["PORT"]) == \
         ("pitr", "u", "p@x", "db.example", "5433")
-    assert config["OPTIONS"] == {"sslmode": "require", "options": "-c search_path=x"}
+    assert config["OPTIONS"] == {"sslmode": "require", "options": "-c search_path=x",
+                                 "application_name": "pitrsite pytest"}
+    named = database_from_url("postgres://u@h/pitr?application_name=mine", tmp_path)
+    assert named["OPTIONS"]["application_name"] == "mine", "the URL's own name wins"
     relative = database_from_url("sqlite:///var/db.sqlite3", tmp_path)
     assert relative["NAME"] == str(tmp_path / "var/db.sqlite3") and relative["OPTIONS"]["timeout"] == 30
     with pytest.raises(ImproperlyConfigured, match="DATABASE_URL scheme 'mysql' is not supported"):
         database_from_url("mysql://u@h/db", tmp_path)
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["/srv/pitrsite/manage.py", "restore", "--latest"], "pitrsite restore"),
+    (["/srv/.venv/lib/python3.11/site-packages/celery/__main__.py", "-A", "pitrsite", "worker", "--beat"],
+     "pitrsite worker"),
+    (["/srv/.venv/bin/celery", "-A", "pitrsite", "beat"], "pitrsite beat"),
+    (["/srv/.venv/bin/gunicorn", "pitrsite.wsgi"], "pitrsite gunicorn"),
+])
+def test_each_process_names_itself_to_postgresql(argv, name):
+    from pitrsite.config import application_name
+
+    assert application_name(argv) == name

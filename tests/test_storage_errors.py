@@ -56,3 +56,15 @@ def test_storage_problems_are_one_line_and_a_json_error(home, request, command):
         error = json.loads(result.stdout)["error"]  # exactly one JSON document on stdout
         assert expected in error, (label, error)
         assert "Traceback" not in result.stderr, (label, result.stderr)
+
+
+def test_an_unknown_server_is_a_json_error(home):  # noqa: F811
+    """--server before or after a subcommand; an argument error (argparse's) is a JSON object on stdout too."""
+    env = clean_env(home)
+    assert run_manage(env, "migrate", "-v0").returncode == 0
+    for argv in (("storage", "check", "--server", "nope"), ("restore", "--server", "nope", "--latest")):
+        result = run_manage(env, *argv, "--json")
+        assert result.returncode == 1, (argv, result.stdout, result.stderr)
+        assert "unknown server 'nope'" in json.loads(result.stdout)["error"], argv
+    result = run_manage(env, "backups", "--json", "--server")
+    assert result.returncode == 2 and "expected one argument" in json.loads(result.stdout)["error"]

@@ -6,6 +6,7 @@ fresh bucket. The shared fleet's archive is never modified: see tests/storage_sc
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pytest
@@ -22,6 +23,7 @@ from tests.restore_helpers import empty_catalog, primary_ids_committed, restored
 from tests.storage_scenario import local_files_lost, make_scenario, narrow_catalog
 from tests.storage_servers import BACKENDS, archive_storage, azurite_server, gcs_emulator, moto_server  # noqa: F401
 from walcatalog import storage as st
+from walcatalog import walnames
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 from walcatalog.rebuild import RebuildError, rebuild_from_storage
 from walcatalog.uploader import check_storage, upload_pass
@@ -68,8 +70,12 @@ def test_upload_verify_resume_and_rebuild(archive_storage, narrowed):
     assert first["backup_files"] == 3 and first["descriptors"] == 1  # base.tar.zst, pg_wal.tar.zst, backup_manifest
     assert not StorageCopy.objects.filter(verified_at__isnull=True).exists()
     assert WalSegment.objects.filter(is_partial=True).exists()
-    assert not StorageCopy.objects.filter(segment__is_partial=True).exists()  # the growing .partial never goes up
-    assert not any(k.endswith(".partial") for k in st.list_keys(archive_storage, "wal"))
+    # The growing .partial goes up as a snapshot under its own key, never under a complete segment's.
+    growing = WalSegment.objects.get(is_partial=True)
+    assert first["partials"] == 1
+    assert list(StorageCopy.objects.filter(segment__is_partial=True).values_list("kind", "key")) == \
+        [("partial", st.partial_key(growing.name))]
+    assert st.wal_key(growing.name) not in st.list_keys(archive_storage, st.area("wal"))
     assert uploaded(archive_storage)["uploaded"] == 0  # everything has a verified copy: nothing to do
 
     check = check_storage()
@@ -234,11 +240,12 @@ def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, na
     assert storage_recovery_point() is None  # nothing in this bucket yet
     first = upload_pass()
     assert first.uploaded and not first.errors and first.storage.startswith("s3:")
-    # The storage's recovery point: the newest commit of a complete segment; the tail row in the .partial
-    # (make_scenario's last commit) is newer and only on this machine.
+    # The storage's recovery point: the tail row in the .partial (make_scenario's last commit), whose snapshot
+    # went up with the complete segments; without snapshots, the newest commit of a complete segment.
     point = storage_recovery_point()
-    assert point == WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
-    assert WalSegment.objects.get(is_partial=True).last_commit_at > point
+    assert point == WalSegment.objects.get(is_partial=True).last_commit_at == StorageCopy.objects.get(
+        kind="partial").last_commit_at
+    assert point > WalSegment.objects.filter(is_partial=False).aggregate(at=Max("last_commit_at"))["at"]
     assert upload_pass().pending == 0  # nothing left for the same bucket
     for backend in ("s3", "azure"):
         settings.STORAGES = {**settings.STORAGES,
@@ -251,3 +258,76 @@ def test_switching_storage_uploads_everything_to_the_new_one(archive_storage, na
         assert check.storage == st.identity()
         assert check.ok and not check.local_only and check.verified == first.uploaded, check.as_dict()
     assert StorageCopy.objects.values("storage").distinct().count() == 3
+
+
+@pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
+def test_partial_snapshot_reaches_storage_and_a_restore_from_storage_alone_uses_it(
+        archive_storage, narrowed, fleet, primary, settings, tmp_path):
+    """Commits since the last segment switch reach storage as a snapshot of the .partial (its valid prefix,
+    under its own key), replaced as it grows at most every PITR_PARTIAL_UPLOAD_INTERVAL s and dropped once the
+    complete segment is up. With the local archive gone, a restore to the latest WAL ends exactly at the
+    snapshot: every row committed before it, nothing after."""
+    from restores.engine import refresh_catalog
+    from tests.restore_helpers import wait_captured, write_rows
+    from walcatalog.uploader import storage_recovery_point
+
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 3600
+    before = write_rows(primary, 5, "snapshot")  # no segment switch since the last of these commits
+    wait_captured()
+    refresh_catalog()
+    growing = WalSegment.objects.get(is_partial=True)
+    # Not always equal: autovacuum's analyze of test_data commits too, at any moment.
+    assert growing.last_commit_at >= before[-1].committed_at
+    first = uploaded(archive_storage)
+    assert first["partials"] == 1
+    snap = StorageCopy.objects.get(kind="partial")
+    assert snap.key == st.partial_key(growing.name) != st.wal_key(growing.name)
+    assert (snap.segment_id, snap.size) == (growing.pk, growing.scanned_to - growing.start_lsn)
+    assert snap.last_commit_at == growing.last_commit_at == storage_recovery_point()
+    assert st.read_bytes(archive_storage, snap.key) == (fleet.layout.archive / growing.file_name).read_bytes()[
+        :snap.size]
+
+    after = write_rows(primary, 3, "after-snapshot")
+    wait_captured()
+    refresh_catalog()
+    assert uploaded(archive_storage)["partials"] == 0  # grown, but the last snapshot is younger than the interval
+
+    job = restore_from_storage(settings, tmp_path / "lost", RestoreTarget.from_options(latest=True))
+    assert job.state == JobState.DONE, job.error
+    assert job.source == "storage" and job.uses_partial and job.wal_last == growing.file_name
+    assert job.plan["partial_snapshot"]["key"] == snap.key
+    restored = restored_ids(fleet)
+    assert restored == primary_ids_committed(primary, snap.last_commit_at)
+    assert {r.id for r in before} <= restored and not {r.id for r in after} & restored
+
+    # Time targets plan against the snapshot's commits, not the lost local file's (no restore run: planning only).
+    from pitrsite.errors import NotYetCaptured
+    from restores.planner import plan
+
+    with local_files_lost(settings, tmp_path / "plans"):
+        refresh_catalog()
+        with pytest.raises(NotYetCaptured, match=re.escape(snap.last_commit_at.isoformat())):
+            plan(RestoreTarget.from_options(time=after[-1].committed_at.isoformat()))
+        newest = plan(RestoreTarget.from_options(time=snap.last_commit_at.isoformat()))
+        assert newest.snapshot == snap and newest.recovery["recovery_target_lsn"] == \
+            walnames.format_lsn(snap.last_commit_lsn)
+        inside = plan(RestoreTarget.from_options(time=before[-2].committed_at.isoformat()))
+        assert inside.snapshot == snap and inside.segments[-1].pk == growing.pk
+        assert "recovery_target_time" in inside.recovery
+
+    # Due again: replaced under the same key by the longer prefix; then the segment completes and the
+    # snapshot is dropped from storage once the complete segment has a verified copy.
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 0.001
+    refresh_catalog()  # the archive is back (the restore's index pass saw it lost)
+    assert uploaded(archive_storage)["partials"] == 1
+    grown = StorageCopy.objects.get(kind="partial")
+    assert grown.key == snap.key and grown.size > snap.size
+    assert grown.last_commit_at == WalSegment.objects.get(pk=growing.pk).last_commit_at >= after[-1].committed_at
+    primary.execute("SELECT pg_switch_wal()")
+    wait_captured()
+    refresh_catalog()
+    last = uploaded(archive_storage)
+    assert last["partials_dropped"] == 1
+    assert not archive_storage.exists(snap.key)
+    assert StorageCopy.objects.filter(segment=growing, kind="wal", verified_at__isnull=False).exists()
+    assert check_storage().ok and not check_storage().remote_only

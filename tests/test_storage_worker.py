@@ -1,4 +1,5 @@
-"""Celery beat runs the uploader: a segment completed on the primary ends up verified in storage by itself."""
+"""Celery beat runs the uploader: a segment completed on the primary ends up verified in storage by itself, and
+a snapshot of the growing .partial beside it."""
 from __future__ import annotations
 
 import pytest
@@ -38,7 +39,16 @@ def test_beat_uploads_completed_segments(worker_storage, celery_worker, primary)
     path = worker_storage / copy.key
     assert path.is_file() and st.sha256_file(path) == (copy.size, copy.sha256)
     assert copy.key == st.wal_key(copy.segment.name)
-    assert not any(p.name.endswith(".partial") for p in worker_storage.rglob("*"))
+
+    # The growing .partial goes up too (the first snapshot at once), under its own key, never a segment's.
+    def snapshot_up():
+        return StorageCopy.objects.filter(kind="partial", verified_at__isnull=False, segment__is_partial=True,
+                                          segment__start_lsn__gt=last_lsn).select_related("segment").first()
+
+    snapshot = wait_for(snapshot_up, 60, "beat to upload a snapshot of the growing .partial")
+    assert snapshot.key == st.partial_key(snapshot.segment.name) != st.wal_key(snapshot.segment.name)
+    for path in worker_storage.rglob("*.partial"):
+        assert path.relative_to(worker_storage).as_posix() == st.partial_key(path.name[:24])
 
 
 @pytest.mark.parametrize("backend", ["s3"])

@@ -132,3 +132,28 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     assert {r.id for r in demo_rows} <= restored_ids(fleet) == primary_ids
     ext_port = json.loads(manage("server", "list", "--json").stdout)[1]["restore_port"]
     assert restored(ext_port, ext, "items") == {r[0] for r in ext_rows}
+
+
+def test_a_host_brings_up_the_servers_of_its_queues_only(db, settings):
+    """`fleet up` and `services up` start the capturers of the external servers this host's worker serves."""
+    from fleet import servers
+    from fleet.models import Server
+
+    for name, queue in (("a", "celery"), ("b", "host-b"), ("c", "host-b")):
+        Server.objects.create(name=name, kind="external", host="127.0.0.1", port=1, queue=queue)
+    settings.PITR_WORKER_QUEUES = ""
+    assert [s.name for s in servers.on_this_host()] == ["a"]  # a worker without -Q serves Celery's default queue
+    settings.PITR_WORKER_QUEUES = "host-b,other"
+    assert [s.name for s in servers.on_this_host()] == ["b", "c"]
+
+
+def test_a_second_host_runs_only_its_worker(settings):
+    """PITR_SERVICES=worker: host B starts no beat (one beat schedules every server) and no web."""
+    from fleet import services
+    from pitrsite.errors import ServiceError
+
+    settings.PITR_SERVICES = ("worker",)
+    assert services.managed_services() == ("worker",)
+    settings.PITR_SERVICES = ("worker", "bakery")
+    with pytest.raises(ServiceError, match="unknown service 'bakery'"):
+        services.managed_services()

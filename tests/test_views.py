@@ -25,20 +25,6 @@ ACTIONS = ["/backups/start/", "/restores/start/"]
 
 
 @pytest.fixture
-def staff(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("ops", password="x", is_staff=True, is_superuser=True))
-    return client
-
-
-@pytest.fixture
-def viewer(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("viewer", password="x"))
-    return client
-
-
-@pytest.fixture
 def catalog(db, no_fleet):
     """Timeline 1 with a gap at segments 40..41, timeline 2 after it, one verified backup, a partial."""
     start = timezone.now() - timedelta(hours=2)
@@ -200,6 +186,11 @@ def test_restore_form_shows_window(staff, catalog):
     ({"kind": "lsn", "value": ""}, "an LSN target needs a value"),
     ({"kind": "immediate", "value": "0/3"}, "an immediate target takes no value"),
     ({"kind": "name", "value": "x", "exclusive": "on"}, "exclusive applies to time, LSN and XID targets"),
+    # As a new primary: confirmed, with both ports, under a new name (restores/promote.py says why not).
+    ({"kind": "latest", "as_new_primary": "dr", "new_port": "50001", "new_restore_port": "50002"}, "tick Confirm"),
+    ({"kind": "latest", "as_new_primary": "dr", "confirm": "on"}, "a new primary needs both ports"),
+    ({"kind": "latest", "as_new_primary": "demo", "new_port": "50001", "new_restore_port": "50002", "confirm": "on"},
+     "server demo exists already"),
 ])
 def test_restore_rejects_malformed_targets(staff, catalog, broker, form, message):
     response = staff.post("/restores/start/", form)

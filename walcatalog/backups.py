@@ -20,9 +20,9 @@ from fleet.driver import get_driver
 from pitrsite import locks, runner
 from pitrsite.errors import BackupError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
-from walcatalog import catalog, verify, walnames
+from walcatalog import catalog, server_policy, verify, walnames
 from walcatalog import storage as st
-from walcatalog.models import DEFAULT_COMPRESSION, BaseBackup, Compression, StorageCopy
+from walcatalog.models import BaseBackup, Compression, StorageCopy
 
 # pg_basebackup --progress prints "12345/67890 kB (18%), 0/1 tablespace" lines.
 PROGRESS = re.compile(r"(\d+)/(\d+) kB")
@@ -32,10 +32,12 @@ TABLESPACE_TAR = re.compile(r"^\d+\.tar(\.gz|\.lz4|\.zst)?$")
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
 
 
-def queue_backup(compression: str = DEFAULT_COMPRESSION, trigger: str = "command") -> BaseBackup:
-    """Create the job row; run_backup (here or in a worker) does the work."""
+def queue_backup(compression: str | None = None, trigger: str = "command") -> BaseBackup:
+    """Create the job row; run_backup (here or in a worker) does the work. No compression: the server's own."""
+    compression = compression or server_policy.compression()
     if compression not in Compression.values:
         raise BackupError(f"unknown compression {compression!r}: choose one of {', '.join(Compression.values)}")
+    servers.current().refuse_if_retired("backups")
     servers.lock(locks.BACKUP).refuse_if_held()
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")
     return BaseBackup.objects.create(label=f"pitr_{stamp}", compression=compression, trigger=trigger)

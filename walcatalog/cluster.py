@@ -36,6 +36,16 @@ def read_cluster(path: Path) -> tuple[int, str] | None:
     return MAGIC_TO_MAJOR[magic], str(sysid)
 
 
+def header_segment_size(path: Path) -> int:
+    """xlp_seg_size, right after xlp_sysid in the long page header that starts every segment."""
+    with open(path, "rb") as fh:
+        fh.seek(HEADER.size)
+        head = fh.read(4)
+    if len(head) < 4:
+        raise PitrError(f"{path.name} is too short to hold a WAL page header")
+    return int(struct.unpack("<I", head)[0])
+
+
 def cluster_dir(major: int | None, sysid: str) -> str:
     """The storage directory of one cluster's files under its server's prefix: "<version>-<system id>"."""
     return f"{major}-{sysid}"

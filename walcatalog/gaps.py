@@ -26,9 +26,12 @@ def timelines_held() -> list[int]:
 
 
 def held() -> Q:
-    """Rows with a good copy: an uncorrupted local file, or a verified storage copy (what the planner may use)."""
-    return Q(Q(in_local_archive=True, corrupt_at__isnull=True) | Exists(
-        StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)))
+    """Rows with a good copy: an uncorrupted local file, or a verified storage copy (what the planner may use).
+    A .partial snapshot holds a row only while it is partial: a completed segment needs its complete copy."""
+    copies = StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)
+    return Q(Q(in_local_archive=True, corrupt_at__isnull=True)
+             | Exists(copies.exclude(kind=StorageCopy.Kind.PARTIAL))
+             | Q(is_partial=True) & Exists(copies.filter(kind=StorageCopy.Kind.PARTIAL)))
 
 
 def segment_spans() -> dict[int, tuple[int, int]]:
@@ -48,7 +51,9 @@ def not_held() -> set[tuple[int, int]]:
     copies = StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)
     # in_local_archive__in=[False]: SQLite gets "IN (0)", which uses the index; "NOT column" would scan.
     bad = Q(in_local_archive__in=[False]) | Q(corrupt_at__isnull=False)
-    return set(WalSegment.objects.filter(bad).filter(~Exists(copies)).values_list("timeline", "segno"))
+    snapshot = Q(is_partial=True) & Exists(copies.filter(kind=StorageCopy.Kind.PARTIAL))
+    return set(WalSegment.objects.filter(bad).filter(~Exists(copies.exclude(kind=StorageCopy.Kind.PARTIAL)))
+               .exclude(snapshot).values_list("timeline", "segno"))
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ class StorageCopy(models.Model):
         HISTORY = "history"
         BACKUP = "backup"
         DESCRIPTOR = "descriptor"
+        PARTIAL = "partial"  # a snapshot of the growing .partial: its valid prefix, replaced as it grows
 
     server = server_field("storage_copies")
     kind = models.CharField(max_length=12, choices=Kind.choices)
@@ -171,6 +172,9 @@ class StorageCopy(models.Model):
     sha256 = models.CharField(max_length=64)
     uploaded_at = models.DateTimeField()
     verified_at = models.DateTimeField(null=True, blank=True)
+    # A .partial snapshot's own newest commit (the segment row's goes on growing with the local file).
+    last_commit_at = models.DateTimeField(null=True, blank=True)
+    last_commit_lsn = models.BigIntegerField(null=True, blank=True)
 
     objects: ClassVar[ScopedManager] = ScopedManager()  # type: ignore[assignment]
     all_servers = models.Manager()

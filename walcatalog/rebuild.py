@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet import servers
+from fleet.models import Server, ServerKind
 from pitrsite import home, locks
 from pitrsite.errors import PitrError, RebuildError
 from pitrsite.jobs import JobState, Reporter
@@ -34,6 +36,7 @@ from pitrsite.output import Result
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir
+from walcatalog.cluster import header_segment_size
 from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,25 @@ def rebuild_from_storage(reporter: Reporter | None = None, storage_name: str = s
         st.probe(storage_name)
         _adopt_cluster(st.get_storage(storage_name), cluster)
         return _Rebuild(storage_name, workers or settings.PITR_DOWNLOAD_PARALLEL, reporter).run()
+
+
+def server_from_storage(name: str, restore_port: int | None = None, storage_prefix: str = "",
+                        user: str = "") -> Server:
+    """A new home's entry for a server it has never seen, from what storage holds: its name and prefix
+    (servers/NAME/ unless given), then its cluster (system identifier, major version) as any rebuild adopts
+    it. It is an external server without a connection: pitrsite restores it, and captures nothing of it
+    until `server add` on a home that reaches it. `user`: the original's superuser, pitrsite's login to
+    the restored copy (through its private socket, no password)."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_slug
+
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise RebuildError(f"server name {name!r} is not a slug: use letters, digits, - and _") from None
+    return Server.objects.create(name=name, kind=ServerKind.EXTERNAL, user=user or settings.PITR_PG_SUPERUSER,
+                                 storage_prefix=(storage_prefix or f"servers/{name}").strip("/"),
+                                 restore_port=restore_port or settings.PITR_RESTORE_PORT)
 
 
 def _require_empty() -> None:
@@ -150,7 +172,8 @@ class _Rebuild:
             name = key.rsplit("/", 1)[1]
             # the loosest size: the indexer checks the real one
             ok = (key.startswith(st.area("wal/history/")) and name.endswith(".history") and len(name) == 16) or \
-                 (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20))
+                 (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20)) or \
+                 (len(name) == 32 and key == st.partial_key(name[:24]) and walnames.is_wal_name(name[:24], 1 << 20))
             if ok:
                 wanted.append((key, scratch / name))
             else:
@@ -163,6 +186,14 @@ class _Rebuild:
                 self.result.skipped.append(f"{key}: {st.error_text(error)}")
                 continue
             assert got is not None  # no error: the download returned
+            if dest.name.endswith(".partial"):
+                # A snapshot is the valid prefix: padded with zeros to the segment size, as pg_receivewal's own
+                # .partial is, the indexer reads it to its last record.
+                try:
+                    os.truncate(dest, header_segment_size(dest))
+                except PitrError as exc:
+                    self.result.skipped.append(f"{key}: {exc}")
+                    continue
             fetched[dest.name] = (key, *got)
             self.result.bytes_read += got[0]
             if self.reporter:
@@ -179,17 +210,28 @@ class _Rebuild:
         segments = {s.name: s for s in WalSegment.objects.all()}
         now = timezone.now()
         copies = []
+        snapshot_of: dict[int, tuple[datetime | None, int | None]] = {}
         for name, (key, size, sha) in fetched.items():
             if name.endswith(".history"):
                 kind, segment = StorageCopy.Kind.HISTORY, None
+            elif name.endswith(".partial"):
+                segment = segments.get(name[:24])
+                if segment is None or not segment.is_partial:
+                    # Its complete segment is in storage too (a pass stopped before dropping the snapshot).
+                    self.result.skipped.append(f"{key}: superseded by the complete segment")
+                    continue
+                kind = StorageCopy.Kind.PARTIAL
+                snapshot_of[segment.pk] = (segment.last_commit_at, segment.last_commit_lsn)
             else:
                 segment = segments.get(name)
                 if segment is None or segment.sha256 != sha:
                     self.result.skipped.append(f"{key}: not indexed")
                     continue
                 kind = StorageCopy.Kind.WAL
+            commit_at, commit_lsn = snapshot_of.get(segment.pk, (None, None)) if segment else (None, None)
             copies.append(StorageCopy(storage=self.where, key=key, kind=kind, segment=segment, size=size, sha256=sha,
-                                      uploaded_at=self.modified(key, now), verified_at=now))
+                                      uploaded_at=self.modified(key, now), verified_at=now,
+                                      last_commit_at=commit_at, last_commit_lsn=commit_lsn))
         StorageCopy.objects.bulk_create(copies)
         self.result.segments = len(segments)
         self.result.timelines = Timeline.objects.count()

@@ -1,6 +1,6 @@
 """Retention: delete old backups and WAL, locally and in storage, never what a kept restore needs.
 
-Policy (settings): keep the newest PITR_RETENTION_KEEP_BACKUPS verified
+Policy (the server's own, else the settings): keep the newest PITR_RETENTION_KEEP_BACKUPS verified
 backups and/or every moment of the last PITR_RETENTION_DAYS days. A moment
 T is restorable from the newest verified backup that ends at or before T, so
 the recovery window keeps every backup that ends inside it *plus* the newest
@@ -38,6 +38,7 @@ from pitrsite import locks
 from pitrsite.errors import RetentionError
 from pitrsite.jobs import ACTIVE_STATES, Reporter
 from pitrsite.output import Result
+from walcatalog import server_policy
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir, restorable_backups
@@ -87,8 +88,9 @@ class Policy:
     days: float = 0.0
 
     @classmethod
-    def from_settings(cls) -> "Policy":
-        return cls(settings.PITR_RETENTION_KEEP_BACKUPS, settings.PITR_RETENTION_DAYS)
+    def of_server(cls) -> "Policy":
+        """The current server's own policy, else the settings' (walcatalog.server_policy)."""
+        return cls(*server_policy.retention())
 
     @property
     def active(self) -> bool:
@@ -117,7 +119,7 @@ def kept_backups(policy: Policy, now: datetime) -> list[BaseBackup]:
 
 def status_of_backups(now: datetime | None = None) -> dict[int, str]:
     """{backup id: kept, pinned, obsolete (the next pass removes it), removed, or not restorable}."""
-    policy = Policy.from_settings()
+    policy = Policy.of_server()
     kept = {b.pk for b in kept_backups(policy, now or timezone.now())} if policy.active else None
     result = {}
     for pk, pinned, verified, state, error in BaseBackup.objects.values_list(
@@ -136,7 +138,7 @@ def status_of_backups(now: datetime | None = None) -> dict[int, str]:
 def apply_retention(policy: Policy | None = None, dry_run: bool = False, now: datetime | None = None,
                     reporter: Reporter | None = None) -> RetentionResult:
     """One retention pass (beat, or `manage.py retention`); a dry run only reports."""
-    policy = policy or Policy.from_settings()
+    policy = policy or Policy.of_server()
     began = time.monotonic()
     result = RetentionResult(policy=str(policy), dry_run=dry_run)
     if not policy.active:

@@ -12,7 +12,10 @@ prefix listing, names sorting in LSN order::
 
     [<server prefix>/]<version>-<system id>/                        one cluster's files (pgBackRest's
                                                                    archive/<stanza>/<version>-<id>/)
-        wal/<timeline, 8 hex>/<segment name>     complete segments only, never a .partial
+        wal/<timeline, 8 hex>/<segment name>     complete segments
+        wal/<timeline, 8 hex>/<segment name>.partial   a snapshot of the growing segment: its valid
+                                                 prefix, replaced as it grows, dropped once the
+                                                 complete segment is uploaded
         wal/history/<timeline>.history
         backups/<label>/<file>                   base.tar.zst, pg_wal.tar.zst, backup_manifest
         backups/<label>/descriptor.json          written last: the backup row + file list with sha256
@@ -118,6 +121,11 @@ def wal_key(segment_name: str) -> str:
     if len(segment_name) != 24:
         raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
     return f"{base()}wal/{segment_name[:8]}/{segment_name}"
+
+
+def partial_key(segment_name: str) -> str:
+    """A .partial snapshot's own key: beside the complete segment's, never the same."""
+    return wal_key(segment_name) + ".partial"
 
 
 def history_key(tli: int) -> str:

@@ -75,16 +75,21 @@ def run_backup(backup_id: int) -> None:
 
 
 @shared_task(name="walcatalog.tasks.scheduled_backup", ignore_result=True)
-def scheduled_backup() -> int | None:
-    """A base backup on PITR_BACKUP_SCHEDULE (beat); skipped while another backup runs, failures recorded."""
+def scheduled_backup(server: str | None = None) -> int | None:
+    """A base backup of each server but a retired one (it takes none any more) on PITR_BACKUP_SCHEDULE
+    (beat), on its own queue; skipped while another backup of it runs, failures recorded."""
     from pitrsite.jobs import JobReporter
     from walcatalog import backups
 
-    def work() -> int:
+    def work() -> int | None:
+        if servers.current().retired_at is not None:
+            return None
         backup = backups.queue_backup(trigger="beat")
         return backups.run_backup(backup, JobReporter(backup)).pk
 
-    return run_periodic("scheduled_backup", work)
+    scope, name = per_server(scheduled_backup, server, "scheduled_backup")
+    with scope:
+        return run_periodic(name, work)
 
 
 # --- archive storage (walcatalog/uploader.py, walcatalog/retention.py) -----------------------------------

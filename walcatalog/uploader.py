@@ -3,8 +3,11 @@
 One pass (beat every PITR_UPLOAD_INTERVAL s, or ``manage.py upload``)
 uploads everything that has no verified copy yet:
 
-- every complete, indexed segment of the local archive (the growing
-  ``.partial`` never: its row is partial until pg_receivewal renames it);
+- every complete, indexed segment of the local archive;
+- a snapshot of the growing ``.partial`` (at most every PITR_PARTIAL_UPLOAD_INTERVAL s): its valid prefix,
+  under its own key (storage.partial_key), replaced as it grows and deleted once the complete segment has a
+  verified copy. So a lost machine takes at most that interval (plus the index and upload intervals) of
+  commits with it, instead of everything since the last segment switch;
 - every timeline ``.history`` (from the catalog row, which holds its text);
 - every verified base backup: its files, then a JSON descriptor written last,
   so a descriptor in storage means the whole backup is there.
@@ -15,15 +18,23 @@ bench/storage.py) and only then recorded as verified in StorageCopy. A pass
 killed mid-way leaves objects without a verified row: the next pass uploads
 them again, overwriting whatever half was written.
 
+A snapshot's valid length is where the indexer's pg_waldump read of the .partial stopped: the end of the last
+complete WAL record (WalSegment.scanned_to). Not the flush position pg_receivewal reports to the server: that
+is not kept per file, it may end inside a record, and it is not what the catalog's commit times were read
+from. Taken from the same row read, the length and the snapshot's newest commit always agree. The bytes before
+it never change (pg_receivewal only appends), so the prefix can be read while the file grows. A restore pads
+the snapshot back to the segment size with zeros, where replay ends as at the end of a local .partial.
+
 Transfers run in a bounded thread pool (PITR_UPLOAD_PARALLEL) with retries
 and backoff; every database write stays in the calling thread.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -53,6 +64,8 @@ class Item:
     sha256: str = ""  # what the catalog says the bytes are, when it knows
     segment_id: int | None = None
     backup_id: int | None = None
+    last_commit_at: datetime | None = None  # a .partial snapshot's newest commit
+    last_commit_lsn: int | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +82,8 @@ class UploadResult(Result):
     history: int = 0
     backup_files: int = 0
     descriptors: int = 0
+    partials: int = 0  # .partial snapshots uploaded
+    partials_dropped: int = 0  # snapshots deleted: their complete segment has a verified copy now
     upload_seconds: float = 0.0  # summed over transfers
     verify_seconds: float = 0.0  # reading back and hashing, summed over transfers
     seconds: float = 0.0  # wall clock of the pass
@@ -78,7 +93,8 @@ class UploadResult(Result):
     def __str__(self) -> str:
         text = (f"{self.uploaded} of {self.pending} object(s) uploaded and verified to {self.storage} "
                 f"({self.wal} WAL, {self.history} history, {self.backup_files} backup files, "
-                f"{self.descriptors} descriptors; {self.bytes:,} bytes in {self.seconds:.2f} s)")
+                f"{self.descriptors} descriptors, {self.partials} .partial snapshot(s); {self.bytes:,} bytes "
+                f"in {self.seconds:.2f} s)")
         return text + (f"; {len(self.errors)} failed" if self.errors else "")
 
 
@@ -97,15 +113,25 @@ def verified_copies(storage_name: str = st.STORAGE_NAME):
 def wal_to_upload(storage_name: str = st.STORAGE_NAME):
     """Complete, indexed local segments with no verified copy in the storage: what the next pass uploads
     (and the backlog the overview shows)."""
-    copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
+    copied = Exists(verified_copies(storage_name).filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("pk")))
     return WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="").filter(~copied)
 
 
 def storage_recovery_point(storage_name: str = st.STORAGE_NAME):
-    """The newest commit held in the storage (in a verified segment copy): what a restore from storage alone
-    can reach, so its age bounds the data a lost machine takes with it. None when storage holds no commit."""
-    copied = Exists(verified_copies(storage_name).filter(segment=OuterRef("pk")))
-    return WalSegment.objects.filter(copied).aggregate(at=Max("last_commit_at"))["at"]
+    """The newest commit held in the storage (in a verified segment copy or .partial snapshot): what a restore
+    from storage alone can reach, so its age bounds the data a lost machine takes with it. None when storage
+    holds no commit."""
+    copies = verified_copies(storage_name)
+    # A snapshot counts with its own newest commit, not its row's: that one grows with the local file.
+    copied = Exists(copies.exclude(kind=StorageCopy.Kind.PARTIAL).filter(segment=OuterRef("pk")))
+    found = [WalSegment.objects.filter(copied).aggregate(at=Max("last_commit_at"))["at"],
+             copies.filter(kind=StorageCopy.Kind.PARTIAL).aggregate(at=Max("last_commit_at"))["at"]]
+    return max((at for at in found if at is not None), default=None)
+
+
+def read_prefix(path: Path, length: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(length)
 
 
 class _Pass:
@@ -119,9 +145,10 @@ class _Pass:
         began = time.monotonic()
         if self.reporter:
             self.reporter.step("uploading to storage")
-        items = self.wal_items() + self.history_items() + self.backup_file_items()
+        items = self.wal_items() + self.history_items() + self.backup_file_items() + self.partial_items()
         self.result.pending = len(items)
         self.transfer(items)
+        self.drop_superseded_partials()
         descriptors = self.descriptor_items()  # only backups whose files are all verified by now
         self.result.pending += len(descriptors)
         self.transfer(descriptors)
@@ -138,6 +165,44 @@ class _Pass:
         rows = wal_to_upload(self.name).order_by("timeline", "segno").values_list("pk", "name", "sha256")
         return [Item(StorageCopy.Kind.WAL, st.wal_key(name), archive / name, sha, segment_id=pk)
                 for pk, name, sha in rows]
+
+    def partial_items(self) -> list[Item]:
+        """A snapshot of each growing .partial whose last one is older than PITR_PARTIAL_UPLOAD_INTERVAL and
+        shorter than what the indexer has read since (the first one at once)."""
+        interval = settings.PITR_PARTIAL_UPLOAD_INTERVAL
+        if interval <= 0:
+            return []
+        archive = Layout.current().archive
+        held = {c.segment_id: c for c in verified_copies(self.name).filter(kind=StorageCopy.Kind.PARTIAL)}
+        due = timezone.now() - timedelta(seconds=interval)
+        rows = WalSegment.objects.filter(is_partial=True, in_local_archive=True, corrupt_at__isnull=True).values_list(
+            "pk", "name", "start_lsn", "scanned_to", "last_commit_at", "last_commit_lsn")
+        items = []
+        for pk, name, start, scanned_to, commit_at, commit_lsn in rows:
+            length, last = scanned_to - start, held.get(pk)
+            if length <= 0 or last is not None and (last.size >= length or last.uploaded_at > due):
+                continue
+            try:
+                data = read_prefix(archive / f"{name}.partial", length)
+            except FileNotFoundError:
+                continue  # completed since the index pass: the complete segment goes up with the next pass
+            if len(data) == length:
+                items.append(Item(StorageCopy.Kind.PARTIAL, st.partial_key(name), data, segment_id=pk,
+                                  last_commit_at=commit_at, last_commit_lsn=commit_lsn))
+        return items
+
+    def drop_superseded_partials(self) -> None:
+        """Delete the snapshots whose complete segment has a verified copy: the object first, then its row."""
+        complete = Exists(verified_copies(self.name).filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("segment")))
+        for copy in verified_copies(self.name).filter(kind=StorageCopy.Kind.PARTIAL).filter(complete):
+            try:
+                st.with_retries(functools.partial(self.storage.delete, copy.key), f"deleting {copy.key}",
+                                attempts=settings.PITR_STORAGE_RETRIES)
+            except Exception as exc:  # noqa: BLE001 - reported with the pass; the next one tries again
+                self.result.errors.append(f"{copy.key}: {st.error_text(st.as_storage_error(exc, self.name))}")
+                continue
+            copy.delete()
+            self.result.partials_dropped += 1
 
     def history_items(self) -> list[Item]:
         keys = set(verified_copies(self.name).filter(kind=StorageCopy.Kind.HISTORY).values_list("key", flat=True))
@@ -203,14 +268,15 @@ class _Pass:
             storage=st.identity(self.name), key=item.key,
             defaults=dict(kind=item.kind, segment_id=item.segment_id, backup_id=item.backup_id, size=up.size,
                           sha256=up.sha256, uploaded_at=now - timedelta(seconds=up.verify_seconds),
-                          verified_at=now))
+                          verified_at=now, last_commit_at=item.last_commit_at, last_commit_lsn=item.last_commit_lsn))
         r = self.result
         r.uploaded += 1
         r.bytes += up.size
         r.upload_seconds += up.upload_seconds
         r.verify_seconds += up.verify_seconds
         counters: dict[str, str] = {StorageCopy.Kind.WAL: "wal", StorageCopy.Kind.HISTORY: "history",
-                                    StorageCopy.Kind.BACKUP: "backup_files", StorageCopy.Kind.DESCRIPTOR: "descriptors"}
+                                    StorageCopy.Kind.BACKUP: "backup_files", StorageCopy.Kind.DESCRIPTOR: "descriptors",
+                                    StorageCopy.Kind.PARTIAL: "partials"}
         counter = counters[item.kind]
         setattr(r, counter, getattr(r, counter) + 1)
 
@@ -287,6 +353,9 @@ def _local_keys() -> set[str]:
         if folder.is_dir():
             keys |= {st.backup_key(backup.label, p.name) for p in folder.iterdir() if p.is_file()}
             keys.add(st.descriptor_key(backup.label))
+    # The snapshot of a .partial still growing here: expected in storage, not "remote only".
+    keys |= set(StorageCopy.objects.filter(kind=StorageCopy.Kind.PARTIAL, segment__is_partial=True,
+                                           segment__in_local_archive=True).values_list("key", flat=True))
     return keys
 
 

@@ -7,9 +7,9 @@ from django.db import DatabaseError
 from fleet import servers
 from fleet.layout import ROLES, check_role
 from fleet.driver import get_driver
-from fleet.models import Server, ServerKind
+from fleet.external import each_on_this_host, retired_line
+from fleet.models import Server
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
-from pitrsite.errors import PitrError
 from pitrsite.output import PitrCommand
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -34,17 +34,13 @@ class Command(PitrCommand):
             self._run(action, role, every=False)
 
     def _each_external(self, action: str) -> list[str]:
-        """Every external server's capturer and restore target: one failing says so and the others go on."""
-        lines, failed = [], []
-        for server in Server.objects.exclude(kind=ServerKind.MANAGED).order_by("name"):
-            try:
-                with servers.using(server):
-                    lines += getattr(get_driver(server), action)()
-            except PitrError as exc:
-                self.out.warn(f"{server.name}: {exc}")
-                failed.append(server.name)
+        """The capturer and restore target of every external server on this host's queues (PITR_WORKER_QUEUES):
+        one failing says so and the others go on."""
+        lines, failed = each_on_this_host(action)
+        for line in failed:
+            self.out.warn(line)
         if failed:
-            self.out.fail(f"fleet {action} failed for {', '.join(failed)}")
+            self.out.fail(f"fleet {action} failed for {', '.join(f.split(':')[0] for f in failed)}")
         return lines
 
     def _run(self, action: str, role: str | None, every: bool) -> None:
@@ -54,10 +50,17 @@ class Command(PitrCommand):
         elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
+            if action in ("start", "restart") and role == "capturer":
+                servers.current().refuse_if_retired("capture")
             getattr(driver, action)(check_role(role))
             self.out.result({"role": role, "state": driver.state(role)}, f"{role}: {driver.state(role)}")
         elif action == "up":
-            self.out.result(driver.up() + (self._each_external("up") if every else []))
+            current = servers.current()
+            if current.retired_at is not None:  # its primary is lost: no new one, no capture (restores still work)
+                own = [retired_line(current)]
+            else:
+                own = driver.up()
+            self.out.result(own + (self._each_external("up") if every else []))
         elif action == "down":
             self.out.result((driver.down() + (self._each_external("down") if every else [])) or ["nothing was running"])
         elif action == "check":
@@ -107,3 +110,4 @@ def _servers_in_brief(current: dict) -> list[dict]:
                 for server in Server.objects.order_by("name")]
     except DatabaseError:
         return []
+

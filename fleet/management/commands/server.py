@@ -7,14 +7,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 
 from fleet import servers
-from fleet.checks import capturer_running, ensure_slot, run_checks
-from fleet.driver import get_driver
+from fleet.checks import check_server, ensure_slot, run_checks
+from fleet.external import remove_server
 from fleet.models import Server, ServerKind
-from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
+from fleet.status import server_summary
 from pitrsite.output import PitrCommand
-
-# Deleted in this order by --forget: what points at a row goes before it.
-FORGET_ORDER = ("chaosrun", "restorejob", "storagecopy", "restorepoint", "walsegment", "basebackup", "timeline")
 
 
 class Command(PitrCommand):
@@ -78,19 +75,11 @@ class Command(PitrCommand):
         rows = [server_summary(s) for s in Server.objects.order_by("name")]
         self.out.result(rows, [f"{row['name']:16} {row['kind']:8} {row['host']}:{row['port']}  capture "
                                f"{row['capture']}  restore target port {row['restore_port']}  queue {row['queue']}"
-                               for row in rows])
+                               + (f"\n  ALERT {row['problem']}" if row["problem"] else "") for row in rows])
 
     def do_check(self, opts) -> None:
         server = servers.resolve(opts["name"])
-        with servers.using(server):
-            if server.managed:
-                problems = fleet_check(get_driver(server))
-                lines = [{"check": "fleet", "ok": False, "line": p} for p in problems] or \
-                        [{"check": "fleet", "ok": True, "line": "fleet OK"}]
-            else:
-                lines = [c.as_dict() for c in run_checks(server, slot_owner_running=capturer_running(server))]
-                problem = capture_problem(fleet_status(get_driver(server)))
-                lines.append({"check": "capture", "ok": problem is None, "line": problem or "capture streaming"})
+        lines = [check.as_dict() for check in check_server(server)]
         self.out.result({"server": server.name, "checks": lines},
                         [f"{'ok ' if line['ok'] else 'FAIL'} {line['line']}" for line in lines])
         failed = [line for line in lines if not line["ok"]]
@@ -98,22 +87,7 @@ class Command(PitrCommand):
             self.out.fail(f"{server.name}: {len(failed)} check(s) failed")
 
     def do_remove(self, opts) -> None:
-        server = servers.resolve(opts["name"])
-        if server.managed:
-            self.out.fail(f"{server.name} is the demo fleet pitrsite runs: stop it with `fleet down`")
-        related = {rel.related_model._meta.model_name: rel.related_model for rel in Server._meta.related_objects}
-        held = related["basebackup"]._base_manager.filter(server=server).count()
-        if held and not opts["forget"]:
-            self.out.fail(f"{server.name} holds {held} backup(s): remove it with --forget to drop its catalog "
-                               "(no file is deleted)")
-        with servers.using(server):
-            get_driver(server).down()
-        for model in FORGET_ORDER:
-            if model in related:
-                related[model]._base_manager.filter(server=server).delete()
-        server.delete()
-        self.out.result(f"server {server.name} removed; its files stay under PITR_HOME/servers/{server.name} and "
-                        f"its slot {server.slot_name} on the server (drop it there once nothing needs it)")
+        self.out.result(remove_server(servers.resolve(opts["name"]), forget=opts["forget"]))
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fleet import services
+from fleet.external import each_on_this_host
 from pitrsite.output import PitrCommand
 
 
@@ -16,7 +17,14 @@ class Command(PitrCommand):
         if action == "list":  # what `up` would start (scripts/pitr asks before installing pgAdmin)
             self.out.result(list(services.managed_services()), [" ".join(services.managed_services())])
         elif action == "up":
-            self.out.result(services.up())
+            # Capture runs apart from the app's services, but a host brought up with `services up` alone
+            # (host B of the README's two-host layout) captures its servers too: each capturer is idempotent.
+            lines, failed = each_on_this_host("up")
+            for line in failed:
+                self.out.warn(line)
+            self.out.result(services.up() + lines)
+            if failed:
+                self.out.fail(f"capture of {len(failed)} server(s) did not start (see above)")
         elif action == "down":
             self.out.result(services.down() or ["nothing was running"])
         else:

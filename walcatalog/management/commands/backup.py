@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fleet.command import ServerCommand
 from pitrsite.jobs import ConsoleReporter, JobReporter
-from walcatalog.backups import DEFAULT_COMPRESSION, queue_backup, run_backup
-from walcatalog.models import Compression
+from walcatalog.backups import queue_backup, run_backup
+from walcatalog.models import DEFAULT_COMPRESSION, Compression
 from walcatalog.serializers import backup_dict
 
 
@@ -16,7 +16,8 @@ class Command(ServerCommand):
     requires_system_checks: list[str] = []
 
     def arguments(self, parser):
-        parser.add_argument("--compress", default=DEFAULT_COMPRESSION, help=f"one of {', '.join(Compression.values)}")
+        parser.add_argument("--compress", help=f"one of {', '.join(Compression.values)} (default: the server's own "
+                                               f"compression, else {DEFAULT_COMPRESSION})")
 
     def run(self, *args, **opts):
         backup = queue_backup(opts["compress"], trigger="command")

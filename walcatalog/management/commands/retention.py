@@ -16,7 +16,7 @@ class Command(ServerCommand):
         parser.add_argument("--days", type=float, default=None, help="override PITR_RETENTION_DAYS")
 
     def run(self, *args, **opts):
-        policy = Policy.from_settings()
+        policy = Policy.of_server()
         if opts["keep_backups"] is not None:
             if opts["keep_backups"] < 0:
                 self.out.fail("--keep-backups must be 0 or more")
