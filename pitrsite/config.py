@@ -106,6 +106,9 @@ def envcron(name: str, default: str) -> str:
     if len(fields) != 5:
         raise ImproperlyConfigured(f"{name}={value!r} is not a cron schedule: give 5 fields "
                                    "(minute hour day-of-month month day-of-week, e.g. '0 2 * * *') or 'disable'")
+    if name not in os.environ:
+        # Our own default is a known-good schedule: importing Celery's parser costs every command 0.25 s.
+        return " ".join(fields)
     from celery.schedules import crontab
 
     try:

@@ -188,3 +188,29 @@ def test_follower_reads_a_file_while_it_is_written(tmp_path):
     found = check.result()
     assert {k: v[0] for k, v in found.items()} == {"f0": 300_000, "f1": 300_000, "f2": 300_000}
     assert check.follower.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_reads_what_tarfile_writes_and_refuses_a_bad_header(fmt):
+    import google_crc32c
+
+    files = {"a" * 60 + "/" + "b" * 60: b"x" * 1000, "small": b"", "base/1/1249": bytes(range(256)) * 40}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        tar.addfile(_dir("base"))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    expected = {n: (len(d), google_crc32c.extend(0, d).to_bytes(4, "little").hex()) for n, d in files.items()}
+    assert verify.members(io.BytesIO(buf.getvalue())) == expected
+    damaged = bytearray(buf.getvalue())
+    damaged[600] ^= 1  # inside the second header (the first is the directory's, or pax/GNU's own)
+    with pytest.raises(verify.VerifyError):
+        verify.members(io.BytesIO(bytes(damaged)))
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
