@@ -21,7 +21,7 @@ from fleet.models import Server
 from pitrsite.errors import PitrError
 from restores.models import RestoreJob
 from walcatalog import walnames
-from walcatalog.models import BaseBackup, Compression, RestorePoint, StorageCopy, Timeline, WalSegment
+from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
 
 def _lsn(value: int | None) -> str:
@@ -308,12 +308,6 @@ class ServerForm(forms.ModelForm):
         fields = ("name", "kind", "host", "port", "user", "dbname", "replication_user", "passfile", "slot_name",
                   "restore_port", "queue", "storage_prefix", "compression", "retention_keep_backups",
                   "retention_days")
-
-    def clean_compression(self) -> str:
-        value = self.cleaned_data.get("compression", "")
-        if value and value not in Compression.values:
-            raise forms.ValidationError(f"choose one of {', '.join(Compression.values)}, or blank for the default")
-        return value
 
     def clean(self):
         from fleet.checks import capturer_running, run_checks

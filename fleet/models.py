@@ -19,6 +19,14 @@ class ServerKind(models.TextChoices):
     PROMOTED = "promoted"
 
 
+class Compression(models.TextChoices):
+    """A base backup's compression (pg_basebackup --compress): a server may set its own."""
+    NONE = "none"
+    GZIP = "gzip"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
 DEFAULT_QUEUE = "celery"  # Celery's own default queue: one worker with no -Q serves it
 
 
@@ -37,7 +45,8 @@ class Server(models.Model):
     backup_dir = models.CharField(max_length=500, blank=True, help_text="blank: under PITR_HOME/servers/NAME")
     storage_prefix = models.CharField(max_length=200, blank=True, help_text="blank: NAME/ (the demo server: none)")
     restore_port = models.PositiveIntegerField(null=True, blank=True)
-    compression = models.CharField(max_length=8, blank=True, help_text="blank: the default")
+    compression = models.CharField(max_length=8, blank=True, choices=Compression.choices,
+                                   help_text="blank: the default")
     retention_keep_backups = models.PositiveIntegerField(null=True, blank=True, help_text="blank: the setting")
     retention_days = models.FloatField(null=True, blank=True, help_text="blank: the setting")
     # The cluster its WAL comes from, read from the first WAL indexed (or from storage by rebuild_catalog):

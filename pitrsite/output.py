@@ -6,6 +6,7 @@ on stdout, warnings go to stderr, and a failure is Django's one-line `CommandErr
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict
@@ -71,6 +72,19 @@ class Output:
     def console(self):
         """Where progress bars go (stderr, so --json output stays parseable)."""
         return self.command.stderr._out
+
+
+def non_negative(kind: type) -> Any:
+    """An argparse type: a number of `kind`, 0 or more; anything else is argparse's one-line error."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is below 0")
+        return value
+    return parse
 
 
 class JsonErrorParser(CommandParser):

@@ -238,9 +238,13 @@ def test_external_server_own_settings_drill_metrics_and_alerts(ext):
     from fleet.models import Server
     from tests.test_metrics import samples
 
+    refused = manage("server", "add", "ext", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
+                     "--keep-backups", "-1", check=False)
+    assert refused.returncode == 2 and "--keep-backups: -1 is below 0" in refused.stderr
     manage("server", "add", "ext", "--host", "127.0.0.1", "--port", str(ext.port), "--user", ext.superuser,
-           "--dbname", ext.dbname, "--replication-user", ext.repl, "--passfile", str(ext.passfile))
-    Server.objects.filter(name="ext").update(compression="gzip", retention_keep_backups=1)
+           "--dbname", ext.dbname, "--replication-user", ext.repl, "--passfile", str(ext.passfile),
+           "--compress", "gzip", "--keep-backups", "1")
+    assert Server.objects.filter(name="ext", compression="gzip", retention_keep_backups=1).exists()
     manage("fleet", "up", "--server", "ext")
     first = json.loads(manage("backup", "--server", "ext", "--json", timeout=600).stdout)
     assert first["compression"] == "gzip"  # the server's own, not DEFAULT_COMPRESSION (zstd)

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from django.db import models
 
+from fleet.models import Compression
 from fleet.servers import ScopedManager, server_field, using
 from pitrsite.jobs import Job, JobState
 from walcatalog import walnames
@@ -84,13 +85,6 @@ class WalSegment(models.Model):
     @property
     def end_lsn_text(self) -> str:
         return walnames.format_lsn(self.end_lsn)
-
-
-class Compression(models.TextChoices):
-    NONE = "none"
-    GZIP = "gzip"
-    LZ4 = "lz4"
-    ZSTD = "zstd"
 
 
 # The one default, for the command, the dashboard form, the admin and the model: zstd packs WAL-heavy

@@ -9,9 +9,9 @@ from django.core.validators import validate_slug
 from fleet import servers
 from fleet.checks import check_server, ensure_slot, run_checks
 from fleet.external import remove_server
-from fleet.models import Server, ServerKind
+from fleet.models import Compression, Server, ServerKind
 from fleet.status import server_summary
-from pitrsite.output import PitrCommand
+from pitrsite.output import PitrCommand, non_negative
 
 
 class Command(PitrCommand):
@@ -33,6 +33,12 @@ class Command(PitrCommand):
         add.add_argument("--slot", default="", help="capture slot (default: pitr_NAME)")
         add.add_argument("--restore-port", type=int, help="loopback port of its restore target (default: a free one)")
         add.add_argument("--queue", default="", help="Celery queue of the host holding its archive")
+        add.add_argument("--compress", choices=Compression.values, default="",
+                         help="its backups' compression (default: the installation's)")
+        add.add_argument("--keep-backups", type=non_negative(int), help="retention: backups kept (default: "
+                         "PITR_RETENTION_KEEP_BACKUPS)")
+        add.add_argument("--retention-days", type=non_negative(float), help="retention: days of recovery window "
+                         "kept (default: PITR_RETENTION_DAYS)")
         for action in ("list", "check", "remove"):
             p = sub.add_parser(action)
             if action != "list":
@@ -56,7 +62,9 @@ class Command(PitrCommand):
         server = Server(name=name, kind=ServerKind.EXTERNAL, host=opts["host"], port=opts["port"], user=opts["user"],
                         dbname=opts["dbname"], replication_user=opts["replication_user"], passfile=opts["passfile"],
                         slot_name=opts["slot"] or f"pitr_{name.replace('-', '_')}",
-                        restore_port=opts["restore_port"] or free_port(), queue=opts["queue"] or "celery")
+                        restore_port=opts["restore_port"] or free_port(), queue=opts["queue"] or "celery",
+                        compression=opts["compress"], retention_keep_backups=opts["keep_backups"],
+                        retention_days=opts["retention_days"])
         checks = run_checks(server, stop_at_failure=True)
         for check in checks:
             if not check.ok:
