@@ -9,12 +9,14 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.db import DatabaseError
 
 from fleet import pg, servers
 from fleet.layout import Layout
 from fleet.local import LocalDriver
 from fleet.models import Server
 from pitrsite import procs, runner
+from pitrsite.dbcheck import unmigrated_message
 from pitrsite.errors import FleetError, PitrError, first_line
 
 ROLES = ("primary", "capturer", "restore_target")
@@ -49,8 +51,14 @@ def each_on_this_host(action: str) -> tuple[list[str], list[str]]:
     and one `NAME: why` per server that failed (the others go on)."""
     from fleet.driver import get_driver  # the driver module picks this one: imported late
 
+    try:
+        here = servers.on_this_host()
+    except DatabaseError:
+        if unmigrated_message() is None:
+            raise  # the database is there but failing: that error speaks
+        return [], []  # a fresh home, not migrated yet: no server entry, nothing to start or stop
     lines, failed = [], []
-    for server in servers.on_this_host():
+    for server in here:
         if action == "up" and server.retired_at is not None:
             lines.append(retired_line(server))
             continue

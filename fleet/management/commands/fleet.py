@@ -10,6 +10,7 @@ from fleet.driver import get_driver
 from fleet.external import each_on_this_host, retired_line
 from fleet.models import Server
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
+from pitrsite.dbcheck import unmigrated_message
 from pitrsite.output import PitrCommand
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -55,9 +56,9 @@ class Command(PitrCommand):
             getattr(driver, action)(check_role(role))
             self.out.result({"role": role, "state": driver.state(role)}, f"{role}: {driver.state(role)}")
         elif action == "up":
-            current = servers.current()
-            if current.retired_at is not None:  # its primary is lost: no new one, no capture (restores still work)
-                own = [retired_line(current)]
+            current = _current_unless_fresh()
+            if current is not None and current.retired_at is not None:  # its primary is lost: no new one, no
+                own = [retired_line(current)]                            # capture (restores still work)
             else:
                 own = driver.up()
             self.out.result(own + (self._each_external("up") if every else []))
@@ -99,6 +100,17 @@ class Command(PitrCommand):
         for slot in status["slots"]:
             lines.append(f"slot {slot['slot_name']:14} active={slot['active']}  restart_lsn={slot['restart_lsn']}")
         return lines
+
+
+def _current_unless_fresh() -> Server | None:
+    """The current server; None in a home whose database is not migrated yet, which holds no server entry to
+    retire or protect: the demo fleet comes up and down without Django's database, as its status does."""
+    try:
+        return servers.current()
+    except DatabaseError:
+        if unmigrated_message() is None:
+            raise  # the database is there but failing: that error speaks
+        return None
 
 
 def _servers_in_brief(current: dict) -> list[dict]:
