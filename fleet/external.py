@@ -9,14 +9,13 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError
 
 from fleet import pg, servers
 from fleet.layout import Layout
 from fleet.local import LocalDriver
 from fleet.models import Server
 from pitrsite import procs, runner
-from pitrsite.dbcheck import unmigrated_message
+from pitrsite.dbcheck import unless_unmigrated
 from pitrsite.errors import FleetError, PitrError, first_line
 
 ROLES = ("primary", "capturer", "restore_target")
@@ -51,12 +50,7 @@ def each_on_this_host(action: str) -> tuple[list[str], list[str]]:
     and one `NAME: why` per server that failed (the others go on)."""
     from fleet.driver import get_driver  # the driver module picks this one: imported late
 
-    try:
-        here = servers.on_this_host()
-    except DatabaseError:
-        if unmigrated_message() is None:
-            raise  # the database is there but failing: that error speaks
-        return [], []  # a fresh home, not migrated yet: no server entry, nothing to start or stop
+    here: list[Server] = unless_unmigrated(servers.on_this_host, [])  # a fresh home: no server to start
     lines, failed = [], []
     for server in here:
         if action == "up" and server.retired_at is not None:

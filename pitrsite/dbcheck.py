@@ -1,7 +1,11 @@
 """Whether Django's own database was ever migrated: a fresh home must say so in one line."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+
+T = TypeVar("T")
 
 
 def unmigrated_message() -> str | None:
@@ -18,3 +22,14 @@ def unmigrated_message() -> str | None:
         return None
     name = connection.settings_dict["NAME"]
     return f"the database {name} is not migrated ({len(pending)} migrations pending): run `python manage.py migrate`"
+
+
+def unless_unmigrated(read: Callable[[], T], fresh: T) -> T:
+    """read(), or `fresh` in a home whose database is not migrated yet (it holds no rows to read); any other
+    database error is raised: that error speaks."""
+    try:
+        return read()
+    except DatabaseError:
+        if unmigrated_message() is None:
+            raise
+        return fresh

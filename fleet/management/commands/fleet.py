@@ -10,7 +10,7 @@ from fleet.driver import get_driver
 from fleet.external import each_on_this_host, retired_line
 from fleet.models import Server
 from fleet.status import capture_problem, fleet_check, fleet_status, server_summary
-from pitrsite.dbcheck import unmigrated_message
+from pitrsite.dbcheck import unless_unmigrated
 from pitrsite.output import PitrCommand
 
 ROLE_ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
@@ -105,12 +105,7 @@ class Command(PitrCommand):
 def _current_unless_fresh() -> Server | None:
     """The current server; None in a home whose database is not migrated yet, which holds no server entry to
     retire or protect: the demo fleet comes up and down without Django's database, as its status does."""
-    try:
-        return servers.current()
-    except DatabaseError:
-        if unmigrated_message() is None:
-            raise  # the database is there but failing: that error speaks
-        return None
+    return unless_unmigrated(servers.current, None)
 
 
 def _servers_in_brief(current: dict) -> list[dict]:
