@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from pitrsite.jobs import JobState
-from walcatalog import catalog, segsize, walnames
+from walcatalog import catalog, segsize, storage, walnames
 from walcatalog.models import BaseBackup, StorageCopy, Timeline, WalSegment
 
 SEG = 1 << 20
@@ -94,8 +94,13 @@ def test_segment_gone_locally_but_copied_to_storage_is_held(cat):
     seg = WalSegment.objects.get(timeline=1, segno=12)
     WalSegment.objects.filter(pk=seg.pk).update(in_local_archive=False)
     assert spans(catalog.gaps()) == [(1, 12, 12)]
-    copy = StorageCopy.objects.create(kind="wal", key=seg.name, segment=seg, size=SEG, sha256="0" * 64,
-                                      uploaded_at=T0)
+    elsewhere = StorageCopy.objects.create(kind="wal", storage="s3:a-bucket-this-home-left", key=seg.name,
+                                           segment=seg, size=SEG, sha256="0" * 64, uploaded_at=T0, verified_at=T0)
+    # A verified copy in a storage this home no longer points at cannot be downloaded: still a gap.
+    assert spans(catalog.gaps()) == [(1, 12, 12)]
+    elsewhere.delete()
+    copy = StorageCopy.objects.create(kind="wal", storage=storage.identity(), key=seg.name, segment=seg, size=SEG,
+                                      sha256="0" * 64, uploaded_at=T0)
     # An unverified copy is not used by the planner (_wal_range), so it is still a gap here too.
     assert spans(catalog.gaps()) == [(1, 12, 12)]
     StorageCopy.objects.filter(pk=copy.pk).update(verified_at=T0)

@@ -267,8 +267,6 @@ def held_locally(backup: BaseBackup) -> bool:
 
 def storage_copies(backup: BaseBackup, storage: str) -> list[StorageCopy]:
     """Its verified file copies in storage, or [] unless the descriptor (written last) is verified too."""
-    copies = list(StorageCopy.objects.filter(storage=st.identity(storage), backup=backup, verified_at__isnull=False,
-                                             kind=StorageCopy.Kind.BACKUP))
-    complete = StorageCopy.objects.filter(storage=st.identity(storage), key=st.descriptor_key(backup.label),
-                                          verified_at__isnull=False).exists()
+    copies = list(StorageCopy.verified(storage).filter(backup=backup, kind=StorageCopy.Kind.BACKUP))
+    complete = StorageCopy.verified(storage).filter(key=st.descriptor_key(backup.label)).exists()
     return copies if complete else []

@@ -28,7 +28,7 @@ def timelines_held() -> list[int]:
 def held() -> Q:
     """Rows with a good copy: an uncorrupted local file, or a verified storage copy (what the planner may use).
     A .partial snapshot holds a row only while it is partial: a completed segment needs its complete copy."""
-    copies = StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)
+    copies = StorageCopy.verified().filter(segment=OuterRef("pk"))
     return Q(Q(in_local_archive=True, corrupt_at__isnull=True)
              | Exists(copies.exclude(kind=StorageCopy.Kind.PARTIAL))
              | Q(is_partial=True) & Exists(copies.filter(kind=StorageCopy.Kind.PARTIAL)))
@@ -48,7 +48,7 @@ def not_held() -> set[tuple[int, int]]:
 
     The negation of held(), spelled so that SQLite uses the index; walstatus and the planner agree on gaps.
     """
-    copies = StorageCopy.objects.filter(segment=OuterRef("pk"), verified_at__isnull=False)
+    copies = StorageCopy.verified().filter(segment=OuterRef("pk"))
     # in_local_archive__in=[False]: SQLite gets "IN (0)", which uses the index; "NOT column" would scan.
     bad = Q(in_local_archive__in=[False]) | Q(corrupt_at__isnull=False)
     snapshot = Q(is_partial=True) & Exists(copies.filter(kind=StorageCopy.Kind.PARTIAL))

@@ -181,6 +181,14 @@ class StorageCopy(models.Model):
     def __str__(self) -> str:
         return f"{self.storage}:{self.key}"
 
+    @classmethod
+    def verified(cls, storage_name: str | None = None) -> models.QuerySet[StorageCopy]:
+        """The copies that count: verified, and in the storage configured now. A copy in a bucket this home
+        no longer points at cannot be downloaded, so it holds nothing (walstatus, gaps, the planner)."""
+        from walcatalog import storage as st  # storage reads settings; models stay importable without them
+
+        return cls.objects.filter(storage=st.identity(storage_name or st.STORAGE_NAME), verified_at__isnull=False)
+
 
 class RestorePoint(models.Model):
     """A named restore point (pg_create_restore_point) found in the captured WAL."""

@@ -106,14 +106,10 @@ def upload_pass(reporter: Reporter | None = None, workers: int | None = None,
         return _Pass(storage_name, workers or settings.PITR_UPLOAD_PARALLEL, reporter).run()
 
 
-def verified_copies(storage_name: str = st.STORAGE_NAME):
-    return StorageCopy.objects.filter(storage=st.identity(storage_name), verified_at__isnull=False)
-
-
 def wal_to_upload(storage_name: str = st.STORAGE_NAME):
     """Complete, indexed local segments with no verified copy in the storage: what the next pass uploads
     (and the backlog the overview shows)."""
-    copied = Exists(verified_copies(storage_name).filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("pk")))
+    copied = Exists(StorageCopy.verified(storage_name).filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("pk")))
     return WalSegment.objects.filter(is_partial=False, in_local_archive=True).exclude(sha256="").filter(~copied)
 
 
@@ -121,7 +117,7 @@ def storage_recovery_point(storage_name: str = st.STORAGE_NAME):
     """The newest commit held in the storage (in a verified segment copy or .partial snapshot): what a restore
     from storage alone can reach, so its age bounds the data a lost machine takes with it. None when storage
     holds no commit."""
-    copies = verified_copies(storage_name)
+    copies = StorageCopy.verified(storage_name)
     # A snapshot counts with its own newest commit, not its row's: that one grows with the local file.
     copied = Exists(copies.exclude(kind=StorageCopy.Kind.PARTIAL).filter(segment=OuterRef("pk")))
     found = [WalSegment.objects.filter(copied).aggregate(at=Max("last_commit_at"))["at"],
@@ -173,7 +169,7 @@ class _Pass:
         if interval <= 0:
             return []
         archive = Layout.current().archive
-        held = {c.segment_id: c for c in verified_copies(self.name).filter(kind=StorageCopy.Kind.PARTIAL)}
+        held = {c.segment_id: c for c in StorageCopy.verified(self.name).filter(kind=StorageCopy.Kind.PARTIAL)}
         due = timezone.now() - timedelta(seconds=interval)
         rows = WalSegment.objects.filter(is_partial=True, in_local_archive=True, corrupt_at__isnull=True).values_list(
             "pk", "name", "start_lsn", "scanned_to", "last_commit_at", "last_commit_lsn")
@@ -193,8 +189,9 @@ class _Pass:
 
     def drop_superseded_partials(self) -> None:
         """Delete the snapshots whose complete segment has a verified copy: the object first, then its row."""
-        complete = Exists(verified_copies(self.name).filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("segment")))
-        for copy in verified_copies(self.name).filter(kind=StorageCopy.Kind.PARTIAL).filter(complete):
+        copies = StorageCopy.verified(self.name)
+        complete = Exists(copies.filter(kind=StorageCopy.Kind.WAL, segment=OuterRef("segment")))
+        for copy in copies.filter(kind=StorageCopy.Kind.PARTIAL).filter(complete):
             try:
                 st.with_retries(functools.partial(self.storage.delete, copy.key), f"deleting {copy.key}",
                                 attempts=settings.PITR_STORAGE_RETRIES)
@@ -205,7 +202,7 @@ class _Pass:
             self.result.partials_dropped += 1
 
     def history_items(self) -> list[Item]:
-        keys = set(verified_copies(self.name).filter(kind=StorageCopy.Kind.HISTORY).values_list("key", flat=True))
+        keys = set(StorageCopy.verified(self.name).filter(kind=StorageCopy.Kind.HISTORY).values_list("key", flat=True))
         return [Item(StorageCopy.Kind.HISTORY, st.history_key(t.tli), t.history.encode(), t.history_sha256)
                 for t in Timeline.objects.exclude(history="") if st.history_key(t.tli) not in keys]
 
@@ -215,7 +212,7 @@ class _Pass:
             folder = backup_dir(backup)
             if not folder.is_dir():
                 continue  # only in storage (or lost): nothing local to copy
-            done = set(verified_copies(self.name).filter(backup=backup).values_list("key", flat=True))
+            done = set(StorageCopy.verified(self.name).filter(backup=backup).values_list("key", flat=True))
             for path in sorted(p for p in folder.iterdir() if p.is_file()):
                 key = st.backup_key(backup.label, path.name)
                 if key not in done:
@@ -226,7 +223,7 @@ class _Pass:
         items = []
         for backup in restorable_backups():
             key = st.descriptor_key(backup.label)
-            copies = {c.key: c for c in verified_copies(self.name).filter(backup=backup)}
+            copies = {c.key: c for c in StorageCopy.verified(self.name).filter(backup=backup)}
             if key in copies:
                 continue
             folder = backup_dir(backup)
@@ -359,5 +356,5 @@ def _local_keys() -> set[str]:
     return keys
 
 
-__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult", "verified_copies",
+__all__ = ["upload_pass", "check_storage", "CheckResult", "UploadResult",
            "wal_to_upload", "storage_recovery_point"]
