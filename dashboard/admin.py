@@ -364,15 +364,16 @@ class ServerAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Server, form, change: bool) -> None:
         if not obj.managed:
-            from fleet.checks import ensure_slot
+            from fleet.capture import ensure_slot
             from fleet.external import ExternalDriver
 
             if not obj.restore_port:
                 from fleet.management.commands.server import free_port
 
                 obj.restore_port = free_port()
-            with ExternalDriver(obj).connect(dbname="postgres") as conn:
-                ensure_slot(conn, obj.slot_name)
+            driver = ExternalDriver(obj)
+            with driver.connect(dbname="postgres") as conn:
+                ensure_slot(conn, obj.slot_name, driver.layout.archive)
         super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:

@@ -8,6 +8,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
+
+from fleet import pg
+from pitrsite.errors import FleetError
+
 WAL_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$")
 
 
@@ -42,3 +47,30 @@ def lost_range(needed: int | None, waldir: list[str], segsize: int) -> dict | No
         return None
     oldest = min(held) * segsize
     return {"from": format_lsn(needed), "to": format_lsn(oldest), "bytes": oldest - needed}
+
+
+def ensure_slot(conn: psycopg.Connection, slot: str, archive: Path) -> str:
+    """Create the capture slot when missing, reuse it when inactive.
+
+    A missing slot is recreated only while the primary still holds the WAL the archive continues from: a new
+    slot pins only new WAL, and recreating it after that WAL was removed would hide the loss. Where the role
+    may not list pg_wal (pg_ls_waldir needs pg_monitor), the slot is created and the line says it was not checked.
+    """
+    row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
+    if row is not None:
+        return f"slot {slot} " + ("in use" if row[0] else "reused")
+    unchecked = ""
+    try:
+        segsize = int(pg.fetch_row(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))[0])
+        waldir = [r[0] for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
+    except psycopg.errors.InsufficientPrivilege:
+        unchecked = " (whether WAL before it was lost is not checked: GRANT pg_monitor to the connecting role)"
+    else:
+        lost = lost_range(restart_point(archive, segsize), waldir, segsize)
+        if lost:
+            raise FleetError(f"replication slot {slot} is missing and the primary no longer holds WAL "
+                             f"{lost['from']} .. {lost['to']}: that WAL is lost and capture cannot continue from "
+                             f"{archive}; see README 'Lost WAL' (move the archive aside, fleet up, a new base backup)")
+    # immediately_reserve: the slot holds WAL from now on, even before its first client.
+    conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", [slot])
+    return f"slot {slot} created" + unchecked

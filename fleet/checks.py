@@ -155,19 +155,10 @@ def _replication_privilege(driver) -> tuple[bool, str]:
     return True, f"replication connection as {c.replication_user} works"
 
 
-def ensure_slot(conn: psycopg.Connection, slot: str) -> str:
-    """Create the capture slot when missing (reserving WAL from now), reuse it when inactive."""
-    row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
-    if row is None:
-        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", [slot])
-        return f"slot {slot} created"
-    return f"slot {slot} " + ("in use" if row[0] else "reused")
-
-
 def capturer_running(server: Server) -> bool:
     from fleet.layout import Layout
 
     return procs.alive(procs.read_pid(Layout.of(server).run / "capturer.pid"))
 
 
-__all__ = ["Check", "run_checks", "ensure_slot", "capturer_running", "servers"]
+__all__ = ["Check", "run_checks", "capturer_running", "servers"]

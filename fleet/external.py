@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 
-from fleet import pg, servers
+from fleet import capture, pg, servers
 from fleet.layout import Layout
 from fleet.local import LocalDriver
 from fleet.models import Server
@@ -101,10 +101,8 @@ class ExternalDriver(LocalDriver):
     # --- the whole server: only what is ours ------------------------------------------------------
     def up(self) -> list[str]:
         self._check_home()
-        from fleet.checks import ensure_slot  # checks uses this driver
-
         with self.connect(dbname="postgres") as conn:
-            slot_line = ensure_slot(conn, self.slot)
+            slot_line = capture.ensure_slot(conn, self.slot, self.layout.archive)
         return [slot_line, self._ensure_capturer(), self._ensure_restore_target()]
 
     def down(self) -> list[str]:

@@ -327,28 +327,12 @@ class LocalDriver:
             conn.execute(f'ALTER ROLE "{settings.PITR_REPL_USER}" WITH PASSWORD {quoted}')
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
                 conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
-            self._check_capture_continuity(conn)
-            for slot in (settings.PITR_CAPTURE_SLOT, settings.PITR_STANDBY_SLOT):
-                # immediately_reserve: the slot holds WAL from now on, even before its first client.
-                conn.execute("SELECT pg_create_physical_replication_slot(%s, true) "
-                             "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", [slot, slot])
+            capture.ensure_slot(conn, settings.PITR_CAPTURE_SLOT, self.layout.archive)
+            # immediately_reserve: the slot holds WAL from now on, even before its first client.
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                         "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", [settings.PITR_STANDBY_SLOT] * 2)
         with pg.connect(self.layout.port("primary")) as conn:
             conn.execute(SCHEMA_SQL)
-
-    def _check_capture_continuity(self, conn: psycopg.Connection) -> None:
-        """A missing capture slot is recreated only while the primary still holds the WAL the archive
-        continues from: a new slot pins only new WAL, and recreating it then would hide the loss."""
-        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                        [settings.PITR_CAPTURE_SLOT]).fetchone():
-            return
-        segsize = int(pg.fetch_row(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))[0])
-        waldir = [r[0] for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
-        lost = capture.lost_range(capture.restart_point(self.layout.archive, segsize), waldir, segsize)
-        if lost:
-            raise FleetError(f"replication slot {settings.PITR_CAPTURE_SLOT} is missing and the primary no longer "
-                             f"holds WAL {lost['from']} .. {lost['to']}: that WAL is lost and capture cannot continue "
-                             f"from {self.layout.archive}; see README 'Lost WAL' (move the archive aside, fleet up, "
-                             "a new base backup)")
 
     def _ensure_standby(self) -> str:
         datadir = self.layout.datadir("standby")

@@ -300,3 +300,15 @@ def test_external_server_own_settings_drill_metrics_and_alerts(ext):
     assert "`python manage.py fleet up --server ext` makes a new slot" in text
     listed = manage("server", "list").stdout
     assert "ALERT capture broken: replication slot pitr_ext is missing" in listed
+
+    # `fleet up` makes a new slot only while the server still holds the WAL its archive continues from.
+    for n in range(4):  # switch and checkpoint: the server recycles WAL that no slot holds (once archived)
+        write(ext, "items", 1, f"lost {n}")
+        with ext.connect() as conn:
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    refused = manage("fleet", "up", "--server", "ext", check=False)
+    assert refused.returncode != 0 and "replication slot pitr_ext is missing and the primary no longer holds WAL" \
+        in refused.stderr and "that WAL is lost" in refused.stderr, refused.stderr
+    with ext.connect("postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pitr_ext'").fetchone()

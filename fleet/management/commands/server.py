@@ -7,7 +7,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 
 from fleet import servers
-from fleet.checks import check_server, ensure_slot, run_checks
+from fleet.capture import ensure_slot
+from fleet.checks import check_server, run_checks
 from fleet.external import remove_server
 from fleet.models import Compression, Server, ServerKind
 from fleet.status import server_summary
@@ -72,8 +73,9 @@ class Command(PitrCommand):
             self.out.line(f"ok  {check.line}")
         from fleet.external import ExternalDriver
 
-        with ExternalDriver(server).connect(dbname="postgres") as conn:
-            slot = ensure_slot(conn, server.slot_name)
+        driver = ExternalDriver(server)
+        with driver.connect(dbname="postgres") as conn:
+            slot = ensure_slot(conn, server.slot_name, driver.layout.archive)
         server.save()
         self.out.result({"server": name, "slot": slot, "restore_port": server.restore_port, "queue": server.queue},
                         f"server {name} added ({slot}; restore target on port {server.restore_port}, "
