@@ -88,13 +88,16 @@ def non_negative(kind: type) -> Any:
 
 
 class JsonErrorParser(CommandParser):
-    """Argument errors of a `--json` command line are a JSON error object on stdout too (argparse's usage and
-    exit status 2 stay): a caller reading stdout never gets nothing. Subcommand parsers take this class."""
+    """An argument error is one line on stderr, exit status 2 (argparse's twelve-line usage block goes: --help
+    has it). With `--json` it is a JSON error object on stdout too: a caller reading stdout never gets nothing.
+    Subcommand parsers take this class."""
 
     def error(self, message: str):  # type: ignore[override]
-        if self.called_from_command_line and "--json" in sys.argv[2:]:
+        if not self.called_from_command_line:
+            super().error(message)  # CommandError, for call_command
+        if "--json" in sys.argv[2:]:
             sys.stdout.write(to_json({"error": f"{self.prog}: {message}"}) + "\n")
-        super().error(message)
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 class PitrCommand(BaseCommand):

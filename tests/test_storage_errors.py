@@ -68,3 +68,8 @@ def test_an_unknown_server_is_a_json_error(home):  # noqa: F811
         assert "unknown server 'nope'" in json.loads(result.stdout)["error"], argv
     result = run_manage(env, "backups", "--json", "--server")
     assert result.returncode == 2 and "expected one argument" in json.loads(result.stdout)["error"]
+    for argv in (("backups", "--server"), ("restore", "--bogus"), ("server", "add", "x")):  # without --json too
+        result = run_manage(env, *argv)
+        assert result.returncode == 2 and result.stdout == "", (argv, result.stdout)
+        assert len(result.stderr.strip().splitlines()) == 1, (argv, result.stderr)
+        assert result.stderr.startswith(f"manage.py {' '.join(argv[:2 if argv[0] == 'server' else 1])}: error: ")
