@@ -37,13 +37,20 @@ def render(values: dict[str, str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+OVERRIDDEN = "# pitrsite: overridden on the restored copy: "
+
+
 def without_keys(text: str, keys: set[str]) -> str:
-    """The file with every line setting one of `keys` commented out (kept, so a reader sees what was there)."""
+    """The file with every line setting one of `keys` commented out (kept, so a reader sees what was there).
+
+    Lines an earlier call commented out come back first: once replay is over and its settings are dropped,
+    the original's own (max_wal_size, say) apply again instead of PostgreSQL's defaults."""
     out = []
     for line in text.splitlines():
+        line = line.removeprefix(OVERRIDDEN)
         match = KEY.match(line)
         if match and match[1].lower() in keys and not line.lstrip().startswith("#"):
-            out.append(f"# pitrsite: overridden on the restored copy: {line}")
+            out.append(OVERRIDDEN + line)
         else:
             out.append(line)
     return "\n".join(out) + ("\n" if out else "")

@@ -148,6 +148,8 @@ def test_external_server_protected_and_restored_isolated(ext):
     assert settings["archive_mode"] == "off" and settings["archive_command"] == ""
     assert settings["primary_conninfo"] == "" and settings["primary_slot_name"] == ""
     assert settings.get("restore_command", "") == ""
+    # Replay's own settings are dropped after promotion and the original's apply again.
+    assert settings["max_wal_size"] == "3GB" and settings["checkpoint_timeout"] == "7min", settings
     assert str(ext.datadir) not in settings["data_directory"]
     assert settings["wal_segment_size"] == str(32 << 20)
     assert "servers/ext/restore_target" in location and str(ext.tablespace) not in location
