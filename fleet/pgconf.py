@@ -29,6 +29,22 @@ def isolation(datadir: Path) -> dict[str, str]:
 RECOVERY_ONLY = {"restore_command"}
 
 
+MEMORY_UNITS = {"": 8192, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}  # no unit: 8 kB blocks
+
+
+def memory_setting(datadir: Path, key: str) -> int | None:
+    """Bytes a memory setting (shared_buffers, say) is given in the copy's own files: the last line wins,
+    postgresql.auto.conf after postgresql.conf, as PostgreSQL reads them. None when neither sets it."""
+    found = None
+    for name in ("postgresql.conf", "postgresql.auto.conf"):
+        path = datadir / name
+        for line in path.read_text().splitlines() if path.exists() else []:
+            match = re.match(rf"^\s*{key}\s*=?\s*'?\s*(\d+)\s*([kKmMgGtT][bB])?\s*'?\s*(#.*)?$", line)
+            if match:
+                found = int(match[1]) * MEMORY_UNITS[(match[2] or "").lower()]
+    return found
+
+
 def render(values: dict[str, str], title: str) -> str:
     lines = [f"# Written by pitrsite for {title}."]
     for key, value in values.items():

@@ -25,7 +25,7 @@ import psycopg
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg, servers
+from fleet import pg, pgconf, servers
 from fleet.driver import FleetDriver, get_driver
 from fleet.layout import Layout
 from pitrsite import locks, procs
@@ -44,6 +44,10 @@ ROLE = "restore_target"
 # No restartpoint during replay (a restore that dies is redone from the backup, never resumed): they would
 # write and fsync buffers the end-of-recovery checkpoint writes anyway. Dropped after promotion, with a reload.
 REPLAY_SETTINGS = {"max_wal_size": "64GB", "checkpoint_timeout": "1d"}
+# PostgreSQL's default 128 MB evicts the pages replay dirties, to dirty and write them again: 512 MB replayed 481 MB
+# of pgbench WAL (scale 80) in 3.84 s, 128 MB in 4.70 s (medians, this machine). Only ever raised, and at most an
+# eighth of the memory. It needs a restart to change, so the copy keeps it until its next restart.
+REPLAY_SHARED_BUFFERS = 512 << 20
 
 
 def target_of(job: RestoreJob) -> RestoreTarget:
@@ -288,8 +292,15 @@ class Restore:
             # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
             "restore_command": f'cp "{self.staging}/%f" "%p"',
             **REPLAY_SETTINGS,
+            **self.replay_shared_buffers(),
             **the_plan.recovery,
         })
+
+    def replay_shared_buffers(self) -> dict[str, str]:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        size = min(REPLAY_SHARED_BUFFERS, memory // 8)
+        own = pgconf.memory_setting(self.datadir, "shared_buffers") or 128 << 20
+        return {"shared_buffers": f"{size >> 20}MB"} if size > own else {}
 
     def copy_server_log(self, offset: int | None, limit: int = 5000) -> None:
         """The restored server's own lines (recovery, promotion) into the job's log."""

@@ -145,11 +145,14 @@ def test_external_server_protected_and_restored_isolated(ext):
                                      "'wal_segment_size', 'archive_mode')").fetchall())
         location = copy.execute("SELECT pg_tablespace_location(oid) FROM pg_tablespace "
                                 "WHERE spcname = 'outside'").fetchone()[0]
+        shared_buffers = copy.execute("SHOW shared_buffers").fetchone()[0]
     assert settings["archive_mode"] == "off" and settings["archive_command"] == ""
     assert settings["primary_conninfo"] == "" and settings["primary_slot_name"] == ""
     assert settings.get("restore_command", "") == ""
-    # Replay's own settings are dropped after promotion and the original's apply again.
+    # Replay's own settings are dropped after promotion and the original's apply again; replay's larger
+    # shared_buffers (the original has PostgreSQL's 128 MB) needs a restart to go.
     assert settings["max_wal_size"] == "3GB" and settings["checkpoint_timeout"] == "7min", settings
+    assert shared_buffers == "512MB" and "shared_buffers" not in settings
     assert str(ext.datadir) not in settings["data_directory"]
     assert settings["wal_segment_size"] == str(32 << 20)
     assert "servers/ext/restore_target" in location and str(ext.tablespace) not in location
