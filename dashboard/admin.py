@@ -372,8 +372,11 @@ class ServerAdmin(admin.ModelAdmin):
 
                 obj.restore_port = free_port()
             driver = ExternalDriver(obj)
-            with driver.connect(dbname="postgres") as conn:
-                ensure_slot(conn, obj.slot_name, driver.layout.archive)
+            try:
+                with driver.connect(dbname="postgres") as conn:
+                    self.message_user(request, ensure_slot(conn, obj.slot_name, driver.layout.archive))
+            except PitrError as exc:  # saved all the same: `server check` and the Servers page say it is broken
+                self.message_user(request, str(exc), messages.ERROR)
         super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:

@@ -317,3 +317,17 @@ def test_external_server_own_settings_drill_metrics_and_alerts(ext):
         in refused.stderr and "that WAL is lost" in refused.stderr, refused.stderr
     with ext.connect("postgres") as conn:
         assert not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pitr_ext'").fetchone()
+    # The admin's save says the same and keeps the entry (server check and the Servers page show it broken).
+    from django.forms.models import model_to_dict
+
+    server = Server.objects.get(name="ext")
+    form = {k: ("" if v is None else v) for k, v in model_to_dict(server, fields=admin_form_fields()).items()}
+    page = staff.post(f"/admin/fleet/server/{server.pk}/change/", form, follow=True)
+    assert page.status_code == 200 and "that WAL is lost" in page.content.decode()
+    assert Server.objects.filter(name="ext").exists()
+
+
+def admin_form_fields() -> tuple[str, ...]:
+    from dashboard.admin import ServerForm
+
+    return ServerForm.Meta.fields
