@@ -140,6 +140,20 @@ def check_server(server: Server) -> list[Check]:
     return found
 
 
+def refuse_new_cluster(server: Server) -> None:
+    """`fleet up` never initialises a new primary over a cluster the catalog knows (a restore-only home, or one
+    whose primary was lost): the new cluster's WAL would be refused, and the lost one is what a restore brings
+    back. pgBackRest and Barman refuse the same (another system identifier in the stanza, the server)."""
+    primary = Layout.of(server).datadir("primary")
+    if not server.managed or not server.system_identifier or (primary / "PG_VERSION").exists():
+        return
+    raise FleetError(f"server {server.name} holds the history of cluster {server.pg_major}-"
+                     f"{server.system_identifier} and this home has no primary ({primary}): `fleet up` would "
+                     "initialise a new cluster, whose WAL is refused. Bring the lost one back with `python manage.py "
+                     "restore --target-time T --as-new-primary NAME --port P --restore-port R`; start a new cluster "
+                     "in a new PITR_HOME (the same storage keeps the two apart)")
+
+
 def _server_account_reads(path: str) -> bool:
     account = pg.server_account()
     try:

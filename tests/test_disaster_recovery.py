@@ -26,7 +26,7 @@ from tests.conftest import wait_for
 from tests.restore_helpers import empty_catalog, primary_ids_committed, write_rows
 from tests.storage_scenario import make_scenario, narrow_catalog
 from tests.storage_servers import azurite_server, moto_server, storage_env, storage_setting  # noqa: F401
-from tests.test_settings_errors import clean_env, free_port, home, run_manage  # noqa: F401
+from tests.test_settings_errors import clean_env, free_port, home, one_line_error, run_manage  # noqa: F401
 from walcatalog.uploader import upload_pass
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db, pytest.mark.slow]
@@ -57,6 +57,10 @@ def test_fresh_home_restores_a_moment_from_storage_alone(backend, scenario, prim
     rebuilt = run_manage(new, "rebuild_catalog", "--from-storage", "--json")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads(rebuilt.stdout)["backups"] == 1
+    # `fleet up` here would initialise a new cluster over the one the catalog knows: refused, nothing made.
+    refused = one_line_error(run_manage(new, "fleet", "up"))
+    assert "holds the history of cluster 15-" in refused and "--as-new-primary NAME" in refused, refused
+    assert not (home / "primary").exists()
     try:
         done = run_manage(new, "restore", "--server", django_settings.PITR_DEMO_SERVER, "--target-time",
                           moment.isoformat(), "--json")
