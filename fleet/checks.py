@@ -120,7 +120,7 @@ def check_server(server: Server) -> list[Check]:
     """`server check` and the admin's check: what capture needs (an external server's), then capture's own
     health (slot missing, inactive or retaining too much WAL), each one line saying what to do."""
     from fleet.driver import get_driver
-    from fleet.status import capture_problem, fleet_check, fleet_status
+    from fleet.status import capture_problem, fleet_check, fleet_status, standby_problem
 
     with servers.using(server):
         if server.managed:
@@ -128,9 +128,30 @@ def check_server(server: Server) -> list[Check]:
             return [Check("fleet", False, p) for p in problems] or [Check("fleet", True, "fleet OK")]
         found = run_checks(server, slot_owner_running=capturer_running(server))
         if any(check.name == "reachable" and check.ok for check in found):  # else capture is unknown
-            problem = capture_problem(fleet_status(get_driver(server)))
+            driver = get_driver(server)
+            status = fleet_status(driver)
+            problem = capture_problem(status)
             found.append(Check("capture", problem is None, problem or "capture streaming"))
+            if "standby" in driver.roles:  # a promoted server's, once asked for
+                problem = standby_problem(status, driver)
+                found.append(Check("standby", problem is None, problem or
+                                   f"standby streaming on port {driver.layout.port('standby')} through slot "
+                                   f"{driver.standby_slot}"))
     return found
+
+
+def refuse_new_cluster(server: Server) -> None:
+    """`fleet up` never initialises a new primary over a cluster the catalog knows (a restore-only home, or one
+    whose primary was lost): the new cluster's WAL would be refused, and the lost one is what a restore brings
+    back. pgBackRest and Barman refuse the same (another system identifier in the stanza, the server)."""
+    primary = Layout.of(server).datadir("primary")
+    if not server.managed or not server.system_identifier or (primary / "PG_VERSION").exists():
+        return
+    raise FleetError(f"server {server.name} holds the history of cluster {server.pg_major}-"
+                     f"{server.system_identifier} and this home has no primary ({primary}): `fleet up` would "
+                     "initialise a new cluster, whose WAL is refused. Bring the lost one back with `python manage.py "
+                     "restore --target-time T --as-new-primary NAME --port P --restore-port R`; start a new cluster "
+                     "in a new PITR_HOME (the same storage keeps the two apart)")
 
 
 def _server_account_reads(path: str) -> bool:

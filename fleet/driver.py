@@ -26,6 +26,10 @@ class FleetDriver(Protocol):
     def slot(self) -> str:
         """The capture slot on the primary."""
 
+    @property
+    def standby_slot(self) -> str:
+        """The standby's slot on the primary (a server with a standby pitrsite runs)."""
+
     def connect(self, role: str = "primary", *, dbname: str | None = None, timeout: int = 5,
                 **kwargs) -> psycopg.Connection:
         """A connection to one of this server's nodes as the superuser."""

@@ -28,7 +28,7 @@ class Layout:
     home: Path
     archive: Path
     backups: Path
-    ports: tuple[tuple[str, int], ...] = ()  # an external server's: primary (its own) and restore_target
+    ports: tuple[tuple[str, int], ...] = ()  # an external server's: primary (its own), restore_target, standby
 
     @classmethod
     def current(cls) -> "Layout":
@@ -41,8 +41,9 @@ class Layout:
         if server is None or server.managed:
             return cls(Path(settings.PITR_HOME), Path(settings.PITR_WAL_ARCHIVE), Path(settings.PITR_BACKUP_DIR))
         home = Path(settings.PITR_HOME) / "servers" / server.name
+        standby = (("standby", server.standby_port),) if server.standby_port else ()  # a promoted server's
         return cls(home, Path(server.archive_dir or home / "wal_archive"), Path(server.backup_dir or home / "backups"),
-                   (("primary", server.port or 0), ("restore_target", server.restore_port or 0)))
+                   (("primary", server.port or 0), ("restore_target", server.restore_port or 0), *standby))
 
     @property
     def logs(self) -> Path:
@@ -70,7 +71,7 @@ class Layout:
         if self.ports:
             own = dict(self.ports)
             if role not in own:
-                raise FleetError(f"an external server has no {role}: only its restore target is ours")
+                raise FleetError(f"this server has no {role} pitrsite runs")
             return own[role]
         return {
             "primary": settings.PITR_PRIMARY_PORT,

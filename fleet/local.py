@@ -248,8 +248,9 @@ class LocalDriver:
     def socket_dir(self, role: str) -> Path:
         """Where a node listens on a Unix socket: a restored copy in its own 0700 directory, so the trust
         line pitrsite writes into the copy's pg_hba.conf is reachable by the server account and root only."""
-        if not self.restored(role):
-            return self.layout.run
+        return self.private_socket(role) if self.restored(role) else self.layout.run
+
+    def private_socket(self, role: str) -> Path:
         path = self.layout.datadir(role).parent / "socket"
         pg.give_to_server(path)
         path.chmod(0o700)
@@ -334,16 +335,29 @@ class LocalDriver:
         with pg.connect(self.layout.port("primary")) as conn:
             conn.execute(SCHEMA_SQL)
 
+    @property
+    def standby_slot(self) -> str:
+        """The standby's own slot on the primary (made with the primary's objects)."""
+        return settings.PITR_STANDBY_SLOT
+
+    def replication_source(self) -> tuple[list[str], dict]:
+        """How a client tool reaches the primary for replication: pg_basebackup's and pg_receivewal's
+        connection arguments, and their environment (the fleet's passfile)."""
+        return (["-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")), "-U", settings.PITR_REPL_USER,
+                 "--no-password"], pg.libpq_env())
+
     def _ensure_standby(self) -> str:
+        """Clone the standby from the primary through its slot (-R: it streams from the primary through the
+        same slot once started), then start it."""
         datadir = self.layout.datadir("standby")
         created = ""
         if not (datadir / "PG_VERSION").exists():
             pg.give_to_server(datadir.parent)
-            pg.run([pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
-                    "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(datadir), "-R",
-                    f"--slot={settings.PITR_STANDBY_SLOT}", "-X", "stream", "--checkpoint=fast"],
+            source, env = self.replication_source()
+            pg.run([pg.tool("pg_basebackup"), *source, "-D", str(datadir), "-R", f"--slot={self.standby_slot}",
+                    "-X", "stream", "--checkpoint=fast"],
                    # as long as the copy takes
-                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env(), timeout=None)
+                   step="cloning the standby (pg_basebackup)", env=env, timeout=None)
             created = "standby created; "
         self.start("standby")
         return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"

@@ -45,6 +45,9 @@ class Server(models.Model):
     backup_dir = models.CharField(max_length=500, blank=True, help_text="blank: under PITR_HOME/servers/NAME")
     storage_prefix = models.CharField(max_length=200, blank=True, help_text="blank: NAME/ (the demo server: none)")
     restore_port = models.PositiveIntegerField(null=True, blank=True)
+    # A hot standby pitrsite runs beside a promoted server (`server standby NAME --port P`), streaming through
+    # its own slot: its port, blank for none. The demo fleet's standby takes PITR_STANDBY_PORT instead.
+    standby_port = models.PositiveIntegerField(null=True, blank=True, help_text="a promoted server's hot standby")
     compression = models.CharField(max_length=8, blank=True, choices=Compression.choices,
                                    help_text="blank: the default")
     retention_keep_backups = models.PositiveIntegerField(null=True, blank=True, help_text="blank: the setting")

@@ -271,6 +271,16 @@ def standby_summary(status: dict) -> dict:
             "lag_seconds": row["flush_lag_seconds"] if row else None}
 
 
+def standby_problem(status: dict, driver: FleetDriver) -> str | None:
+    """One line when the standby does not stream from the primary, else None."""
+    summary = standby_summary(status)
+    if summary["state"] != "running":
+        return f"standby is {summary['state']}: run `{up_command(driver)}`"
+    if summary["replication"] != "streaming":
+        return (f"standby is running but {summary['replication']}: see {driver.layout.logfile('standby')}")
+    return None
+
+
 def server_summary(server, status: dict | None = None) -> dict:
     """One line of `server list` and the dashboard's server page: where it is, capture, restore target.
 

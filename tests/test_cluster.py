@@ -1,7 +1,7 @@
-"""WAL of another cluster is refused: two clusters reuse segment names, never system identifiers.
+"""WAL of another cluster is refused: two clusters reuse segment names, never system identifiers; each restores exactly.
 
 Two real clusters made with initdb (1 MiB segments, as the suite's fleet); their first segments carry their
-own system identifier, which pg_controldata reads from the other end. No server needs to run.
+own system identifier, which pg_controldata reads from the other end. Only the last test runs them.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.external_server import as_postgres, give
@@ -86,9 +87,10 @@ def test_indexer_refuses_wal_of_another_cluster_and_keys_carry_the_cluster(clust
 
 def _forget(server) -> None:
     """What `server remove NAME --forget` then `server add NAME` leave: the same name, no catalog, no cluster."""
-    from walcatalog.models import RestorePoint, StorageCopy, Timeline, WalSegment
+    from restores.models import RestoreJob
+    from walcatalog.models import BaseBackup, RestorePoint, StorageCopy, Timeline, WalSegment
 
-    for model in (StorageCopy, RestorePoint, WalSegment, Timeline):
+    for model in (RestoreJob, StorageCopy, RestorePoint, WalSegment, BaseBackup, Timeline):
         model.objects.all().delete()
     server.system_identifier, server.pg_major = "", None
     server.save(update_fields=["system_identifier", "pg_major"])
@@ -143,3 +145,87 @@ def test_two_clusters_in_turn_share_one_bucket_and_stay_apart(clusters, tmp_path
             assert server.system_identifier == sysid
             assert WalSegment.objects.get(name=SEGMENT).sha256 == sha
             assert StorageCopy.objects.get().key == f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}"
+
+
+def _start(root: Path, port: int) -> psycopg.Connection:
+    """Run one of the initdb'd clusters (trust logins as `someone`) with a test_data table to write to."""
+    with open(root / "data" / "postgresql.conf", "a") as conf:
+        conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+                   "track_commit_timestamp = on\n")
+    as_postgres(["pg_ctl", "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-s", "start"])
+    conn = psycopg.connect(host="127.0.0.1", port=port, user="someone", dbname="postgres", autocommit=True)
+    conn.execute("CREATE TABLE test_data (id bigserial PRIMARY KEY, payload text NOT NULL)")
+    return conn
+
+
+@pytest.mark.slow
+def test_two_clusters_in_turn_each_restore_exactly(clusters, settings, tmp_path):
+    """Each cluster in turn protected under the same name, home and bucket (a backup, logged commits,
+    captured and uploaded; the archive moved aside before the next cluster's capture), then each rebuilt
+    from the bucket by its <version>-<system id> and restored to a logged moment: the rows are exactly
+    that cluster's. Last in this file: it starts the module's clusters."""
+    from django.conf import settings as live
+
+    from fleet import servers
+    from fleet.external import ExternalDriver
+    from fleet.models import Server
+    from pitrsite.jobs import JobReporter
+    from restores.engine import run_restore
+    from restores.service import queue_restore
+    from restores.targets import RestoreTarget
+    from tests.conftest import wait_for
+    from tests.restore_helpers import primary_ids_committed, write_rows
+    from tests.storage_servers import storage_env, storage_setting
+    from walcatalog.backups import queue_backup, run_backup
+    from walcatalog.indexer import index_archive
+    from walcatalog.rebuild import rebuild_from_storage
+    from walcatalog.uploader import upload_pass
+
+    home = Path(live.PITR_HOME) / "servers" / "inturn"  # the postgres account reaches it (pytest's tmp: root's)
+    settings.STORAGES = {**settings.STORAGES,
+                         "archive": storage_setting(storage_env("filesystem", None, tmp_path), tmp_path)}
+    settings.PITR_PARTIAL_UPLOAD_INTERVAL = 0
+    server = Server.objects.create(name="inturn", host="127.0.0.1", port=1, user="someone", dbname="postgres",
+                                   restore_port=free_port())
+    driver, moments = ExternalDriver(server), {}
+    try:
+        for wal, sysid in clusters:
+            server.port = free_port()
+            server.save(update_fields=["port"])
+            driver = ExternalDriver(server)
+            with servers.using(server), _start(wal.parent.parent, server.port) as conn:
+                _forget(server)
+                driver.up()
+                backup = queue_backup()
+                run_backup(backup, JobReporter(backup))
+                rows = write_rows(conn, 4, f"cluster-{sysid}")
+                name = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+                last = driver.layout.archive / name
+                conn.execute("SELECT pg_switch_wal()")
+                wait_for(last.exists, 30, f"{last.name} captured")
+                assert not index_archive(driver.layout.archive).other_cluster
+                assert not upload_pass().errors
+                ids = primary_ids_committed(conn, rows[1].committed_at)
+                assert ids == {rows[0].id, rows[1].id}  # two of the four: a moment, not the end
+                # Both tables number from 1: the payloads say which cluster a row is from.
+                moments[sysid] = rows[1].committed_at, set(conn.execute(
+                    "SELECT id, payload FROM test_data WHERE id = ANY(%s)", [list(ids)]).fetchall())
+                driver.down()
+            as_postgres(["pg_ctl", "-D", str(wal.parent), "-m", "fast", "-w", "-s", "stop"])
+            # What a user does before capturing a new cluster under the same name: its archive moved aside.
+            driver.layout.archive.rename(home / f"wal_archive-{sysid}")
+
+        for sysid, (moment, expected) in moments.items():
+            with servers.using(server):
+                _forget(server)
+                assert rebuild_from_storage(cluster=f"15-{sysid}").backups == 1
+                job = queue_restore(RestoreTarget.from_options(time=moment.isoformat()))
+                job = run_restore(job, JobReporter(job))
+            assert job.state == "done", job.error
+            with psycopg.connect(host=str(driver.socket_dir("restore_target")), port=server.restore_port,
+                                 user="someone", dbname="postgres") as copy:
+                assert set(copy.execute("SELECT id, payload FROM test_data").fetchall()) == expected
+    finally:
+        with servers.using(server):
+            driver.down()
+        shutil.rmtree(home, ignore_errors=True)

@@ -7,7 +7,7 @@ on a new machine. Its restored copy is read through its private socket (the trus
 
 `--as-new-primary` goes on from there: the copy becomes server dr, takes writes, is captured and backed up,
 restores exactly to a moment after its promotion, and a third home with no entry for dr rebuilds it from
-storage and restores that moment too.
+storage and restores that moment too. On request, dr gets a hot standby streaming through its own slot.
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 
+from tests.conftest import wait_for
 from tests.restore_helpers import empty_catalog, primary_ids_committed, write_rows
 from tests.storage_scenario import make_scenario, narrow_catalog
 from tests.storage_servers import azurite_server, moto_server, storage_env, storage_setting  # noqa: F401
-from tests.test_settings_errors import clean_env, free_port, home, run_manage  # noqa: F401
+from tests.test_settings_errors import clean_env, free_port, home, one_line_error, run_manage  # noqa: F401
 from walcatalog.uploader import upload_pass
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db, pytest.mark.slow]
@@ -56,6 +57,10 @@ def test_fresh_home_restores_a_moment_from_storage_alone(backend, scenario, prim
     rebuilt = run_manage(new, "rebuild_catalog", "--from-storage", "--json")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads(rebuilt.stdout)["backups"] == 1
+    # `fleet up` here would initialise a new cluster over the one the catalog knows: refused, nothing made.
+    refused = one_line_error(run_manage(new, "fleet", "up"))
+    assert "holds the history of cluster 15-" in refused and "--as-new-primary NAME" in refused, refused
+    assert not (home / "primary").exists()
     try:
         done = run_manage(new, "restore", "--server", django_settings.PITR_DEMO_SERVER, "--target-time",
                           moment.isoformat(), "--json")
@@ -142,6 +147,25 @@ def test_restored_copy_becomes_a_new_primary(scenario, primary, settings, reques
                                  "ON n.id = o.successor_id WHERE o.name = ?", [base["PITR_DEMO_SERVER"]]).fetchone()
         assert timelines == {job["final_timeline"]} and retired == (1, "dr")
 
+        # A hot standby of dr, on request: cloned through its own slot, it replays what dr commits, and
+        # `server check` and `fleet status` say it streams.
+        standby_port = free_port()
+        made = _manage_json(new, "server", "standby", "dr", "--port", str(standby_port))
+        assert made["standby_port"] == standby_port, made
+        with psycopg.connect(host=str(dr / "primary" / "socket"), port=port, user=base["PITR_PG_SUPERUSER"],
+                             dbname=base["PITR_DBNAME"], autocommit=True) as conn:
+            row = write_rows(conn, 1, "dr-for-its-standby")[0]
+        with psycopg.connect(host=str(dr / "standby" / "socket"), port=standby_port, user=base["PITR_PG_SUPERUSER"],
+                             dbname=base["PITR_DBNAME"], autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            wait_for(lambda: conn.execute("SELECT 1 FROM test_data WHERE id = %s", [row.id]).fetchone(), 30,
+                     "dr's row on its standby")
+        checks = {c["check"]: c for c in _manage_json(new, "server", "check", "dr")["checks"]}
+        assert checks["standby"]["ok"] and "through slot pitr_dr_standby" in checks["standby"]["line"], checks
+        status = _manage_json(new, "fleet", "status", "--server", "dr")
+        assert status["roles"]["standby"]["replication"] == "streaming", status
+        assert {s["slot_name"]: s["active"] for s in status["slots"]} == {"pitr_dr": True, "pitr_dr_standby": True}
+
         # A new machine knows no server dr: its entry is rebuilt from storage, and the same moment comes back.
         uploaded = _manage_json(new, "upload", "--server", "dr")
         assert uploaded["uploaded"] and not uploaded["errors"], uploaded
@@ -175,3 +199,18 @@ def test_a_retired_server_takes_no_backup_and_starts_no_capture(db):
         from fleet.promoted import PromotedDriver
 
         PromotedDriver(Server(name="x", kind="promoted", port=1, retired_at=timezone.now())).up()
+
+
+def test_a_standby_is_for_a_promoted_server_on_a_port_of_its_own(db):
+    from fleet.models import Server
+    from fleet.promoted import add_standby
+    from pitrsite.errors import FleetError
+
+    external = Server.objects.create(name="ext", port=free_port(), restore_port=free_port())
+    with pytest.raises(FleetError, match="server ext is not a promoted server .*its own DBA's"):
+        add_standby(external, free_port())
+    promoted = Server.objects.create(name="p", kind="promoted", port=free_port(), restore_port=free_port())
+    with pytest.raises(FleetError, match=f"--port {promoted.restore_port} is its restore target's port"):
+        add_standby(promoted, promoted.restore_port)
+    promoted.refresh_from_db()
+    assert promoted.standby_port is None

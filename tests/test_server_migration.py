@@ -8,7 +8,7 @@ from django.db.migrations.executor import MigrationExecutor
 BEFORE = [("walcatalog", "0009_basebackup_pinned"), ("restores", "0005_job_cancelled_started_by"),
           ("chaos", "0002_job_cancelled_started_by"), ("fleet", None)]
 AFTER = [("walcatalog", "0010_server"), ("restores", "0006_server"), ("chaos", "0003_server"),
-         ("fleet", "0003_server_retired_successor")]  # runs before the server migrations (they read the Server model)
+         ("fleet", "0005_server_standby_port")]  # 0003..0005 run before those (they read Server)
 
 
 @pytest.mark.django_db(transaction=True)

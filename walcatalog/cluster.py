@@ -71,7 +71,10 @@ def check_cluster(path: Path) -> None:
         Server.objects.filter(pk=server.pk, system_identifier="").update(system_identifier=sysid, pg_major=major)
         server.refresh_from_db(fields=["system_identifier", "pg_major"])
     if server.system_identifier != sysid:
+        todo = ("the demo primary was initialised anew: move its data directory and this archive aside and "
+                "bring the old cluster back with `restore --as-new-primary`, or run a new cluster in a new "
+                "PITR_HOME" if server.managed else
+                "a re-initialised or new cluster needs its own server entry (`server add`) and archive directory")
         raise OtherCluster(
             f"WAL of another cluster (PostgreSQL {major}, system identifier {sysid}): server {server.name} is "
-            f"cluster {server.system_identifier}; refused, not indexed. A re-initialised or new cluster needs its "
-            "own server entry (`server add`) and archive directory")
+            f"cluster {server.system_identifier}; refused, not indexed: {todo}")

@@ -5,6 +5,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from fleet import servers
+from fleet.checks import refuse_new_cluster
 from fleet.layout import ROLES, check_role
 from fleet.driver import get_driver
 from fleet.external import each_on_this_host, retired_line
@@ -60,6 +61,8 @@ class Command(PitrCommand):
             if current is not None and current.retired_at is not None:  # its primary is lost: no new one, no
                 own = [retired_line(current)]                            # capture (restores still work)
             else:
+                if current is not None:
+                    refuse_new_cluster(current)
                 own = driver.up()
             self.out.result(own + (self._each_external("up") if every else []))
         elif action == "down":

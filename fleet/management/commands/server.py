@@ -1,4 +1,4 @@
-"""python manage.py server add|list|check|remove: the servers pitrsite protects."""
+"""python manage.py server add|list|check|standby|remove: the servers pitrsite protects."""
 from __future__ import annotations
 
 import socket
@@ -11,12 +11,13 @@ from fleet.capture import ensure_slot
 from fleet.checks import check_server, run_checks
 from fleet.external import remove_server
 from fleet.models import Compression, Server, ServerKind
+from fleet.promoted import add_standby
 from fleet.status import server_summary
 from pitrsite.output import PitrCommand, non_negative
 
 
 class Command(PitrCommand):
-    help = "Add, list, check and remove the PostgreSQL servers pitrsite protects."
+    help = "Add, list, check, give a standby to and remove the PostgreSQL servers pitrsite protects."
 
     json_help = None  # on the subcommands: `server list --json`, `server check NAME --json`
 
@@ -46,6 +47,11 @@ class Command(PitrCommand):
                 p.add_argument("name")
             if action in ("list", "check"):
                 p.add_argument("--json", action="store_true")
+        standby = sub.add_parser("standby", help="a hot standby of a promoted server (restore --as-new-primary), "
+                                                 "streaming through its own slot")
+        standby.add_argument("name")
+        standby.add_argument("--port", type=int, required=True, help="the standby's loopback port")
+        standby.add_argument("--json", action="store_true")
         sub.choices["remove"].add_argument("--forget", action="store_true",
                                            help="also forget its catalog (backups, WAL rows, jobs); deletes no file")
 
@@ -95,6 +101,12 @@ class Command(PitrCommand):
         failed = [line for line in lines if not line["ok"]]
         if failed:
             self.out.fail(f"{server.name}: {len(failed)} check(s) failed")
+
+    def do_standby(self, opts) -> None:
+        server = servers.resolve(opts["name"])
+        line = add_standby(server, opts["port"])
+        self.out.result({"server": server.name, "standby_port": server.standby_port, "done": line},
+                        f"{line}: `python manage.py server check {server.name}` shows its replication")
 
     def do_remove(self, opts) -> None:
         self.out.result(remove_server(servers.resolve(opts["name"]), forget=opts["forget"]))
