@@ -56,9 +56,8 @@ def ensure_slot(conn: psycopg.Connection, slot: str, archive: Path) -> str:
     slot pins only new WAL, and recreating it after that WAL was removed would hide the loss. Where the role
     may not list pg_wal (pg_ls_waldir needs pg_monitor), the slot is created and the line says it was not checked.
     """
-    row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
-    if row is not None:
-        return f"slot {slot} " + ("in use" if row[0] else "reused")
+    if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone():
+        return pg.ensure_slot(conn, slot)
     unchecked = ""
     try:
         segsize = int(pg.fetch_row(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))[0])
@@ -71,6 +70,4 @@ def ensure_slot(conn: psycopg.Connection, slot: str, archive: Path) -> str:
             raise FleetError(f"replication slot {slot} is missing and the primary no longer holds WAL "
                              f"{lost['from']} .. {lost['to']}: that WAL is lost and capture cannot continue from "
                              f"{archive}; see README 'Lost WAL' (move the archive aside, fleet up, a new base backup)")
-    # immediately_reserve: the slot holds WAL from now on, even before its first client.
-    conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", [slot])
-    return f"slot {slot} created" + unchecked
+    return pg.ensure_slot(conn, slot) + unchecked

@@ -329,9 +329,7 @@ class LocalDriver:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
                 conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
             capture.ensure_slot(conn, settings.PITR_CAPTURE_SLOT, self.layout.archive)
-            # immediately_reserve: the slot holds WAL from now on, even before its first client.
-            conn.execute("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
-                         "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", [settings.PITR_STANDBY_SLOT] * 2)
+            pg.ensure_slot(conn, settings.PITR_STANDBY_SLOT)
         with pg.connect(self.layout.port("primary")) as conn:
             conn.execute(SCHEMA_SQL)
 

@@ -94,3 +94,13 @@ def fetch_row(cursor: psycopg.Cursor[Any]) -> Any:
     row = cursor.fetchone()
     assert row is not None
     return row
+
+
+def ensure_slot(conn: psycopg.Connection, slot: str) -> str:
+    """A physical replication slot, created when missing (immediately_reserve: it holds WAL from now on,
+    even before its first client), reused when inactive. Capture's slot goes through fleet.capture.ensure_slot."""
+    row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
+    if row is None:
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", [slot])
+        return f"slot {slot} created"
+    return f"slot {slot} " + ("in use" if row[0] else "reused")

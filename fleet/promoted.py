@@ -19,7 +19,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import pg, servers
-from fleet.checks import ensure_slot
 from fleet.driver import get_driver
 from fleet.external import ExternalDriver
 from fleet.layout import Layout
@@ -76,7 +75,7 @@ class PromotedDriver(ExternalDriver):
     def standby_up(self) -> str:
         """Its standby's slot (reserving WAL from now), then the standby cloned through it and started."""
         with self.connect(dbname="postgres") as conn:
-            slot = ensure_slot(conn, self.standby_slot)
+            slot = pg.ensure_slot(conn, self.standby_slot)
         return f"{self.server.name} {self._ensure_standby()} ({slot})"
 
     def down(self) -> list[str]:
