@@ -2,7 +2,8 @@
 
 Servers run with pg_ctl on loopback ports; the capturer is pg_receivewal under
 fleet.supervise. Pause is SIGSTOP of a server's whole process tree, resume is
-SIGCONT, kill is SIGKILL.
+SIGCONT, kill is SIGKILL. Creating the primary and the standby from nothing is
+fleet/provision.py; this module runs the roles and prepares the home they live in.
 """
 from __future__ import annotations
 
@@ -11,49 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 from django.conf import settings
 
-from fleet import capture, pg, pgconf
+from fleet import pg, pgconf, provision
 from fleet.driver import refuse_foreign_action
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
 from pitrsite import procs, runner
-from pitrsite.config import persistent_secret
 from pitrsite.errors import FleetError
 
 log = logging.getLogger(__name__)
-
-# Shared by every node; the base backup carries it to the standby and the restore target.
-CLUSTER_CONF = """\
-# Written by pitrsite. Node-specific settings live in pitrsite.node.conf.
-listen_addresses = '127.0.0.1'
-wal_level = replica
-track_commit_timestamp = on
-max_wal_senders = 10
-max_replication_slots = 10
-hot_standby = on
-hot_standby_feedback = on
-wal_log_hints = on
-max_connections = 100
-log_line_prefix = '%m [%p] %q%u@%d '
-log_min_messages = warning
-"""
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS test_data (
-    id bigserial PRIMARY KEY,
-    payload text NOT NULL,
-    -- statement time of the inserting transaction; it is never later than the commit time
-    created_at timestamptz NOT NULL DEFAULT now(),
-    writer integer,
-    seq integer,
-    UNIQUE (writer, seq)
-)
-"""
-
 
 RESUMER = """
 import os, signal, sys, time
@@ -87,7 +57,8 @@ class LocalDriver:
     def up(self) -> list[str]:
         """Create and start every role, idempotently; returns what was done."""
         self._check_home()
-        done = [self._ensure_primary(), self._ensure_standby(), self._ensure_capturer(), self._ensure_restore_target()]
+        done = [provision.primary(self), provision.standby(self), self._ensure_capturer(),
+                self._ensure_restore_target()]
         return [line for line in done if line]
 
     def down(self) -> list[str]:
@@ -260,7 +231,7 @@ class LocalDriver:
         return psycopg.connect(host=str(self.socket_dir(role)), port=self.layout.port(role), user=user,
                                dbname="postgres", autocommit=True, connect_timeout=timeout)
 
-    # --- provisioning --------------------------------------------------------
+    # --- the home, the capturer and the restore target ---------------------------
     def _check_home(self) -> None:
         home = self.layout.home
         try:
@@ -281,88 +252,6 @@ class LocalDriver:
         pg.give_to_server(home, self.layout.logs, self.layout.run, self.layout.archive, self.layout.backups,
                           self.layout.staging, self.layout.secrets)
         os.chmod(self.layout.secrets, 0o700)
-
-    def _write_secrets(self) -> Path:
-        """Generate the superuser and replication passwords once; keep them in a pgpass file."""
-        secrets = self.layout.secrets
-        superuser_pw = persistent_secret(secrets / "superuser_password", 18)
-        repl_pw = persistent_secret(secrets / "replication_password", 18)
-        passfile = pg.passfile()
-        passfile.write_text(
-            f"{settings.PITR_HOST}:*:*:{settings.PITR_PG_SUPERUSER}:{superuser_pw}\n"
-            f"{settings.PITR_HOST}:*:*:{settings.PITR_REPL_USER}:{repl_pw}\n"
-        )
-        account = pg.server_account()
-        for path in (passfile, secrets / "superuser_password", secrets / "replication_password"):
-            os.chmod(path, 0o600)
-            if account is not None:
-                os.chown(path, account.pw_uid, account.pw_gid)
-        return secrets / "superuser_password"
-
-    def _ensure_primary(self) -> str:
-        datadir = self.layout.datadir("primary")
-        pwfile = self._write_secrets()
-        created = ""
-        if not (datadir / "PG_VERSION").exists():
-            pg.give_to_server(datadir.parent)
-            pg.run([pg.tool("initdb"), "-D", str(datadir), "-U", settings.PITR_PG_SUPERUSER, f"--pwfile={pwfile}",
-                    "--auth=scram-sha-256", "--data-checksums", "-E", "UTF8", "--locale=C",
-                    f"--wal-segsize={settings.PITR_WAL_SEGSIZE_MB}"], step="initialising the primary (initdb)")
-            self.put_file("primary", "pitrsite.conf", CLUSTER_CONF)
-            conf = (datadir / "postgresql.conf").read_text()
-            self.put_file("primary", "postgresql.conf",
-                          conf + "\ninclude_if_exists = 'pitrsite.conf'\ninclude_if_exists = 'pitrsite.node.conf'\n")
-            created = "primary created; "
-        self.start("primary")
-        self._ensure_primary_objects()
-        return f"{created}primary running on {settings.PITR_HOST}:{self.layout.port('primary')}"
-
-    def _ensure_primary_objects(self) -> None:
-        repl_pw = pg.password(settings.PITR_REPL_USER)
-        with pg.connect(self.layout.port("primary"), dbname="postgres") as conn:
-            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [settings.PITR_REPL_USER]).fetchone():
-                conn.execute(f'CREATE ROLE "{settings.PITR_REPL_USER}" WITH LOGIN REPLICATION')
-            # ALTER ROLE ... PASSWORD takes no bind parameters; quote with the server's own function.
-            quoted = pg.fetch_row(conn.execute("SELECT quote_literal(%s)", [repl_pw]))[0]
-            conn.execute(f'ALTER ROLE "{settings.PITR_REPL_USER}" WITH PASSWORD {quoted}')
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
-                conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
-            self._check_capture_continuity(conn)
-            for slot in (settings.PITR_CAPTURE_SLOT, settings.PITR_STANDBY_SLOT):
-                # immediately_reserve: the slot holds WAL from now on, even before its first client.
-                conn.execute("SELECT pg_create_physical_replication_slot(%s, true) "
-                             "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", [slot, slot])
-        with pg.connect(self.layout.port("primary")) as conn:
-            conn.execute(SCHEMA_SQL)
-
-    def _check_capture_continuity(self, conn: psycopg.Connection) -> None:
-        """A missing capture slot is recreated only while the primary still holds the WAL the archive
-        continues from: a new slot pins only new WAL, and recreating it then would hide the loss."""
-        if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                        [settings.PITR_CAPTURE_SLOT]).fetchone():
-            return
-        segsize = int(pg.fetch_row(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))[0])
-        waldir = [r[0] for r in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall()]
-        lost = capture.lost_range(capture.restart_point(self.layout.archive, segsize), waldir, segsize)
-        if lost:
-            raise FleetError(f"replication slot {settings.PITR_CAPTURE_SLOT} is missing and the primary no longer "
-                             f"holds WAL {lost['from']} .. {lost['to']}: that WAL is lost and capture cannot continue "
-                             f"from {self.layout.archive}; see README 'Lost WAL' (move the archive aside, fleet up, "
-                             "a new base backup)")
-
-    def _ensure_standby(self) -> str:
-        datadir = self.layout.datadir("standby")
-        created = ""
-        if not (datadir / "PG_VERSION").exists():
-            pg.give_to_server(datadir.parent)
-            pg.run([pg.tool("pg_basebackup"), "-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")),
-                    "-U", settings.PITR_REPL_USER, "--no-password", "-D", str(datadir), "-R",
-                    f"--slot={settings.PITR_STANDBY_SLOT}", "-X", "stream", "--checkpoint=fast"],
-                   # as long as the copy takes
-                   step="cloning the standby (pg_basebackup)", env=pg.libpq_env(), timeout=None)
-            created = "standby created; "
-        self.start("standby")
-        return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"
 
     def _ensure_capturer(self) -> str:
         if procs.alive(procs.read_pid(self.layout.run / "capturer.supervisor.pid")):
@@ -418,13 +307,5 @@ class LocalDriver:
                              f"stop it or set {setting} to a free port")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
-
-__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]
+__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES"]
