@@ -1,4 +1,5 @@
-"""Chaos run parameters: the one set of defaults (command, dashboard form and admin read them from here)."""
+"""Chaos run parameters: the one set of defaults (command, dashboard form and admin read them from here), and the
+demo's gentler set beside it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -115,3 +116,8 @@ class ChaosParams:
         data.update(interval=list(self.interval), pause=list(self.pause), actions=list(self.actions) or "none")
         return data
 
+
+
+# `manage.py demo`: the same run, gently (3 writers for 20 s, one graceful capturer restart, 2 restores).
+DEMO = ChaosParams(writers=3, duration=20.0, interval=(8.0, 12.0), restores=2, actions=("capturer_restart",),
+                   write_pause=0.2)

@@ -108,9 +108,7 @@ class Chaos(Actions):
         self.run_tag = f"chaos-{self.dir.name}"  # chaos-run-<id>
 
     def update(self, **fields) -> None:
-        for key, value in fields.items():
-            setattr(self.run_row, key, value)
-        ChaosRun.objects.filter(pk=self.run_row.pk).update(**fields)
+        self.run_row.save_fields(**fields)
 
     def run(self) -> None:
         self.reporter.step("checking the fleet")

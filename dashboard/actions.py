@@ -10,7 +10,7 @@ import logging
 from django.db import transaction
 
 from fleet import servers
-from pitrsite.errors import QueueError
+from pitrsite.errors import QueueError, StepFailed, first_line
 from pitrsite.jobs import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,8 @@ def _send(job: Job, task, what: str) -> None:
             task.apply_async(args=[job.pk], queue=servers.queue_of(job.server), retry=True,  # type: ignore[attr-defined]
                              retry_policy={"max_retries": 2, "interval_start": 0.2})
         except Exception as exc:  # noqa: BLE001 - kombu/redis errors vary; the row must say what happened
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            job.finish(JobState.FAILED, f"failure queueing (Celery broker unreachable: {reason})")
+            reason = first_line(exc)
+            job.finish(JobState.FAILED, str(StepFailed("queueing", f"Celery broker unreachable: {reason}")))
             log.error("could not queue %s #%s: %s", what, job.pk, reason)
             raise QueueError(f"{what} #{job.pk} could not be queued: "
                              f"the Celery broker is unreachable ({reason})") from exc

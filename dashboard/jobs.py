@@ -17,13 +17,13 @@ from dashboard import progress
 if TYPE_CHECKING:
     from restores.models import RestoreJob
 
-def job_models() -> dict[str, type[Job]]:
+def models_by_kind() -> dict[str, type[Job]]:
     """Every installed job kind (chaos runs only where the chaos app is installed)."""
     return {model.kind: model for model in jobs.job_models()}
 
 
 def job_model(kind: str) -> type[Job] | None:
-    return job_models().get(kind)
+    return models_by_kind().get(kind)
 
 
 def detail_url(job: Job) -> str:
@@ -80,7 +80,7 @@ def replay_percent(job) -> float | None:
 
 def running_jobs(limit: int = 20) -> list[Job]:
     found: list[Job] = []
-    for model in job_models().values():
+    for model in models_by_kind().values():
         found.extend(model.objects.filter(state__in=ACTIVE_STATES).order_by("-created_at")[:limit])
     return sorted(found, key=lambda j: j.created_at, reverse=True)[:limit]
 
@@ -88,7 +88,7 @@ def running_jobs(limit: int = 20) -> list[Job]:
 def counts_by_state() -> dict[str, dict[str, int]]:
     """{kind: {state: n}} in one GROUP BY per kind."""
     result = {}
-    for kind, model in job_models().items():
+    for kind, model in models_by_kind().items():
         rows = model.objects.order_by().values("state").annotate(n=Count("pk"))
         result[kind] = {row["state"]: row["n"] for row in rows}
     return result

@@ -114,7 +114,7 @@ def server_metrics(out: Families, view: status.Overview) -> None:
     fleet_metrics(out, view)
     backup_metrics(out, view)
     out.declare("pitr_jobs", "jobs by kind and state", "kind", "state")
-    for kind in jobs.job_models():
+    for kind in jobs.models_by_kind():
         for state in JobState.values:
             out.add("pitr_jobs", "", view.job_counts.get(kind, {}).get(state, 0), {"kind": kind, "state": state})
     drill_metrics(out, view.drill)

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from fleet import images, pg
+from fleet import images, pg, provision
 from fleet.layout import check_role
 from fleet.local import LocalDriver
 from fleet.pg import ToolFailed, first_line
@@ -84,7 +84,8 @@ class DockerDriver(LocalDriver):
     def up(self) -> list[str]:
         self._check_home()
         done = [f"built image {tag}" for tag in images.ensure(self.client, ("postgres", "capturer"))]
-        done += [self._ensure_primary(), self._ensure_standby(), self._ensure_capturer(), self._ensure_restore_target()]
+        done += [provision.primary(self), provision.standby(self), self._ensure_capturer(),
+                 self._ensure_restore_target()]
         return [line for line in done if line]
 
     def down(self) -> list[str]:

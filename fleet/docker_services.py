@@ -94,7 +94,7 @@ def up(layout: Layout) -> list[str]:
     names = services.managed_services()
     done = [f"built image {tag}" for tag in
             images.ensure(driver.client, ("app", "pgadmin") if "pgadmin" in names else ("app",))]
-    for directory in (layout.logs, layout.run, layout.home / "redis"):
+    for directory in (layout.logs, layout.run, layout.redis):
         directory.mkdir(parents=True, exist_ok=True)
     pending = [name for name in names if status(name, layout)["state"] not in ("running", "paused", "restarting")]
     for name in pending:

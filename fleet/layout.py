@@ -40,9 +40,10 @@ class Layout:
     def of(cls, server) -> "Layout":
         if server is None or server.managed:
             return cls(Path(settings.PITR_HOME), Path(settings.PITR_WAL_ARCHIVE), Path(settings.PITR_BACKUP_DIR))
-        home = Path(settings.PITR_HOME) / "servers" / server.name
+        own = Path(settings.PITR_HOME) / home.SERVERS / server.name
         standby = (("standby", server.standby_port),) if server.standby_port else ()  # a promoted server's
-        return cls(home, Path(server.archive_dir or home / "wal_archive"), Path(server.backup_dir or home / "backups"),
+        return cls(own, Path(server.archive_dir or own / home.WAL_ARCHIVE),
+                   Path(server.backup_dir or own / home.BACKUPS),
                    (("primary", server.port or 0), ("restore_target", server.restore_port or 0), *standby))
 
     @property
@@ -60,6 +61,14 @@ class Layout:
     @property
     def staging(self) -> Path:
         return self.home / home.STAGING
+
+    @property
+    def redis(self) -> Path:
+        return self.home / home.REDIS
+
+    @property
+    def pgadmin(self) -> Path:
+        return self.home / home.PGADMIN
 
     def datadir(self, role: str) -> Path:
         return self.home / check_role(role, SERVER_ROLES) / "data"

@@ -2,7 +2,8 @@
 
 Servers run with pg_ctl on loopback ports; the capturer is pg_receivewal under
 fleet.supervise. Pause is SIGSTOP of a server's whole process tree, resume is
-SIGCONT, kill is SIGKILL.
+SIGCONT, kill is SIGKILL. Creating the primary and the standby from nothing is
+fleet/provision.py; this module runs the roles and prepares the home they live in.
 """
 from __future__ import annotations
 
@@ -11,49 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 from django.conf import settings
 
-from fleet import capture, pg, pgconf
+from fleet import pg, pgconf, provision
 from fleet.driver import refuse_foreign_action
 from fleet.layout import ROLES, SERVER_ROLES, Layout, check_role
 from pitrsite import procs, runner
-from pitrsite.config import persistent_secret
 from pitrsite.errors import FleetError
 
 log = logging.getLogger(__name__)
-
-# Shared by every node; the base backup carries it to the standby and the restore target.
-CLUSTER_CONF = """\
-# Written by pitrsite. Node-specific settings live in pitrsite.node.conf.
-listen_addresses = '127.0.0.1'
-wal_level = replica
-track_commit_timestamp = on
-max_wal_senders = 10
-max_replication_slots = 10
-hot_standby = on
-hot_standby_feedback = on
-wal_log_hints = on
-max_connections = 100
-log_line_prefix = '%m [%p] %q%u@%d '
-log_min_messages = warning
-"""
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS test_data (
-    id bigserial PRIMARY KEY,
-    payload text NOT NULL,
-    -- statement time of the inserting transaction; it is never later than the commit time
-    created_at timestamptz NOT NULL DEFAULT now(),
-    writer integer,
-    seq integer,
-    UNIQUE (writer, seq)
-)
-"""
-
 
 RESUMER = """
 import os, signal, sys, time
@@ -87,7 +57,8 @@ class LocalDriver:
     def up(self) -> list[str]:
         """Create and start every role, idempotently; returns what was done."""
         self._check_home()
-        done = [self._ensure_primary(), self._ensure_standby(), self._ensure_capturer(), self._ensure_restore_target()]
+        done = [provision.primary(self), provision.standby(self), self._ensure_capturer(),
+                self._ensure_restore_target()]
         return [line for line in done if line]
 
     def down(self) -> list[str]:
@@ -261,7 +232,7 @@ class LocalDriver:
         return psycopg.connect(host=str(self.socket_dir(role)), port=self.layout.port(role), user=user,
                                dbname="postgres", autocommit=True, connect_timeout=timeout)
 
-    # --- provisioning --------------------------------------------------------
+    # --- the home, the capturer and the restore target ---------------------------
     def _check_home(self) -> None:
         home = self.layout.home
         try:
@@ -283,56 +254,6 @@ class LocalDriver:
                           self.layout.staging, self.layout.secrets)
         os.chmod(self.layout.secrets, 0o700)
 
-    def _write_secrets(self) -> Path:
-        """Generate the superuser and replication passwords once; keep them in a pgpass file."""
-        secrets = self.layout.secrets
-        superuser_pw = persistent_secret(secrets / "superuser_password", 18)
-        repl_pw = persistent_secret(secrets / "replication_password", 18)
-        passfile = pg.passfile()
-        passfile.write_text(
-            f"{settings.PITR_HOST}:*:*:{settings.PITR_PG_SUPERUSER}:{superuser_pw}\n"
-            f"{settings.PITR_HOST}:*:*:{settings.PITR_REPL_USER}:{repl_pw}\n"
-        )
-        account = pg.server_account()
-        for path in (passfile, secrets / "superuser_password", secrets / "replication_password"):
-            os.chmod(path, 0o600)
-            if account is not None:
-                os.chown(path, account.pw_uid, account.pw_gid)
-        return secrets / "superuser_password"
-
-    def _ensure_primary(self) -> str:
-        datadir = self.layout.datadir("primary")
-        pwfile = self._write_secrets()
-        created = ""
-        if not (datadir / "PG_VERSION").exists():
-            pg.give_to_server(datadir.parent)
-            pg.run([pg.tool("initdb"), "-D", str(datadir), "-U", settings.PITR_PG_SUPERUSER, f"--pwfile={pwfile}",
-                    "--auth=scram-sha-256", "--data-checksums", "-E", "UTF8", "--locale=C",
-                    f"--wal-segsize={settings.PITR_WAL_SEGSIZE_MB}"], step="initialising the primary (initdb)")
-            self.put_file("primary", "pitrsite.conf", CLUSTER_CONF)
-            conf = (datadir / "postgresql.conf").read_text()
-            self.put_file("primary", "postgresql.conf",
-                          conf + "\ninclude_if_exists = 'pitrsite.conf'\ninclude_if_exists = 'pitrsite.node.conf'\n")
-            created = "primary created; "
-        self.start("primary")
-        self._ensure_primary_objects()
-        return f"{created}primary running on {settings.PITR_HOST}:{self.layout.port('primary')}"
-
-    def _ensure_primary_objects(self) -> None:
-        repl_pw = pg.password(settings.PITR_REPL_USER)
-        with pg.connect(self.layout.port("primary"), dbname="postgres") as conn:
-            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [settings.PITR_REPL_USER]).fetchone():
-                conn.execute(f'CREATE ROLE "{settings.PITR_REPL_USER}" WITH LOGIN REPLICATION')
-            # ALTER ROLE ... PASSWORD takes no bind parameters; quote with the server's own function.
-            quoted = pg.fetch_row(conn.execute("SELECT quote_literal(%s)", [repl_pw]))[0]
-            conn.execute(f'ALTER ROLE "{settings.PITR_REPL_USER}" WITH PASSWORD {quoted}')
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [settings.PITR_DBNAME]).fetchone():
-                conn.execute(f'CREATE DATABASE "{settings.PITR_DBNAME}"')
-            capture.ensure_slot(conn, settings.PITR_CAPTURE_SLOT, self.layout.archive)
-            pg.ensure_slot(conn, settings.PITR_STANDBY_SLOT)
-        with pg.connect(self.layout.port("primary")) as conn:
-            conn.execute(SCHEMA_SQL)
-
     @property
     def standby_slot(self) -> str:
         """The standby's own slot on the primary (made with the primary's objects)."""
@@ -343,22 +264,6 @@ class LocalDriver:
         connection arguments, and their environment (the fleet's passfile)."""
         return (["-h", settings.PITR_HOST, "-p", str(self.layout.port("primary")), "-U", settings.PITR_REPL_USER,
                  "--no-password"], pg.libpq_env())
-
-    def _ensure_standby(self) -> str:
-        """Clone the standby from the primary through its slot (-R: it streams from the primary through the
-        same slot once started), then start it."""
-        datadir = self.layout.datadir("standby")
-        created = ""
-        if not (datadir / "PG_VERSION").exists():
-            pg.give_to_server(datadir.parent)
-            source, env = self.replication_source()
-            pg.run([pg.tool("pg_basebackup"), *source, "-D", str(datadir), "-R", f"--slot={self.standby_slot}",
-                    "-X", "stream", "--checkpoint=fast"],
-                   # as long as the copy takes
-                   step="cloning the standby (pg_basebackup)", env=env, timeout=None)
-            created = "standby created; "
-        self.start("standby")
-        return f"{created}standby running on {settings.PITR_HOST}:{self.layout.port('standby')}"
 
     def _ensure_capturer(self) -> str:
         if procs.alive(procs.read_pid(self.layout.run / "capturer.supervisor.pid")):
@@ -414,13 +319,5 @@ class LocalDriver:
                              f"stop it or set {setting} to a free port")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
-
-__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES", "wait_until", "Path"]
+__all__ = ["LocalDriver", "ROLES", "SERVER_ROLES"]

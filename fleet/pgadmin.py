@@ -20,7 +20,7 @@ from django.conf import settings
 from fleet.layout import SERVER_ROLES, Layout
 from pitrsite.config import persistent_secret
 from pitrsite import runner
-from pitrsite.errors import PitrError
+from pitrsite.errors import PgAdminError
 
 CONFIG = """\
 # Written by pitrsite (fleet/pgadmin.py) on every start.
@@ -39,16 +39,12 @@ HELP_PATH = "../../docs/en_US/_build/html/"
 """
 
 
-class PgAdminError(PitrError):
-    pass
-
-
 def email() -> str:
     return settings.PITR_PGADMIN_EMAIL
 
 
 def home(layout: Layout) -> Path:
-    return layout.home / "pgadmin"
+    return layout.pgadmin
 
 
 def password_file(layout: Layout) -> Path:

@@ -7,7 +7,7 @@ private 0700 socket directory and the trust lines written ahead of the original'
 original's superuser, so no password of the original is needed (a new machine knows none). Everything
 else is an external server's: capture through its own slot into its own archive, backups, its own
 restore target, its own storage prefix. A hot standby on request (`server standby NAME --port P`): cloned
-with pg_basebackup -R through its own slot, as the demo fleet's standby is (LocalDriver._ensure_standby), and
+with pg_basebackup -R through its own slot, as the demo fleet's standby is (fleet.provision.standby), and
 started and stopped with the primary from then on.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from fleet import pg, servers
+from fleet import pg, provision, servers
 from fleet.driver import get_driver
 from fleet.external import ExternalDriver
 from fleet.layout import Layout
@@ -76,7 +76,7 @@ class PromotedDriver(ExternalDriver):
         """Its standby's slot (reserving WAL from now), then the standby cloned through it and started."""
         with self.connect(dbname="postgres") as conn:
             slot = pg.ensure_slot(conn, self.standby_slot)
-        return f"{self.server.name} {self._ensure_standby()} ({slot})"
+        return f"{self.server.name} {provision.standby(self)} ({slot})"
 
     def down(self) -> list[str]:
         done = super().down()

@@ -18,15 +18,11 @@ from django.conf import settings
 from django.db import models
 
 from fleet.models import DEFAULT_QUEUE, Server, ServerKind
-from pitrsite.errors import PitrError
+from pitrsite.errors import ServerError
 from pitrsite.locks import Lock
 
 _current: contextvars.ContextVar[Server | None] = contextvars.ContextVar("pitr_server", default=None)
 _demo_id: int | None = None
-
-
-class ServerError(PitrError):
-    pass
 
 
 def demo_name() -> str:

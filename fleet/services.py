@@ -77,7 +77,7 @@ def argv(name: str, layout: Layout) -> list[str]:
         # A broker only: no persistence, so nothing to recover and nothing written but logs.
         return [redis_binary(), "--port", str(settings.PITR_REDIS_PORT), "--bind", settings.PITR_HOST,
                 "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--dir", str(layout.home / "redis")]
+                "--dir", str(layout.redis)]
     if name == "pgadmin":
         return pgadmin.argv()
     if name == "web":
@@ -143,7 +143,7 @@ def up(layout: Layout | None = None) -> list[str]:
     names = managed_services()
     # Every check before the first start: a missing redis-server or a busy port leaves nothing half-started.
     commands = {name: argv(name, layout) for name in names}
-    for directory in (layout.logs, layout.run, layout.home / "redis"):
+    for directory in (layout.logs, layout.run, layout.redis):
         directory.mkdir(parents=True, exist_ok=True)
     pending = [name for name in names if status(name, layout)["state"] == "stopped"]
     for name in pending:
@@ -237,12 +237,16 @@ def web_answers() -> bool:
         return False
 
 
+def admin_password_file() -> Path:
+    return Layout.current().secrets / "admin_password"
+
+
 def ensure_admin(username: str = "admin") -> dict:
-    """Create the admin superuser once, with a generated password kept in PITR_HOME/secrets/admin_password."""
+    """Create the admin superuser once, with a generated password kept in admin_password_file()."""
     from django.contrib.auth import get_user_model
 
     users = get_user_model().objects
-    password_file = Layout.current().secrets / "admin_password"
+    password_file = admin_password_file()
     if users.filter(username=username).exists():
         return {"created": False, "username": username,
                 "password_file": str(password_file) if password_file.exists() else None}

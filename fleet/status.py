@@ -62,7 +62,7 @@ def fleet_status(driver: FleetDriver | None = None) -> dict:
             result["slots"] = cur.execute(SLOTS_SQL).fetchall()
             oldest_wal = pg.fetch_row(conn.execute(OLDEST_WAL_SQL))[0]
     except (FleetError, psycopg.Error) as exc:
-        result["errors"].append(str(exc).splitlines()[0])
+        result["errors"].append(first_line(exc))
         return result
     result["capturer"] = capture_health(driver, roles["capturer"]["state"], result, oldest_wal)
     for name, disk in result["disk"].items():

@@ -39,13 +39,29 @@ class ServiceError(PitrError):
     """Redis, web, worker or beat cannot be started or reached."""
 
 
+class ServerError(PitrError):
+    """No such protected server, or several and none named."""
+
+
+class PgAdminError(PitrError):
+    """pgAdmin cannot be set up or started."""
+
+
 # --- the catalog: WAL, backups, storage ------------------------------------------------------------
 class WalDumpError(PitrError):
     """pg_waldump printed something we do not understand."""
 
 
+class OtherCluster(PitrError):
+    """WAL whose system identifier is not the one the catalog knows for the server."""
+
+
 class BackupError(PitrError):
     pass
+
+
+class VerifyError(BackupError):
+    """A backup's archives disagree with its manifest (or cannot be read to the end)."""
 
 
 class StorageError(PitrError):

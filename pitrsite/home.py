@@ -14,6 +14,11 @@ SECRETS = "secrets"  # generated passwords, the pgpass file (mode 0700)
 LOGS = "logs"
 STAGING = "staging"  # scratch for restores, verification and rebuilds
 CHAOS = "chaos"  # one directory per chaos run
+WAL_ARCHIVE = "wal_archive"  # the default PITR_WAL_ARCHIVE (and an external server's, under its own home)
+BACKUPS = "backups"  # the default PITR_BACKUP_DIR (likewise)
+SERVERS = "servers"  # servers/NAME: an external server's own home (fleet/layout.py)
+REDIS = "redis"  # the broker's working directory
+PGADMIN = "pgadmin"  # pgAdmin's configuration and state
 
 
 def home() -> Path:

@@ -82,6 +82,13 @@ class Job(models.Model):
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def save_fields(self, **fields) -> None:
+        """Set fields on the instance and in its row, in one UPDATE of those columns only: a full save() would
+        write back the progress and state other processes (the reporter, a cancel) have written since."""
+        for key, value in fields.items():
+            setattr(self, key, value)
+        type(self)._base_manager.filter(pk=self.pk).update(**fields)
+
     def claim(self) -> bool:
         """queued -> running, only if nobody else got there first (healthchecks' conditional UPDATE)."""
         now = timezone.now()

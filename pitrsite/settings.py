@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from pitrsite import home
 from pitrsite.config import (
     archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
     envcron, envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
@@ -18,13 +19,13 @@ load_dotenv(Path(os.environ.get("PITR_ENV_FILE", BASE_DIR / ".env")))
 PITR_HOME = Path(os.environ.get("PITR_HOME") or BASE_DIR / "var").resolve()
 try:
     PITR_HOME.mkdir(parents=True, exist_ok=True)
-    _secret = envstr("DJANGO_SECRET_KEY") or persistent_secret(PITR_HOME / "secrets" / "django_secret_key")
+    _secret = envstr("DJANGO_SECRET_KEY") or persistent_secret(PITR_HOME / home.SECRETS / "django_secret_key")
 except OSError as exc:
     raise ImproperlyConfigured(
         f"PITR_HOME {PITR_HOME} is not usable ({exc.strerror}): make it writable or set PITR_HOME to another directory"
     ) from None
-PITR_WAL_ARCHIVE = Path(os.environ.get("PITR_WAL_ARCHIVE") or PITR_HOME / "wal_archive")
-PITR_BACKUP_DIR = Path(os.environ.get("PITR_BACKUP_DIR") or PITR_HOME / "backups")
+PITR_WAL_ARCHIVE = Path(os.environ.get("PITR_WAL_ARCHIVE") or PITR_HOME / home.WAL_ARCHIVE)
+PITR_BACKUP_DIR = Path(os.environ.get("PITR_BACKUP_DIR") or PITR_HOME / home.BACKUPS)
 
 # --- the fleet ---------------------------------------------------------------
 PITR_FLEET_DRIVER = envchoice("PITR_FLEET_DRIVER", "local", ("local", "docker"))
@@ -107,7 +108,7 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     # Shared by every web worker of this host, so a throttle is not multiplied by the worker count.
     "throttle": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                 "LOCATION": str(PITR_HOME / "run" / "throttle")},
+                 "LOCATION": str(PITR_HOME / home.RUN / "throttle")},
 }
 
 ROOT_URLCONF = "pitrsite.urls"

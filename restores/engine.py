@@ -3,9 +3,9 @@
 Steps: plan, find every input (the backup, each WAL file), stop the target,
 empty it, extract the backup while the local WAL is hashed against the
 catalog, stage the WAL range (a .partial is copied and renamed, never moved),
-configure recovery, start, follow replay to promotion, then prove recovery
-ended where the plan said and the server takes writes. The primary and the
-archive are only read.
+then hand over to restores/recovery.py: configure recovery, start, follow
+replay to promotion, prove recovery ended where the plan said and the server
+takes writes. The primary and the archive are only read.
 
 When the local backup directory or a planned WAL file is missing, it comes
 from the archive storage (walcatalog/storage.py): the WAL downloads start
@@ -18,36 +18,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
-import psycopg
 from django.conf import settings
-from django.utils import timezone
 
-from fleet import pg, pgconf, servers
+from fleet import pg, servers
 from fleet.driver import FleetDriver, get_driver
 from fleet.layout import Layout
-from pitrsite import locks, procs
-from pitrsite.errors import PitrError, RestoreError, StepFailed, first_line
+from pitrsite import locks
+from pitrsite.errors import RestoreError, StepFailed, first_line
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
-from restores.proof import ServerLog, end_of_recovery, recovery_shortfall
-from restores.staging import WalCheck, WalDownload, Writeback, give, link_or_copy
+from restores.recovery import ROLE, Recovery
+from restores.staging import WalCheck, WalDownload, Writeback, fetch_copy, give, link_or_copy
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
-
-ROLE = "restore_target"
-# No restartpoint during replay (a restore that dies is redone from the backup, never resumed): they would
-# write and fsync buffers the end-of-recovery checkpoint writes anyway. Dropped after promotion, with a reload.
-REPLAY_SETTINGS = {"max_wal_size": "64GB", "checkpoint_timeout": "1d"}
-# PostgreSQL's default 128 MB evicts the pages replay dirties, to dirty and write them again: 512 MB replayed 481 MB
-# of pgbench WAL (scale 80) in 3.84 s, 128 MB in 4.70 s (medians, this machine). Only ever raised, and at most an
-# eighth of the memory. It needs a restart to change, so the copy keeps it until its next restart.
-REPLAY_SHARED_BUFFERS = 512 << 20
 
 
 def target_of(job: RestoreJob) -> RestoreTarget:
@@ -81,11 +69,6 @@ class Restore:
         self.staging = self.driver.layout.staging / f"restore-{job.pk}"
         self.used_local = self.used_storage = 0  # files taken from each place, for job.source
 
-    def update(self, **fields) -> None:
-        for key, value in fields.items():
-            setattr(self.job, key, value)
-        RestoreJob.objects.filter(pk=self.job.pk).update(**fields)
-
     def run(self) -> None:
         self.reporter.step("planning")
         self.driver.prepare_restore_target()
@@ -93,10 +76,10 @@ class Restore:
         refresh_catalog()  # the first WAL indexed names the server's major version
         check_binaries(self.driver)
         the_plan = plan(target_of(self.job))
-        self.update(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
-                    wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
-                    wal_last=the_plan.segments[-1].file_name if the_plan.segments else "",
-                    uses_partial=the_plan.partial is not None, target_lsn=the_plan.target_lsn)
+        self.job.save_fields(backup=the_plan.backup, plan=the_plan.describe(), wal_files=len(the_plan.segments),
+                             wal_first=the_plan.segments[0].file_name if the_plan.segments else "",
+                             wal_last=the_plan.segments[-1].file_name if the_plan.segments else "",
+                             uses_partial=the_plan.partial is not None, target_lsn=the_plan.target_lsn)
         # Every input is found before the target is touched (pgBackRest's order): the backup, each WAL file.
         backup_copies = self.backup_copies(the_plan.backup)
         wal = self.start_wal_download(the_plan)
@@ -126,30 +109,20 @@ class Restore:
                 shutil.rmtree(source, ignore_errors=True)
         self.reporter.step("checking WAL against the catalog")
         check.wait()
-        self.job.plan = {**self.job.plan, "wal_check": check.summary()}
-        self.update(plan=self.job.plan)
+        self.job.save_fields(plan={**self.job.plan, "wal_check": check.summary()})
         self.reporter.step("staging WAL")
         self.stage(the_plan, wal, check)
-        self.update(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
-        self.reporter.step("configuring recovery")
-        self.configure(the_plan)
-        log_offset: int | None = None
-        try:
-            self.reporter.step("replaying WAL")
-            log_offset = self.log_size()
-            self.driver.start(ROLE, wait=False)
-            self.follow_replay(the_plan, log_offset)
-            self.reporter.step("verifying")
-            self.verify(the_plan, log_offset)
+        self.job.save_fields(source="local" if not self.used_storage else "storage" if not self.used_local else "mixed")
+        try:  # configure, start, follow replay, verify: restores/recovery.py
+            Recovery(self.job, self.reporter, self.driver, self.staging).run(the_plan)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
-            self.copy_server_log(log_offset)
         if self.job.as_new_primary:
             self.reporter.step("becoming a new primary")
             from restores.promote import become_new_primary  # promote imports fleet.promoted, only needed here
 
             server = become_new_primary(self.job, self.driver)
-            self.update(plan={**self.job.plan, "new_primary": server.name})
+            self.job.save_fields(plan={**self.job.plan, "new_primary": server.name})
 
     # --- steps -----------------------------------------------------------------
     def stage(self, the_plan: Plan, wal: WalDownload, check: WalCheck) -> None:
@@ -259,21 +232,12 @@ class Restore:
                  by_bytes: bool = False) -> None:
         """Parallel downloads (PITR_DOWNLOAD_PARALLEL); the first failure fails the restore, naming the object."""
         storage = st.get_storage(st.STORAGE_NAME)
-        attempts = settings.PITR_STORAGE_RETRIES
-
-        def one(pair: tuple[StorageCopy, Path]) -> int:  # worker thread: storage and file I/O only
-            copy, dest = pair
-            size = st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
-                                   f"download of {copy.key}", attempts=attempts,
-                                   final=(st.ChecksumError, st.StorageError))
-            give(dest)
-            return size
-
         done = offset
         total = sum(c.size for c, _ in pairs) if by_bytes else total
-        for (_copy, _), size, error in st.parallel(pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
+        for (_copy, _), size, error in st.parallel(pairs, lambda pair: fetch_copy(storage, *pair),
+                                                   settings.PITR_DOWNLOAD_PARALLEL):
             if error is not None:
-                raise StepFailed(step, st.error_text(error)) from error
+                raise StepFailed(step, first_line(error)) from error
             assert size is not None  # no error: the download returned
             self.used_storage += 1
             done += size if by_bytes else 1
@@ -283,117 +247,6 @@ class Restore:
         path = self.staging / name
         path.write_bytes(data)
         give(path)
-
-    def configure(self, the_plan: Plan) -> None:
-        for stale in ("standby.signal", "postmaster.pid", "recovery.done"):
-            (self.datadir / stale).unlink(missing_ok=True)
-        self.driver.put_file(ROLE, "recovery.signal", "")
-        self.driver.write_node_conf(ROLE, {
-            # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
-            "restore_command": f'cp "{self.staging}/%f" "%p"',
-            **REPLAY_SETTINGS,
-            **self.replay_shared_buffers(),
-            **the_plan.recovery,
-        })
-
-    def replay_shared_buffers(self) -> dict[str, str]:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        size = min(REPLAY_SHARED_BUFFERS, memory // 8)
-        own = pgconf.memory_setting(self.datadir, "shared_buffers") or 128 << 20
-        return {"shared_buffers": f"{size >> 20}MB"} if size > own else {}
-
-    def copy_server_log(self, offset: int | None, limit: int = 5000) -> None:
-        """The restored server's own lines (recovery, promotion) into the job's log."""
-        if offset is None:
-            return
-        try:
-            with open(self.driver.layout.logfile(ROLE), "rb") as fh:
-                fh.seek(offset)
-                lines = fh.read().decode(errors="replace").splitlines()
-        except OSError:
-            return
-        for line in lines[-limit:]:
-            self.reporter.log(f"server: {line}")
-
-    def log_size(self) -> int:
-        path = self.driver.layout.logfile(ROLE)
-        return path.stat().st_size if path.exists() else 0
-
-    def server_fatal(self, offset: int) -> str | None:
-        log = ServerLog.read(self.driver.layout.logfile(ROLE), offset)
-        return log.reason() if log.fatal else None
-
-    def follow_replay(self, the_plan: Plan, log_offset: int) -> None:
-        """Poll replay progress until the server promotes itself (recovery_target_action=promote)."""
-        start = the_plan.backup.start_lsn
-        goal = the_plan.target_lsn or (the_plan.segments[-1].end_lsn if the_plan.segments else the_plan.backup.stop_lsn)
-        assert start is not None and goal is not None  # the plan's backup is verified: it has its LSNs
-        deadline = time.monotonic() + settings.PITR_RESTORE_TIMEOUT
-        started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid is written
-        while time.monotonic() < deadline:
-            pid = self.driver.pid(ROLE)
-            if not procs.alive(pid) and time.monotonic() < started_by and self.server_fatal(log_offset) is None:
-                time.sleep(0.1)
-                continue
-            started_by = 0.0
-            if not procs.alive(pid):
-                why = self.server_fatal(log_offset) or f"the server exited: see {self.driver.layout.logfile(ROLE)}"
-                raise StepFailed("replaying WAL", why)
-            state = self.probe()
-            if state is not None:
-                in_recovery, replay = state
-                if replay is not None:
-                    self.update(replay_lsn=replay)
-                    self.reporter.progress(max(0, replay - start), max(1, goal - start))
-                if not in_recovery:
-                    self.reporter.step("promoting")
-                    return
-            time.sleep(0.2)
-        raise StepFailed("replaying WAL", f"not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s")
-
-    def probe(self) -> tuple[bool, int | None] | None:
-        try:
-            with self.connect(timeout=2) as conn:
-                in_recovery, replay = pg.fetch_row(conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"))
-        except psycopg.OperationalError as exc:
-            if login_refused(exc):  # it will never let us in: waiting PITR_RESTORE_TIMEOUT would prove nothing
-                self.driver.stop(ROLE, mode="immediate")
-                raise StepFailed("replaying WAL", f"the restored copy refuses pitrsite's login ({first_line(exc)}); "
-                                 "the restore target was stopped") from None
-            return None  # not accepting connections yet (before consistency)
-        except (PitrError, psycopg.Error):
-            return None
-        return in_recovery, walnames.parse_lsn(replay) if replay else None
-
-    def connect(self, timeout: int = 5) -> psycopg.Connection:
-        # Through the copy's private socket, which the pg_hba.conf line written ahead of the original's trusts:
-        # a new home knows none of the original's passwords. The copy's superuser is the original's.
-        user = servers.current().user or settings.PITR_PG_SUPERUSER
-        return self.driver.connect_own(ROLE, user, timeout)
-
-    def verify(self, the_plan: Plan, log_offset: int) -> None:
-        with self.connect() as conn:
-            # Only a read-write server can assign a transaction id: proves promotion, changes no data.
-            conn.execute("SELECT txid_current()")
-            tli = int(pg.fetch_row(conn.execute("SELECT timeline_id FROM pg_control_checkpoint()"))[0])
-        end_lsn, reason, new_tli = end_of_recovery(self.datadir / "pg_wal")
-        problem = recovery_shortfall(the_plan, end_lsn, ServerLog.read(self.driver.layout.logfile(ROLE), log_offset))
-        if problem:
-            # A copy that stopped short must not be taken for the moment asked for.
-            self.driver.stop(ROLE, mode="immediate")
-            raise StepFailed("verifying", f"{problem}; the restore target was stopped")
-        self.driver.write_node_conf(ROLE)  # recovery is over: drop restore_command, the target, REPLAY_SETTINGS
-        with self.connect() as conn:
-            conn.execute("SELECT pg_reload_conf()")
-        self.update(promoted_at=timezone.now(), final_lsn=end_lsn, final_timeline=new_tli or tli,
-                    plan={**self.job.plan, "stop_reason": reason})
-
-
-def login_refused(exc: psycopg.OperationalError) -> bool:
-    """An answer from a running server that no retry changes (not "starting up", not "connection refused")."""
-    text = str(exc)
-    return any(what in text for what in ("authentication failed", "no pg_hba.conf entry", "does not exist"))
 
 
 def empty_directory(path: Path) -> None:
@@ -430,4 +283,4 @@ def refresh_catalog() -> None:
         index_archive()
 
 
-__all__ = ["run_restore", "RestoreError", "target_of", "WalSegment"]
+__all__ = ["run_restore", "RestoreError", "target_of", "WalSegment", "ROLE"]

@@ -64,7 +64,7 @@ def latest_end(the_plan: Plan) -> tuple[int, str]:
 # The startup process's complaints when it meets WAL it cannot read (xlogreader.c): replay ends there.
 WAL_COMPLAINT = re.compile(r"^(invalid|incorrect|unexpected|record with|missing contrecord|there is no contrecord|"
                            r"could not (read|open|find)|requested WAL segment)")
-# "%m [%p] %q%u@%d " (fleet/local.py): session lines carry user@db, the startup process's lines do not.
+# "%m [%p] %q%u@%d " (fleet/provision.py): session lines carry user@db, the startup process's lines do not.
 LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] (?P<session>\S*@\S* )?(?P<level>[A-Z]+):\s+(?P<text>.*)$")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 
 from fleet import pg
-from pitrsite.errors import StepFailed
+from pitrsite.errors import StepFailed, first_line
 from pitrsite.jobs import Reporter
 from walcatalog import storage as st
 from walcatalog.models import StorageCopy
@@ -27,6 +27,15 @@ def give(path: Path) -> None:
     account = pg.server_account()
     if account is not None:
         os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def fetch_copy(storage, copy: StorageCopy, dest: Path) -> int:
+    """The one way a restore downloads: a verified storage copy to dest, retried (PITR_STORAGE_RETRIES) but for
+    storage errors another attempt cannot mend, sha256 and size checked, handed to the server account."""
+    size = st.with_retries(functools.partial(st.download, storage, copy.key, dest, copy.sha256, copy.size),
+                           f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES, final=(st.StorageError,))
+    give(dest)
+    return size
 
 
 class WalCheck:
@@ -63,11 +72,7 @@ class WalCheck:
                 if storage is None:
                     storage = st.get_storage(st.STORAGE_NAME)
                     pg.give_to_server(self.folder)
-                dest = self.folder / name
-                st.with_retries(functools.partial(st.download, storage, copy.key, dest, copy.sha256, copy.size),
-                                f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES,
-                                final=(st.StorageError,))
-                give(dest)
+                fetch_copy(storage, copy, self.folder / name)
                 self.replaced.add(name)
         except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
             self.error = exc
@@ -78,7 +83,7 @@ class WalCheck:
         if self.thread.is_alive() or self.thread.ident is not None:
             self.thread.join()
         if self.error is not None:
-            raise StepFailed("checking WAL", st.error_text(self.error)) from self.error
+            raise StepFailed("checking WAL", first_line(self.error)) from self.error
         if self.corrupt:
             span = self.corrupt[0] if len(self.corrupt) == 1 else f"{self.corrupt[0]} and {len(self.corrupt) - 1} more"
             raise StepFailed("checking WAL", f"{span} in the local archive is not the WAL that was "
@@ -117,17 +122,14 @@ class WalDownload:
 
     def _run(self) -> None:
         storage = st.get_storage(st.STORAGE_NAME)
-        attempts = settings.PITR_STORAGE_RETRIES
 
         def one(pair: tuple[StorageCopy, Path]) -> None:
             if self.stopping.is_set():
                 raise StepFailed("staging WAL", "stopped")
             copy, dest = pair
-            st.with_retries(lambda: st.download(storage, copy.key, dest, copy.sha256, copy.size),
-                            f"download of {copy.key}", attempts=attempts, final=(st.StorageError,))
+            fetch_copy(storage, copy, dest)
             if dest.name in self.pad:
-                os.truncate(dest, self.pad[dest.name])
-            give(dest)
+                os.truncate(dest, self.pad[dest.name])  # the owner stays: give() came first
 
         try:
             for _, _, error in st.parallel(self.pairs, one, settings.PITR_DOWNLOAD_PARALLEL):
@@ -142,7 +144,7 @@ class WalDownload:
             self.thread.join(0.3)
             reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
         if self.error is not None:
-            raise StepFailed("staging WAL", st.error_text(self.error)) from self.error
+            raise StepFailed("staging WAL", first_line(self.error)) from self.error
 
     def close(self) -> None:
         self.stopping.set()

@@ -112,3 +112,27 @@ def test_cancelling_a_chaos_run_cancels_the_jobs_it_runs(staff):
     assert ChaosRun.objects.get(pk=run.pk).state == JobState.CANCELLED
     assert RestoreJob.objects.get(pk=inner.pk).state == JobState.CANCELLED
     assert RestoreJob.objects.get(pk=other.pk).state == JobState.RUNNING  # another process's job is left alone
+
+
+def test_a_failed_job_raises_its_step_and_reason_typed(transactional_db):
+    """Issue 9: run_job re-raised a bare PitrError and callers read message prefixes. A domain error now comes
+    out as StepFailed(step, reason), the original kept as its cause; a StepFailed of the work's own passes as is."""
+    from pitrsite.errors import PlanError, StepFailed
+
+    backup = BaseBackup.objects.create(label="typed", trigger="command")
+
+    def work() -> None:
+        JobReporter(backup).step("planning")
+        raise PlanError("no backup ends before the target")
+
+    with pytest.raises(StepFailed) as caught:
+        run_job(backup, JobReporter(backup), work)
+    assert (caught.value.step, caught.value.reason) == ("planning", "no backup ends before the target")
+    assert isinstance(caught.value.__cause__, PlanError)
+    backup.refresh_from_db()
+    assert (backup.state, backup.error) == (JobState.FAILED, "failure planning (no backup ends before the target)")
+
+    own = BaseBackup.objects.create(label="own-step", trigger="command")
+    with pytest.raises(StepFailed) as caught:
+        run_job(own, JobReporter(own), lambda: (_ for _ in ()).throw(StepFailed("copying files", "disk full")))
+    assert caught.value.step == "copying files" and caught.value.__cause__ is None

@@ -50,6 +50,19 @@ def test_the_dashboard_form_starts_with_the_parameters_defaults():
     assert form.fields["restores"].initial == defaults.restores
 
 
+def test_the_commands_start_with_the_parameters_defaults():
+    """`manage.py chaos` takes chaos.params' defaults; `manage.py demo` its gentler set (chaos.params.DEMO)."""
+    from chaos.management.commands import chaos, demo
+    from chaos.params import DEMO, ChaosParams
+
+    parser, defaults = chaos.Command().create_parser("manage.py", "chaos"), ChaosParams()
+    given = ChaosParams.from_dict({name: parser.get_default(name) for name in (
+        "writers", "duration", "interval", "restores", "pause", "write_pause", "restore_offset")})
+    assert given == defaults
+    parser = demo.Command().create_parser("manage.py", "demo")
+    assert (parser.get_default("duration"), parser.get_default("restores")) == (DEMO.duration, DEMO.restores)
+
+
 def test_waiting_for_a_primary_that_refuses_connections_backs_off():
     """Issue 9: after an action the run asked a refusing primary for its LSN in a busy loop, for up to 180 s."""
     import socket
@@ -62,3 +75,26 @@ def test_waiting_for_a_primary_that_refuses_connections_backs_off():
     lsn, attempts = wait_primary_lsn(port, timeout=3.0)
     assert lsn is None
     assert 2 <= attempts <= 15, f"{attempts} connection attempts in 3 s"
+
+
+def test_a_writer_reconnecting_to_a_refusing_primary_backs_off(monkeypatch, tmp_path):
+    """Issue 9: the writers' reconnect loop must wait between attempts, not spin while the primary refuses."""
+    import random
+    import threading
+
+    from chaos import writers
+    from pitrsite.errors import FleetError
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(1)
+        raise FleetError("connection refused")
+
+    monkeypatch.setattr(writers.pg, "connect", refuse)
+    stop = threading.Event()
+    writer = writers.Writer(1, "chaos-test-backoff", tmp_path / "writes-1.jsonl", 1, stop, writers.Watchdog(),
+                            mean_pause=0.0, statement_timeout=1.0, rng=random.Random(1))
+    threading.Timer(1.2, stop.set).start()
+    assert writer.ensure_connected() is False  # returns once stopped
+    assert 2 <= len(attempts) <= 6, f"{len(attempts)} connection attempts in 1.2 s"

@@ -123,6 +123,21 @@ def test_restore_form_picker_fills_an_empty_value(staff, catalog, broker):
     assert RestoreJob.objects.get().target_value == moment.isoformat()
 
 
+def test_queueing_a_restore_runs_no_index_pass_in_the_request(staff, catalog, broker, monkeypatch,
+                                                              django_capture_on_commit_callbacks):
+    """Issue 9: the request that queues a valid restore plans against the catalog as it is; the worker indexes
+    and plans for real (an index pass runs pg_waldump, far too slow for a web request)."""
+    from walcatalog import indexer
+
+    passes = []
+    monkeypatch.setattr(indexer, "index_archive", lambda *a, **k: passes.append(1))
+    moment = catalog["start"] + timedelta(minutes=30)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post("/restores/start/", {"kind": "time", "value": moment.isoformat()})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert passes == [] and broker() == [("restores.tasks.run_restore", [RestoreJob.objects.get().pk])]
+
+
 def test_web_errors_name_no_cli_flags(staff, catalog, broker):
     late = timezone.now() + timedelta(days=1)
     html = staff.post("/restores/start/", {"kind": "time", "value": f"{late:%Y-%m-%d %H:%M:%S} UTC"}).content.decode()

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 
 from fleet import pgconf
-from restores.engine import login_refused
+from restores.recovery import login_refused
 from tests.conftest import manage, wait_for
 from tests.external_server import External, free_port, make_external
 

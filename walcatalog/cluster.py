@@ -11,15 +11,11 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from pitrsite.errors import PitrError
+from pitrsite.errors import OtherCluster, PitrError
 
 # XLOG_PAGE_MAGIC per major version (access/xlog_internal.h of each release).
 MAGIC_TO_MAJOR = {0xD101: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
 HEADER = struct.Struct("<HHIQI4xQ")  # magic, info, tli, pageaddr, rem_len, (pad), sysid: 32 bytes
-
-
-class OtherCluster(PitrError):
-    """WAL whose system identifier is not the one the catalog knows for the server."""
 
 
 def read_cluster(path: Path) -> tuple[int, str] | None:

@@ -31,7 +31,9 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from fleet import servers
 from fleet.layout import Layout
+from pitrsite import locks
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Reporter
 from pitrsite.output import Result
@@ -93,6 +95,13 @@ def index_archive(archive_dir: Path | None = None, reporter: Reporter | None = N
         reporter.step("")
     log.debug("index pass over %s: %s", archive, result)
     return result
+
+
+def scheduled_pass() -> IndexResult:
+    """Beat's pass: under the server's index lock, so a slow pass makes the next tick skip (LockBusy).
+    index_archive itself takes none: passes side by side are safe (a user's index_wal, the rebuild's scratch)."""
+    with servers.lock(locks.INDEX).held():
+        return index_archive()
 
 
 class _Pass:

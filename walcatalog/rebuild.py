@@ -30,7 +30,7 @@ from django.utils import timezone
 from fleet import servers
 from fleet.models import Server, ServerKind
 from pitrsite import home, locks
-from pitrsite.errors import PitrError, RebuildError
+from pitrsite.errors import PitrError, RebuildError, first_line
 from pitrsite.jobs import JobState, Reporter
 from pitrsite.output import Result
 from walcatalog import storage as st
@@ -183,7 +183,7 @@ class _Rebuild:
         for (key, dest), got, error in st.parallel(wanted, lambda kd: st.with_retries(
                 lambda: st.fetch(self.storage, kd[0], kd[1]), f"download of {kd[0]}"), self.workers):
             if error is not None:
-                self.result.skipped.append(f"{key}: {st.error_text(error)}")
+                self.result.skipped.append(f"{key}: {first_line(error)}")
                 continue
             assert got is not None  # no error: the download returned
             if dest.name.endswith(".partial"):
@@ -267,7 +267,7 @@ class _Rebuild:
             try:
                 self.backup(label, key, present)
             except (PitrError, ValueError, KeyError) as exc:
-                self.result.skipped.append(f"{key}: {st.error_text(exc)}")
+                self.result.skipped.append(f"{key}: {first_line(exc)}")
 
     def backup(self, label: str, key: str, present: set[str]) -> None:
         self.step(f"checking backup {label}")
@@ -284,7 +284,7 @@ class _Rebuild:
         for f, got, error in st.parallel(files, check, self.workers):
             if error is not None or got != (f["size"], f["sha256"]):
                 raise RebuildError(f"{f['key']} does not match its descriptor "
-                                   f"({st.error_text(error) if error else 'sha256 differs'})")
+                                   f"({first_line(error) if error else 'sha256 differs'})")
             self.result.bytes_read += got[0]
         with transaction.atomic():
             self.adopt(label, row, files, key, data)

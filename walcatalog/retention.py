@@ -35,7 +35,7 @@ from django.utils import timezone
 from fleet import servers
 from fleet.layout import Layout
 from pitrsite import locks
-from pitrsite.errors import RetentionError
+from pitrsite.errors import RetentionError, first_line
 from pitrsite.jobs import ACTIVE_STATES, Reporter
 from pitrsite.output import Result
 from walcatalog import server_policy
@@ -217,7 +217,7 @@ def _delete_objects(objects: list[StorageCopy], result: RetentionResult) -> None
     for copy, _, error in st.parallel(objects, lambda c: st.with_retries(
             lambda: storage.delete(c.key), f"delete of {c.key}"), settings.PITR_UPLOAD_PARALLEL):
         if error is not None:
-            result.errors.append(f"{copy.key}: {st.error_text(error)}")
+            result.errors.append(f"{copy.key}: {first_line(error)}")
     if result.errors:
         raise RetentionError(f"retention could not delete {len(result.errors)} storage object(s), first "
                              f"{result.errors[0]}: nothing else was deleted; the next pass tries again")

@@ -44,7 +44,7 @@ from django.db import connections
 
 from fleet import servers
 from pitrsite.config import STORAGE_BACKENDS as BACKENDS
-from pitrsite.errors import ChecksumError, LocalChanged, StorageError
+from pitrsite.errors import ChecksumError, LocalChanged, StorageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,8 @@ def as_storage_error(exc: BaseException, name: str = STORAGE_NAME) -> StorageErr
         return StorageError(f"storage {where}: credentials refused ({code or kind}); check the PITR_STORAGE_* keys")
     if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ServiceRequestError", "ConnectionError",
                 "ServiceRequestTimeoutError", "ReadTimeoutError"):
-        return StorageError(f"storage {where}: cannot reach the endpoint ({_first_line(exc)})")
-    return StorageError(f"storage {where}: {code or kind}: {_first_line(exc)}")
+        return StorageError(f"storage {where}: cannot reach the endpoint ({first_line(exc)})")
+    return StorageError(f"storage {where}: {code or kind}: {first_line(exc)}")
 
 
 def probe(name: str = STORAGE_NAME) -> None:
@@ -321,7 +321,7 @@ def with_retries(fn: Callable[[], R], what: str, attempts: int = 4, backoff: flo
         assert state.outcome is not None and state.next_action is not None  # set before tenacity sleeps
         exc = state.outcome.exception()
         assert exc is not None  # only exceptions are retried
-        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, _first_line(exc),
+        log.warning("%s failed (%s): retry %d/%d in %.1f s", what, first_line(exc),
                     state.attempt_number, attempts - 1, state.next_action.sleep)
 
     retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), reraise=True,
@@ -353,15 +353,6 @@ def parallel(items: Iterable[T], fn: Callable[[T], R],
         finally:
             for future in futures:
                 future.cancel()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def error_text(exc: BaseException) -> str:
-    return _first_line(exc)
 
 
 # --- descriptors --------------------------------------------------------------------------------------

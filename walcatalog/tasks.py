@@ -14,9 +14,8 @@ from celery import shared_task
 import pitrsite.celery  # noqa: F401 - the configured app (broker, routes) before any of these is sent
 from fleet import servers
 from fleet.models import Server, ServerKind
-from pitrsite import locks
 from pitrsite.periodic import run_periodic
-from walcatalog.indexer import index_archive
+from walcatalog.indexer import scheduled_pass
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ def per_server(task, server: str | None, name: str) -> tuple[ExitStack, str]:
 def index_wal(server: str | None = None) -> dict | None:
     """One index pass (beat runs it every PITR_INDEX_INTERVAL s); skipped while another is still running."""
     def work():
-        with servers.lock(locks.INDEX).held():
-            result = index_archive()
+        result = scheduled_pass()
         if result.new or result.completed or result.vanished or result.errors:
             log.info("index_wal %s: %s", servers.current().name, result)
         return result

@@ -44,6 +44,7 @@ from django.utils import timezone
 from fleet import servers
 from fleet.layout import Layout
 from pitrsite import locks
+from pitrsite.errors import first_line
 from pitrsite.jobs import Reporter
 from pitrsite.output import Result
 from walcatalog import storage as st
@@ -196,7 +197,7 @@ class _Pass:
                 st.with_retries(functools.partial(self.storage.delete, copy.key), f"deleting {copy.key}",
                                 attempts=settings.PITR_STORAGE_RETRIES)
             except Exception as exc:  # noqa: BLE001 - reported with the pass; the next one tries again
-                self.result.errors.append(f"{copy.key}: {st.error_text(st.as_storage_error(exc, self.name))}")
+                self.result.errors.append(f"{copy.key}: {first_line(st.as_storage_error(exc, self.name))}")
                 continue
             copy.delete()
             self.result.partials_dropped += 1
@@ -250,7 +251,7 @@ class _Pass:
         for item, uploaded, error in st.parallel(items, one, self.workers):
             self.done += 1
             if error is not None:
-                message = f"{item.key}: {st.error_text(error)}"
+                message = f"{item.key}: {first_line(error)}"
                 self.result.errors.append(message)
                 log.warning("upload failed: %s", message)
             else:
@@ -328,7 +329,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
     for copy, got, error in st.parallel(to_hash, one, workers or settings.PITR_DOWNLOAD_PARALLEL):
         if error is not None or got != (copy.size, copy.sha256):
             if error:
-                why = st.error_text(error)
+                why = first_line(error)
             else:
                 assert got is not None  # no error: the read returned
                 why = f"sha256 {got[1][:16]}... ({got[0]} bytes)"

@@ -25,16 +25,12 @@ from typing import BinaryIO, Callable
 import google_crc32c
 
 from pitrsite import runner
-from pitrsite.errors import PitrError
+from pitrsite.errors import VerifyError
 
 CHUNK = 1 << 20
 # Files pg_verifybackup does not hold against the manifest (verify_backup_directory's ignore list).
 IGNORED = {"backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal"}
 DECOMPRESS = {".gz": ["gzip", "-dc"], ".lz4": ["lz4", "-dc"], ".zst": ["zstd", "-dc"]}
-
-
-class VerifyError(PitrError):
-    pass
 
 
 class Follower:

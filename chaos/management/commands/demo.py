@@ -6,13 +6,14 @@ restored server with psql. Exits non-zero when a restored moment differs from th
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 
 from chaos.models import ChaosRun, Verdict
-from chaos.params import ChaosParams
+from chaos.params import DEMO
 from chaos.run import queue_chaos, run_chaos
 from fleet import pg, services
 from fleet.command import ServerCommand
@@ -26,12 +27,13 @@ class Command(ServerCommand):
     json_help = None
 
     def arguments(self, parser):
-        parser.add_argument("--duration", type=float, default=20.0, help="seconds of writing (default 20)")
-        parser.add_argument("--restores", type=int, default=2, help="moments to restore and compare (default 2)")
+        parser.add_argument("--duration", type=float, default=DEMO.duration,
+                            help=f"seconds of writing (default {DEMO.duration:g})")
+        parser.add_argument("--restores", type=int, default=DEMO.restores,
+                            help=f"moments to restore and compare (default {DEMO.restores})")
 
     def run(self, *args, **opts):
-        params = ChaosParams(writers=3, duration=opts["duration"], interval=(8.0, 12.0), restores=opts["restores"],
-                             actions=("capturer_restart",), write_pause=0.2)
+        params = dataclasses.replace(DEMO, duration=opts["duration"], restores=opts["restores"])
         self.out.line(f"demo: {params.writers} writers insert rows into test_data for {params.duration:g} s while "
                           "the WAL capturer is restarted once; every commit is logged with its exact commit time. "
                           f"Then the restore target is restored to {params.restores} logged moments and compared "
@@ -59,8 +61,7 @@ class Command(ServerCommand):
                 f"{check['extra_count']}; recovery ended at {check['end_lsn']['final']}; "
                 f"count(created_at <= T) {check['count']['restored']} = {check['count']['expected']} expected")
         out(f"files: {run.run_dir}/verification_log.jsonl (every commit) and report.json")
-        out(f"dashboard: {self.page(run)} (log in as admin; the password is in "
-            f"{settings.PITR_HOME}/secrets/admin_password)")
+        out(f"dashboard: {self.page(run)} (log in as admin; the password is in {services.admin_password_file()})")
         last = next((c for c in reversed(run.verifications) if not c.get("error")), None)
         if last:
             psql = shutil.which("psql") or str(pg.bindir() / "psql")

@@ -18,12 +18,12 @@ class Command(PitrCommand):
     def run(self, username: str, **opts) -> None:
         result = services.ensure_admin(username)
         if result["created"]:
-            self.stdout.write(f"admin user {username!r} created")
+            self.out.line(f"admin user {username!r} created")
         if result["password_file"]:
             secret = Path(result["password_file"]).read_text().strip()
             how = f"user {username}, password {secret} (kept in {result['password_file']})"
         else:
             how = (f"user {username} (created outside pitrsite; "
                    f"change its password with: manage.py changepassword {username})")
-        self.stdout.write(f"log in at {services.web_url('/login/')} as {how}")
-        self.stdout.write(f"dashboard: {services.web_url('/')} · admin: {services.web_url('/admin/')}")
+        self.out.line(f"log in at {services.web_url('/login/')} as {how}")
+        self.out.line(f"dashboard: {services.web_url('/')} · admin: {services.web_url('/admin/')}")

@@ -48,7 +48,7 @@ class Command(PitrCommand):
     def _run(self, action: str, role: str | None, every: bool) -> None:
         driver = get_driver()
         if action == "driver":  # which one PITR_FLEET_DRIVER chose (scripts/pitr asks before `up`)
-            self.stdout.write(driver.name)
+            self.out.result({"driver": driver.name}, driver.name)
         elif action in ROLE_ACTIONS:
             if not role:
                 raise CommandError(f"fleet {action} needs a role: one of {', '.join(ROLES)}")
