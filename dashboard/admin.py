@@ -17,6 +17,8 @@ from chaos.models import ChaosRun
 from dashboard import actions
 from dashboard.admin_tools import JOB_FIELDS, JobAdmin, ReadOnlyAdmin, user_of
 from dashboard.forms import BackupForm, ChaosForm, RestoreForm, restore_target
+from dashboard.templatetags.pitr import times
+from dashboard.words import web_message
 from fleet.models import Server
 from pitrsite.errors import PitrError
 from restores.models import RestoreJob
@@ -190,19 +192,23 @@ class BaseBackupAdmin(JobAdmin):
 @admin.register(RestoreJob)
 class RestoreJobAdmin(JobAdmin):
     start_label = "Start a restore"
-    list_display = ("id", "target_description", "state", "progress", "current_step", "backup", "replay_lsn_text",
+    list_display = ("id", "target", "state", "progress", "current_step", "backup", "replay_lsn_text",
                     "promoted_at", "final_lsn_text", "final_timeline", "who", "drill_verdict", "created_at")
-    list_display_links = ("id", "target_description")
+    list_display_links = ("id", "target")
     list_filter = ("state", "target_kind", "exclusive", "trigger", "uses_partial", "source", "drill_verdict")
     search_fields = ("target_value", "error", "backup__label")
     list_select_related = ("backup",)
     date_hierarchy = "created_at"
     actions = ("restore_again",)
-    readonly_fields = ("target_description", "target_kind", "target_value", "exclusive", "target_timeline", "backup",
+    readonly_fields = ("target", "target_kind", "target_value", "exclusive", "target_timeline", "backup",
                        "requested_backup_id", "plan", "wal_first", "wal_last", "wal_files", "uses_partial",
                        "target_lsn_text", "replay_lsn_text", "promoted_at", "final_lsn_text", "final_timeline",
                        "source", "progress", *JOB_FIELDS)
     fields = readonly_fields
+
+    @admin.display(description="target")
+    def target(self, job: RestoreJob) -> str:
+        return times(job.target_description)  # a time target in the one displayed format
 
     @admin.display(description="target LSN")
     def target_lsn_text(self, job: RestoreJob) -> str:
@@ -243,7 +249,7 @@ class RestoreJobAdmin(JobAdmin):
         initial = {"kind": job.target_kind, "value": job.target_value, "exclusive": job.exclusive,
                    "timeline": job.target_timeline, "backup": job.requested_backup_id}
         form = RestoreForm(request.POST if "apply" in request.POST else None, initial=initial)
-        return self._form_and_start(request, form, f"Restore again to {job.target_description}",
+        return self._form_and_start(request, form, f"Restore again to {times(job.target_description)}",
                                     queryset=queryset, action="restore_again")
 
 
@@ -321,7 +327,7 @@ class ServerForm(forms.ModelForm):
         running = bool(self.instance.pk) and capturer_running(self.instance)
         failed = [c.line for c in run_checks(candidate, stop_at_failure=True, slot_owner_running=running) if not c.ok]
         if failed:
-            raise forms.ValidationError(failed[0])
+            raise forms.ValidationError(web_message(failed[0]))
         data["slot_name"] = candidate.slot_name
         return data
 
@@ -340,7 +346,7 @@ class ServerAdmin(admin.ModelAdmin):
 
         for server in queryset:
             for found in check_server(server):
-                self.message_user(request, f"{server.name}: {'ok' if found.ok else 'FAIL'} {found.line}",
+                self.message_user(request, f"{server.name}: {'ok' if found.ok else 'FAIL'} {web_message(found.line)}",
                                   messages.SUCCESS if found.ok else messages.ERROR)
 
     def _remove(self, request: HttpRequest, queryset: QuerySet, forget: bool) -> None:
@@ -350,7 +356,7 @@ class ServerAdmin(admin.ModelAdmin):
             try:
                 self.message_user(request, remove_server(server, forget=forget), messages.SUCCESS)
             except PitrError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
+                self.message_user(request, web_message(exc), messages.ERROR)
 
     @admin.action(description="Remove the selected servers (refused while they hold backups)",
                   permissions=["change"])

@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from pitrsite.errors import PitrError
 from pitrsite.jobs import Job
 from dashboard import jobs
+from dashboard.words import web_message
 
 BAR_COLOURS = {"done": "#1f7a3a", "failed": "#b3261e", "interrupted": "#b3261e"}
 JOB_FIELDS = ("state", "trigger", "started_by", "current_step", "progress_done", "progress_total", "steps", "error",
@@ -102,7 +103,7 @@ class JobAdmin(ReadOnlyAdmin):
     def form_page(self, request: HttpRequest, title: str, form, *, queryset=None, action: str = "",
                   note: str = "", error: str = "", code: int = 200) -> HttpResponse:
         context = {**self.admin_site.each_context(request), "title": title, "form": form, "opts": self.model._meta,
-                   "queryset": queryset, "action": action, "note": note, "error": error,
+                   "queryset": queryset, "action": action, "note": note, "error": web_message(error) if error else "",
                    "action_checkbox_name": ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/pitr_start_form.html", context, status=code)
 

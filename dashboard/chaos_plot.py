@@ -6,7 +6,9 @@ from html import escape
 
 from django.utils import timezone
 
-WIDTH, HEIGHT, TOP, LEFT, RIGHT, BOTTOM = 960, 230, 26, 56, 16, 30
+from dashboard.timefmt import display_time
+
+WIDTH, HEIGHT, TOP, LEFT, RIGHT, BOTTOM = 960, 246, 26, 56, 16, 46
 MAX_POINTS = 300
 
 
@@ -30,6 +32,14 @@ def _binned(series: list, start: float, end: float) -> list[tuple[float, float]]
     for second, commits in series:
         sums[min(bins - 1, max(0, int((second - start) / width)))] += commits
     return [(start + width * (i + 0.5), total / width) for i, total in enumerate(sums)]
+
+
+def _local(ts: float) -> datetime:
+    return timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc))
+
+
+def _shown(ts: float) -> str:
+    return display_time(datetime.fromtimestamp(ts, dt_timezone.utc), precise=True)
 
 
 def verification_time(entry: dict) -> float | None:
@@ -65,11 +75,10 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
         t0 = _ts(event.get("started_at"))
         if t0 is None:
             continue
-        t1 = _ts(event.get("recovered_at") or event.get("ended_at")) or t0
+        t1 = _ts(event.get("recovered_at") or event.get("ended_at"))
         label = escape(str(event.get("action", "?")))
-        out.append(f'<rect class="action-span" x="{x(t0):.1f}" y="{TOP}" width="{max(x(t1) - x(t0), 1.5):.1f}" '
-                   f'height="{plot_h}"><title>{label}: {escape(str(event.get("started_at")))} → '
-                   f'{escape(str(event.get("recovered_at") or event.get("ended_at") or "?"))}</title></rect>'
+        out.append(f'<rect class="action-span" x="{x(t0):.1f}" y="{TOP}" width="{max(x(t1 or t0) - x(t0), 1.5):.1f}" '
+                   f'height="{plot_h}"><title>{label}: {_shown(t0)} → {_shown(t1) if t1 else "?"}</title></rect>'
                    f'<line class="action" x1="{x(t0):.1f}" x2="{x(t0):.1f}" y1="{TOP - 10}" y2="{TOP + plot_h}"/>'
                    f'<text class="action" x="{x(t0) + 2:.1f}" y="{TOP - 13}">{label}</text>')
     if points:
@@ -81,16 +90,21 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
             continue
         ok = entry.get("ok")
         out.append(f'<line class="target target-{"ok" if ok else "bad"}" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP}" '
-                   f'y2="{TOP + plot_h}"><title>restore target T = {escape(str(entry.get("moment", "")))}: '
+                   f'y2="{TOP + plot_h}"><title>restore target T = {_shown(t)}: '
                    f'{"exact" if ok else "FAILED" if ok is False else "pending"}</title></line>')
     out.append(f'<text class="tick" x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{peak:.0f}/s</text>'
                f'<text class="tick" x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end">0</text>'
                f'<line class="lane" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"/>')
-    for i in range(6):
+    day = None
+    for i in range(6):  # the date on the first tick and wherever it changes, the zone once at the end
         ts = start + (end - start) * i / 5
-        label = timezone.localtime(datetime.fromtimestamp(ts, dt_timezone.utc)).strftime("%H:%M:%S")
+        moment = _local(ts)
+        label = moment.strftime("%H:%M:%S" if moment.date() == day else "%Y-%m-%d %H:%M:%S")
+        day = moment.date()
         anchor = "start" if i == 0 else "end" if i == 5 else "middle"
-        out.append(f'<text class="tick" x="{x(ts):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{label}</text>')
+        out.append(f'<text class="tick" x="{x(ts):.1f}" y="{HEIGHT - 22}" text-anchor="{anchor}">{label}</text>')
+    out.append(f'<text class="tick zone" x="{WIDTH - RIGHT}" y="{HEIGHT - 6}" text-anchor="end">'
+               f'times in {_local(end).tzname()}</text>')
     out.append("</svg>")
     return "".join(out)
 

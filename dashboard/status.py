@@ -18,6 +18,8 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from dashboard import jobs
+from dashboard.templatetags.pitr import seconds, when
+from dashboard.timefmt import display_time
 from fleet import servers
 from fleet.layout import Layout
 from fleet.status import capture_summary
@@ -76,12 +78,12 @@ def storage_lines(waiting: int | None) -> list[str]:
     counts = dict(copies.values_list("kind").annotate(n=Count("id")))
     newest = copies.aggregate(at=Max("uploaded_at"))["at"]
     lines.append(f"copies: {counts.get('wal', 0)} WAL segments, {counts.get('backup', 0)} backup files"
-                 + (f", newest uploaded {newest:%Y-%m-%d %H:%M:%S %Z}" if newest else ""))
+                 + (f", newest uploaded {display_time(newest)}" if newest else ""))
     lines.append(f"complete segments not uploaded yet: {waiting}")
     point = storage_recovery_point("archive")
     # A timestamp, not an age: these lines are cached per catalog state (the age is in /metrics).
     lines.append("newest commit held in storage: " + (
-        f"{point:%Y-%m-%d %H:%M:%S.%f %Z} (later commits are only on this machine)" if point else "none yet"))
+        f"{display_time(point, precise=True)} (later commits are only on this machine)" if point else "none yet"))
     return lines
 
 
@@ -117,8 +119,8 @@ def backup_schedule(view: Overview) -> None:
     limit = settings.PITR_BACKUP_MAX_AGE
     if limit and view.last_backup_age is not None and view.last_backup_age > limit:
         view.backup_too_old = True
-        view.problems.append(f"the newest base backup ended {view.last_backup_age / 3600:.1f} h ago, more than "
-                             f"PITR_BACKUP_MAX_AGE ({limit / 3600:.1f} h): take one, or check the backup schedule")
+        view.problems.append(f"the newest base backup ended {seconds(view.last_backup_age)} ago, more than "
+                             f"PITR_BACKUP_MAX_AGE ({seconds(limit)}): take one, or check the backup schedule")
 
 
 def newest_segments() -> dict[int, dict]:
@@ -208,7 +210,7 @@ def overview(with_capture: bool = True, key: str | None = None) -> Overview:
     if view.drill["warning"]:
         view.problems.append(view.drill["warning"])
     view.tasks = periodic.states(servers.current().name)
-    view.problems.extend(f"periodic task {t['task']} failing since {t['last_error_at'][:19].replace('T', ' ')} UTC: "
+    view.problems.extend(f"periodic task {t['task']} failing since {when(t['last_error_at'])}: "
                          f"{t['last_error']}" for t in view.tasks if t["failing"])
     return view
 

@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_datetime
 from fleet import servers
 from walcatalog import walnames
 from walcatalog.models import BaseBackup, WalSegment
+from dashboard.timefmt import display_time
 
 BUCKETS = 200
 WIDTH, LANE, TOP, LEFT, RIGHT, AXIS = 960, 80, 26, 64, 16, 40
@@ -167,12 +168,17 @@ def render_svg(picture: Picture, gaps: list[dict], window: tuple[datetime | None
     out.extend(_backup_marks(picture, x, lanes))
     out.extend(_moment_marks(picture, x, lanes))
     axis_y = TOP + LANE * len(lanes) + 4
+    day = None
     for i in range(6):
         ts = start + span * i / 5
         anchor = "start" if i == 0 else "end" if i == 5 else "middle"  # the outer labels stay inside the picture
+        label = _label(ts, span)
+        date, _, clock = label.partition(" ")
+        if date == day and clock:  # the date on the first tick and wherever it changes: labels must not overlap
+            label = clock
+        day = date
         out.append(f'<line class="tick" x1="{x(ts):.1f}" x2="{x(ts):.1f}" y1="{axis_y}" y2="{axis_y + 5}"/>'
-                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">'
-                   f'{_label(ts, span)}</text>')
+                   f'<text class="tick" x="{x(ts):.1f}" y="{axis_y + 18}" text-anchor="{anchor}">{label}</text>')
     zone = timezone.localtime(datetime.fromtimestamp(end, dt_timezone.utc)).tzname()
     out.append(f'<text class="tick zone" x="{WIDTH - RIGHT}" y="{axis_y + 34}" text-anchor="end">times in {zone}; '
                f'wheel to zoom, drag to pan, click a moment to restore to it</text>')
@@ -218,7 +224,7 @@ def _moment_marks(picture: Picture, x, lanes: dict) -> list[str]:
         except ValueError:
             continue
         out.append(f'<circle class="restore" cx="{x(at.timestamp()):.1f}" cy="{TOP + 4}" r="4">'
-                   f'<title>restore #{job.pk} to {escape(job.target_value)}</title></circle>')
+                   f'<title>restore #{job.pk} to {display_time(at, precise=bool(at.microsecond))}</title></circle>')
     return out
 
 

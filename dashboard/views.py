@@ -28,6 +28,7 @@ from restores.models import RestoreJob
 from walcatalog.models import BaseBackup
 from dashboard import actions, chaos_plot, jobs, progress, status, timeline
 from dashboard.forms import BackupForm, ChaosForm, DashboardRestoreForm, RestoreForm, restore_target
+from dashboard.words import web_message
 
 PAGE = 50
 # What each kind of job goes through (dashboard/progress.py), shown greyed until each starts.
@@ -137,7 +138,7 @@ def backup_start(request: HttpRequest) -> HttpResponse:
     try:
         backup = actions.start_backup(form.cleaned_data["compression"], trigger="dashboard", user=_user(request))
     except PitrError as exc:
-        messages.error(request, str(exc))
+        messages.error(request, web_message(exc))
         return redirect("dashboard:backups")
     messages.success(request, f"backup {backup.label} queued", extra_tags="queued")
     return redirect("dashboard:backup", pk=backup.pk)
@@ -147,18 +148,6 @@ def backup_start(request: HttpRequest) -> HttpResponse:
 def restores(request: HttpRequest) -> HttpResponse:
     rows = Paginator(RestoreJob.objects.select_related("backup").order_by("-created_at"), PAGE)
     return show(request, "restores.html", "restores", page=rows.get_page(request.GET.get("page")))
-
-
-# The planner words its refusals for the command line; the web page names its own controls.
-WEB_WORDS = (("use --latest", "choose the latest target"), ("--exclusive", "exclusive"),
-             ("--target-time", "time"), ("--target-lsn", "LSN"), ("--target-xid", "XID"),
-             ("--target-name", "restore point name"), ("--immediate", "an immediate target"), ("--latest", "latest"))
-
-
-def web_wording(message: str) -> str:
-    for flag, words in WEB_WORDS:
-        message = message.replace(flag, words)
-    return message
 
 
 def _example_moment(view: status.Overview):
@@ -173,7 +162,7 @@ def _restore_form_page(request: HttpRequest, form: RestoreForm | None = None, er
     view = status.overview(with_capture=False)
     if form is None:
         form = DashboardRestoreForm(initial=initial, example=_example_moment(view))
-    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_wording(error),
+    return show(request, "restore_new.html", "restores", code=code, form=form, o=view, plan_error=web_message(error),
                 points=restore_points(), backups=BaseBackup.objects.filter(
                     state="done", manifest_verified=True).order_by("-stop_time")[:20])
 
@@ -218,10 +207,10 @@ def restore_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def job_cancel(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     job = _job_or_404(kind, pk)
     if actions.cancel_job(job, _user(request)):
-        messages.success(request, f"{job} cancelled: its tools were stopped")
+        messages.success(request, web_message(f"{job} cancelled: its tools were stopped"))
     else:
         job.refresh_from_db()
-        messages.error(request, f"{job} is {job.state} already: nothing to cancel")
+        messages.error(request, web_message(f"{job} is {job.state} already: nothing to cancel"))
     return redirect(jobs.detail_url(job))
 
 
@@ -294,7 +283,7 @@ def chaos_start(request: HttpRequest) -> HttpResponse:
     try:
         run = actions.start_chaos(form.params(), trigger="dashboard", user=_user(request))
     except PitrError as exc:
-        messages.error(request, str(exc))
+        messages.error(request, web_message(exc))
         return redirect("dashboard:chaos_runs")
     messages.success(request, f"chaos run #{run.pk} queued", extra_tags="queued")
     return redirect("dashboard:chaos", pk=run.pk)

@@ -170,7 +170,8 @@ def test_server_check_and_remove_actions(superuser, no_fleet):
         return " ".join(str(m) for m in response.context["messages"])
 
     assert "sales: FAIL cannot connect to sales (primary) on 127.0.0.1:1" in act("check_servers")
-    assert "sales holds 1 backup(s): remove it with --forget" in act("remove")
+    # Worded for the admin: its own action, not the command's --forget.
+    assert "sales holds 1 backup(s): remove it with the action that forgets its catalog" in act("remove")
     assert Server.objects.filter(name="sales").exists()
     assert "server sales removed" in act("remove_forgetting_catalog")
     assert not Server.objects.filter(name="sales").exists() and not BaseBackup.all_servers.filter(server=sales.pk)

@@ -79,7 +79,11 @@ def test_viewer_sees_overview_but_no_start_buttons(browser, live_server, transac
     page = login(browser, live_server.url, "viewer")
     assert page.locator("h2", has_text="WAL capture").is_visible()
     assert page.locator("#start-backup").count() == 0
-    page.goto(live_server.url + "/restores/new/")
+    response = page.goto(live_server.url + "/restores/new/")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert page.request.get(live_server.url + icon).headers["content-type"] == "image/svg+xml"
     assert "needs a staff account" in page.content()
     # A refused action (a hand-made POST, as a stale page or a script would send) gets a page saying why.
     token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
@@ -96,7 +100,7 @@ def test_viewer_sees_overview_but_no_start_buttons(browser, live_server, transac
     shot(page, "refused")
 
 
-def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_worker, primary):
+def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_worker, primary, settings):
     from playwright.sync_api import expect
 
     from django.contrib.auth.models import User
@@ -113,24 +117,46 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     # Overview: the real capturer streams from the real primary.
     expect(page.locator("#capture-state")).to_contain_text("streaming")
     expect(page.locator("#gaps")).to_have_text("none")
+    expect(page.locator("#capture-lag")).to_have_text(re.compile(r"^\d[\d.]*\s\S+ · [\d.]+ (ms|s|min) behind$"))
+    expect(page.locator("#storage-bytes")).to_contain_text("Local archive")
 
     # Start a backup from the overview and watch its bar reach done without reloading.
     page.select_option("select[name=compression]", "gzip")
     page.click("#start-backup")
     page.wait_for_url(re.compile(r"/backups/\d+/$"))
     backup = BaseBackup.objects.get(trigger="dashboard")
+    # Every value the overall bar takes while the page follows the job: it must never go down.
+    page.evaluate("""() => { const bar = document.getElementById("job-bar"); window.barValues = [];
+        new MutationObserver(() => window.barValues.push(parseFloat(bar.getAttribute("aria-valuenow") || "0")))
+            .observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]}); }""")
     bar = page.locator("#job-bar")
     expect(bar).to_have_attribute("data-state", "done", timeout=180_000)
     assert page.locator("#job-bar > span").evaluate("el => el.style.width") == "100%"
+    values = page.evaluate("window.barValues")
+    assert values == sorted(values) and values[-1:] in ([], [100]), values  # none if it ended before the page
     expect(page.locator("#job-steps")).to_contain_text("verifying (manifest checksums, pg_waldump)")
     expect(page.locator("#restorable")).to_have_text("yes")  # the facts refresh when the job ends
     expect(page.locator("#step-bar")).to_have_count(1)
     expect(page.locator("#job-log")).to_contain_text("== copying files (pg_basebackup)")  # the job's own log
+    download = page.request.get(base + page.locator("#job-log-download").get_attribute("href"))
+    assert download.headers["content-disposition"] == f'attachment; filename="backup-{backup.pk}.log"'
+    assert "== copying files (pg_basebackup)" in download.text()
     expect(page.locator("#job-who")).to_have_text("ops")
     expect(page.locator(".messages li.queued")).to_have_count(0)  # "backup … queued" goes once it runs
     backup.refresh_from_db()
     assert backup.restorable, backup.error
     shot(page, "backup")
+    # The backups page: size, duration, compression, WAL range, retention status; pin and unpin.
+    page.goto(base + "/backups/")
+    row = page.locator(f"#backup-{backup.pk}")
+    expect(row.locator("td.retention")).to_have_text("kept")
+    expect(row).to_contain_text("gzip")
+    expect(row).to_contain_text(re.compile(r"\d/[0-9A-F]+ … \d/[0-9A-F]+"))
+    page.click(f"#pin-{backup.pk}")
+    expect(row.locator("td.retention")).to_have_text("pinned")
+    shot(page, "backups")
+    page.click(f"#pin-{backup.pk}")
+    expect(row.locator("td.retention")).to_have_text("kept")
 
     # Commits after the backup, captured and indexed, so there is a window to restore into.
     write_rows(primary, 10, "browser", switch_every=5)
@@ -175,10 +201,18 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
 
     # An impossible target is refused with the planner's message, nothing queued.
     page.goto(base + "/restores/new/")
+    example = re.search(r"time with zone \((.+? UTC)\)", page.locator("#restore-form").inner_text()).group(1)
+    assert page.locator("#window-start").inner_text() <= example <= page.locator("#window-end").inner_text()
     page.check("input[name=kind][value=time]")
     page.fill("input[name=value]", "2001-01-01T00:00:00+00:00")
     page.click("#start-restore")
     expect(page.locator("#plan-error")).to_be_visible()
+    # The format the pages show is accepted back; a moment after the window is refused in the web's words.
+    page.fill("input[name=value]", "2099-01-01 00:00:00 UTC")
+    page.click("#start-restore")
+    refusal = page.locator("#plan-error").inner_text()
+    assert "target 2099-01-01 00:00:00 UTC is after the newest captured commit" in refusal, refusal
+    assert "choose the latest target" in refusal and "--" not in refusal
     assert not RestoreJob.objects.exists()
 
     # A restore to the latest captured WAL: watch replay, promotion and the final state live.
@@ -186,6 +220,8 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     page.fill("input[name=value]", "")
     page.click("#start-restore")
     page.wait_for_url(re.compile(r"/restores/\d+/$"))
+    expect(page.locator("#plan-backup")).to_have_text(backup.label, timeout=120_000)  # once planned
+    expect(page.locator("#plan-wal")).to_contain_text(" files, ")
     expect(page.locator("#job-steps")).to_contain_text("promoting", timeout=240_000)
     expect(page.locator("#job-state")).to_have_text("done", timeout=120_000)
     expect(page.locator("#job-bar")).to_have_attribute("data-state", "done")
@@ -195,6 +231,29 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     shot(page, "restore")
     expect(page.locator("#target-state")).to_have_text("promoted")
     expect(page.locator("#job-log")).to_contain_text("server: ")  # the restored server's own lines
+    expect(page.locator("#stop-reason")).not_to_have_text("—")
+    expect(page.locator("#recovery-settings")).to_contain_text("recovery_target_action = 'promote'")
+    expect(page.locator("#target-psql")).to_contain_text('psql "host=127.0.0.1 port=')
+
+    # /metrics: every fact the issue lists, from the real fleet and the jobs just run.
+    text = page.request.get(base + "/metrics").text()
+    for name in ("pitr_capture_lag_bytes", "pitr_capture_lag_seconds", "pitr_standby_lag_bytes",
+                 "pitr_standby_lag_seconds", "pitr_upload_backlog_segments", "pitr_last_backup_duration_seconds",
+                 "pitr_last_backup_size_bytes", "pitr_last_verified_restore_age_seconds",
+                 "pitr_oldest_recoverable_timestamp_seconds", "pitr_periodic_task_last_success_timestamp_seconds",
+                 "pitr_storage_bytes", "pitr_backup_too_old"):
+        assert re.search(rf'^{name}{{[^}}]*server="demo"[^}}]*}} [\d.e+-]+$', text, re.M), name
+    assert "# HELP pitr_upload_errors " in text  # a sample once an upload pass ran
+    # Scheduled backups and the backup age alert on the overview (the live server reads these settings).
+    kept = settings.PITR_BACKUP_SCHEDULE, settings.PITR_BACKUP_MAX_AGE
+    settings.PITR_BACKUP_SCHEDULE, settings.PITR_BACKUP_MAX_AGE = "30 4 * * *", 1.0
+    page.goto(base + "/")
+    expect(page.locator("#backup-schedule")).to_contain_text(re.compile(r"\(cron\) · next \S+ 04:30:00 UTC"))
+    expect(page.locator("#live-headline")).to_contain_text("more than PITR_BACKUP_MAX_AGE")
+    expect(page.locator("#backup-age")).to_have_class("bad")
+    assert re.search(r'^pitr_backup_too_old\{server="demo"\} 1\.0$', page.request.get(base + "/metrics").text(), re.M)
+    shot(page, "overview-alert")
+    settings.PITR_BACKUP_SCHEDULE, settings.PITR_BACKUP_MAX_AGE = kept
 
     # Cancel a restore while it runs: the job reads cancelled, the restore target is left stopped.
     page.goto(base + "/restores/new/")
@@ -238,4 +297,6 @@ def test_backup_restore_and_chaos_from_the_browser(browser, live_server, celery_
     expect(page.locator("#verdict")).to_have_text("Passed")
     expect(page.locator("#verifications")).to_contain_text("exact")
     expect(page.locator("svg.chaos polyline.writes")).to_have_count(1)
+    expect(page.locator("svg.chaos text.tick").last).to_have_text("times in UTC")
+    expect(page.locator("svg.chaos text.tick").nth(2)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))
     shot(page, "chaos")

@@ -98,6 +98,31 @@ def test_times_carry_date_and_zone(staff, catalog):
     assert not re.search(r"\d\d:\d\d:\d\d(\.\d+)?\+00:00", overview)  # the window's own line too
     labels = staff.get("/restores/new/").content.decode()
     assert re.search(r'value="lsn"[^>]*>\s*LSN\s*</label>', labels) and "XID (transaction id)" in labels
+    assert "+00:00" not in labels  # the window once, in the one format (the form accepts it back)
+
+
+def test_time_targets_charts_and_admin_in_the_one_format(staff, catalog):
+    """A time target reads as the pages show times (lists, header, target card, admin), and so do the chaos
+    plot's axis (with the date and the zone), its marks and the verified moments T."""
+    from tests.dashboard_data import make_restore
+
+    moment = catalog["start"].replace(microsecond=250_000) + timedelta(minutes=30)
+    job = make_restore(state=JobState.DONE, backup=catalog["backup"], current_step="", target_kind="time",
+                       target_value=moment.isoformat(), promoted_at=timezone.now())
+    shown = f"time {moment:%Y-%m-%d %H:%M:%S}.250 UTC"
+    for url in ("/restores/", f"/restores/{job.pk}/", "/"):
+        page = staff.get(url).content.decode()
+        assert shown in page and moment.isoformat() not in page, url
+    admin = staff.get("/admin/restores/restorejob/").content.decode()
+    assert f'<td class="field-target"><a href="/admin/restores/restorejob/{job.pk}/change/">{shown}</a>' in admin
+    run = make_chaos_run()
+    page = html.unescape(staff.get(f"/chaos/{run.pk}/").content.decode())
+    svg = page[page.index('<svg class="timeline chaos"'):page.index("</svg>")]
+    assert re.search(r'class="tick"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d<', svg) and "times in UTC" in svg
+    assert re.search(r"<title>capturer_kill: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC → ", svg)
+    table = page[page.index('id="verifications"'):page.index('id="events"')]
+    assert re.search(r">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC<", table)
+    assert not re.search(r"T\d\d:\d\d:\d\d", svg + re.sub(r'title="[^"]*"', "", table))  # exact T: hover
 
 
 def test_restore_form_accepts_the_displayed_time_format(staff, catalog, broker, django_capture_on_commit_callbacks):
@@ -143,6 +168,29 @@ def test_web_errors_name_no_cli_flags(staff, catalog, broker):
     html = staff.post("/restores/start/", {"kind": "time", "value": f"{late:%Y-%m-%d %H:%M:%S} UTC"}).content.decode()
     error = re.search(r'id="plan-error">(.*?)</p>', html).group(1)
     assert "after the newest captured commit" in error and "--" not in error and "choose the latest target" in error
+    assert TIME.search(error) and "+00:00" not in error  # the planner's times in the one format
+    # The disaster-recovery path's refusal, worded for the form: no --as-new-primary.
+    html = staff.post("/restores/start/", {"kind": "latest", "as_new_primary": "demo", "new_port": "40001",
+                                           "new_restore_port": "40002", "confirm": "on"}).content.decode()
+    error = re.search(r'id="plan-error">(.*?)</p>', html).group(1)
+    assert "server demo exists already: As new primary needs a new name" in error, error
+
+
+@pytest.mark.parametrize("message, web", [
+    ("the indexer_kill action needs ...: run `python manage.py services up`, or leave it out with --actions",
+     "the indexer_kill action needs ...: run `python manage.py services up`, or leave it out of Actions"),
+    ("sales holds 2 backup(s): remove it with --forget to drop its catalog",
+     "sales holds 2 backup(s): remove it with the action that forgets its catalog"),
+    ("--port and --restore-port must differ", "port and restore port must differ"),
+    ("choose exactly one of --target-time, --target-lsn, --immediate, --latest",
+     "choose exactly one of time, LSN, an immediate target, latest"),
+    ("target 2026-12-01T19:21:53.250000+00:00 is after the newest captured commit: use --latest",
+     "target 2026-12-01 19:21:53.250 UTC is after the newest captured commit: choose the latest target"),
+])
+def test_web_message_rewords_every_flag(message, web):
+    from dashboard.words import web_message
+
+    assert web_message(message) == web
 
 
 def test_who_started_each_job(staff, catalog, broker, django_capture_on_commit_callbacks):

@@ -2,6 +2,8 @@
 on the overview and in /metrics until a pass succeeds again."""
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from pitrsite import locks, periodic
@@ -34,6 +36,11 @@ def test_a_failing_beat_task_shows_until_it_passes_again(home, db, client, setti
     [state] = periodic.states()
     assert not state["failing"] and state["last_success_at"] and state["errors"] == 1
     assert not any(p.startswith("periodic task") for p in overview(with_capture=False).problems)
+    text = client.get("/metrics").content.decode()
+    assert 'pitr_periodic_task_failing{server="demo",task="index_wal"} 0.0' in text
+    last = next(line for line in text.splitlines()
+                if line.startswith('pitr_periodic_task_last_success_timestamp_seconds{server="demo",task="index_wal"}'))
+    assert abs(float(last.split()[1]) - datetime.fromisoformat(state["last_success_at"]).timestamp()) < 1
 
 
 def test_a_pass_skipped_for_the_lock_is_no_failure(home, db):

@@ -67,7 +67,7 @@ def test_overview_shows_next_backup_and_age_alert(viewer, no_fleet, settings):
     html = viewer.get("/").content.decode()
     schedule = html[html.index('id="backup-schedule"'):]
     assert "<code>30 4 * * *</code> (cron) · next " in schedule and " 04:30:00 UTC" in schedule
-    assert "the newest base backup ended 71.9 h ago, more than PITR_BACKUP_MAX_AGE (24.0 h)" in html
+    assert "the newest base backup ended 3.0 days ago, more than PITR_BACKUP_MAX_AGE (24.0 h)" in html
     text = viewer.get("/metrics").content.decode()
     assert metric(text, "pitr_backup_too_old") == ['pitr_backup_too_old{server="demo"} 1.0']
     nxt = float(metric(text, "pitr_next_scheduled_backup_timestamp_seconds")[0].split()[1])
@@ -103,6 +103,10 @@ def test_storage_use_and_new_metrics(viewer, no_fleet):
     assert 530 < age < 600
     assert metric(text, "pitr_oldest_recoverable_timestamp_seconds")
     assert 'pitr_restore_target_state{server="demo",state="stopped"} 1.0' in text
+    backlog = float(metric(text, "pitr_upload_backlog_segments")[0].split()[1])
+    assert 9 <= backlog <= 10  # complete segments not in the archive storage (one copy may count, in another)
+    for name in ("pitr_upload_errors", "pitr_standby_lag_bytes", "pitr_standby_lag_seconds"):
+        assert f"# HELP {name} " in text  # listed; a sample once there is a fact (an upload pass, a standby)
 
 
 @pytest.mark.fleet
