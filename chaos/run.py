@@ -201,8 +201,9 @@ class Chaos(Actions):
             self.reporter.progress(int(elapsed), int(duration))
             if elapsed - shown >= 2.0:  # live figures for the dashboard
                 shown = elapsed
+                now = int(time.time())  # the current second is still counting: shown once it is over
                 self.update(writes_count=self.committed_so_far(),
-                            writes_series=[[s, n] for s, n in sorted(self.per_second.items())])
+                            writes_series=[[s, n] for s, n in sorted(self.per_second.copy().items()) if s < now])
             dead = [w for w in self.writers if not w.is_alive()]
             if dead:
                 raise StepFailed("writing", f"writer {dead[0].writer_id} stopped: {dead[0].fatal}")

@@ -59,7 +59,9 @@ def render(series: list, events: list[dict], verifications: list[dict]) -> str:
         return '<p class="muted">No write recorded yet.</p>'
     start, end = min(everything), max(everything)
     end = max(end, start + 1)
-    points = _binned(series, start, end) if series else []
+    # The line spans the seconds the series counts, never the marks past them: an action after the newest
+    # saved second is not a fall to zero commits.
+    points = _binned(series, min(times), max(times) + 1) if series else []
     peak = max((rate for _, rate in points), default=1.0) or 1.0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 

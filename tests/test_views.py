@@ -280,3 +280,20 @@ def test_overview_storage_state(viewer, catalog):
     complete = WalSegment.objects.filter(is_partial=False).count()
     assert "archive storage: " in html and "copies: 1 WAL segments, 0 backup files" in html
     assert f"complete segments not uploaded yet: {complete - 1}" in html
+
+
+def test_chaos_plot_line_stops_at_the_newest_counted_second():
+    """A live run's series ends at its last saved second; an action after it is no fall to zero commits."""
+    import re
+
+    from dashboard import chaos_plot
+
+    series = [[1000, 20], [1001, 20], [1002, 20]]
+    action = {"action": "capturer_restart", "started_at": "1970-01-01T00:16:50+00:00",
+              "recovered_at": "1970-01-01T00:16:51+00:00"}  # t=1010..1011, long after the series
+    svg = chaos_plot.render(series, [action], [])
+    points = re.search(r'<polyline class="writes" points="([^"]+)"', svg)[1].split()
+    rates = {float(p.split(",")[1]) for p in points}
+    assert len(rates) == 1, points  # 20/s throughout: no point at the bottom of the plot
+    action_x = float(re.search(r'<line class="action" x1="([\d.]+)"', svg)[1])
+    assert max(float(p.split(",")[0]) for p in points) < action_x
