@@ -113,7 +113,10 @@ def plan(target: RestoreTarget, primary_port: int | None = None) -> Plan:
     context = _Context(target, chain, segments, _candidates(target, chain, backups), seg_size, primary_port,
                        snapshot)
     stop = STOPS[target.kind](context)
-    recovery = {**stop.recovery, "recovery_target_timeline": str(chain.tli), "recovery_target_action": "promote"}
+    # A target pauses replay there: pitrsite makes the copy durable, then promotes it (restores/recovery.py).
+    # The latest WAL has no target: recovery ends, and promotes, when the WAL does.
+    action = "pause" if stop.recovery else "promote"
+    recovery = {**stop.recovery, "recovery_target_timeline": str(chain.tli), "recovery_target_action": action}
     wal = _wal_range(chain, segments, stop.backup, stop.end_segno, seg_size)
     used = snapshot if snapshot and wal and wal[-1].pk == snapshot.segment_id else None
     return Plan(target=target, backup=stop.backup, timeline=chain.tli, history=chain.history_rows(),

@@ -5,6 +5,7 @@ stay in the job's thread), started before the restore target is touched so that 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -157,13 +158,48 @@ _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
 
 
+def start_writeback(path: str) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start the file's writeback, do not wait for it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), SYNC_FILE_RANGE_WRITE)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and directory of a data directory, its pg_wal and tablespaces (symlinks) included.
+
+    What PostgreSQL's start-up SyncDataDirectory does, which it skips with fsync=off (restores/recovery.py):
+    first start every file's writeback, so the disk takes them all at once, then wait for each. A file gone
+    meanwhile is skipped, as PostgreSQL skips it.
+    """
+    files: list[str] = []
+    folders: list[str] = []
+    for folder, _dirs, names in os.walk(root, followlinks=True):
+        folders.append(folder)
+        files.extend(os.path.join(folder, name) for name in names)
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            start_writeback(path)
+    for path in files + folders:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Writeback:
     """Starts the kernel's writeback of every file tar has written so far, every 0.2 s, in a thread.
 
-    PostgreSQL fsyncs the whole data directory when it starts recovery from a backup; done after extraction,
-    that waits for the disk to take all of it. Asking for the writeback while tar still extracts
-    (sync_file_range(SYNC_FILE_RANGE_WRITE): start it, do not wait) overlaps the disk with decompression, so
-    that fsync finds little left to do. It only starts I/O: durability is still PostgreSQL's own fsync.
+    The extracted files must be on disk before the copy is promoted: PostgreSQL fsyncs the whole data
+    directory when it starts recovery from a backup, or pitrsite does (sync_tree) when replay runs with
+    fsync=off. Asking for the writeback while tar still extracts (start it, do not wait) overlaps the disk
+    with decompression and replay, so that fsync finds little left to do. It only starts I/O.
     """
 
     def __init__(self, root: Path, interval: float = 0.2):
@@ -185,13 +221,9 @@ class Writeback:
                     size = os.stat(path).st_size
                     if size == self.flushed.get(path):
                         continue
-                    fd = os.open(path, os.O_RDONLY)
+                    start_writeback(path)
                 except OSError:
-                    continue  # gone or not ours to open: PostgreSQL's own fsync covers it
-                try:
-                    _libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), SYNC_FILE_RANGE_WRITE)
-                finally:
-                    os.close(fd)
+                    continue  # gone or not ours to open: the fsync before promotion covers it
                 self.flushed[path] = size
 
     def close(self) -> None:

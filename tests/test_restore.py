@@ -127,6 +127,26 @@ def test_restore_command_is_a_plain_copy(fleet, history):
     assert "restore_command" not in conf, "recovery settings must be dropped after promotion"
 
 
+def test_a_target_replays_without_fsync_and_is_promoted_with_it_on(fleet, history):
+    job = restore(RestoreTarget.from_options(time=history["rows"][6].committed_at.isoformat()))
+    steps = [step["name"] for step in job.steps]
+    assert steps.index("replaying WAL") < steps.index("syncing the copy to disk") < steps.index("promoting")
+    from fleet import pg
+
+    with pg.connect(fleet.layout.port("restore_target")) as conn:
+        assert conn.execute("SHOW fsync").fetchone()[0] == "on"
+        # Not a setting of this session only: the file PostgreSQL reloads has no fsync=off left.
+        assert not conn.execute("SELECT 1 FROM pg_file_settings WHERE name = 'fsync' AND setting = 'off'"
+                                " AND applied").fetchall()
+    assert "fsync" not in (fleet.layout.datadir("restore_target") / "pitrsite.node.conf").read_text()
+
+
+def test_the_latest_wal_replays_with_fsync_on(fleet, history):
+    job = restore(RestoreTarget.from_options(latest=True))
+    assert "syncing the copy to disk" not in [step["name"] for step in job.steps]
+    assert job.plan["recovery"]["recovery_target_action"] == "promote"
+
+
 @pytest.mark.parametrize("options, message", [
     ({}, "no target given"),
     ({"latest": True, "immediate": True}, "two or more targets"),
