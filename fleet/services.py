@@ -23,7 +23,7 @@ from django.conf import settings
 
 from fleet import pgadmin
 from fleet.layout import Layout
-from pitrsite import procs, runner
+from pitrsite import apitoken, procs, runner
 from pitrsite.config import persistent_secret
 from pitrsite.errors import ServiceError
 
@@ -145,6 +145,8 @@ def up(layout: Layout | None = None) -> list[str]:
     commands = {name: argv(name, layout) for name in names}
     for directory in (layout.logs, layout.run, layout.redis):
         directory.mkdir(parents=True, exist_ok=True)
+    if "web" in names:
+        apitoken.ensure()  # before the web answers: scripts/pitr restore|backup reads it (pitrsite/client.py)
     pending = [name for name in names if status(name, layout)["state"] == "stopped"]
     for name in pending:
         check_port_free(name)
