@@ -8,12 +8,12 @@ pitrsite captures it with pg_receivewal as always. Then:
 
   backups:  --rounds rounds in rotated order of: pg_basebackup -Ft -Xstream --compress=client-zstd (bare),
             pgbackrest backup --type=full (process-max 2, its default gz), barman backup (backup_method=postgres),
-            manage.py backup (zstd, verified before it is offered).
+            scripts/pitr backup (zstd, verified before it is offered; the web service and worker run it).
   workload: pgbench -c 2 for --seconds; T is its last commit. Nothing writes pgbench's tables after T.
   restores: --rounds rounds in rotated order, each tool restoring T from its newest backup into an empty
             directory on its own free port (pitrsite: its restore target), the page cache dropped before each
             (sync; echo 3 > /proc/sys/vm/drop_caches). The time runs from the restore command's start to a
-            promoted server (pitrsite: to `manage.py restore`'s return, which verifies the copy). Every copy's
+            promoted server (pitrsite: to `scripts/pitr restore`'s return, which verifies the copy). Every copy's
             pgbench_history rows and account, teller and branch balances are compared with the primary's.
 
 Medians, min and max, ratios, and pitrsite's per-step seconds go to the JSON file; a PNG of the medians with
@@ -82,6 +82,9 @@ def main() -> None:
     finally:
         for datadir in copies:
             stop_copy(datadir)
+        for peer in peers:
+            if hasattr(peer, "teardown"):
+                peer.teardown()  # pitrsite's web, worker, beat and Redis
         driver.down()
         if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)

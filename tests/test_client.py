@@ -15,9 +15,11 @@ from django.utils import timezone
 from fleet import pg, services
 from fleet.layout import Layout
 from pitrsite import apitoken
+from pitrsite.jobs import JobReporter, JobState
 from restores.models import RestoreJob
 from tests.conftest import PROJECT, manage, subprocess_env, wait_for
 from tests.restore_helpers import primary_ids_committed, restored_ids, wait_captured, write_rows
+from walcatalog.backups import queue_backup, run_backup
 from walcatalog.models import BaseBackup
 
 pytestmark = [pytest.mark.fleet, pytest.mark.django_db(transaction=True)]
@@ -39,6 +41,15 @@ def web(fleet, transactional_db):
     yield proc
     proc.terminate()
     proc.wait(20)
+
+
+@pytest.fixture
+def backup(fleet):
+    """A verified backup (each test's database starts empty), taken in this process."""
+    made = queue_backup("none")
+    run_backup(made, JobReporter(made))
+    assert made.state == JobState.DONE, made.error
+    return made
 
 
 def pitr(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -74,7 +85,7 @@ def test_backup_and_restore_to_a_logged_moment_through_the_api(fleet, web, celer
 
 
 def test_bad_arguments_read_as_manage_py_says_them_and_queue_nothing(web):
-    for args in (["--target-tim", "2026-11-27T14:03:27+00:00"], ["--backup", "two", "--latest", "--json"]):
+    for args in (["--target", "2026-11-27T14:03:27+00:00"], ["--nope"], ["--backup", "two", "--latest", "--json"]):
         ours, theirs = pitr("restore", *args), manage("restore", *args, check=False)
         assert (ours.returncode, ours.stderr, ours.stdout) == (2, theirs.stderr, theirs.stdout), args
         assert ours.stderr.count("\n") == 1 and "manage.py restore: error: " in ours.stderr
@@ -99,7 +110,7 @@ def test_a_wrong_or_missing_token_is_refused_and_queues_nothing(web):
     assert apitoken.path().stat().st_mode & 0o777 == 0o600
 
 
-def test_a_failing_job_exits_1_with_its_reason(fleet, web, celery_worker):
+def test_a_failing_job_exits_1_with_its_reason(fleet, backup, web, celery_worker):
     """A moment after the newest commit but already past passes the request's check against the catalog;
     the worker plans for real and fails the job, and the client says why."""
     with pg.connect(fleet.layout.port("primary")) as conn:
@@ -115,7 +126,7 @@ def test_a_failing_job_exits_1_with_its_reason(fleet, web, celery_worker):
     assert document["error"] == row.error and document["restore"]["state"] == "failed"
 
 
-def test_ctrl_c_cancels_the_job(fleet, web, celery_worker):
+def test_ctrl_c_cancels_the_job(fleet, backup, web, celery_worker):
     proc = subprocess.Popen([PITR, "restore", "--latest"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=subprocess_env(), cwd=PROJECT)
     wait_for(lambda: RestoreJob.objects.filter(state="running").exists(), 60, "the restore to run")
@@ -130,8 +141,8 @@ def test_ctrl_c_cancels_the_job(fleet, web, celery_worker):
 
 def test_without_the_web_service_it_runs_manage_py_here(fleet):
     apitoken.ensure()
-    down = pitr("restore", "--target-tim", "x")  # no web server in this test: the port refuses
-    theirs = manage("restore", "--target-tim", "x", check=False)
+    down = pitr("restore", "--nope")  # no web server in this test: the port refuses
+    theirs = manage("restore", "--nope", check=False)
     first, rest = down.stderr.split("\n", 1)
     assert first == (f"the web service at http://{settings.PITR_HOST}:{settings.PITR_WEB_PORT}/ does not answer: "
                      "running manage.py restore in this process")
