@@ -7,7 +7,7 @@ up` does) in a temporary data home on free ports, takes one backup, writes with 
 each, the page cache dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches):
   restore: `scripts/pitr restore --target-time T --json`, T pgbench's last commit
   backup:  `scripts/pitr backup --json`
-  client:  `/usr/bin/python3 -I pitrsite/client.py` alone (its usage line: the interpreter and its imports)
+  client:  `/usr/bin/python3 -I -S pitrsite/client.py` alone (its usage line: the interpreter and its imports)
 before_job_s runs from the command's start to the job's first step's started_at, split into to_row_s (to the job
 row's created_at: interpreter, client, HTTP, the view's parsing and validation), to_claim_s (to its started_at:
 Celery's message, the worker taking it, the reaper's look) and to_step_s (to the first step). Medians, min, max
@@ -26,9 +26,8 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, pgbench, private_home  # noqa: E402
+from common import PROJECT, drop_caches, fleet_with_pgbench, pgbench, private_home, summary  # noqa: E402
 from peer_tools import Pitrsite  # noqa: E402
-from peers import drop_caches, summary  # noqa: E402
 
 
 def split(job: dict, started: float) -> dict:
@@ -84,7 +83,7 @@ def run(opts, driver, peer: Pitrsite) -> dict:
             print(f"{kind} {n + 1}: {runs[kind][-1]}", flush=True)
         drop_caches()
         t0 = time.perf_counter()
-        subprocess.run(["/usr/bin/python3", "-I", str(PROJECT / "pitrsite" / "client.py")], capture_output=True)
+        subprocess.run(["/usr/bin/python3", "-I", "-S", str(PROJECT / "pitrsite" / "client.py")], capture_output=True)
         client.append(time.perf_counter() - t0)
     out: dict = {"rounds": opts.rounds, "scale": opts.scale, "runs": runs, "client_start_s": summary(client)}
     for kind, rows in runs.items():

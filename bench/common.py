@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -66,3 +67,13 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "all": [round(v, 3) for v in values]}

@@ -34,25 +34,15 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, free_port, pgbench, private_home  # noqa: E402
+from common import PROJECT, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, summary  # noqa: E402
 from peer_tools import Bare, Barman, PgBackRest, Pitrsite, ensure_bench_venv, stop_copy, write_passfile  # noqa: E402
 
 CHECK_SQL = """SELECT (SELECT count(*) FROM pgbench_history), (SELECT sum(abalance) FROM pgbench_accounts),
                       (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(bbalance) FROM pgbench_branches)"""
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def rotated(peers: list, n: int) -> list:
     return peers[n % len(peers):] + peers[:n % len(peers)]
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "all": [round(v, 3) for v in values]}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """`scripts/pitr restore|backup ARGS`: hand ARGS to the running web service, follow the job, print its end.
 
-Standard library only, run as `/usr/bin/python3 -I pitrsite/client.py restore ARGS` (it imports nothing of
+Standard library only, run as `/usr/bin/python3 -I -S pitrsite/client.py restore ARGS` (it imports nothing of
 the project, nor Django): a few hundredths of a second, where `manage.py restore` first spends about a second
 starting Python and Django. The web service parses ARGS with the management command's own parser and queues
 the job for the Celery worker (dashboard/api.py); this prints its steps as `manage.py` does, then the same

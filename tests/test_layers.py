@@ -77,7 +77,7 @@ def test_the_check_sees_a_process_start(tmp_path):
 
 
 def test_the_client_imports_the_standard_library_only():
-    """scripts/pitr restore|backup runs pitrsite/client.py with `/usr/bin/python3 -I`: no virtualenv, no project."""
+    """scripts/pitr restore|backup runs pitrsite/client.py with `/usr/bin/python3 -I -S`: no virtualenv, no project."""
     import sys
 
     names = {name for _, name in imported_packages(PROJECT / "pitrsite" / "client.py")}
