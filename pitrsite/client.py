@@ -63,12 +63,15 @@ def port(env: dict[str, str]) -> int:
         return WEB_PORT  # manage.py, run instead, says what is wrong with it
 
 
-def in_process(name: str, args: list[str], why: str = "") -> None:
+def in_process(name: str, args: list[str], why: str = "") -> None:  # never returns (exec)
     """Run `manage.py NAME ARGS` here (exec: its output, exit status and Ctrl-C are this command's)."""
     if why:
         sys.stderr.write(f"{why}: running manage.py {name} in this process\n")
         sys.stderr.flush()
     python = os.path.join(PROJECT, ".venv", "bin", "python")
+    if not os.access(python, os.X_OK):
+        sys.stderr.write(f"no virtualenv at {os.path.dirname(os.path.dirname(python))}: run scripts/pitr up\n")
+        sys.exit(1)
     os.execv(python, [python, os.path.join(PROJECT, "manage.py"), name, *args])
 
 
@@ -156,6 +159,9 @@ def main(argv: list[str]) -> int:
         code, answer = api.call("POST", f"/api/commands/{name}", {"argv": args})
     except ConnectionRefusedError:
         in_process(name, args, f"the web service at http://{HOST}:{api.port}/ does not answer")
+    except OSError as exc:  # it took the connection, then failed: the job may or may not be queued
+        sys.stderr.write(f"the web service at http://{HOST}:{api.port}/ failed ({exc}): see the dashboard's jobs\n")
+        return 1
     as_json = "--json" in args
     if code != 202:
         return end(answer, as_json)
@@ -164,6 +170,10 @@ def main(argv: list[str]) -> int:
         return follow(api, kind, pk, as_json)
     except KeyboardInterrupt:
         return cancel(api, kind, pk)
+    except OSError as exc:
+        sys.stderr.write(f"lost the web service while following {kind} #{pk} ({exc}): the job goes on in the "
+                         "worker; see the dashboard\n")
+        return 1
 
 
 if __name__ == "__main__":
