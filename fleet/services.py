@@ -136,6 +136,7 @@ def services_status(layout: Layout | None = None) -> dict:
 def up(layout: Layout | None = None) -> list[str]:
     """Start every service that is not running, idempotently; returns what was done."""
     layout = layout or Layout.current()
+    apitoken.ensure()  # before the web answers: scripts/pitr restore|backup reads it (pitrsite/client.py)
     if settings.PITR_FLEET_DRIVER == "docker":
         from fleet import docker_services
 
@@ -145,8 +146,6 @@ def up(layout: Layout | None = None) -> list[str]:
     commands = {name: argv(name, layout) for name in names}
     for directory in (layout.logs, layout.run, layout.redis):
         directory.mkdir(parents=True, exist_ok=True)
-    if "web" in names:
-        apitoken.ensure()  # before the web answers: scripts/pitr restore|backup reads it (pitrsite/client.py)
     pending = [name for name in names if status(name, layout)["state"] == "stopped"]
     for name in pending:
         check_port_free(name)
