@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -23,8 +24,10 @@ def private_home(prefix: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(home, 0o755)
     os.environ.update(PITR_HOME=str(home), DJANGO_SETTINGS_MODULE="pitrsite.settings",
-                      DATABASE_URL=f"sqlite:////{home}/bench.sqlite3", PITR_LOG_LEVEL="WARNING")
-    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT"):
+                      DATABASE_URL=f"sqlite:////{home}/bench.sqlite3", PITR_LOG_LEVEL="WARNING",
+                      PITR_PGADMIN="false")  # a bench that starts the services (peers.py) wants no pgAdmin
+    os.environ.pop("CELERY_BROKER_URL", None)  # the bench's own Redis (PITR_REDIS_PORT), never a user's
+    for name in ("PITR_PRIMARY_PORT", "PITR_STANDBY_PORT", "PITR_RESTORE_PORT", "PITR_REDIS_PORT", "PITR_WEB_PORT"):
         os.environ[name] = str(free_port())
     return home
 
@@ -64,3 +67,13 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "all": [round(v, 3) for v in values]}

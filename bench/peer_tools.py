@@ -244,7 +244,8 @@ class Barman:
 
 
 class Pitrsite:
-    """`manage.py backup` and `manage.py restore --target-time T` as a user runs them, in their own processes."""
+    """`scripts/pitr backup` and `scripts/pitr restore --target-time T` as a user runs them: the client hands each
+    to the web service and the Celery worker (started here, in the bench's home, as `scripts/pitr up` does)."""
 
     name = "pitrsite"
 
@@ -255,22 +256,36 @@ class Pitrsite:
         self.backup_runs: list[dict] = []
 
     def setup(self) -> None:
+        from fleet import services
+
         # Bytecode compiled once, as an installed package has it: with PYTHONDONTWRITEBYTECODE set (as on this
-        # machine) every `manage.py` run would otherwise compile the project's modules again, inside the timing.
+        # machine) the services (and manage.py) would otherwise compile the project's modules again.
         packages = ["pitrsite", "fleet", "walcatalog", "restores", "chaos", "dashboard"]
         subprocess.run([str(PROJECT / ".venv" / "bin" / "python"), "-m", "compileall", "-q",
                         *(str(PROJECT / p) for p in packages)], check=True, stdout=subprocess.DEVNULL)
+        try:
+            services.up()  # Redis, web, worker, beat (no pgAdmin: bench/common.py), and the API token
+        except BaseException:
+            self.teardown()
+            raise
 
-    def manage(self, *args: str) -> str:
-        result = subprocess.run([str(PROJECT / ".venv" / "bin" / "python"), str(PROJECT / "manage.py"), *args],
-                                capture_output=True, text=True, cwd=PROJECT, timeout=3600)
+    def teardown(self) -> None:
+        from fleet import services
+
+        services.down()
+
+    def pitr(self, *args: str) -> str:
+        result = subprocess.run([str(PROJECT / "scripts" / "pitr"), *args], capture_output=True, text=True,
+                                cwd=PROJECT, timeout=3600)
         if result.returncode != 0:
-            raise RuntimeError(f"manage.py {args[0]} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+            raise RuntimeError(f"scripts/pitr {args[0]} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+        if "in this process" in result.stderr:  # the fallback would time manage.py, not the service
+            raise RuntimeError(f"scripts/pitr {args[0]} did not reach the web service: {result.stderr.strip()}")
         return result.stdout
 
     def backup(self) -> None:
         started = time.time()
-        job = json.loads(self.manage("backup", "--json"))
+        job = json.loads(self.pitr("backup", "--json"))
         first = datetime.fromisoformat(job["steps"][0]["started_at"]).timestamp()
         finished = datetime.fromisoformat(job["finished_at"]).timestamp()
         self.backup_runs.append({"before_job_s": round(first - started, 3), "job_s": round(finished - first, 3),
@@ -279,4 +294,4 @@ class Pitrsite:
     def restore(self, target: datetime, datadir: Path, port: int) -> None:
         """Into its own restore target (its own directory and port); the job's steps are kept for the results."""
         self.started_wall = time.time()
-        self.last_job = json.loads(self.manage("restore", "--target-time", target.isoformat(), "--json"))
+        self.last_job = json.loads(self.pitr("restore", "--target-time", target.isoformat(), "--json"))

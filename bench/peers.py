@@ -8,12 +8,12 @@ pitrsite captures it with pg_receivewal as always. Then:
 
   backups:  --rounds rounds in rotated order of: pg_basebackup -Ft -Xstream --compress=client-zstd (bare),
             pgbackrest backup --type=full (process-max 2, its default gz), barman backup (backup_method=postgres),
-            manage.py backup (zstd, verified before it is offered).
+            scripts/pitr backup (zstd, verified before it is offered; the web service and worker run it).
   workload: pgbench -c 2 for --seconds; T is its last commit. Nothing writes pgbench's tables after T.
   restores: --rounds rounds in rotated order, each tool restoring T from its newest backup into an empty
             directory on its own free port (pitrsite: its restore target), the page cache dropped before each
             (sync; echo 3 > /proc/sys/vm/drop_caches). The time runs from the restore command's start to a
-            promoted server (pitrsite: to `manage.py restore`'s return, which verifies the copy). Every copy's
+            promoted server (pitrsite: to `scripts/pitr restore`'s return, which verifies the copy). Every copy's
             pgbench_history rows and account, teller and branch balances are compared with the primary's.
 
 Medians, min and max, ratios, and pitrsite's per-step seconds go to the JSON file; a PNG of the medians with
@@ -34,25 +34,15 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, free_port, pgbench, private_home  # noqa: E402
+from common import PROJECT, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, summary  # noqa: E402
 from peer_tools import Bare, Barman, PgBackRest, Pitrsite, ensure_bench_venv, stop_copy, write_passfile  # noqa: E402
 
 CHECK_SQL = """SELECT (SELECT count(*) FROM pgbench_history), (SELECT sum(abalance) FROM pgbench_accounts),
                       (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(bbalance) FROM pgbench_branches)"""
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def rotated(peers: list, n: int) -> list:
     return peers[n % len(peers):] + peers[:n % len(peers)]
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "all": [round(v, 3) for v in values]}
 
 
 def main() -> None:
@@ -82,6 +72,9 @@ def main() -> None:
     finally:
         for datadir in copies:
             stop_copy(datadir)
+        for peer in peers:
+            if hasattr(peer, "teardown"):
+                peer.teardown()  # pitrsite's web, worker, beat and Redis
         driver.down()
         if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)

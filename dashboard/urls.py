@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import metrics, security, views
+from dashboard import api, metrics, security, views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -25,5 +25,9 @@ urlpatterns = [
     path("jobs/<str:kind>/<int:pk>.json", views.job_json, name="job_json"),
     path("jobs/<str:kind>/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("jobs/<str:kind>/<int:pk>/log.txt", views.job_log, name="job_log"),
+    # scripts/pitr restore|backup (pitrsite/client.py): token only
+    path("api/commands/<str:name>", api.command, name="api_command"),
+    path("api/jobs/<str:kind>/<int:pk>", api.job, name="api_job"),
+    path("api/jobs/<str:kind>/<int:pk>/cancel", api.job_cancel, name="api_job_cancel"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus scrapes /metrics
 ]

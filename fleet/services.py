@@ -23,7 +23,7 @@ from django.conf import settings
 
 from fleet import pgadmin
 from fleet.layout import Layout
-from pitrsite import procs, runner
+from pitrsite import apitoken, procs, runner
 from pitrsite.config import persistent_secret
 from pitrsite.errors import ServiceError
 
@@ -136,6 +136,7 @@ def services_status(layout: Layout | None = None) -> dict:
 def up(layout: Layout | None = None) -> list[str]:
     """Start every service that is not running, idempotently; returns what was done."""
     layout = layout or Layout.current()
+    apitoken.ensure()  # before the web answers: scripts/pitr restore|backup reads it (pitrsite/client.py)
     if settings.PITR_FLEET_DRIVER == "docker":
         from fleet import docker_services
 

@@ -40,6 +40,7 @@ class JobState(models.TextChoices):
 
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+ENDED_BADLY = (JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED)
 
 
 class Job(models.Model):

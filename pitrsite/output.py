@@ -53,6 +53,15 @@ class Output:
         for line in [text] if isinstance(text, str) else text:
             self.command.stdout.write(line)
 
+    def finish(self, document: Any, lines: list[str], error: str | None, reason: str = "") -> None:
+        """A job's end as its outcome() tells it (restores/cli.py, walcatalog/cli.py): the document and lines, or
+        the error with the document's other keys. `reason`: what the job's code raised, when the row names none."""
+        if error is None and reason:
+            error, document = reason, {"error": reason}
+        if error is not None:
+            self.fail(error, **{key: value for key, value in document.items() if key != "error"})
+        self.result(document, lines)
+
     def line(self, text: str) -> None:
         """Console-only detail (a table row, a hint); JSON output carries it in the result."""
         if not self.as_json:
@@ -95,9 +104,14 @@ class JsonErrorParser(CommandParser):
     def error(self, message: str):  # type: ignore[override]
         if not self.called_from_command_line:
             super().error(message)  # CommandError, for call_command
+        document, line = self.error_words(message)
         if "--json" in sys.argv[2:]:
-            sys.stdout.write(to_json({"error": f"{self.prog}: {message}"}) + "\n")
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+            sys.stdout.write(to_json(document) + "\n")
+        self.exit(2, line + "\n")
+
+    def error_words(self, message: str) -> tuple[dict, str]:
+        """An argument error's JSON document and its stderr line (the web API answers the same words)."""
+        return {"error": f"{self.prog}: {message}"}, f"{self.prog}: error: {message} (--help lists the options)"
 
 
 class PitrCommand(BaseCommand):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from pitrsite import home
+from pitrsite import client, home
 from pitrsite.config import (
     archive_storage_setting, database_from_url, default_pg_bindir, distinct_ports, envbool, envchoice, envfloat,
     envcron, envint, envport, envpow2, envstr, load_dotenv, persistent_secret,
@@ -70,7 +70,7 @@ PITR_BACKUP_MAX_AGE = envfloat("PITR_BACKUP_MAX_AGE", 2 * 86400.0)
 SECRET_KEY = _secret
 DEBUG = envbool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
-PITR_WEB_PORT = envport("PITR_WEB_PORT", 58000)
+PITR_WEB_PORT = envport("PITR_WEB_PORT", client.WEB_PORT)  # the client reads the default there
 
 INSTALLED_APPS = [
     # The admin modules (and the dashboard forms they use) load with the URLs (pitrsite/urls.py), not in

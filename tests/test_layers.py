@@ -45,7 +45,8 @@ def test_the_check_sees_an_upward_import(tmp_path):
 
 
 # The one process starter: pitrsite/runner.py (the supervisor uses it too; it imports nothing of Django).
-STARTERS = {"pitrsite/runner.py"}
+# pitrsite/client.py may import nothing of the project: its one exec replaces itself with manage.py.
+STARTERS = {"pitrsite/runner.py", "pitrsite/client.py"}
 START_CALLS = {"Popen", "run", "call", "check_call", "check_output", "system", "execv", "execvp", "spawnv"}
 
 
@@ -73,3 +74,22 @@ def test_the_check_sees_a_process_start(tmp_path):
     module.write_text("import subprocess\ndef f():\n    subprocess.run(['true'])\n"
                       "    subprocess.Popen(['true'], preexec_fn=f)\n")
     assert process_starts(module) == [3, 4, 4]
+
+
+def test_the_client_imports_the_standard_library_only():
+    """scripts/pitr restore|backup runs pitrsite/client.py with `/usr/bin/python3 -I -S`: no virtualenv, no project."""
+    import sys
+
+    names = {name for _, name in imported_packages(PROJECT / "pitrsite" / "client.py")}
+    assert names and names - {"__future__"} <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+
+
+def test_the_client_spells_the_settings_it_reads_as_settings_do():
+    from django.conf import settings
+
+    from pitrsite import apitoken, client
+
+    assert client.HOST == settings.PITR_HOST
+    env = {"PITR_HOME": str(settings.PITR_HOME), "PITR_WEB_PORT": str(settings.PITR_WEB_PORT)}
+    assert client.port(env) == settings.PITR_WEB_PORT
+    assert Path(client.home(env), *client.TOKEN_FILE) == apitoken.path()

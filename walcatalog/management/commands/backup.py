@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from fleet.command import ServerCommand
+from pitrsite.errors import PitrError
 from pitrsite.jobs import ConsoleReporter, JobReporter
+from walcatalog import cli
 from walcatalog.backups import queue_backup, run_backup
-from walcatalog.models import DEFAULT_COMPRESSION, Compression
-from walcatalog.serializers import backup_dict
 
 
 class Command(ServerCommand):
@@ -16,12 +16,14 @@ class Command(ServerCommand):
     requires_system_checks: list[str] = []
 
     def arguments(self, parser):
-        parser.add_argument("--compress", help=f"one of {', '.join(Compression.values)} (default: the server's own "
-                                               f"compression, else {DEFAULT_COMPRESSION})")
+        cli.arguments(parser)
 
     def run(self, *args, **opts):
-        backup = queue_backup(opts["compress"], trigger="command")
-        run_backup(backup, ConsoleReporter(self.out.console, JobReporter(backup)))
-        self.out.result(backup_dict(backup), f"backup {backup.label} done: {backup.start_lsn_text}.."
-                        f"{backup.stop_lsn_text} on timeline {backup.timeline}, {backup.size_stored:,} bytes stored, "
-                        "manifest verified")
+        backup = queue_backup(cli.request_of(opts), trigger="command")
+        reason = ""
+        try:
+            run_backup(backup, ConsoleReporter(self.out.console, JobReporter(backup)))
+        except PitrError as exc:
+            backup.refresh_from_db()
+            reason = str(exc)
+        self.out.finish(*cli.outcome(backup), reason)
