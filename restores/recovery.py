@@ -7,6 +7,7 @@ make the copy durable and promote it, then prove it ended where the plan said an
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -36,13 +37,17 @@ REPLAY_SETTINGS = {"max_wal_size": "64GB", "checkpoint_timeout": "1d"}
 REPLAY_SHARED_BUFFERS = 512 << 20
 # Replay to a target runs with fsync=off. PostgreSQL then skips its start-up fsync of the whole data directory
 # (it waited for the disk to take every extracted file before replaying anything) and the fsyncs of replay,
-# so the disk writes the copy while replay runs. Nothing is called durable while it is off: replay pauses at
-# the target (the planner's recovery_target_action=pause), fsync goes back on by reload before promotion is
-# asked for, so the end-of-recovery record and checkpoint and all that follows run with fsync on (PostgreSQL
-# keeps fsync requests while it is off, so that turning it on "behaves sensibly", sync.c), and pitrsite fsyncs
-# every file of the copy (staging.sync_tree) before it promotes it. A crash before that may leave a
-# corrupt copy: its job is failed, and the next restore empties it. The latest WAL has no target to pause at,
-# so it replays with fsync on.
+# so the disk writes the copy while replay runs. Nothing is called durable while it is off: near the target
+# fsync goes back on by reload, and only then is the promotion asked for, which PostgreSQL carries out at the
+# target (recovery_target_action=pause: it pauses there, or promotes at once when asked before), so the
+# end-of-recovery record and checkpoint and all that follows run with fsync on (PostgreSQL keeps fsync
+# requests while it is off, so that turning it on "behaves sensibly", sync.c). pitrsite then fsyncs every
+# file of the copy (staging.sync_tree) before the job can end done. A crash before that may leave a corrupt
+# copy: its job is failed, and the next restore empties it. The latest WAL has no target to pause at, so it
+# replays with fsync on.
+# A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
+RESTORE_COMMAND = 'cp "{staging}/%f" "%p"'
+POLL = 0.05  # s between two looks at a replaying server (a connection each)
 UNTIL_DURABLE = {"fsync": "off", "hot_standby": "on"}  # hot_standby: without it, pause acts as shutdown
 
 
@@ -57,6 +62,7 @@ class Recovery:
         self.job, self.reporter, self.driver, self.staging = job, reporter, driver, staging
         self.datadir = driver.layout.datadir(ROLE)
         self.logfile = driver.layout.logfile(ROLE)
+        self.session: psycopg.Connection | None = None  # probe's
 
     def run(self, the_plan: Plan) -> None:
         self.reporter.step("configuring recovery")
@@ -70,44 +76,64 @@ class Recovery:
             self.reporter.step("replaying WAL")
             log_offset = self.log_size()
             self.driver.start(ROLE, wait=False)
-            self.follow_replay(the_plan, log_offset)
+            promoted = self.follow_replay(the_plan, log_offset, arm_at=self.arm_at(the_plan) if pauses else None)
             if pauses:
                 self.reporter.step("syncing the copy to disk")
-                self.make_durable_and_promote(the_plan)
+                if not promoted:  # it paused before the promotion was asked for
+                    self.fsync_back_on(the_plan)
+                sync_tree(self.datadir)
+                if not promoted:
+                    self.reporter.step("promoting")
+                    self.resume_to_promote()
             self.reporter.step("verifying")
             self.verify(the_plan, log_offset)
         finally:
+            self.close_session()
             self.copy_server_log(log_offset)
 
     def configure(self, the_plan: Plan, until_durable: dict[str, str]) -> None:
         self.driver.write_node_conf(ROLE, {
-            # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
-            "restore_command": f'cp "{self.staging}/%f" "%p"',
+            "restore_command": RESTORE_COMMAND.format(staging=self.staging),
             **REPLAY_SETTINGS,
             **self.replay_shared_buffers(),
             **until_durable,
             **the_plan.recovery,
         })
 
-    def make_durable_and_promote(self, the_plan: Plan) -> None:
-        """Paused at the target: fsync back on in every process, every file of the copy on disk, then promote."""
+    def arm_at(self, the_plan: Plan) -> int:
+        """Where replay is close enough to its target to turn fsync back on: the second-to-last segment."""
+        segments = the_plan.segments
+        return segments[-2].start_lsn if len(segments) >= 2 else 0
+
+    def fsync_back_on(self, the_plan: Plan) -> None:
         self.configure(the_plan, {})
         with self.connect() as conn:
             conn.execute("SELECT pg_reload_conf()")
         # A new session has the postmaster's settings: once it reads fsync=on, the postmaster has reloaded and
-        # signalled every process, which each reload before they act on the resume below.
+        # signalled every process, which each reload before they act on a promotion asked for after this.
         deadline = time.monotonic() + 30
         while not self.setting_is("fsync", "on"):
             if time.monotonic() > deadline:
-                raise StepFailed("syncing the copy to disk", "the restored copy did not reload fsync=on in 30 s")
-            time.sleep(0.05)
-        sync_tree(self.datadir)
-        self.reporter.step("promoting")
-        # Resuming at the target ends recovery: PostgreSQL promotes after a blocking end-of-recovery checkpoint,
-        # with fsync on. pg_promote() would skip that checkpoint, but PostgreSQL 15's paused startup process
-        # sees it only at its next wake-up, up to 1 s later: both took the same time (scale 100, 5 rounds).
+                raise StepFailed("replaying WAL", "the restored copy did not reload fsync=on in 30 s")
+            time.sleep(0.02)
+
+    def arm_promotion(self, the_plan: Plan) -> None:
+        """Near the target: fsync back on, and the promotion asked for before replay pauses there.
+
+        In archive recovery (recovery.signal, not standby.signal) PostgreSQL looks for a promotion request only
+        where it pauses: asked for now, it promotes the moment it reaches its target, never before (xlogrecovery.c
+        checks the request while reading WAL only in standby mode). Asked for once paused, PostgreSQL 15 would see
+        it only at its pause loop's next wake-up, up to 1 s later.
+        """
+        self.fsync_back_on(the_plan)
         with self.connect() as conn:
-            conn.execute("SELECT pg_wal_replay_resume()")
+            conn.execute("SELECT pg_promote(false)")
+
+    def resume_to_promote(self) -> None:
+        """Paused at the target before the promotion was asked for: resuming ends recovery, and PostgreSQL
+        promotes after a blocking end-of-recovery checkpoint (with fsync on)."""
+        with self.connect() as conn, contextlib.suppress(psycopg.errors.ObjectNotInPrerequisiteState):
+            conn.execute("SELECT pg_wal_replay_resume()")  # refused only once promoting: a request armed late
         deadline = time.monotonic() + settings.PITR_RESTORE_TIMEOUT
         while time.monotonic() < deadline:
             state = self.probe()
@@ -115,7 +141,7 @@ class Recovery:
                 return
             if not procs.alive(self.driver.pid(ROLE)):
                 raise StepFailed("promoting", f"the server exited: see {self.logfile}")
-            time.sleep(0.02)
+            time.sleep(POLL)
         raise StepFailed("promoting", f"not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s")
 
     def setting_is(self, name: str, value: str) -> bool:
@@ -148,8 +174,11 @@ class Recovery:
         log = ServerLog.read(self.logfile, offset)
         return log.reason() if log.fatal else None
 
-    def follow_replay(self, the_plan: Plan, log_offset: int) -> None:
-        """Poll replay progress until the server pauses at its target or promotes itself (the latest WAL)."""
+    def follow_replay(self, the_plan: Plan, log_offset: int, arm_at: int | None) -> bool:
+        """Poll replay progress until the server promotes (True) or pauses at its target (False).
+
+        From `arm_at` on (replay to a target), the promotion is asked for ahead of the target (arm_promotion).
+        """
         start = the_plan.backup.start_lsn
         goal = the_plan.target_lsn or (the_plan.segments[-1].end_lsn if the_plan.segments else the_plan.backup.stop_lsn)
         assert start is not None and goal is not None  # the plan's backup is verified: it has its LSNs
@@ -171,28 +200,43 @@ class Recovery:
                     self.job.save_fields(replay_lsn=replay)
                     self.reporter.progress(max(0, replay - start), max(1, goal - start))
                 if paused:
-                    return
+                    return False
                 if not in_recovery:
                     self.reporter.step("promoting")
-                    return
-            time.sleep(0.2)
+                    return True
+                if arm_at is not None and replay is not None and replay >= arm_at:
+                    self.arm_promotion(the_plan)
+                    arm_at = None
+            time.sleep(POLL)
         raise StepFailed("replaying WAL", f"not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s")
 
     def probe(self) -> tuple[bool, int | None, bool] | None:
+        """(in recovery, replay LSN, paused) through one session kept open between looks (a connection each
+        time, 20 a second, would cost a backend's start-up each); None while the server takes no session."""
         try:
-            with self.connect(timeout=2) as conn:
-                in_recovery, replay, pause = pg.fetch_row(conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-                    "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"))
+            if self.session is None or self.session.closed:
+                self.session = self.connect(timeout=2)
+                self.session.autocommit = True
+            in_recovery, replay, pause = pg.fetch_row(self.session.execute(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+                "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"))
         except psycopg.OperationalError as exc:
+            self.close_session()
             if login_refused(exc):  # it will never let us in: waiting PITR_RESTORE_TIMEOUT would prove nothing
                 self.driver.stop(ROLE, mode="immediate")
                 raise StepFailed("replaying WAL", f"the restored copy refuses pitrsite's login ({first_line(exc)}); "
                                  "the restore target was stopped") from None
             return None  # not accepting connections yet (before consistency)
         except (PitrError, psycopg.Error):
+            self.close_session()
             return None
         return in_recovery, walnames.parse_lsn(replay) if replay else None, pause == "paused"
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.session.close()
+            self.session = None
 
     def connect(self, timeout: int = 5) -> psycopg.Connection:
         # Through the copy's private socket, which the pg_hba.conf line written ahead of the original's trusts:

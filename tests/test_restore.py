@@ -141,6 +141,34 @@ def test_a_target_replays_without_fsync_and_is_promoted_with_it_on(fleet, histor
     assert "fsync" not in (fleet.layout.datadir("restore_target") / "pitrsite.node.conf").read_text()
 
 
+def test_a_replay_long_enough_is_promoted_at_its_target_without_a_blocking_checkpoint(fleet, primary, history,
+                                                                                      monkeypatch):
+    """Replay slowed to 0.3 s a segment, and the promotion armed from the start of replay (these segments
+    hold a few rows each, too few for the usual arming point): fsync goes back on and the promotion is asked
+    for ahead, and PostgreSQL promotes the moment it reaches the target (no pause, no end-of-recovery
+    checkpoint to wait for); the rows are still exactly the target's."""
+    from restores import recovery
+
+    monkeypatch.setattr(recovery, "RESTORE_COMMAND", "sleep 0.3 && " + recovery.RESTORE_COMMAND)
+    monkeypatch.setattr(recovery.Recovery, "arm_at", lambda self, the_plan: 0)
+    row = history["rows"][25]
+    log = fleet.layout.logfile("restore_target")
+    offset = log.stat().st_size if log.exists() else 0
+    job = restore(RestoreTarget.from_options(time=row.committed_at.isoformat()))
+    assert job.wal_files >= 3
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+    lines = log.read_bytes()[offset:].decode()
+    # The pause loop finds the request on its first look (it logs "pausing ..." before it), and the promotion
+    # is PostgreSQL's fast one: its checkpoint is requested, not waited for.
+    assert "received promote request" in lines, lines
+    assert "end-of-recovery immediate wait" not in lines and "checkpoint starting: force" in lines
+    assert lines.index('parameter "fsync" removed') < lines.index("received promote request")
+    from fleet import pg
+
+    with pg.connect(fleet.layout.port("restore_target")) as conn:
+        assert conn.execute("SHOW fsync").fetchone()[0] == "on"
+
+
 def test_the_latest_wal_replays_with_fsync_on(fleet, history):
     job = restore(RestoreTarget.from_options(latest=True))
     assert "syncing the copy to disk" not in [step["name"] for step in job.steps]
