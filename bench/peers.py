@@ -186,7 +186,8 @@ def prepare(home: Path, driver, peer, copies: list[Path]) -> tuple[Path, int]:
 
 
 def wait_promoted(port: int, timeout: float = 3600) -> None:
-    """Polled every 0.2 s, as pitrsite's engine polls, so no tool gains from its wait loop."""
+    """Polled every 0.05 s, as pitrsite's engine polls (restores/recovery.py POLL), so no tool gains from its
+    wait loop."""
     from fleet import pg
 
     deadline = time.monotonic() + timeout
@@ -197,7 +198,7 @@ def wait_promoted(port: int, timeout: float = 3600) -> None:
                     return
         except Exception:  # noqa: BLE001 - not up yet
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise RuntimeError(f"the copy on port {port} did not promote")
 
 

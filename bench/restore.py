@@ -119,7 +119,7 @@ def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
         "recovery_target_time": target.isoformat(sep=" "), "recovery_target_action": "promote"})
     pg.run([pg.tool("pg_ctl"), "-D", str(datadir), "-l", str(driver.layout.logfile("restore_target")), "-W", "-s",
             "start"], step="bare pg_ctl start")
-    # Polled like pitrsite's engine polls (every 0.2 s), so neither side gains from its wait loop.
+    # Polled like pitrsite's engine polls (every 0.05 s), so neither side gains from its wait loop.
     deadline = time.monotonic() + 3600
     started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid exists
     while time.monotonic() < deadline:
@@ -133,7 +133,7 @@ def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:
                     return
         except Exception:  # noqa: BLE001 - not up yet
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise RuntimeError("bare restore did not promote")
 
 
