@@ -22,7 +22,7 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"  # settings.PITR_HOST: loopback only, by design
 WEB_PORT = 58000  # PITR_WEB_PORT's default; pitrsite/settings.py reads it from here
 TOKEN_FILE = ("secrets", "api_token")  # pitrsite/apitoken.py: home.SECRETS / FILE
-POLL = 0.1  # s between two looks at the job
+POLL = 0.05  # s between two looks at the job (a small HTTP request each)
 COMMANDS = ("restore", "backup")
 
 
