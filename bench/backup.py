@@ -6,7 +6,9 @@ It brings up its own fleet in a temporary data home on free loopback ports, load
 scale, then per round (the order of the three backups alternates from round to round):
   bare:       pg_basebackup -Ft -Xstream --checkpoint=fast --compress=client-zstd (bench/peer_tools.py's Bare)
   pitrsite:   run_backup (zstd, verified before it is offered), as bench/restore.py calls it
+  pitrsite_full_priority: the same with the verifier not lowered to nice 19 while pg_basebackup runs
   pgbb_alone: pitrsite's own pg_basebackup command line into its layout, with no verifier
+  pgbb_server_zstd: the same with --compress=server-zstd (a candidate: the primary compresses)
 and on the finished pitrsite backup, verification alone (walcatalog.backups._verify on a done archive),
 from a cold cache (the backup's files dropped from the page cache with posix_fadvise) and a warm one.
 CPU seconds: this process (the verifier's threads), its reaped children (pg_basebackup, zstd, tar,
@@ -85,12 +87,12 @@ def main() -> None:
                 "-Ft", "-Xstream", "--checkpoint=fast", "--compress=client-zstd"],
                step="bare pg_basebackup", env=pg.libpq_env(), timeout=3600)
 
-    def pgbb_alone(dest: Path) -> None:
+    def pgbb_alone(dest: Path, where: str = "client") -> None:
         """pitrsite's argv (backups._take), its progress lines parsed, no verifier."""
         c = servers.conn()
         pg.run([pg.tool("pg_basebackup"), *host, "-U", c.replication_user, "--no-password", "-D", str(dest),
                 "--format=tar", "--wal-method=stream", "--checkpoint=fast", "--progress", "--verbose",
-                f"--label={dest.name}", "--compress=client-zstd", "--manifest-checksums=CRC32C"],
+                f"--label={dest.name}", f"--compress={where}-zstd", "--manifest-checksums=CRC32C"],
                step="pg_basebackup", env=servers.libpq_env(c), timeout=3600, on_line=lambda line: True)
 
     last: list[BaseBackup] = []
@@ -102,12 +104,23 @@ def main() -> None:
         assert backup.state == "done" and backup.manifest_verified, backup.error
         last.append(backup)
 
+    def ours_at_full_priority(dest: Path) -> None:
+        """run_backup with the verifier at pg_basebackup's priority throughout (what it was before)."""
+        idle = verify.IDLE_NICE
+        verify.IDLE_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+        try:
+            ours(dest)
+        finally:
+            verify.IDLE_NICE = idle
+
     def verify_alone(backup: BaseBackup) -> None:
         dest = backups.backup_dir(backup)
         check = verify.ArchiveCheck(backups.archive_file(dest, "base"), lambda: True, "bench-verify")
         backups._verify(backup, dest, check, "bench-verify")
 
-    kinds = {"bare": bare, "pitrsite": ours, "pgbb_alone": pgbb_alone}
+    kinds = {"bare": bare, "pitrsite": ours, "pitrsite_full_priority": ours_at_full_priority, "pgbb_alone": pgbb_alone,
+             # a candidate measured, not pitrsite's: the primary compresses (same files, same zstd level)
+             "pgbb_server_zstd": lambda dest: pgbb_alone(dest, "server")}
     results: dict = {"scale": opts.scale, "rounds": []}
     try:
         for n in range(opts.rounds):
@@ -116,9 +129,12 @@ def main() -> None:
             for kind in order:
                 dest = scratch / f"{kind}-{n}"
                 row[kind] = measured(lambda fn=kinds[kind], dest=dest: fn(dest), pm_pid)
-                if kind != "pitrsite":
+                if kind == "pitrsite":
+                    backup = last[-1]
+                elif kind == "pitrsite_full_priority":
+                    shutil.rmtree(backups.backup_dir(last[-1]))
+                else:
                     shutil.rmtree(dest)
-            backup = last[-1]
             row["pitrsite_steps"] = {s["name"]: s["seconds"] for s in backup.steps}
             drop_cache(backups.backup_dir(backup))
             row["verify_cold"] = measured(lambda backup=backup: verify_alone(backup), pm_pid)
@@ -127,10 +143,12 @@ def main() -> None:
             print(json.dumps({k: (v["wall_s"] if isinstance(v, dict) and "wall_s" in v else v)
                               for k, v in row.items()}), flush=True)
             results["rounds"].append(row)
-        for kind in ("bare", "pitrsite", "pgbb_alone", "verify_cold", "verify_warm"):
+        for kind in (*kinds, "verify_cold", "verify_warm"):
             results[f"median_{kind}"] = {key: statistics.median(r[kind][key] for r in results["rounds"])
                                          for key in results["rounds"][0][kind]}
         results["ratio"] = results["median_pitrsite"]["wall_s"] / results["median_bare"]["wall_s"]
+        results["ratio_full_priority"] = (results["median_pitrsite_full_priority"]["wall_s"]
+                                          / results["median_bare"]["wall_s"])
         results["goal_ratio"] = 1.15
         results["machine"] = {"cpus": os.cpu_count(), "load_at_end": os.getloadavg(),
                               "postgres": pg.run([pg.tool("postgres"), "--version"], step="version",
