@@ -190,6 +190,38 @@ def test_follower_reads_a_file_while_it_is_written(tmp_path):
     assert check.follower.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+def test_the_check_yields_the_cpu_while_the_archive_is_written(tmp_path):
+    """Its threads and its decompressor run at the lowest priority until pg_basebackup is done, then get it back."""
+    import os
+    import subprocess
+    import threading
+    import time
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 2_000_000
+        tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    data = subprocess.run(["zstd", "-q", "-c"], input=buf.getvalue(), capture_output=True, check=True).stdout
+    path, done = tmp_path / "base.tar.zst", threading.Event()
+    path.write_bytes(data[:len(data) // 2])
+    check = verify.ArchiveCheck(path, done.is_set, "test-verify")
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    deadline = time.monotonic() + 10
+    while len(check.lowered) < 3 and time.monotonic() < deadline:  # its thread, the pump and zstd
+        time.sleep(0.01)
+    lowered = list(check.lowered)
+    assert len(lowered) == 3 and [os.getpriority(os.PRIO_PROCESS, i) for i in lowered] == [verify.IDLE_NICE] * 3
+    check.writer_finished()
+    assert [os.getpriority(os.PRIO_PROCESS, i) for i in lowered] == [normal] * 3
+    with open(path, "ab") as fh:
+        fh.write(data[len(data) // 2:])
+    done.set()
+    assert check.result()["f"][0] == 2_000_000
+    finished = verify.ArchiveCheck(path, lambda: True, "test-verify")
+    assert finished.result()["f"][0] == 2_000_000 and not finished.lowered  # a finished file: full speed
+
+
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_reads_what_tarfile_writes_and_refuses_a_bad_header(fmt):
     import google_crc32c

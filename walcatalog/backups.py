@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -108,6 +109,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     except BaseException:
         check.cancel()
         raise
+    finally:
+        check.writer_finished()  # the verifier gets its CPU priority back
     stop_time = timezone.now()
 
     reporter.step("verifying (manifest checksums, pg_waldump)")
@@ -151,39 +154,52 @@ def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: s
     """The manifest against every archive's members, and its WAL range through pg_waldump.
 
     base.tar was read while it was written; tablespace archives (rare) are read now, from the page cache.
+    The WAL check, and the hashing of pg_wal.tar and the manifest, run alongside the end of base.tar's check.
     Returns the files' sizes and SHA-256 (recorded for the scrub) and the manifest.
     """
     step = "verifying (manifest checksums, pg_waldump)"
+    archives = [p for p in sorted(dest.iterdir()) if p == check.path or TABLESPACE_TAR.match(p.name)]
     try:
         manifest = verify.read_manifest(dest / "backup_manifest")
-        found = check.result()
-        hashes = {check.path.name: {"size": check.follower.size, "sha256": check.follower.sha256.hexdigest()}}
-        for archive in sorted(dest.iterdir()):
-            name = archive.name.split(".")[0]  # a tablespace's archive is OID.tar[.suffix]
-            if archive == check.path or not name.isdigit() or ".tar" not in archive.name:
-                continue
-            other = verify.ArchiveCheck(archive, lambda: True, owner, prefix=f"pg_tblspc/{name}/")
-            found.update(other.result())
-            hashes[archive.name] = {"size": other.follower.size, "sha256": other.follower.sha256.hexdigest()}
-        verify.compare(manifest, found)
-        scratch = Layout.current().staging / f"verify-{backup.label}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        pg.give_to_server(scratch)
-        try:
-            wal = archive_file(dest, "pg_wal")
-            pg.run(["tar", "--extract", f"--file={wal}", f"--directory={scratch}", *TAR_FILTER[wal.suffix]],
-                   step=step, timeout=None)
-            verify.wal_check(pg.tool("pg_waldump"), manifest, scratch,
-                             lambda argv: pg.run(argv, step=step, timeout=None))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     except verify.VerifyError as exc:
+        check.cancel()
         raise StepFailed(step, str(exc)) from None
-    for path in dest.iterdir():
-        if path.is_file() and path.name not in hashes:
-            size, sha = st.sha256_file(path)  # pg_wal.tar and the manifest: small
-            hashes[path.name] = {"size": size, "sha256": sha}
+    scratch = Layout.current().staging / f"verify-{backup.label}"
+    with ThreadPoolExecutor(2) as pool:  # hashlib, tar and pg_waldump let go of the GIL
+        others = {p.name: pool.submit(st.sha256_file, p) for p in sorted(dest.iterdir())
+                  if p.is_file() and p not in archives}
+        wal = pool.submit(_wal_check, dest, manifest, scratch, step)
+        try:
+            found = check.result()
+            hashes = {check.path.name: {"size": check.follower.size, "sha256": check.follower.sha256.hexdigest()}}
+            for archive in archives:
+                if archive == check.path:
+                    continue
+                oid = archive.name.split(".")[0]  # a tablespace's archive is OID.tar[.suffix]
+                other = verify.ArchiveCheck(archive, lambda: True, owner, prefix=f"pg_tblspc/{oid}/")
+                found.update(other.result())
+                hashes[archive.name] = {"size": other.follower.size, "sha256": other.follower.sha256.hexdigest()}
+            verify.compare(manifest, found)
+        except verify.VerifyError as exc:
+            raise StepFailed(step, str(exc)) from None
+        wal.result()
+        for name, future in others.items():
+            size, sha = future.result()
+            hashes[name] = {"size": size, "sha256": sha}
     return hashes, manifest
+
+
+def _wal_check(dest: Path, manifest: dict, scratch: Path, step: str) -> None:
+    """pg_wal.tar unpacked into scratch (a few segments), the manifest's WAL range parsed there by pg_waldump."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    pg.give_to_server(scratch)
+    try:
+        wal = archive_file(dest, "pg_wal")
+        pg.run(["tar", "--extract", f"--file={wal}", f"--directory={scratch}", *TAR_FILTER[wal.suffix]],
+               step=step, timeout=None)
+        verify.wal_check(pg.tool("pg_waldump"), manifest, scratch, lambda argv: pg.run(argv, step=step, timeout=None))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def archive_file(dest: Path, stem: str) -> Path:

@@ -8,6 +8,11 @@ checked first): every listed file present with its size and checksum, nothing un
 pg_verifybackup ignores too. The WAL range the manifest names is parsed with pg_waldump, as
 pg_verifybackup does, from pg_wal.tar unpacked into scratch (the WAL only: a few segments).
 A mismatch raises BackupError naming the file; the backup is then never offered for restore.
+
+While pg_basebackup runs, the verifier's threads and its decompressor run at the lowest CPU priority:
+on a busy machine they take only what pg_basebackup (and the walsender) leave, so the copy is not slowed
+by its own check. Once pg_basebackup is done they get their priority back and finish what is left,
+mostly from the page cache.
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -28,6 +32,7 @@ from pitrsite import runner
 from pitrsite.errors import VerifyError
 
 CHUNK = 1 << 20
+IDLE_NICE = 19
 # Files pg_verifybackup does not hold against the manifest (verify_backup_directory's ignore list).
 IGNORED = {"backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal"}
 DECOMPRESS = {".gz": ["gzip", "-dc"], ".lz4": ["lz4", "-dc"], ".zst": ["zstd", "-dc"]}
@@ -39,8 +44,10 @@ class Follower:
     It also computes the SHA-256 of every byte it read: the checksum the scrub holds the file to later.
     """
 
-    def __init__(self, path: Path, writer_done: Callable[[], bool], stop: threading.Event):
+    def __init__(self, path: Path, writer_done: Callable[[], bool], stop: threading.Event,
+                 wake: threading.Event | None = None):
         self.path, self.writer_done, self.stop = path, writer_done, stop
+        self.wake = wake or threading.Event()  # set when the writer is done: no need to sleep out the poll
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.fh: BinaryIO | None = None
@@ -55,7 +62,7 @@ class Follower:
                 elif self.writer_done():
                     raise VerifyError(f"{self.path.name} was not written")
                 else:
-                    time.sleep(0.05)
+                    self.wake.wait(0.05)
                     continue
             done = self.writer_done()  # read before the data: what was written before it counts
             data = self.fh.read(size)
@@ -63,7 +70,7 @@ class Follower:
                 self.sha256.update(data)
                 self.size += len(data)
                 return data
-            time.sleep(0.05)  # caught up with the writer
+            self.wake.wait(0.05)  # caught up with the writer
 
     def close(self) -> None:
         if self.fh is not None:
@@ -176,18 +183,44 @@ def members(stream, prefix: str = "") -> dict[str, tuple[int, str]]:
 
 
 class ArchiveCheck:
-    """Follows one tar archive (compressed or not) in a thread and collects its members' checksums."""
+    """Follows one tar archive (compressed or not) in a thread and collects its members' checksums.
+
+    While the archive is still being written (writer_done() false at the start), the check runs at the
+    lowest priority until writer_finished() is called.
+    """
 
     def __init__(self, path: Path, writer_done: Callable[[], bool], owner: str, prefix: str = ""):
         self.path, self.prefix, self.owner = path, prefix, owner
         self.stop = threading.Event()
-        self.follower = Follower(path, writer_done, self.stop)
+        self.finished = threading.Event()
+        self.follower = Follower(path, writer_done, self.stop, self.finished)
         self.found: dict[str, tuple[int, str]] = {}
         self.error: BaseException | None = None
+        self.lowered: list[int] = []  # thread and process ids given IDLE_NICE, to give their priority back
+        self.priority = os.getpriority(os.PRIO_PROCESS, 0)
+        self.lock = threading.Lock()
+        if writer_done():
+            self.finished.set()
         self.thread = threading.Thread(target=self._run, name=f"verify-{path.name}", daemon=True)
         self.thread.start()
 
+    def _yield_cpu(self, pid: int) -> None:
+        """Lowest priority for a thread or process while the writer runs (a decompressor started by a
+        lowered thread inherits it); none once it is done."""
+        with self.lock:
+            if not self.finished.is_set() and _set_priority(pid, IDLE_NICE):
+                self.lowered.append(pid)
+
+    def writer_finished(self) -> None:
+        """The writer is done: the check stops yielding the CPU and stops waiting out its poll."""
+        with self.lock:
+            self.finished.set()
+            for pid in self.lowered:
+                _set_priority(pid, self.priority)  # not allowed without CAP_SYS_NICE: it finishes niced
+            self.lowered.clear()
+
     def _run(self) -> None:
+        self._yield_cpu(threading.get_native_id())
         try:
             command = DECOMPRESS.get(self.path.suffix)
             if command is None:
@@ -198,6 +231,11 @@ class ArchiveCheck:
             proc = runner.popen(command, owner=self.owner, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=False)
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPE
+            with self.lock:
+                if self.finished.is_set():  # it inherited this thread's priority
+                    _set_priority(proc.pid, self.priority)
+                else:
+                    self.lowered.append(proc.pid)
             for pipe in (proc.stdin, proc.stdout):  # 1 MiB pipes: fewer round trips with the decompressor
                 try:
                     fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
@@ -220,6 +258,7 @@ class ArchiveCheck:
 
     def _pump(self, proc: subprocess.Popen) -> None:
         assert proc.stdin is not None  # PIPE
+        self._yield_cpu(threading.get_native_id())
         try:
             while data := self.follower.read(CHUNK):
                 proc.stdin.write(data)
@@ -244,6 +283,15 @@ class ArchiveCheck:
     def cancel(self) -> None:
         self.stop.set()
         self.thread.join()
+
+
+def _set_priority(pid: int, nice: int) -> bool:
+    """setpriority on one thread (Linux: a thread id) or process; False if not allowed or already gone."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        return False
+    return True
 
 
 def read_manifest(path: Path) -> dict:
