@@ -15,7 +15,7 @@ STEPS: dict[str, tuple[tuple[str, int], ...]] = {
     "backup": (("checking free space", 1), ("copying files (pg_basebackup)", 70),
                ("verifying (manifest checksums, pg_waldump)", 29)),
     "restore": (("planning", 2), ("stopping the restore target", 2), ("emptying the data directory", 2),
-                ("downloading the backup", 0), ("extracting the backup", 30), ("checking WAL against the catalog", 4),
+                ("extracting the backup", 30), ("checking WAL against the catalog", 4),
                 ("staging WAL", 4), ("configuring recovery", 1), ("replaying WAL", 45),
                 ("syncing the copy to disk", 0), ("promoting", 4),
                 ("verifying", 6)),

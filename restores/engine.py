@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -26,7 +27,7 @@ from fleet import pg, servers
 from fleet.driver import FleetDriver, get_driver
 from fleet.layout import Layout
 from pitrsite import locks
-from pitrsite.errors import RestoreError, StepFailed, first_line
+from pitrsite.errors import PitrError, RestoreError, StepFailed, first_line
 from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
@@ -34,7 +35,7 @@ from restores.recovery import ROLE, Recovery
 from restores.staging import WalCheck, WalDownload, Writeback, fetch_copy, give, link_or_copy
 from walcatalog import storage as st
 from walcatalog import walnames
-from walcatalog.backups import backup_dir, extract, held_locally, storage_copies
+from walcatalog.backups import backup_dir, extract, extract_stream, held_locally, storage_copies
 from walcatalog.models import BaseBackup, StorageCopy, WalSegment
 
 
@@ -98,11 +99,20 @@ class Restore:
         empty_directory(self.datadir)
         shutil.rmtree(self.tablespaces, ignore_errors=True)
         pg.give_to_server(self.tablespaces)
-        source = self.download_backup(backup_copies) if backup_copies else backup_dir(the_plan.backup)
+        base = next((c for c in backup_copies if c.key.rsplit("/", 1)[1].startswith("base.tar")), None)
+        source = self.scratch() if backup_copies else backup_dir(the_plan.backup)
         self.reporter.step("extracting the backup")
         writeback = Writeback(self.datadir)  # to disk while tar extracts, not in PostgreSQL's start-up fsync
         try:
-            extract(source, self.datadir, self.reporter, job_key(self.job), tablespaces=self.tablespaces)
+            # The backup's other files (pg_wal.tar, the manifest, tablespaces) download alongside base.tar's stream.
+            with ThreadPoolExecutor(1, thread_name_prefix="backup-files") as pool:
+                others = pool.submit(self.download_backup, [c for c in backup_copies if c is not base], source)
+                streamed = base is not None and self.stream_base(base)
+                self.used_storage += others.result()
+            if base is not None and not streamed:
+                self.used_storage += self.download_backup([base], source)
+            extract(source, self.datadir, self.reporter, job_key(self.job), tablespaces=self.tablespaces,
+                    base_done=streamed)
         finally:
             writeback.close()
             if source != backup_dir(the_plan.backup):
@@ -174,19 +184,46 @@ class Restore:
                                f"complete verified copy in storage {st.describe()}")
         return copies
 
-    def download_backup(self, copies: list[StorageCopy]) -> Path:
-        """The backup's files from storage into a scratch directory, checksums verified."""
-        self.reporter.step("downloading the backup")
+    def scratch(self) -> Path:
+        """Where the backup's files from storage go (base.tar only when streaming it failed)."""
         dest = self.driver.layout.staging / f"restore-{self.job.pk}-backup"
         shutil.rmtree(dest, ignore_errors=True)
         pg.give_to_server(dest)  # tar reads it as the server account
-        try:
-            self.download([(c, dest / c.key.rsplit("/", 1)[1]) for c in copies], "extracting the backup",
-                          by_bytes=True)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
         return dest
+
+    def download_backup(self, copies: list[StorageCopy], dest: Path) -> int:
+        """Backup files into dest, checksums verified, one after the other (they are few; each thread makes
+        its own storage client). No database use, so it may run in a thread; returns how many."""
+        storage = st.get_storage(st.STORAGE_NAME)
+        for copy in copies:
+            try:
+                fetch_copy(storage, copy, dest / copy.key.rsplit("/", 1)[1])
+            except Exception as exc:
+                raise StepFailed("extracting the backup", first_line(exc)) from exc
+        return len(copies)
+
+    def stream_base(self, copy: StorageCopy) -> bool:
+        """base.tar extracted as it downloads: no scratch copy, no wait for the whole object before tar starts.
+
+        The bytes are held to the copy's sha256 and size at the end; on any failure (the stream, tar, or a
+        mismatch) the data directory is emptied again and False says to download it, with retries and the
+        checksum checked before use, then extract it from the file.
+        """
+        storage = st.get_storage(st.STORAGE_NAME)
+        try:
+            size, sha = extract_stream(st.stream(storage, copy.key), Path(copy.key).suffix, self.datadir,
+                                       job_key(self.job), lambda done: self.reporter.progress(done, copy.size))
+            if (size, sha) == (copy.size, copy.sha256):
+                self.used_storage += 1
+                return True
+            why = f"sha256 {sha[:16]}... ({size} bytes), expected {copy.sha256[:16]}... ({copy.size} bytes)"
+        except (PitrError, OSError) as exc:
+            why = first_line(exc)
+        except Exception as exc:  # a storage client's own error: the download below retries or names it
+            why = first_line(st.as_storage_error(exc))
+        self.reporter.log(f"streaming {copy.key} failed ({why}): downloading it instead")
+        empty_directory(self.datadir)
+        return False
 
     def start_wal_download(self, the_plan: Plan) -> WalDownload:
         """Start downloading the planned segments the local archive lost; refuse at once what no one holds.

@@ -14,7 +14,8 @@ from django.core.files.base import ContentFile
 from django.core.management import call_command
 
 from pitrsite.errors import PitrError
-from pitrsite.jobs import JobReporter, JobState
+from pitrsite import joblog
+from pitrsite.jobs import JobReporter, JobState, job_key
 from restores.engine import run_restore
 from restores.models import RestoreJob
 from restores.planner import PlanError, RestoreTarget
@@ -121,8 +122,9 @@ def test_upload_verify_resume_and_rebuild(archive_storage, narrowed):
 
 @each_backend
 def test_restore_from_storage_exact_and_corruption_detected(archive_storage, narrowed, fleet, primary, settings,
-                                                            tmp_path):
+                                                            tmp_path, monkeypatch):
     uploaded(archive_storage)
+    monkeypatch.setattr(st, "RANGE", 64 << 10)  # S3: base.tar comes in many ranged GETs, reassembled in order
     row = narrowed["rows"][6]
     target = RestoreTarget.from_options(time=row.committed_at.isoformat())
     job = restore_from_storage(settings, tmp_path / "ok", target)
@@ -130,6 +132,22 @@ def test_restore_from_storage_exact_and_corruption_detected(archive_storage, nar
     assert job.source == "storage"
     assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
     assert row.id in restored_ids(fleet) and narrowed["rows"][7].id not in restored_ids(fleet)
+
+    # base.tar was extracted as it downloaded: no fallback, no scratch copy of it.
+    assert not any("downloading it instead" in line for line in joblog.tail(job_key(job), 5000))
+
+    # A damaged base.tar in storage: the stream's checksum (or tar) catches it, the restore downloads it
+    # again, checked before use, and fails naming the object; the bucket's copy is not trusted.
+    base = StorageCopy.objects.get(backup__isnull=False, key__contains="/base.tar")
+    good = archive_storage.open(base.key, "rb").read()
+    archive_storage.delete(base.key)
+    archive_storage.save(base.key, ContentFile(good[:-100] + b"x" * 100))
+    damaged = restore_from_storage(settings, tmp_path / "damaged", target)
+    assert damaged.state == JobState.FAILED
+    assert base.key in damaged.error and "corrupted" in damaged.error, damaged.error
+    assert any("downloading it instead" in line for line in joblog.tail(job_key(damaged), 5000))
+    archive_storage.delete(base.key)
+    archive_storage.save(base.key, ContentFile(good))
 
     # Another object under a WAL key the restore needs: the restore fails naming it, and check sees it.
     victim = StorageCopy.objects.get(segment__name=job.wal_last)

@@ -5,12 +5,16 @@ task. A backup is offered for restore only once its manifest is verified.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
 import shutil
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
 from django.utils import timezone
@@ -211,7 +215,39 @@ def archive_file(dest: Path, stem: str) -> Path:
     raise StepFailed("extracting", f"{stem}.tar is missing from {dest}")
 
 
-def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str, tablespaces: Path | None = None) -> None:
+def extract_stream(reader, suffix: str, into: Path, owner: str, progress: Callable[[int], None]) -> tuple[int, str]:
+    """GNU tar (as the server account) extracts an archive as it is read from `reader`, a storage stream;
+    returns the bytes read and their sha256, for the caller to hold against the copy's record."""
+    pg.give_to_server(into)
+    proc = runner.popen(["tar", "--extract", "--file=-", f"--directory={into}", *TAR_FILTER[suffix]],
+                        as_server=True, owner=owner, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=False)
+    assert proc.stdin is not None and proc.stderr is not None  # both PIPE
+    errors: list[bytes] = []
+    drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
+    digest, size = hashlib.sha256(), 0
+    try:
+        with contextlib.closing(reader):
+            while chunk := reader.read(verify.CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                proc.stdin.write(chunk)
+                progress(size)
+        proc.stdin.close()
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        returncode = proc.wait()
+        drain.join()
+    if returncode != 0:
+        why = runner.error_line(b"".join(errors).decode(errors="replace"))
+        raise StepFailed("extracting the backup", f"tar: {why}")
+    return size, digest.hexdigest()
+
+
+def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str, tablespaces: Path | None = None,
+            base_done: bool = False) -> None:
     """Unpack base.tar into datadir, pg_wal.tar into datadir/pg_wal and each OID.tar (a tablespace) too,
     as the server account.
 
@@ -219,12 +255,14 @@ def extract(dest: Path, datadir: Path, reporter: Reporter, owner: str, tablespac
     never writes to the original's tablespace path (PostgreSQL makes pg_tblspc's links from the map). Without
     `tablespaces` (verification), it goes into pg_tblspc/OID itself, where pg_verifybackup looks.
     GNU tar does the work (it picks gzip/lz4/zstd from the suffix); its checkpoints every 1 MiB give the progress.
+    `base_done`: base.tar was extracted already, as it downloaded (extract_stream).
     """
-    base, wal = archive_file(dest, "base"), archive_file(dest, "pg_wal")
+    wal = archive_file(dest, "pg_wal")
     spaces = sorted(p for p in dest.iterdir() if TABLESPACE_TAR.match(p.name))
     total = _raw_size(dest) or None
     done = 0
-    targets = [(base, datadir), (wal, datadir / "pg_wal")]
+    targets = [(wal, datadir / "pg_wal")] if base_done else [(archive_file(dest, "base"), datadir),
+                                                             (wal, datadir / "pg_wal")]
     for archive in spaces:
         oid = archive.name.split(".", 1)[0]
         targets.append((archive, tablespaces / oid if tablespaces else datadir / "pg_tblspc" / oid))

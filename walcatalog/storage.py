@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,62 @@ def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
         raise
     os.replace(tmp, dest)
     return size, digest.hexdigest()
+
+
+RANGE = 8 << 20  # bytes per ranged GET of a streamed S3 object
+RANGES_AHEAD = 4  # ranged GETs in flight at once
+
+
+class RangeReader:
+    """An S3 object read front to back through ranged GETs, RANGES_AHEAD of them in flight: one GET is bound
+    by one connection's throughput (boto3's own transfers split a download the same way, but only into a
+    seekable file). read() returns the next range, b"" at the end; boto3 clients are thread-safe."""
+
+    def __init__(self, client, bucket: str, key: str, size: int):
+        self.client, self.bucket, self.key, self.size = client, bucket, key, size
+        self.pool = ThreadPoolExecutor(RANGES_AHEAD, thread_name_prefix="range")
+        self.pending: deque = deque()
+        self.offset = 0
+        while len(self.pending) < RANGES_AHEAD and self._ask():
+            pass
+
+    def _ask(self) -> bool:
+        if self.offset >= self.size:
+            return False
+        start, end = self.offset, min(self.offset + RANGE, self.size) - 1
+        self.pending.append(self.pool.submit(self._get, start, end))
+        self.offset = end + 1
+        return True
+
+    def _get(self, start: int, end: int) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end}")["Body"].read()
+
+    def read(self, _size: int = -1) -> bytes:
+        if not self.pending:
+            return b""
+        data = self.pending.popleft().result()
+        self._ask()
+        return data
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stream(storage, key: str):
+    """A reader of the object as it arrives. django-storages' files download the whole object to a temporary
+    file on their first read; an S3 object is read by ranges instead (RangeReader). Elsewhere (a filesystem,
+    Azure, GCS) the file."""
+    try:
+        fh = storage.open(key, "rb")
+        obj = getattr(fh, "obj", None)  # storages.backends.s3.S3File: its HEAD is done
+        if obj is None:
+            return fh
+        fh.close()
+        return RangeReader(obj.meta.client, obj.bucket_name, obj.key, obj.content_length)
+    except Exception as exc:
+        if is_not_found(exc):
+            raise StorageError(f"{key} is missing from storage {describe()}") from None
+        raise
 
 
 def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None) -> int:
