@@ -12,7 +12,8 @@ runs pgbench for --seconds to make WAL. Then:
   restore: per round, the same target time T restored (a) from the local archive and backup directory,
            (b) with PITR_WAL_ARCHIVE and PITR_BACKUP_DIR pointing at empty directories, so the engine
            downloads the backup and exactly the planned WAL range from S3 (PITR_DOWNLOAD_PARALLEL=8),
-           checking every sha256 before use.
+           checking every sha256 before use; in rotated order, each from an emptied, stopped restore
+           target with the page cache dropped (untimed), as bench/peers.py does.
 
 Medians, the ratio and the steps' own timings (what the download steps add) are written to the JSON
 file. Goal: restore from S3 <= 1.2x local (issue 13).
@@ -110,23 +111,29 @@ def main() -> None:
             results["upload"].append(row)
 
         empty = home / "lost"
-        for _n in range(opts.rounds):
-            local = restore(target, queue_restore, run_restore, RestoreTarget)
+        for n in range(opts.rounds):
+            timings = {}
+            for where in (("local", "s3") if n % 2 == 0 else ("s3", "local")):  # rotated order
+                clear_target(driver)  # both start from an empty, stopped target and a cold cache (untimed)
+                if where == "local":
+                    timings[where] = restore(target, queue_restore, run_restore, RestoreTarget)
+                    continue
+                shutil.rmtree(empty, ignore_errors=True)
+                (empty / "archive").mkdir(parents=True)
+                (empty / "backups").mkdir()
+                real = settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR
+                settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = empty / "archive", empty / "backups"
+                try:
+                    timings[where] = restore(target, queue_restore, run_restore, RestoreTarget)
+                finally:
+                    settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = real
+                index_archive()  # the local files are back (the catalog had marked them missing): not timed
             driver.stop("restore_target", mode="immediate")
-            shutil.rmtree(empty, ignore_errors=True)
-            (empty / "archive").mkdir(parents=True)
-            (empty / "backups").mkdir()
-            real = settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR
-            settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = empty / "archive", empty / "backups"
-            try:
-                remote = restore(target, queue_restore, run_restore, RestoreTarget)
-            finally:
-                settings.PITR_WAL_ARCHIVE, settings.PITR_BACKUP_DIR = real
-            driver.stop("restore_target", mode="immediate")
-            index_archive()  # the local files are back (the catalog had marked them missing): not timed
+            local, remote = timings["local"], timings["s3"]
             assert (local["source"], remote["source"]) == ("local", "storage"), (local["source"], remote["source"])
-            # What storage adds: the backup download, and any wait for WAL downloads not hidden behind it.
-            extra = step(remote, "downloading the backup") + step(remote, "staging WAL") - step(local, "staging WAL")
+            # What storage adds: extraction reading the backup as it downloads (and its other files after it),
+            # and any wait for WAL downloads not hidden behind it.
+            extra = sum(step(remote, name) - step(local, name) for name in ("extracting the backup", "staging WAL"))
             row = {"restore_local_s": local["seconds"], "restore_s3_s": remote["seconds"],
                    "storage_steps_extra_s": extra, "wal_files": remote["wal_files"],
                    "steps_local": local["steps"], "steps_s3": remote["steps"]}
@@ -154,6 +161,16 @@ def main() -> None:
 
 def step(result: dict, name: str) -> float:
     return sum(s["seconds"] or 0 for s in result["steps"] if s["name"] == name)
+
+
+def clear_target(driver) -> None:
+    from restores.engine import empty_directory
+
+    driver.stop("restore_target", mode="immediate")
+    empty_directory(driver.layout.datadir("restore_target"))
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
 
 
 def restore(target, queue_restore, run_restore, RestoreTarget) -> dict:
