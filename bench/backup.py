@@ -17,7 +17,6 @@ Medians and the ratio to bare are written to the JSON file. Goal: pitrsite <= 1.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, private_home  # noqa: E402
+from common import PROJECT, bench_parser, fleet_with_pgbench, private_home  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -61,12 +60,7 @@ def drop_cache(directory: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "backup.json")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
-    opts = parser.parse_args()
+    opts = bench_parser(__doc__, rounds=5, out=PROJECT / "bench" / "results" / "backup.json").parse_args()
 
     home = private_home("pitr-bench-backup-")
     driver = fleet_with_pgbench(opts.scale)

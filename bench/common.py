@@ -1,6 +1,7 @@
 """What the benchmarks share: a private data home on free ports, a fleet loaded with pgbench, a timer."""
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import statistics
@@ -11,6 +12,16 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
+
+
+def bench_parser(doc: str, rounds: int, out: Path | None) -> argparse.ArgumentParser:
+    """The options every pgbench benchmark takes: --scale, --rounds, --out, --keep."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
+    return parser
 
 
 def free_port() -> int:

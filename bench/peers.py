@@ -22,7 +22,6 @@ started is stopped and the data home removed at the end, also on failure (--keep
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,7 +33,9 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, summary  # noqa: E402
+from common import (  # noqa: E402
+    PROJECT, bench_parser, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, summary,
+)
 from peer_tools import Bare, Barman, PgBackRest, Pitrsite, ensure_bench_venv, stop_copy, write_passfile  # noqa: E402
 
 CHECK_SQL = """SELECT (SELECT count(*) FROM pgbench_history), (SELECT sum(abalance) FROM pgbench_accounts),
@@ -46,12 +47,8 @@ def rotated(peers: list, n: int) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = bench_parser(__doc__, rounds=5, out=None)
     parser.add_argument("--seconds", type=int, default=30, help="pgbench run after the backups (WAL to replay)")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
     opts = parser.parse_args()
     out = opts.out or PROJECT / "bench" / "results" / f"peers-scale{opts.scale}.json"
 

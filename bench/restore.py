@@ -11,7 +11,6 @@ Medians and the ratios are written to the JSON file. Goal: restore <= 1.15x the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,16 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, pgbench, private_home, timed  # noqa: E402
+from common import PROJECT, bench_parser, fleet_with_pgbench, pgbench, private_home, timed  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "restore.json")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data home")
-    opts = parser.parse_args()
+    opts = bench_parser(__doc__, rounds=3, out=PROJECT / "bench" / "results" / "restore.json").parse_args()
 
     home = private_home("pitr-bench-")
     driver = fleet_with_pgbench(opts.scale)
