@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, bench_parser, fleet_with_pgbench, private_home  # noqa: E402
+from common import PROJECT, bench_parser, fleet_with_pgbench, private_home, write_results  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -147,8 +147,7 @@ def main() -> None:
         results["machine"] = {"cpus": os.cpu_count(), "load_at_end": os.getloadavg(),
                               "postgres": pg.run([pg.tool("postgres"), "--version"], step="version",
                                                  as_server=False).stdout.strip()}
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_results(opts.out, results)
         print(f"pitrsite/bare {results['ratio']:.3f} -> {opts.out}")
     finally:
         driver.down()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -83,6 +84,19 @@ def timed(fn) -> float:
 def drop_caches() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def clear_target(driver) -> None:
+    """The restore target stopped and emptied, untimed, so every restore starts from the same place."""
+    from restores.engine import empty_directory
+
+    driver.stop("restore_target", mode="immediate")
+    empty_directory(driver.layout.datadir("restore_target"))
+
+
+def write_results(out: Path, results: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 def summary(values: list[float]) -> dict:

@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PROJECT, bench_parser, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, summary,
+    write_results,
 )
 from peer_tools import Bare, Barman, PgBackRest, Pitrsite, ensure_bench_venv, stop_copy, write_passfile  # noqa: E402
 
@@ -60,8 +61,7 @@ def main() -> None:
     try:
         results = run(opts, home, driver, peers, copies)
         results["machine"] = machine(peers)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_results(out, results)
         subprocess.run([str(python), str(PROJECT / "bench" / "peers_plot.py"), str(out), str(out.with_suffix(".png"))],
                        check=True)
         print(json.dumps(results["ratios"], indent=2))

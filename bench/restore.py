@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, bench_parser, fleet_with_pgbench, pgbench, private_home, timed  # noqa: E402
+from common import (  # noqa: E402
+    PROJECT, bench_parser, clear_target, fleet_with_pgbench, pgbench, private_home, timed, write_results,
+)
 
 
 def main() -> None:
@@ -82,20 +84,12 @@ def main() -> None:
         results["goal_restore_ratio"] = 1.15
         results["machine"] = {"cpus": os.cpu_count(), "postgres": pg.run([pg.tool("postgres"), "--version"],
                                                                         step="version", as_server=False).stdout.strip()}
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_results(opts.out, results)
         print(f"restore ratio {results['restore_ratio']:.3f}, backup ratio {results['backup_ratio']:.3f} -> {opts.out}")
     finally:
         driver.down()
         if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)
-
-
-def clear_target(driver) -> None:
-    from restores.engine import empty_directory
-
-    driver.stop("restore_target", mode="immediate")
-    empty_directory(driver.layout.datadir("restore_target"))
 
 
 def bare_restore_run(driver, backup_dir: Path, target, pg, settings) -> None:

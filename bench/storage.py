@@ -32,7 +32,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, fleet_with_pgbench, free_port, pgbench, private_home, timed  # noqa: E402
+from common import (  # noqa: E402
+    PROJECT, clear_target, drop_caches, fleet_with_pgbench, free_port, pgbench, private_home, timed,
+    write_results,
+)
 
 BUCKET = "pitr-bench"
 
@@ -115,6 +118,7 @@ def main() -> None:
             timings = {}
             for where in (("local", "s3") if n % 2 == 0 else ("s3", "local")):  # rotated order
                 clear_target(driver)  # both start from an empty, stopped target and a cold cache (untimed)
+                drop_caches()
                 if where == "local":
                     timings[where] = restore(target, queue_restore, run_restore, RestoreTarget)
                     continue
@@ -148,8 +152,7 @@ def main() -> None:
         results["backup_stored_bytes"] = backup.size_stored
         results["machine"] = {"cpus": os.cpu_count(),
                               "storage": "moto server in its own process (S3 API over HTTP on loopback)"}
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_results(opts.out, results)
         print(f"restore from S3 / local = {results['restore_ratio']:.3f} (goal <= 1.2) -> {opts.out}")
     finally:
         driver.down()
@@ -161,16 +164,6 @@ def main() -> None:
 
 def step(result: dict, name: str) -> float:
     return sum(s["seconds"] or 0 for s in result["steps"] if s["name"] == name)
-
-
-def clear_target(driver) -> None:
-    from restores.engine import empty_directory
-
-    driver.stop("restore_target", mode="immediate")
-    empty_directory(driver.layout.datadir("restore_target"))
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as fh:
-        fh.write("3\n")
 
 
 def restore(target, queue_restore, run_restore, RestoreTarget) -> dict:
