@@ -21,6 +21,9 @@ def isolation(datadir: Path) -> dict[str, str]:
     """What a restored copy must run with, whatever the original had."""
     return {"archive_mode": "off", "archive_command": "", "archive_library": "", "primary_conninfo": "",
             "primary_slot_name": "", "synchronous_standby_names": "",
+            # An original that once was a delayed standby would hold replay back, and its delay loop is one
+            # of the places PostgreSQL acts on a promotion request (restores/recovery.py asks for one ahead).
+            "recovery_min_apply_delay": "0", "recovery_end_command": "",
             "data_directory": str(datadir),
             "hba_file": str(datadir / "pg_hba.conf"), "ident_file": str(datadir / "pg_ident.conf")}
 

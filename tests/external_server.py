@@ -98,6 +98,7 @@ def make_external(root: Path, conf: str = "") -> External:
         f"\nport = {ext.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
         "wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\ntrack_commit_timestamp = on\n"
         "max_wal_size = '3GB'\ncheckpoint_timeout = '7min'\n"  # replay overrides them; the copy keeps them
+        "recovery_min_apply_delay = '1h'\nrecovery_end_command = 'false'\n"  # a copy must never use these
         f"archive_mode = on\narchive_command = 'cp %p {ext.own_archive}/%f'\n{conf}")
     ext.pg_ctl("start")
     with psycopg.connect(host="127.0.0.1", port=ext.port, user=ext.superuser, password=raw_pw, dbname="postgres",

@@ -149,6 +149,7 @@ def test_external_server_protected_and_restored_isolated(ext):
     assert settings["archive_mode"] == "off" and settings["archive_command"] == ""
     assert settings["primary_conninfo"] == "" and settings["primary_slot_name"] == ""
     assert settings.get("restore_command", "") == ""
+    assert settings["recovery_min_apply_delay"] == "0" and settings["recovery_end_command"] == ""
     # Replay's own settings are dropped after promotion and the original's apply again; replay's larger
     # shared_buffers (the original has PostgreSQL's 128 MB) needs a restart to go.
     assert settings["max_wal_size"] == "3GB" and settings["checkpoint_timeout"] == "7min", settings
