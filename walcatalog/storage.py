@@ -28,7 +28,6 @@ write in their own thread.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -204,7 +203,7 @@ def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
     tmp = dest.with_name(dest.name + ".download")
     digest, size = hashlib.sha256(), 0
     try:
-        with contextlib.closing(stream(storage, key)) as src, open(tmp, "wb") as out:
+        with storage.open(key, "rb") as src, open(tmp, "wb") as out:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -257,34 +256,19 @@ class RangeReader:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _s3(storage):
-    """(client, bucket) of an S3Storage, or None for any other backend. One client serves every thread:
-    boto3 clients are thread-safe, and django-storages builds a session and a resource per thread (0.1 s of
-    CPU each, for each download thread of each restore)."""
-    if type(storage).__name__ not in ("S3Storage", "S3Boto3Storage"):
-        return None
-    client = getattr(storage, "_pitrsite_client", None)
-    if client is None:
-        client = storage._pitrsite_client = storage.connection.meta.client
-    return client, storage.bucket_name
-
-
 def stream(storage, key: str):
     """A reader of the object as it arrives. django-storages' files download the whole object to a temporary
     file on their first read; an S3 object is read by ranges instead (RangeReader). Elsewhere (a filesystem,
     Azure, GCS) the file."""
     try:
-        s3 = _s3(storage)
-        if s3 is None:
-            return storage.open(key, "rb")
-        from storages.utils import clean_name
-
-        client, bucket = s3
-        name = storage._normalize_name(clean_name(key))  # the object's name, as S3Storage.open makes it
-        return RangeReader(client, bucket, name, client.head_object(Bucket=bucket, Key=name)["ContentLength"])
+        fh = storage.open(key, "rb")
+        obj = getattr(fh, "obj", None)  # storages.backends.s3.S3File: its HEAD is done
+        if obj is None:
+            return fh
+        fh.close()
+        return RangeReader(obj.meta.client, obj.bucket_name, obj.key, obj.content_length)
     except Exception as exc:
-        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if is_not_found(exc) or status == 404:
+        if is_not_found(exc):
             raise StorageError(f"{key} is missing from storage {describe()}") from None
         raise
 
