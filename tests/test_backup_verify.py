@@ -80,19 +80,26 @@ def test_a_flipped_byte_in_a_member_is_refused_naming_the_file(plain_backup, tmp
         verify.compare(verify.read_manifest(copy / "backup_manifest"), found_in(damaged))
 
 
-def test_a_truncated_archive_is_refused(plain_backup, tmp_path):
-    _, copy = plain_backup
-    damaged = tmp_path / "base.tar.zst"
-    with open(copy / "base.tar", "rb") as fh:
-        data = fh.read()
-    compressed = tmp_path / "whole.tar"
-    compressed.write_bytes(data)
+COMPRESSORS = {".zst": ["zstd", "-q", "-c"], ".gz": ["gzip", "-c"], ".lz4": ["lz4", "-q", "-c"]}
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_a_truncated_or_extended_archive_is_refused(plain_backup, tmp_path, suffix):
+    """Cut in the middle, cut by its last byte only (every member whole, the compressed stream not), or
+    followed by bytes after its end: each is refused, though the tar inside may read to its end marker."""
     import subprocess
 
-    subprocess.run(["zstd", "-q", "-f", str(compressed), "-o", str(damaged)], check=True)
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
-    with pytest.raises(verify.VerifyError):
-        verify.compare(verify.read_manifest(copy / "backup_manifest"), found_in(damaged))
+    _, copy = plain_backup
+    data = subprocess.run(COMPRESSORS[suffix], input=(copy / "base.tar").read_bytes(), capture_output=True,
+                          check=True).stdout
+    manifest = verify.read_manifest(copy / "backup_manifest")
+    damaged = tmp_path / f"base.tar{suffix}"
+    damaged.write_bytes(data)
+    verify.compare(manifest, found_in(damaged))  # whole: it passes
+    for bad in (data[: len(data) // 2], data[:-1], data + b"trailing bytes"):
+        damaged.write_bytes(bad)
+        with pytest.raises(verify.VerifyError):
+            verify.compare(manifest, found_in(damaged))
 
 
 def test_manifest_disagreeing_or_tampered_is_refused(plain_backup, tmp_path):
@@ -190,8 +197,10 @@ def test_follower_reads_a_file_while_it_is_written(tmp_path):
     assert check.follower.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_the_check_yields_the_cpu_while_the_archive_is_written(tmp_path):
-    """Its threads and its decompressor run at the lowest priority until pg_basebackup is done, then get it back."""
+@pytest.mark.parametrize("suffix, lowered", [(".zst", 1), (".lz4", 3)])
+def test_the_check_yields_the_cpu_while_the_archive_is_written(tmp_path, suffix, lowered):
+    """Its threads and any decompressor process run at the lowest priority until pg_basebackup is done, then
+    get it back. zstd is decompressed in the check's own thread; lz4 in a process fed by a pump thread."""
     import os
     import subprocess
     import threading
@@ -202,18 +211,18 @@ def test_the_check_yields_the_cpu_while_the_archive_is_written(tmp_path):
         info = tarfile.TarInfo("f")
         info.size = 2_000_000
         tar.addfile(info, io.BytesIO(os.urandom(info.size)))
-    data = subprocess.run(["zstd", "-q", "-c"], input=buf.getvalue(), capture_output=True, check=True).stdout
-    path, done = tmp_path / "base.tar.zst", threading.Event()
+    data = subprocess.run(COMPRESSORS[suffix], input=buf.getvalue(), capture_output=True, check=True).stdout
+    path, done = tmp_path / f"base.tar{suffix}", threading.Event()
     path.write_bytes(data[:len(data) // 2])
     check = verify.ArchiveCheck(path, done.is_set, "test-verify")
     normal = os.getpriority(os.PRIO_PROCESS, 0)
     deadline = time.monotonic() + 10
-    while len(check.lowered) < 3 and time.monotonic() < deadline:  # its thread, the pump and zstd
+    while len(check.lowered) < lowered and time.monotonic() < deadline:
         time.sleep(0.01)
-    lowered = list(check.lowered)
-    assert len(lowered) == 3 and [os.getpriority(os.PRIO_PROCESS, i) for i in lowered] == [verify.IDLE_NICE] * 3
+    ids = list(check.lowered)
+    assert len(ids) == lowered and [os.getpriority(os.PRIO_PROCESS, i) for i in ids] == [verify.IDLE_NICE] * lowered
     check.writer_finished()
-    assert [os.getpriority(os.PRIO_PROCESS, i) for i in lowered] == [normal] * 3
+    assert [os.getpriority(os.PRIO_PROCESS, i) for i in ids] == [normal] * lowered
     with open(path, "ab") as fh:
         fh.write(data[len(data) // 2:])
     done.set()
