@@ -20,6 +20,6 @@ from pitrsite.celery import app  # noqa: E402
 app.finalize(auto=True)
 try:
     with app.producer_or_acquire() as _producer:
-        _producer.connection.ensure_connection(max_retries=1)
+        _producer.connection.ensure_connection(max_retries=0, timeout=2)
 except Exception:  # noqa: BLE001 - a warm-up only; the request reports the broker's failure
     pass
