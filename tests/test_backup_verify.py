@@ -152,6 +152,45 @@ def test_a_torn_wal_segment_fails_pg_waldump(plain_backup, tmp_path):
                          lambda argv: pg.run(argv, step="t", as_server=False))
 
 
+@pytest.mark.parametrize("suffix", ["", *COMPRESSORS])
+def test_pg_wal_tar_is_unpacked_in_process_flat_and_whole(plain_backup, tmp_path, suffix):
+    """The WAL check's unpacking: every segment with its bytes, nothing else, nothing outside the directory;
+    a cut archive is refused; lz4 is left to tar (no module for it here)."""
+    import subprocess
+
+    _, copy = plain_backup
+    plain = (copy / "pg_wal.tar").read_bytes()
+    with tarfile.open(copy / "pg_wal.tar") as tar:
+        expected = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    expected = {name: data for name, data in expected.items() if "/" not in name}
+    assert expected and all(len(name) == 24 for name in expected)  # segments; archive_status/ holds none
+    # A hostile member beside them: a name with a directory (or a way out of it) is never written.
+    extra = io.BytesIO()
+    with tarfile.open(fileobj=extra, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("../outside", "archive_status/x.done"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    raw = extra.getvalue()[:4 * 512] + plain  # two headers and data blocks, then pg_wal.tar with its end
+    data = raw if not suffix else subprocess.run(COMPRESSORS[suffix], input=raw, capture_output=True,
+                                                 check=True).stdout
+    archive = tmp_path / f"pg_wal.tar{suffix}"
+    archive.write_bytes(data)
+    into = tmp_path / "wal"
+    into.mkdir()
+    if suffix == ".lz4":
+        assert verify.unpack_wal(archive, into) is False and not any(into.iterdir())
+        return
+    assert verify.unpack_wal(archive, into) is True
+    assert {p.name: p.read_bytes() for p in into.iterdir()} == expected
+    assert not (tmp_path / "outside").exists()
+    shutil.rmtree(into)
+    into.mkdir()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(verify.VerifyError):
+        verify.unpack_wal(archive, into)
+
+
 def test_a_backup_failing_verification_is_failed_and_never_offered(fleet, monkeypatch):
     """The manifest pg_basebackup wrote is made to disagree with one file before the check reads it."""
     real = backups._run_with_progress

@@ -199,8 +199,13 @@ def _wal_check(dest: Path, manifest: dict, scratch: Path, step: str) -> None:
     pg.give_to_server(scratch)
     try:
         wal = archive_file(dest, "pg_wal")
-        pg.run(["tar", "--extract", f"--file={wal}", f"--directory={scratch}", *TAR_FILTER[wal.suffix]],
-               step=step, timeout=None)
+        try:
+            unpacked = verify.unpack_wal(wal, scratch)
+        except (verify.VerifyError, OSError) as exc:
+            raise StepFailed(step, f"{wal.name}: {exc}") from None
+        if not unpacked:
+            pg.run(["tar", "--extract", f"--file={wal}", f"--directory={scratch}", *TAR_FILTER[wal.suffix]],
+                   step=step, timeout=None)
         verify.wal_check(pg.tool("pg_waldump"), manifest, scratch, lambda argv: pg.run(argv, step=step, timeout=None))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -361,6 +361,28 @@ def compare(manifest: dict, found: dict[str, tuple[int, str]]) -> None:
                           + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
+def unpack_wal(archive: Path, into: Path) -> bool:
+    """pg_wal.tar's WAL files written into `into` (flat, as pg_waldump --path reads them), in this process:
+    a tar process as the server account took 0.02-0.035 s of a 0.5 s backup. False for lz4 (no module here:
+    the caller runs tar). Member names are taken only when they are plain file names."""
+    if archive.suffix not in INFLATE and archive.suffix != ".tar":
+        return False
+    with open(archive, "rb") as fh:
+        inflate = INFLATE.get(archive.suffix)
+        reader = TarReader(Inflating(fh, archive.name, inflate()) if inflate else fh)
+        for name, kind, size in reader.headers():
+            data = reader.chunks(0 if kind in DATALESS else size)
+            base = name.removeprefix("./")
+            if kind in REGULAR and "/" not in base and base not in ("", ".", ".."):
+                with open(into / base, "xb") as out:
+                    for chunk in data:
+                        out.write(chunk)
+            else:
+                for _ in data:
+                    pass  # archive_status/ and the like: pg_waldump reads segments only
+    return True
+
+
 def wal_check(pg_waldump: str, manifest: dict, wal_dir: Path, run: Callable[[list[str]], object]) -> None:
     """Every WAL-Range of the manifest parses from its start to its end (pg_verifybackup's own check)."""
     for wal_range in manifest["WAL-Ranges"]:
