@@ -9,6 +9,7 @@ pitrsite captures it with pg_receivewal as always. Then:
   backups:  --rounds rounds in rotated order of: pg_basebackup -Ft -Xstream --compress=client-zstd (bare),
             pgbackrest backup --type=full (process-max 2, its default gz), barman backup (backup_method=postgres),
             scripts/pitr backup (zstd, verified before it is offered; the web service and worker run it).
+            Each starts after a sync, so that none pays for writeback left by the one before it.
   workload: pgbench -c 2 for --seconds; T is its last commit. Nothing writes pgbench's tables after T.
   restores: --rounds rounds in rotated order, each tool restoring T from its newest backup into an empty
             directory on its own free port (pitrsite: its restore target), the page cache dropped before each
@@ -88,6 +89,7 @@ def run(opts, home: Path, driver, peers: list, copies: list[Path]) -> dict:
     backup_s: dict[str, list[float]] = {p.name: [] for p in peers}
     for n in range(opts.rounds):
         for peer in rotated(peers, n):
+            os.sync()
             start = time.perf_counter()
             peer.backup()
             backup_s[peer.name].append(time.perf_counter() - start)
