@@ -184,11 +184,13 @@ def test_pg_wal_tar_is_unpacked_in_process_flat_and_whole(plain_backup, tmp_path
     assert verify.unpack_wal(archive, into) is True
     assert {p.name: p.read_bytes() for p in into.iterdir()} == expected
     assert not (tmp_path / "outside").exists()
-    shutil.rmtree(into)
-    into.mkdir()
-    archive.write_bytes(data[: len(data) // 2])
-    with pytest.raises(verify.VerifyError):
-        verify.unpack_wal(archive, into)
+    cuts = [data[: len(data) // 2]] + ([data[:-1], data + b"trailing bytes"] if suffix else [])
+    for bad in cuts:  # compressed: also cut by its last byte only, or followed by bytes after its end
+        shutil.rmtree(into)
+        into.mkdir()
+        archive.write_bytes(bad)
+        with pytest.raises(verify.VerifyError):
+            verify.unpack_wal(archive, into)
 
 
 def test_a_backup_failing_verification_is_failed_and_never_offered(fleet, monkeypatch):

@@ -369,7 +369,8 @@ def unpack_wal(archive: Path, into: Path) -> bool:
         return False
     with open(archive, "rb") as fh:
         inflate = INFLATE.get(archive.suffix)
-        reader = TarReader(Inflating(fh, archive.name, inflate()) if inflate else fh)
+        stream = Inflating(fh, archive.name, inflate()) if inflate else fh
+        reader = TarReader(stream)
         for name, kind, size in reader.headers():
             data = reader.chunks(0 if kind in DATALESS else size)
             base = name.removeprefix("./")
@@ -380,6 +381,8 @@ def unpack_wal(archive: Path, into: Path) -> bool:
             else:
                 for _ in data:
                     pass  # archive_status/ and the like: pg_waldump reads segments only
+        while stream.read(CHUNK):
+            pass  # to the end of the compressed stream, which must be whole (a restore's tar reads it all)
     return True
 
 
