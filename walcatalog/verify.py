@@ -84,26 +84,32 @@ class Follower:
 
 
 class Inflating:
-    """A compressed stream read as the bytes it holds: one frame (pg_basebackup writes one), checked to be
-    whole and followed by nothing."""
+    """A compressed stream read as the bytes it holds: whole frames (gzip members, zstd frames) one after
+    another, as `gzip -dc` and `zstd -dc` read them (pg_basebackup writes pg_wal.tar.gz as a member per
+    file), the last one complete and followed by nothing."""
 
-    def __init__(self, source, name: str, decompressor):
-        self.source, self.name, self.decompressor = source, name, decompressor
+    def __init__(self, source, name: str, new_decompressor: Callable):
+        self.source, self.name, self.new = source, name, new_decompressor
+        self.decompressor = new_decompressor()
 
     def read(self, size: int = CHUNK) -> bytes:
-        while not self.decompressor.eof:
-            data = self.source.read(INFLATE_CHUNK)
-            if not data:
-                raise VerifyError(f"{self.name} ends before its compressed stream does")
+        while True:
+            if self.decompressor.eof:  # a frame ended: the stream ends here, or the next frame begins
+                data = self.decompressor.unused_data or self.source.read(INFLATE_CHUNK)
+                if not data:
+                    return b""
+                self.decompressor = self.new()
+            else:
+                data = self.source.read(INFLATE_CHUNK)
+                if not data:
+                    raise VerifyError(f"{self.name} ends before its compressed stream does")
             try:
                 out = self.decompressor.decompress(data)
             except (zlib.error, zstandard.ZstdError) as exc:
+                # Bytes after the last frame that do not begin another one land here too.
                 raise VerifyError(f"{self.name} holds corrupt compressed data ({exc})") from None
             if out:
                 return out
-        if self.decompressor.unused_data or self.source.read(INFLATE_CHUNK):
-            raise VerifyError(f"{self.name} has data after the end of its compressed stream")
-        return b""
 
 
 BLOCK = 512
@@ -254,7 +260,7 @@ class ArchiveCheck:
             command = DECOMPRESS.get(self.path.suffix)
             if command is None:
                 inflate = INFLATE.get(self.path.suffix)
-                stream = Inflating(self.follower, self.path.name, inflate()) if inflate else self.follower
+                stream = Inflating(self.follower, self.path.name, inflate) if inflate else self.follower
                 self.found = members(stream, self.prefix)
                 while stream.read(CHUNK):
                     pass  # what follows the tar's end counts in the file's SHA-256 too
@@ -369,7 +375,7 @@ def unpack_wal(archive: Path, into: Path) -> bool:
         return False
     with open(archive, "rb") as fh:
         inflate = INFLATE.get(archive.suffix)
-        stream = Inflating(fh, archive.name, inflate()) if inflate else fh
+        stream = Inflating(fh, archive.name, inflate) if inflate else fh
         reader = TarReader(stream)
         for name, kind, size in reader.headers():
             data = reader.chunks(0 if kind in DATALESS else size)
