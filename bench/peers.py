@@ -9,7 +9,8 @@ pitrsite captures it with pg_receivewal as always. Then:
   backups:  --rounds rounds in rotated order of: pg_basebackup -Ft -Xstream --compress=client-zstd (bare),
             pgbackrest backup --type=full (process-max 2, its default gz), barman backup (backup_method=postgres),
             scripts/pitr backup (zstd, verified before it is offered; the web service and worker run it).
-            Each starts after a sync, so that none pays for writeback left by the one before it.
+            Each starts after a sync and once the archiver has no WAL file left to push, so that none pays
+            for writeback or archiving left by the one before it.
   workload: pgbench -c 2 for --seconds; T is its last commit. Nothing writes pgbench's tables after T.
   restores: --rounds rounds in rotated order, each tool restoring T from its newest backup into an empty
             directory on its own free port (pitrsite: its restore target), the page cache dropped before each
@@ -90,6 +91,7 @@ def run(opts, home: Path, driver, peers: list, copies: list[Path]) -> dict:
     for n in range(opts.rounds):
         for peer in rotated(peers, n):
             os.sync()
+            archiver_idle(driver)
             start = time.perf_counter()
             peer.backup()
             backup_s[peer.name].append(time.perf_counter() - start)
@@ -164,6 +166,20 @@ def wait_archived(driver, segment: str, timeout: float = 300) -> None:
             return
         time.sleep(0.5)
     raise RuntimeError(f"{segment} not archived after {timeout:.0f} s ({failed} failures: see the primary's log)")
+
+
+def archiver_idle(driver, timeout: float = 120) -> None:
+    """No .ready file left in the primary's archive_status: the archive_command has pushed every finished
+    segment (a backup's own WAL switches leave one or two for it)."""
+    from fleet import pg
+
+    deadline = time.monotonic() + timeout
+    with pg.connect(driver.layout.port("primary")) as conn:
+        while pg.fetch_row(conn.execute(
+                "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the primary's archiver still has segments to push after {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 def prepare(home: Path, driver, peer, copies: list[Path]) -> tuple[Path, int]:
