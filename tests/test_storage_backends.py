@@ -150,3 +150,26 @@ def test_sdk_retries_do_not_multiply_ours(backend, tmp_path, settings):
         stop.set()
         server.close()
     assert len(accepted) == 3
+
+
+@pytest.mark.parametrize("archive_storage", ["s3"], indirect=True)
+def test_s3_stream_hands_on_bytes_in_order_and_refuses_a_short_range(archive_storage, monkeypatch):
+    from django.core.files.base import ContentFile
+
+    data = bytes(range(256)) * 1200 + b"the end"  # 307,207 bytes: five ranges, several chunks each
+    archive_storage.save("blobs/base.tar.zst", ContentFile(data))
+    monkeypatch.setattr(st, "RANGE", 64 << 10)
+    monkeypatch.setattr(st, "RANGE_CHUNK", 16 << 10)
+    reader = st.stream(archive_storage, "blobs/base.tar.zst")
+    assert isinstance(reader, st.RangeReader)
+    pieces = list(iter(reader.read, b""))
+    reader.close()
+    assert b"".join(pieces) == data
+    assert max(len(p) for p in pieces) <= 16 << 10  # handed on as they arrived, not a range at a time
+
+    # The object is shorter than the reader was told: S3 answers the last range short, and read() says so.
+    short = st.RangeReader(reader.client, reader.bucket, reader.key, len(data) + 10)
+    with pytest.raises(st.StorageError, match=r"came back \d+ bytes long"):
+        while short.read():
+            pass
+    short.close()

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -219,17 +220,36 @@ def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
 
 RANGE = 8 << 20  # bytes per ranged GET of a streamed S3 object
 RANGES_AHEAD = 4  # ranged GETs in flight at once
+RANGE_CHUNK = 256 << 10  # bytes handed on as they arrive: the reader starts on the first ones, not a whole range
+
+
+class _Range:
+    """One ranged GET's bytes, queued as they arrive (by a pool thread) for the reader to take in order."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.chunks: deque[bytes] = deque()
+        self.done = False
+        self.error: BaseException | None = None
+        self.arrived = threading.Condition()
+
+    def take(self) -> bytes | None:
+        """The next bytes, waiting for them; None once the range is all taken."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: self.chunks or self.done)
+            return self.chunks.popleft() if self.chunks else None
 
 
 class RangeReader:
     """An S3 object read front to back through ranged GETs, RANGES_AHEAD of them in flight: one GET is bound
     by one connection's throughput (boto3's own transfers split a download the same way, but only into a
-    seekable file). read() returns the next range, b"" at the end; boto3 clients are thread-safe."""
+    seekable file). read() returns the next bytes as soon as they arrive, b"" at the end; boto3 clients are
+    thread-safe."""
 
     def __init__(self, client, bucket: str, key: str, size: int):
         self.client, self.bucket, self.key, self.size = client, bucket, key, size
         self.pool = ThreadPoolExecutor(RANGES_AHEAD, thread_name_prefix="range")
-        self.pending: deque = deque()
+        self.pending: deque[_Range] = deque()
         self.offset = 0
         while len(self.pending) < RANGES_AHEAD and self._ask():
             pass
@@ -237,20 +257,42 @@ class RangeReader:
     def _ask(self) -> bool:
         if self.offset >= self.size:
             return False
-        start, end = self.offset, min(self.offset + RANGE, self.size) - 1
-        self.pending.append(self.pool.submit(self._get, start, end))
-        self.offset = end + 1
+        part = _Range(self.offset, min(self.offset + RANGE, self.size) - 1)
+        self.pending.append(part)
+        self.pool.submit(self._get, part)
+        self.offset = part.end + 1
         return True
 
-    def _get(self, start: int, end: int) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end}")["Body"].read()
+    def _get(self, part: _Range) -> None:
+        received = 0
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key,
+                                          Range=f"bytes={part.start}-{part.end}")["Body"]
+            while chunk := body.read(RANGE_CHUNK):
+                received += len(chunk)
+                with part.arrived:
+                    part.chunks.append(chunk)
+                    part.arrived.notify()
+            if received != part.end - part.start + 1:
+                raise StorageError(f"{self.key}: bytes {part.start}-{part.end} came back {received} bytes long")
+        except BaseException as exc:  # noqa: BLE001 - raised by read(), in the reader's thread
+            part.error = exc
+        finally:
+            with part.arrived:
+                part.done = True
+                part.arrived.notify()
 
     def read(self, _size: int = -1) -> bytes:
-        if not self.pending:
-            return b""
-        data = self.pending.popleft().result()
-        self._ask()
-        return data
+        while self.pending:
+            head = self.pending[0]
+            chunk = head.take()
+            if chunk is not None:
+                return chunk
+            if head.error is not None:
+                raise head.error
+            self.pending.popleft()
+            self._ask()
+        return b""
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
