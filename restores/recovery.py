@@ -48,6 +48,11 @@ REPLAY_SHARED_BUFFERS = 512 << 20
 # A plain cp: PostgreSQL runs this once per file, so it must not start Python or Django.
 RESTORE_COMMAND = 'cp "{staging}/%f" "%p"'
 POLL = 0.05  # s between two looks at a replaying server (a connection each)
+# The promotion is asked for once replay, at the pace seen so far, is this close to its goal (or in the
+# second-to-last segment): arming takes a reload and a session, and must be done before the target is reached,
+# or replay pauses there and promotes through a blocking checkpoint (0.2 s at scale 10, where a poll can see
+# replay cross a whole segment).
+ARM_AHEAD = 0.5  # s
 UNTIL_DURABLE = {"fsync": "off", "hot_standby": "on"}  # hot_standby: without it, pause acts as shutdown
 
 
@@ -177,13 +182,15 @@ class Recovery:
     def follow_replay(self, the_plan: Plan, log_offset: int, arm_at: int | None) -> bool:
         """Poll replay progress until the server promotes (True) or pauses at its target (False).
 
-        From `arm_at` on (replay to a target), the promotion is asked for ahead of the target (arm_promotion).
+        From `arm_at` on, or from ARM_AHEAD s before the goal at replay's pace (replay to a target), the
+        promotion is asked for ahead of the target (arm_promotion).
         """
         start = the_plan.backup.start_lsn
         goal = the_plan.target_lsn or (the_plan.segments[-1].end_lsn if the_plan.segments else the_plan.backup.stop_lsn)
         assert start is not None and goal is not None  # the plan's backup is verified: it has its LSNs
         deadline = time.monotonic() + settings.PITR_RESTORE_TIMEOUT
         started_by = time.monotonic() + 30  # pg_ctl -W returns before postmaster.pid is written
+        first: tuple[float, int] | None = None  # (when, where) replay was first seen: its pace
         while time.monotonic() < deadline:
             pid = self.driver.pid(ROLE)
             if not procs.alive(pid) and time.monotonic() < started_by and self.server_fatal(log_offset) is None:
@@ -204,9 +211,13 @@ class Recovery:
                 if not in_recovery:
                     self.reporter.step("promoting")
                     return True
-                if arm_at is not None and replay is not None and replay >= arm_at:
-                    self.arm_promotion(the_plan)
-                    arm_at = None
+                if arm_at is not None and replay is not None:
+                    now = time.monotonic()
+                    first = first or (now, replay)
+                    pace = (replay - first[1]) / (now - first[0]) if now > first[0] else 0.0
+                    if replay >= arm_at or goal - replay <= pace * ARM_AHEAD:
+                        self.arm_promotion(the_plan)
+                        arm_at = None
             time.sleep(POLL)
         raise StepFailed("replaying WAL", f"not promoted after {settings.PITR_RESTORE_TIMEOUT:.0f} s")
 
