@@ -44,13 +44,21 @@ def found_in(path: Path, prefix: str = "") -> dict:
     return verify.ArchiveCheck(path, lambda: True, "test-verify", prefix).result()
 
 
-def rewrite_manifest(path: Path, change) -> None:
-    """Edit backup_manifest and give it a correct checksum again, as a buggy or hostile writer would."""
-    manifest = json.loads(path.read_text())
+def rewritten(data: bytes, change) -> bytes:
+    """A manifest edited and given a correct checksum again, as a buggy or hostile writer would."""
+    manifest = json.loads(data)
     change(manifest)
     manifest.pop("Manifest-Checksum")
     body = json.dumps(manifest, indent=0)[:-1].rstrip() + ",\n"
-    path.write_text(body + f'"Manifest-Checksum": "{hashlib.sha256(body.encode()).hexdigest()}"}}\n')
+    return (body + f'"Manifest-Checksum": "{hashlib.sha256(body.encode()).hexdigest()}"}}\n').encode()
+
+
+def rewrite_manifest(path: Path, change) -> None:
+    path.write_bytes(rewritten(path.read_bytes(), change))
+
+
+def flip_crc(manifest: dict) -> None:
+    manifest["Files"][7].update(Checksum=f"{int(manifest['Files'][7]['Checksum'], 16) ^ 1:08x}")
 
 
 def test_backup_is_verified_and_hashed_in_one_pass(plain_backup):
@@ -200,23 +208,57 @@ def test_pg_wal_tar_is_unpacked_in_process_flat_and_whole(plain_backup, tmp_path
 
 
 def test_a_backup_failing_verification_is_failed_and_never_offered(fleet, monkeypatch):
-    """The manifest pg_basebackup wrote is made to disagree with one file before the check reads it."""
-    real = backups._run_with_progress
+    """The manifest the check reads (pg_basebackup's, while it syncs) disagrees with one file. The bytes are
+    altered as they are read: pg_basebackup renames the file at a moment a test cannot hold it to."""
+    real = backups._read_manifest_file
 
-    def then_damage(*args):
-        real(*args)
-        argv = args[0]
-        dest = Path(argv[argv.index("-D") + 1])
-        rewrite_manifest(dest / "backup_manifest",
-                         lambda m: m["Files"][7].update(Checksum=f"{int(m['Files'][7]['Checksum'], 16) ^ 1:08x}"))
+    def damaged(dest):
+        return rewritten(real(dest), flip_crc)
 
-    monkeypatch.setattr(backups, "_run_with_progress", then_damage)
+    monkeypatch.setattr(backups, "_read_manifest_file", damaged)
     backup = queue_backup("zstd")
     with pytest.raises(StepFailed, match="checksum mismatch"):
         run_backup(backup, JobReporter(backup))
     backup.refresh_from_db()
     assert backup.state == JobState.FAILED and not backup.manifest_verified
     assert "checksum mismatch" in backup.error and "verifying" in backup.error
+    assert backup not in restorable_backups()
+    assert not (Layout.current().staging / f"verify-{backup.label}").exists()
+
+
+def test_the_check_runs_while_pg_basebackup_syncs(fleet, monkeypatch):
+    """Begun at pg_basebackup's "syncing data to disk" (in a thread), not after its exit (in the job's)."""
+    import threading
+
+    real, threads = backups._verify, []
+
+    def noted(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(backups, "_verify", noted)
+    backup = queue_backup("zstd")
+    run_backup(backup, JobReporter(backup))
+    backup.refresh_from_db()
+    assert backup.state == JobState.DONE and backup.manifest_verified
+    assert len(threads) == 1 and threads[0] is not threading.current_thread()
+
+
+def test_a_manifest_changed_after_its_check_fails_the_backup(fleet, monkeypatch):
+    """The check reads backup_manifest while pg_basebackup syncs; a file changed after that is not offered."""
+    real = backups._run_with_progress
+
+    def then_damage(*args):
+        real(*args)
+        argv = args[0]
+        rewrite_manifest(Path(argv[argv.index("-D") + 1]) / "backup_manifest", flip_crc)
+
+    monkeypatch.setattr(backups, "_run_with_progress", then_damage)
+    backup = queue_backup("zstd")
+    with pytest.raises(StepFailed, match="backup_manifest changed after it was verified"):
+        run_backup(backup, JobReporter(backup))
+    backup.refresh_from_db()
+    assert backup.state == JobState.FAILED and not backup.manifest_verified
     assert backup not in restorable_backups()
     assert not (Layout.current().staging / f"verify-{backup.label}").exists()
 

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,7 @@ from fleet import pg, servers
 from fleet.layout import Layout
 from fleet.driver import get_driver
 from pitrsite import locks, runner
-from pitrsite.errors import BackupError, StepFailed
+from pitrsite.errors import BackupError, StepFailed, VerifyError
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
 from walcatalog import catalog, server_policy, verify, walnames
 from walcatalog import storage as st
@@ -35,6 +35,12 @@ TAR_CHECKPOINT = re.compile(r"tar: (\d+)$")
 SUFFIX = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.LZ4: ".lz4", Compression.ZSTD: ".zst"}
 TABLESPACE_TAR = re.compile(r"^\d+\.tar(\.gz|\.lz4|\.zst)?$")
 TAR_FILTER = {".tar": [], ".gz": ["--gzip"], ".zst": ["--zstd"], ".lz4": ["--use-compress-program=lz4"]}
+# What pg_basebackup --verbose says once files are closed (BaseBackup() in pg_basebackup.c, 13 to 17): the WAL
+# end point once every archive and backup_manifest.tmp are written; "syncing data to disk" once its WAL
+# streamer, which closes pg_wal.tar, has exited. Then it fsyncs everything and renames the manifest: the
+# check runs during that fsync instead of after it. A version that says neither is checked after its exit.
+ARCHIVES_WRITTEN = "write-ahead log end point"
+WAL_WRITTEN = "syncing data to disk"
 
 
 def queue_backup(compression: str | None = None, trigger: str = "command") -> BaseBackup:
@@ -106,19 +112,29 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
     owner = job_key(backup)
     base = dest / f"base.tar{SUFFIX[Compression(backup.compression)]}"
-    finished = threading.Event()
-    check = verify.ArchiveCheck(base, finished.is_set, owner)  # reads base.tar while it is written
-    try:
-        _run_with_progress(argv, reporter, owner, finished, servers.libpq_env(c))
-    except BaseException:
-        check.cancel()
-        raise
-    finally:
-        check.writer_finished()  # the verifier gets its CPU priority back
-    stop_time = timezone.now()
+    written = threading.Event()
+    check = verify.ArchiveCheck(base, written.is_set, owner)  # reads base.tar while it is written
 
-    reporter.step("verifying (manifest checksums, pg_waldump)")
-    hashes, manifest = _verify(backup, dest, check, owner)
+    def archives_written() -> None:
+        written.set()
+        check.writer_finished()  # the verifier gets its CPU priority back
+
+    step = "verifying (manifest checksums, pg_waldump)"
+    with ThreadPoolExecutor(1) as pool:
+        early: list[Future] = []  # the check, begun while pg_basebackup syncs
+        said = {ARCHIVES_WRITTEN: archives_written,
+                WAL_WRITTEN: lambda: early.append(pool.submit(_verify, backup, dest, check, owner, step))}
+        try:
+            _run_with_progress(argv, reporter, owner, said, servers.libpq_env(c))
+        except BaseException:
+            check.cancel()
+            raise
+        finally:
+            archives_written()
+        stop_time = timezone.now()
+        reporter.step(step)
+        hashes, manifest = early[0].result() if early else _verify(backup, dest, check, owner, step)
+    _same_manifest(dest / "backup_manifest", hashes["backup_manifest"]["sha256"], step)
     wal_range = manifest["WAL-Ranges"][0]
     files = [p for p in dest.iterdir() if p.is_file()]
     BaseBackup.objects.filter(pk=backup.pk).update(
@@ -135,47 +151,50 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     backup.refresh_from_db()
 
 
-def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, finished: threading.Event,
+def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, said: dict[str, Callable[[], None]],
                        libpq_env: dict) -> None:
+    """pg_basebackup, its progress lines into the job's progress and every other line into its log;
+    said[words]() is called when a line holding those words comes."""
     def progress(line: str) -> bool:
         match = PROGRESS.search(line)
         if match:
             reporter.progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
-        else:
-            reporter.log(line.strip())  # the job's own log
-        return match is not None
+            return True
+        reporter.log(line.strip())  # the job's own log
+        for words, then in said.items():
+            if words in line:
+                then()
+        return False
 
-    try:
-        result = pg.run(argv, step="copying files", env=libpq_env, timeout=None, check=False, owner=owner,
-                        on_line=progress)
-    finally:
-        finished.set()  # the verifier reads to the end of what is written, then stops
+    result = pg.run(argv, step="copying files", env=libpq_env, timeout=None, check=False, owner=owner,
+                    on_line=progress)
     if result.returncode != 0:
         raise StepFailed("copying files", runner.error_line(result.stderr).removeprefix("pg_basebackup: "))
 
 
-def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: str) -> tuple[dict, dict]:
+def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: str, step: str) -> tuple[dict, dict]:
     """The manifest against every archive's members, and its WAL range through pg_waldump.
 
     base.tar was read while it was written; tablespace archives (rare) are read now, from the page cache.
-    The WAL check, and the hashing of pg_wal.tar and the manifest, run alongside the end of base.tar's check.
+    The WAL check, and the hashing of pg_wal.tar, run alongside the end of base.tar's check.
     Returns the files' sizes and SHA-256 (recorded for the scrub) and the manifest.
     """
-    step = "verifying (manifest checksums, pg_waldump)"
     archives = [p for p in sorted(dest.iterdir()) if p == check.path or TABLESPACE_TAR.match(p.name)]
     try:
-        manifest = verify.read_manifest(dest / "backup_manifest")
-    except verify.VerifyError as exc:
+        data = _read_manifest_file(dest)
+        manifest = verify.read_manifest(dest / "backup_manifest", data)
+    except (OSError, verify.VerifyError) as exc:
         check.cancel()
         raise StepFailed(step, str(exc)) from None
+    hashes = {"backup_manifest": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
     scratch = Layout.current().staging / f"verify-{backup.label}"
     with ThreadPoolExecutor(2) as pool:  # hashlib, tar and pg_waldump let go of the GIL
         others = {p.name: pool.submit(st.sha256_file, p) for p in sorted(dest.iterdir())
-                  if p.is_file() and p not in archives}
+                  if p.is_file() and p not in archives and not p.name.startswith("backup_manifest")}
         wal = pool.submit(_wal_check, dest, manifest, scratch, step)
         try:
             found = check.result()
-            hashes = {check.path.name: {"size": check.follower.size, "sha256": check.follower.sha256.hexdigest()}}
+            hashes[check.path.name] = {"size": check.follower.size, "sha256": check.follower.sha256.hexdigest()}
             for archive in archives:
                 if archive == check.path:
                     continue
@@ -191,6 +210,26 @@ def _verify(backup: BaseBackup, dest: Path, check: verify.ArchiveCheck, owner: s
             size, sha = future.result()
             hashes[name] = {"size": size, "sha256": sha}
     return hashes, manifest
+
+
+def _read_manifest_file(dest: Path) -> bytes:
+    """The manifest's bytes: backup_manifest.tmp while pg_basebackup syncs, backup_manifest once renamed."""
+    for name in ("backup_manifest.tmp", "backup_manifest"):
+        try:
+            return (dest / name).read_bytes()
+        except FileNotFoundError:
+            continue
+    raise VerifyError(f"{dest} holds no backup_manifest")
+
+
+def _same_manifest(path: Path, sha256: str, step: str) -> None:
+    """The manifest pg_basebackup left (renamed once synced) holds the bytes that were verified."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StepFailed(step, f"{path.name}: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StepFailed(step, f"{path.name} changed after it was verified")
 
 
 def _wal_check(dest: Path, manifest: dict, scratch: Path, step: str) -> None:
