@@ -8,6 +8,7 @@ parser and the same option -> job function (restores/cli.py, walcatalog/cli.py),
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Callable, cast
@@ -21,6 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from fleet import servers
 from pitrsite import apitoken
 from pitrsite.errors import PitrError
+from pitrsite.jobs import ACTIVE_STATES
 from pitrsite.output import JsonErrorParser, to_json
 from dashboard import actions
 
@@ -57,6 +59,11 @@ def _backup_outcome(job):
     return cli.outcome(job)
 
 
+# A look at a job may wait (?wait=S&seen=N) until it ends or starts a step past the N the client has seen,
+# so the client learns the end within WAIT_POLL of it instead of polling with requests of its own. The wait
+# holds a gthread worker's thread, not a process (fleet/services.py).
+WAIT_MAX = 10.0
+WAIT_POLL = 0.01  # s between two reads of the row's state and steps: a small query
 COMMANDS = {"restore": Spec("restores", _start_restore, _restore_outcome),
             "backup": Spec("walcatalog", _start_backup, _backup_outcome)}
 
@@ -135,6 +142,12 @@ def _job(kind: str, pk: int):
 def job(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     """The job's state and steps; once it ended, the command's document, lines and error (exit 0 or 1)."""
     row = _job(kind, pk)
+    try:
+        wait, seen = float(request.GET.get("wait", 0)), int(request.GET.get("seen", 0))
+    except ValueError:
+        return refused(400, "wait must be seconds and seen a number of steps", 1)
+    if wait > 0 and _changed_within(row, seen, min(wait, WAIT_MAX)):
+        row.refresh_from_db()
     data: dict = {"kind": kind, "id": row.pk, "state": row.state, "current_step": row.current_step,
                   "steps": row.steps, "active": row.is_active}
     if not row.is_active:
@@ -142,6 +155,19 @@ def job(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
             document, lines, error = COMMANDS[kind].outcome(row)
         data.update(document=document, lines=lines, error=error, exit=0 if error is None else 1)
     return HttpResponse(to_json(data), content_type="application/json")  # the command's own JSON of the dict
+
+
+def _changed_within(row, seen: int, wait: float) -> bool:
+    """Wait until the job is no longer active or has more than `seen` steps, at most `wait` s."""
+    rows = type(row)._base_manager.filter(pk=row.pk)
+    deadline = time.monotonic() + wait
+    state, steps = row.state, row.steps
+    while state in ACTIVE_STATES and len(steps) <= seen:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(WAIT_POLL)
+        state, steps = rows.values_list("state", "steps").get()
+    return True
 
 
 @token_only

@@ -83,6 +83,7 @@ def argv(name: str, layout: Layout) -> list[str]:
     if name == "web":
         return [python, "-m", "gunicorn", "pitrsite.wsgi:application",
                 "--bind", f"{settings.PITR_HOST}:{settings.PITR_WEB_PORT}", "--workers", "2",
+                "--worker-class", "gthread", "--threads", "4",  # a client's wait for its job holds a thread only
                 "--graceful-timeout", "10", "--access-logfile", "-", "--error-logfile", "-"]
     if name == "worker":
         return [python, "-m", "celery", "-A", "pitrsite", "worker", "--loglevel=INFO",

@@ -22,7 +22,8 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"  # settings.PITR_HOST: loopback only, by design
 WEB_PORT = 58000  # PITR_WEB_PORT's default; pitrsite/settings.py reads it from here
 TOKEN_FILE = ("secrets", "api_token")  # pitrsite/apitoken.py: home.SECRETS / FILE
-POLL = 0.05  # s between two looks at the job (a small HTTP request each)
+WAIT = 5.0  # s the web service may hold a look at the job until it ends or starts a step (dashboard/api.py)
+POLL = 0.05  # s before the next look, after one that saw no change
 COMMANDS = ("restore", "backup")
 
 
@@ -112,17 +113,18 @@ def follow(api: Api, kind: str, pk: int, as_json: bool) -> int:
     """Step lines on stderr as they start (ConsoleReporter's, without a terminal), then the end."""
     shown = 0
     while True:
-        code, answer = api.call("GET", f"/api/jobs/{kind}/{pk}")
+        code, answer = api.call("GET", f"/api/jobs/{kind}/{pk}?wait={WAIT}&seen={shown}")
         if code != 200:
             return end({"error": answer.get("error") or f"HTTP {code} for {kind} #{pk}", "exit": 1}, False)
         for step in answer["steps"][shown:]:
             if step.get("name"):
                 sys.stderr.write(f"{step['name']}...\n")
-        shown = len(answer["steps"])
         sys.stderr.flush()
         if not answer["active"]:
             return end(answer, as_json)
-        time.sleep(POLL)
+        if len(answer["steps"]) == shown:
+            time.sleep(POLL)  # the wait ran out
+        shown = len(answer["steps"])
 
 
 def cancel(api: Api, kind: str, pk: int) -> int:

@@ -108,6 +108,36 @@ def test_a_wrong_or_missing_token_is_refused_and_queues_nothing(web):
     assert apitoken.path().stat().st_mode & 0o777 == 0o600
 
 
+def test_a_look_at_a_job_waits_for_its_end(web):
+    """?wait=S&seen=N holds the answer until the job ends (or starts a step past N): the client's wait."""
+    import threading
+
+    job = queue_backup("none")
+    token = {"Authorization": f"Bearer {apitoken.ensure()}"}
+
+    def get(query: str) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(settings.PITR_HOST, settings.PITR_WEB_PORT, timeout=30)
+        conn.request("GET", f"/api/jobs/backup/{job.pk}{query}", headers=token)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    assert get("?wait=0.1&seen=0")[1]["active"] is True  # nothing changed within the wait
+    def end() -> None:
+        from django.db import connection
+
+        BaseBackup.objects.filter(pk=job.pk).update(state=JobState.FAILED, error="ended by the test")
+        connection.close()  # this thread's own
+
+    ending = threading.Timer(0.5, end)
+    ending.start()
+    try:
+        code, answer = get("?wait=20&seen=0")
+    finally:
+        ending.join()
+    assert code == 200 and answer["active"] is False and answer["error"] == "ended by the test"
+    assert get("?wait=soon")[0] == 400
+
+
 def test_a_failing_job_exits_1_with_its_reason(fleet, web, celery_worker):
     """Queueing a backup asks nothing of the primary; the worker's job finds it stopped, fails, and the
     client says why in the job's own words."""
