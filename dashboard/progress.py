@@ -12,7 +12,7 @@ from __future__ import annotations
 # with a weight proportional to their usual share of the job's time. A name ending in "*" is a prefix
 # (chaos's "restoring T 2/5" steps are one group whose own progress counts the moments).
 STEPS: dict[str, tuple[tuple[str, int], ...]] = {
-    "backup": (("checking free space", 1), ("copying files (pg_basebackup)", 70),
+    "backup": (("copying files (pg_basebackup)", 71),
                ("verifying (manifest checksums, pg_waldump)", 29)),
     "restore": (("planning", 2), ("stopping the restore target", 2), ("emptying the data directory", 2),
                 ("extracting the backup", 30), ("checking WAL against the catalog", 4),

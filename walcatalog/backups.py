@@ -72,14 +72,14 @@ def clean_killed_backup(backup: BaseBackup) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def check_room(layout: Layout, compression: str) -> None:
+def check_room(layout: Layout, compression: str, driver=None) -> None:
     """Refuse a backup that cannot fit, before pg_basebackup fills the disk capture also writes to.
 
     The estimate is the primary's database size: the archives hold that much uncompressed (half, as a
     conservative guess, when compressed). Verification reads the archives as they are written and unpacks
     only the backup's WAL, so it needs no room of its own worth counting.
     """
-    with get_driver().connect("primary", dbname="postgres", timeout=5) as conn:
+    with (driver or get_driver()).connect("primary", dbname="postgres", timeout=5) as conn:
         size = int(pg.fetch_row(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database"))[0])
     amount = size if compression == Compression.NONE else size // 2
     free = shutil.disk_usage(layout.backups).free
@@ -98,8 +98,6 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
     if dest.exists():
         raise StepFailed("preparing", f"{dest} already exists")
     pg.give_to_server(layout.backups)
-    reporter.step("checking free space")
-    check_room(layout, backup.compression)
     BaseBackup.objects.filter(pk=backup.pk).update(path=str(dest), start_time=timezone.now())
 
     reporter.step("copying files (pg_basebackup)")
@@ -111,6 +109,17 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
             "--manifest-checksums=CRC32C",  # what verify.compare checks (also PostgreSQL's default)
             *([f"--max-rate={settings.PITR_BACKUP_MAX_RATE}"] if settings.PITR_BACKUP_MAX_RATE else [])]
     owner = job_key(backup)
+    driver = get_driver()  # resolved here: the free-space check runs in a thread, outside servers.using()
+
+    def room() -> None:
+        """The free-space check, alongside pg_basebackup's connection and checkpoint (0.01 s of a backup);
+        pg_basebackup is stopped when it fails, before it has written much."""
+        try:
+            check_room(layout, backup.compression, driver)
+        except BaseException:
+            runner.kill_children(owner)
+            raise
+
     base = dest / f"base.tar{SUFFIX[Compression(backup.compression)]}"
     written = threading.Event()
     check = verify.ArchiveCheck(base, written.is_set, owner)  # reads base.tar while it is written
@@ -120,7 +129,8 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
         check.writer_finished()  # the verifier gets its CPU priority back
 
     step = "verifying (manifest checksums, pg_waldump)"
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
+        fits = pool.submit(room)
         early: list[Future] = []  # the check, begun while pg_basebackup syncs
         said = {ARCHIVES_WRITTEN: archives_written,
                 WAL_WRITTEN: lambda: early.append(pool.submit(_verify, backup, dest, check, owner, step))}
@@ -128,9 +138,11 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
             _run_with_progress(argv, reporter, owner, said, servers.libpq_env(c))
         except BaseException:
             check.cancel()
+            _room_first(fits, dest)
             raise
         finally:
             archives_written()
+        _room_first(fits, dest)
         stop_time = timezone.now()
         reporter.step(step)
         hashes, manifest = early[0].result() if early else _verify(backup, dest, check, owner, step)
@@ -149,6 +161,16 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
         manifest_verified=True,
     )
     backup.refresh_from_db()
+
+
+def _room_first(fits: Future, dest: Path) -> None:
+    """A failed free-space check is the backup's failure, whatever pg_basebackup (stopped for it) said;
+    what it wrote goes."""
+    try:
+        fits.result()
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def _run_with_progress(argv: list[str], reporter: Reporter, owner: str, said: dict[str, Callable[[], None]],
