@@ -12,9 +12,9 @@ Where the web service does not answer (nothing listens on its port), or no API t
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import socket
 import sys
 import time
 
@@ -81,18 +81,26 @@ class Api:
         self.host, self.port, self.token = host, port, token
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        """One HTTP/1.0 request on its own connection, which the server closes after its answer. A socket,
+        not http.client: importing that module (and the email parser it brings) took 0.03 s of every start."""
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (f"{method} {path} HTTP/1.0\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        with socket.create_connection((self.host, self.port), timeout=30) as sock:
+            sock.sendall(head + data)
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        header, _, raw = b"".join(chunks).partition(b"\r\n\r\n")
         try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
-            conn.close()
+            status = int(header.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise OSError(f"the web service answered {header[:60]!r}, not HTTP") from None
         try:
-            return response.status, json.loads(raw)
+            return status, json.loads(raw)
         except ValueError:
-            return response.status, {"error": f"the web service answered HTTP {response.status}, not JSON", "exit": 1}
+            return status, {"error": f"the web service answered HTTP {status}, not JSON", "exit": 1}
 
 
 def end(answer: dict, as_json: bool) -> int:
