@@ -9,14 +9,16 @@ pitrsite captures it with pg_receivewal as always. Then:
   backups:  --rounds rounds in rotated order of: pg_basebackup -Ft -Xstream --compress=client-zstd (bare),
             pgbackrest backup --type=full (process-max 2, its default gz), barman backup (backup_method=postgres),
             scripts/pitr backup (zstd, verified before it is offered; the web service and worker run it).
-            Each starts after a sync and once the archiver has no WAL file left to push, so that none pays
-            for writeback or archiving left by the one before it.
+            Each starts once pitrsite has indexed and uploaded what was captured (the passes beat runs),
+            after a sync, and once the archiver has no WAL file left to push, so that none pays for
+            indexing, uploads, writeback or archiving left by the one before it.
   workload: pgbench -c 2 for --seconds; T is its last commit. Nothing writes pgbench's tables after T.
   restores: --rounds rounds in rotated order, each tool restoring T from its newest backup into an empty
-            directory on its own free port (pitrsite: its restore target), the page cache dropped before each
-            (sync; echo 3 > /proc/sys/vm/drop_caches). The time runs from the restore command's start to a
-            promoted server (pitrsite: to `scripts/pitr restore`'s return, which verifies the copy). Every copy's
-            pgbench_history rows and account, teller and branch balances are compared with the primary's.
+            directory on its own free port (pitrsite: its restore target), from the same settled state as
+            a backup, the page cache dropped before each (sync; echo 3 > /proc/sys/vm/drop_caches). The
+            time runs from the restore command's start to a promoted server (pitrsite: to `scripts/pitr
+            restore`'s return, which verifies the copy). Every copy's pgbench_history rows and account,
+            teller and branch balances are compared with the primary's.
 
 Medians, min and max, ratios, and pitrsite's per-step seconds go to the JSON file; a PNG of the medians with
 min-max bars is drawn beside it (matplotlib from .cache/bench-venv, which also holds Barman). Every server it
@@ -90,8 +92,7 @@ def run(opts, home: Path, driver, peers: list, copies: list[Path]) -> dict:
     backup_s: dict[str, list[float]] = {p.name: [] for p in peers}
     for n in range(opts.rounds):
         for peer in rotated(peers, n):
-            os.sync()
-            archiver_idle(driver)
+            settled(driver)
             start = time.perf_counter()
             peer.backup()
             backup_s[peer.name].append(time.perf_counter() - start)
@@ -125,6 +126,7 @@ def run(opts, home: Path, driver, peers: list, copies: list[Path]) -> dict:
     for n in range(opts.rounds):
         for peer in rotated(peers, n):
             datadir, copy_port = prepare(home, driver, peer, copies)
+            settled(driver)
             drop_caches()
             start = time.perf_counter()
             peer.restore(target, datadir, copy_port)
@@ -166,6 +168,37 @@ def wait_archived(driver, segment: str, timeout: float = 300) -> None:
             return
         time.sleep(0.5)
     raise RuntimeError(f"{segment} not archived after {timeout:.0f} s ({failed} failures: see the primary's log)")
+
+
+def settled(driver) -> None:
+    """Where every backup and restore starts from: pitrsite's background work done, writeback done, the
+    primary's archiver idle. So that no tool pays for the one before it: a Barman backup writes 330 MiB at
+    scale 20, each backup's WAL switch gives pitrsite's beat a segment to index and its uploader files to copy,
+    and pgBackRest's and Barman's archive_command a segment to push."""
+    pitrsite_idle()
+    os.sync()
+    archiver_idle(driver)
+
+
+def pitrsite_idle(timeout: float = 300) -> None:
+    """Everything captured is indexed and copied to pitrsite's storage: the passes beat would run next, run
+    here (beat's own, if one holds the lock, is waited for)."""
+    from pitrsite.errors import LockBusy
+    from tests.restore_helpers import wait_captured
+    from walcatalog.indexer import index_archive
+    from walcatalog.uploader import upload_pass
+
+    wait_captured(120)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            index_archive()
+            upload_pass()
+            return
+        except LockBusy:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pitrsite's index or upload pass still busy after {timeout:.0f} s") from None
+            time.sleep(0.2)
 
 
 def archiver_idle(driver, timeout: float = 120) -> None:
