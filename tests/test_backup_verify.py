@@ -216,14 +216,20 @@ def test_a_backup_failing_verification_is_failed_and_never_offered(fleet, monkey
         return rewritten(real(dest), flip_crc)
 
     monkeypatch.setattr(backups, "_read_manifest_file", damaged)
+    backup = failed_backup("checksum mismatch")
+    assert "checksum mismatch" in backup.error and "verifying" in backup.error
+
+
+def failed_backup(why: str):
+    """A backup that must fail with `why`: failed, never verified nor offered, its scratch gone."""
     backup = queue_backup("zstd")
-    with pytest.raises(StepFailed, match="checksum mismatch"):
+    with pytest.raises(StepFailed, match=why):
         run_backup(backup, JobReporter(backup))
     backup.refresh_from_db()
     assert backup.state == JobState.FAILED and not backup.manifest_verified
-    assert "checksum mismatch" in backup.error and "verifying" in backup.error
     assert backup not in restorable_backups()
     assert not (Layout.current().staging / f"verify-{backup.label}").exists()
+    return backup
 
 
 def test_the_check_runs_while_pg_basebackup_syncs(fleet, monkeypatch):
@@ -254,13 +260,7 @@ def test_a_manifest_changed_after_its_check_fails_the_backup(fleet, monkeypatch)
         rewrite_manifest(Path(argv[argv.index("-D") + 1]) / "backup_manifest", flip_crc)
 
     monkeypatch.setattr(backups, "_run_with_progress", then_damage)
-    backup = queue_backup("zstd")
-    with pytest.raises(StepFailed, match="backup_manifest changed after it was verified"):
-        run_backup(backup, JobReporter(backup))
-    backup.refresh_from_db()
-    assert backup.state == JobState.FAILED and not backup.manifest_verified
-    assert backup not in restorable_backups()
-    assert not (Layout.current().staging / f"verify-{backup.label}").exists()
+    failed_backup("backup_manifest changed after it was verified")
 
 
 def test_follower_reads_a_file_while_it_is_written(tmp_path):
