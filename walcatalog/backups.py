@@ -23,7 +23,7 @@ from fleet import pg, servers
 from fleet.layout import Layout
 from fleet.driver import get_driver
 from pitrsite import locks, runner
-from pitrsite.errors import BackupError, StepFailed, VerifyError
+from pitrsite.errors import BackupError, StepFailed
 from pitrsite.jobs import JobState, Reporter, job_key, reap, run_exclusive
 from walcatalog import catalog, server_policy, verify, walnames
 from walcatalog import storage as st
@@ -138,11 +138,10 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
             _run_with_progress(argv, reporter, owner, said, servers.libpq_env(c))
         except BaseException:
             check.cancel()
-            _room_first(fits, dest)
             raise
         finally:
             archives_written()
-        _room_first(fits, dest)
+            _room_first(fits, dest)  # raised here, a refusal replaces what pg_basebackup (stopped for it) said
         stop_time = timezone.now()
         reporter.step(step)
         hashes, manifest = early[0].result() if early else _verify(backup, dest, check, owner, step)
@@ -164,8 +163,7 @@ def _take(backup: BaseBackup, reporter: Reporter) -> None:
 
 
 def _room_first(fits: Future, dest: Path) -> None:
-    """A failed free-space check is the backup's failure, whatever pg_basebackup (stopped for it) said;
-    what it wrote goes."""
+    """A failed free-space check is the backup's failure; what pg_basebackup wrote goes."""
     try:
         fits.result()
     except BaseException:
@@ -241,16 +239,16 @@ def _read_manifest_file(dest: Path) -> bytes:
             return (dest / name).read_bytes()
         except FileNotFoundError:
             continue
-    raise VerifyError(f"{dest} holds no backup_manifest")
+    raise verify.VerifyError(f"{dest} holds no backup_manifest")
 
 
 def _same_manifest(path: Path, sha256: str, step: str) -> None:
     """The manifest pg_basebackup left (renamed once synced) holds the bytes that were verified."""
     try:
-        data = path.read_bytes()
+        _, now = st.sha256_file(path)
     except OSError as exc:
         raise StepFailed(step, f"{path.name}: {exc.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if now != sha256:
         raise StepFailed(step, f"{path.name} changed after it was verified")
 
 
