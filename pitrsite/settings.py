@@ -221,6 +221,9 @@ PITR_PARTIAL_UPLOAD_INTERVAL = envfloat("PITR_PARTIAL_UPLOAD_INTERVAL", 60.0)
 PITR_UPLOAD_PARALLEL = envint("PITR_UPLOAD_PARALLEL", 4, 1, 64)
 PITR_DOWNLOAD_PARALLEL = envint("PITR_DOWNLOAD_PARALLEL", 8, 1, 64)
 PITR_STORAGE_RETRIES = envint("PITR_STORAGE_RETRIES", 4, 1, 20)
+# WAL objects are stored zstd-compressed (pgbench WAL packs ~15x: what a restore downloads and the bucket bills);
+# "none" stores new ones as they are. Objects of either form are read whatever this says.
+PITR_STORAGE_WAL_COMPRESSION = envchoice("PITR_STORAGE_WAL_COMPRESSION", "zstd", ("zstd", "none"))
 # Retention: keep the newest N verified backups and/or every moment of the last D days (0 = no such limit;
 # both 0 = nothing is ever deleted). When both are set, what either keeps is kept.
 PITR_RETENTION_KEEP_BACKUPS = envint("PITR_RETENTION_KEEP_BACKUPS", 0, 0, 100000)

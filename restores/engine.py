@@ -21,8 +21,6 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from django.conf import settings
-
 from fleet import pg, servers
 from fleet.driver import FleetDriver, get_driver
 from fleet.layout import Layout
@@ -32,7 +30,7 @@ from pitrsite.jobs import Reporter, job_key, reap, run_exclusive
 from restores.models import RestoreJob
 from restores.planner import Plan, RestoreTarget, plan
 from restores.recovery import ROLE, Recovery
-from restores.staging import WalCheck, WalDownload, Writeback, fetch_copy, give, link_or_copy
+from restores.staging import WalCheck, WalDownload, Writeback, can_hold, fetch_copy, give, link_or_copy
 from walcatalog import storage as st
 from walcatalog import walnames
 from walcatalog.backups import backup_dir, extract, extract_stream, held_locally, storage_copies
@@ -248,12 +246,14 @@ class Restore:
             raise StepFailed("planning", f"{span} missing from the local archive {archive} "
                                f"and from storage {st.describe()}")
         for segment in missing:
-            if segment.sha256 and copies[segment.pk].sha256 != segment.sha256:
+            if segment.sha256 and not can_hold(copies[segment.pk], segment.sha256):
                 raise StepFailed("planning", f"the copy record of {copies[segment.pk].key} disagrees "
                                    "with the catalog's sha256 of the segment")
         folder = self.driver.layout.staging / f"restore-{self.job.pk}-wal"
         pad = {partial.name: partial.end_lsn - partial.start_lsn} if partial is not None else {}
-        return WalDownload([(copies[s.pk], folder / s.name) for s in missing], folder, pad)
+        # A snapshot's bytes are a prefix, not the segment the catalog hashed: its copy's own check holds it.
+        return WalDownload([(copies[s.pk], folder / s.name, "" if s.is_partial else s.sha256) for s in missing],
+                           folder, pad)
 
     def start_wal_check(self, the_plan: Plan, wal: WalDownload) -> WalCheck:
         """Hash the planned local segments against the catalog while the backup is extracted."""
@@ -262,23 +262,8 @@ class Restore:
         good = {c.segment_id: c for c in StorageCopy.objects.filter(
             storage=st.identity(), segment__in=local, verified_at__isnull=False, kind=StorageCopy.Kind.WAL)}
         items = [(s.name, archive / s.file_name, s.sha256,
-                  good[s.pk] if s.pk in good and good[s.pk].sha256 == s.sha256 else None) for s in local]
+                  good[s.pk] if s.pk in good and can_hold(good[s.pk], s.sha256) else None) for s in local]
         return WalCheck(items, self.driver.layout.staging / f"restore-{self.job.pk}-checked")
-
-    def download(self, pairs: list[tuple[StorageCopy, Path]], step: str, offset: int = 0, total: int | None = None,
-                 by_bytes: bool = False) -> None:
-        """Parallel downloads (PITR_DOWNLOAD_PARALLEL); the first failure fails the restore, naming the object."""
-        storage = st.get_storage(st.STORAGE_NAME)
-        done = offset
-        total = sum(c.size for c, _ in pairs) if by_bytes else total
-        for (_copy, _), size, error in st.parallel(pairs, lambda pair: fetch_copy(storage, *pair),
-                                                   settings.PITR_DOWNLOAD_PARALLEL):
-            if error is not None:
-                raise StepFailed(step, first_line(error)) from error
-            assert size is not None  # no error: the download returned
-            self.used_storage += 1
-            done += size if by_bytes else 1
-            self.reporter.progress(done, total)
 
     def put_staged(self, name: str, data: bytes) -> None:
         path = self.staging / name

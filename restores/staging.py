@@ -30,13 +30,21 @@ def give(path: Path) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
 
-def fetch_copy(storage, copy: StorageCopy, dest: Path) -> int:
+def fetch_copy(storage, copy: StorageCopy, dest: Path, content_sha256: str | None = None) -> int:
     """The one way a restore downloads: a verified storage copy to dest, retried (PITR_STORAGE_RETRIES) but for
-    storage errors another attempt cannot mend, sha256 and size checked, handed to the server account."""
-    size = st.with_retries(functools.partial(st.download, storage, copy.key, dest, copy.sha256, copy.size),
+    storage errors another attempt cannot mend, sha256 and size checked (a compressed WAL object's bytes also
+    against content_sha256, the catalog's), handed to the server account."""
+    size = st.with_retries(functools.partial(st.download, storage, copy.key, dest, copy.sha256, copy.size,
+                                             content_sha256),
                            f"download of {copy.key}", attempts=settings.PITR_STORAGE_RETRIES, final=(st.StorageError,))
     give(dest)
     return size
+
+
+def can_hold(copy: StorageCopy, sha256: str) -> bool:
+    """May this copy hold the segment the catalog hashed as sha256? A plain object's record says so; a
+    compressed one's bytes are held to it as they are decompressed (fetch_copy)."""
+    return st.wal_compressed(copy.key) or copy.sha256 == sha256
 
 
 class WalCheck:
@@ -73,7 +81,7 @@ class WalCheck:
                 if storage is None:
                     storage = st.get_storage(st.STORAGE_NAME)
                     pg.give_to_server(self.folder)
-                fetch_copy(storage, copy, self.folder / name)
+                fetch_copy(storage, copy, self.folder / name, sha)
                 self.replaced.add(name)
         except BaseException as exc:  # noqa: BLE001 - handed to the job's thread by wait()
             self.error = exc
@@ -110,9 +118,9 @@ class WalDownload:
     zeros to the segment size, which PostgreSQL requires of a restored file and reads as the end of WAL.
     """
 
-    def __init__(self, pairs: list[tuple[StorageCopy, Path]], folder: Path, pad: dict[str, int] | None = None):
-        self.pairs, self.folder, self.pad = pairs, folder, pad or {}
-        self.names = {dest.name for _, dest in pairs}
+    def __init__(self, pairs: list[tuple[StorageCopy, Path, str]], folder: Path, pad: dict[str, int] | None = None):
+        self.pairs, self.folder, self.pad = pairs, folder, pad or {}  # (copy, where, the catalog's sha256 or "")
+        self.names = {dest.name for _, dest, _ in pairs}
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"wal-download-{folder.name}", daemon=True)
@@ -124,11 +132,11 @@ class WalDownload:
     def _run(self) -> None:
         storage = st.get_storage(st.STORAGE_NAME)
 
-        def one(pair: tuple[StorageCopy, Path]) -> None:
+        def one(pair: tuple[StorageCopy, Path, str]) -> None:
             if self.stopping.is_set():
                 raise StepFailed("staging WAL", "stopped")
-            copy, dest = pair
-            fetch_copy(storage, copy, dest)
+            copy, dest, sha = pair
+            fetch_copy(storage, copy, dest, sha or None)
             if dest.name in self.pad:
                 os.truncate(dest, self.pad[dest.name])  # the owner stays: give() came first
 
@@ -143,7 +151,7 @@ class WalDownload:
     def wait(self, reporter: Reporter, done: int, total: int) -> None:
         while self.thread.is_alive():
             self.thread.join(0.3)
-            reporter.progress(done + sum(1 for _, dest in self.pairs if dest.exists()), total)
+            reporter.progress(done + sum(1 for _, dest, _ in self.pairs if dest.exists()), total)
         if self.error is not None:
             raise StepFailed("staging WAL", first_line(self.error)) from self.error
 

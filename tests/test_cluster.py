@@ -81,7 +81,7 @@ def test_indexer_refuses_wal_of_another_cluster_and_keys_carry_the_cluster(clust
         assert WalSegment.objects.get(name=SEGMENT).sha256 == indexed.sha256
 
         # Storage keys: server prefix, then <version>-<system id>/ (pgBackRest's archive/<stanza>/<ver>-<id>/).
-        assert st.wal_key(SEGMENT) == f"servers/twice/15-{id_a}/wal/00000001/{SEGMENT}"
+        assert st.wal_key(SEGMENT) == f"servers/twice/15-{id_a}/wal/00000001/{SEGMENT}.zst"
         assert st.backup_key("b1", "base.tar") == f"servers/twice/15-{id_a}/backups/b1/base.tar"
 
 
@@ -125,14 +125,14 @@ def test_two_clusters_in_turn_share_one_bucket_and_stay_apart(clusters, tmp_path
             assert index_archive(archive).new == 1
             result = upload_pass()
             assert result.wal == 1 and not result.errors, result.as_dict()
-            key = f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}"
+            key = f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}.zst"
             assert st.wal_key(SEGMENT) == key
             held[sysid] = WalSegment.objects.get(name=SEGMENT).sha256
-            assert st.sha256_object(bucket, key)[1] == held[sysid]
+            assert st.fetch_wal(bucket, key, tmp_path / "fetched")[2] == held[sysid]  # the WAL bytes it holds
             (archive / SEGMENT).unlink()
         (id_a, sha_a), (id_b, sha_b) = held.items()
-        assert sha_a != sha_b and st.sha256_object(bucket, f"servers/inturn/15-{id_a}/wal/00000001/{SEGMENT}")[1] \
-            == sha_a  # the second cluster overwrote nothing of the first
+        first = f"servers/inturn/15-{id_a}/wal/00000001/{SEGMENT}.zst"
+        assert sha_a != sha_b and st.fetch_wal(bucket, first, tmp_path / "fetched")[2] == sha_a  # nothing overwritten
 
         _forget(server)
         with pytest.raises(RebuildError, match=f"cluster.s. 15-{id_a}, 15-{id_b}|cluster.s. 15-{id_b}, 15-{id_a}"):
@@ -144,7 +144,7 @@ def test_two_clusters_in_turn_share_one_bucket_and_stay_apart(clusters, tmp_path
             server.refresh_from_db()
             assert server.system_identifier == sysid
             assert WalSegment.objects.get(name=SEGMENT).sha256 == sha
-            assert StorageCopy.objects.get().key == f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}"
+            assert StorageCopy.objects.get().key == f"servers/inturn/15-{sysid}/wal/00000001/{SEGMENT}.zst"
 
 
 def _start(root: Path, port: int) -> psycopg.Connection:

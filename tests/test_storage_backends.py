@@ -15,10 +15,12 @@ each_backend = pytest.mark.parametrize("archive_storage", BACKENDS, indirect=Tru
 
 
 @each_backend
+@pytest.mark.parametrize("compression", ["zstd", "none"])
 @pytest.mark.django_db
-def test_upload_verify_download_and_corruption(archive_storage, tmp_path):
+def test_upload_verify_download_and_corruption(archive_storage, compression, tmp_path, settings):
     from fleet import servers
 
+    settings.PITR_STORAGE_WAL_COMPRESSION = compression
     data = b"segment bytes " * 70000  # ~1 MB: more than one read chunk
     source = tmp_path / "000000010000000000000003"
     source.write_bytes(data)
@@ -27,10 +29,14 @@ def test_upload_verify_download_and_corruption(archive_storage, tmp_path):
     server.system_identifier, server.pg_major = "7000000000000000001", 15
     server.save()
     key = st.wal_key(source.name)
-    assert key == "15-7000000000000000001/wal/00000001/000000010000000000000003"
+    packed = compression == "zstd"
+    assert key == "15-7000000000000000001/wal/00000001/000000010000000000000003" + (".zst" if packed else "")
+    assert st.wal_compressed(key) is packed and st.wal_file_name(key) == source.name
 
     up = st.upload(archive_storage, key, source, sha)
-    assert (up.size, up.sha256) == (len(data), sha)
+    # The record holds the stored object's size and sha256: what the storage check reads back.
+    assert st.sha256_object(archive_storage, key) == (up.size, up.sha256)
+    assert (up.size < len(data) / 100) if packed else ((up.size, up.sha256) == (len(data), sha))
     # A second upload of the same key overwrites it (a half-written object from a killed pass is replaced).
     st.upload(archive_storage, key, source, sha)
     st.upload(archive_storage, st.history_key(2), b"1\t0/3000000\tno recovery target specified\n")
@@ -38,18 +44,32 @@ def test_upload_verify_download_and_corruption(archive_storage, tmp_path):
     assert st.list_keys(archive_storage, st.area("backups")) == []
 
     dest = tmp_path / "restored"
-    assert st.download(archive_storage, key, dest, sha, len(data)) == len(data)
+    assert st.download(archive_storage, key, dest, up.sha256, up.size, sha) == up.size
     assert dest.read_bytes() == data
+    assert st.fetch_wal(archive_storage, key, tmp_path / "rebuilt") == (up.size, up.sha256, sha)
+    assert (tmp_path / "rebuilt").read_bytes() == data
 
     from django.core.files.base import ContentFile
 
     archive_storage.save(key, ContentFile(b"other bytes"))  # corrupt the object in the bucket
     dest.unlink()
     with pytest.raises(st.ChecksumError, match=f"{key} in storage .* is corrupted"):
-        st.download(archive_storage, key, dest, sha, len(data))
+        st.download(archive_storage, key, dest, up.sha256, up.size, sha)
     assert not dest.exists() and not dest.with_name(dest.name + ".download").exists()
     with pytest.raises(st.StorageError, match="is missing from storage"):
         st.download(archive_storage, st.wal_key("000000010000000000000009"), dest, sha)
+    if packed:
+        # An object that matches its record but holds other WAL, or a cut stream: neither reaches dest.
+        other = st.upload(archive_storage, key, b"other segment " * 1000)
+        with pytest.raises(st.ChecksumError, match="decompresses to bytes that are not the cataloged segment"):
+            st.download(archive_storage, key, dest, other.sha256, other.size, sha)
+        cut = st.sha256_object(archive_storage, key)[0] // 2
+        with archive_storage.open(key, "rb") as fh:
+            head = fh.read(cut)
+        archive_storage.save(key, ContentFile(head))
+        with pytest.raises(st.ChecksumError, match="ends before its compressed stream does"):
+            st.download(archive_storage, key, dest, hashlib.sha256(head).hexdigest(), cut, sha)
+        assert not any(p.name.startswith("restored") for p in tmp_path.iterdir())
 
 
 @each_backend

@@ -158,6 +158,17 @@ def test_restore_from_storage_exact_and_corruption_detected(archive_storage, nar
     assert failed.error.startswith("failure staging WAL")
     assert any(m.startswith(victim.key) for m in check_storage().mismatched)
 
+    # A compressed object that matches its record but holds other WAL (a record and an object swapped):
+    # decompressed, its bytes are held to the catalog's sha256 of the segment before replay reads them.
+    other = StorageCopy.objects.filter(kind="wal").exclude(pk=victim.pk).first()
+    swapped = st.upload(archive_storage, victim.key, settings.PITR_WAL_ARCHIVE / other.segment.name)
+    StorageCopy.objects.filter(pk=victim.pk).update(size=swapped.size, sha256=swapped.sha256)
+    victim.refresh_from_db()
+    assert st.wal_compressed(victim.key)
+    failed = restore_from_storage(settings, tmp_path / "swapped", target)
+    assert failed.state == JobState.FAILED
+    assert victim.key in failed.error and "not the cataloged segment" in failed.error, failed.error
+
     # Held nowhere: refused by the planner before a job exists, so nothing is touched.
     name = victim.segment.name
     victim.delete()
@@ -165,6 +176,46 @@ def test_restore_from_storage_exact_and_corruption_detected(archive_storage, nar
     with pytest.raises(PlanError, match=f"WAL gap: {name} missing from the archive and from storage"):
         restore_from_storage(settings, tmp_path / "gone", target)
     assert RestoreJob.objects.count() == jobs
+
+
+@pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)
+def test_wal_stored_in_both_forms_is_checked_restored_and_rebuilt(archive_storage, narrowed, fleet, primary, settings,
+                                                                 tmp_path):
+    """Copies made with PITR_STORAGE_WAL_COMPRESSION=none stay valid after it becomes zstd; new ones go up
+    compressed, about a fifteenth of the bytes; one restore reads both forms."""
+    settings.PITR_STORAGE_WAL_COMPRESSION = "none"
+    plain = uploaded(archive_storage)
+    settings.PITR_STORAGE_WAL_COMPRESSION = "zstd"
+    assert uploaded(archive_storage)["uploaded"] == 0  # a copy in the other form is a copy
+    check = check_storage()
+    assert check.ok and check.local_only == [] and check.remote_only == [], check.as_dict()
+    wal = list(StorageCopy.objects.filter(kind="wal").order_by("key"))
+    assert not any(st.wal_compressed(c.key) for c in wal)
+    for copy in wal[1::2]:  # every other segment again, compressed now
+        archive_storage.delete(copy.key)
+        copy.delete()
+    again = uploaded(archive_storage)
+    assert again["wal"] == len(wal[1::2])
+    packed = StorageCopy.objects.filter(kind="wal", key__endswith=".zst")
+    assert packed.count() == len(wal[1::2]) and check_storage().ok
+    raw = sum(c.segment.size for c in packed)
+    assert sum(c.size for c in packed) < raw / 5, (raw, plain["bytes"])
+
+    row = narrowed["rows"][6]
+    target = RestoreTarget.from_options(time=row.committed_at.isoformat())
+    job = restore_from_storage(settings, tmp_path / "mixed", target)
+    assert job.state == JobState.DONE, job.error
+    assert restored_ids(fleet) == primary_ids_committed(primary, row.committed_at)
+
+    keys = set(StorageCopy.objects.values_list("key", flat=True))
+    before = {s.name: s.sha256 for s in WalSegment.objects.filter(copies__isnull=False)}
+    RestoreJob.objects.all().delete()
+    for model in (StorageCopy, RestorePoint, WalSegment, BaseBackup, Timeline):
+        model.objects.all().delete()
+    result = rebuild_from_storage()
+    assert not result.skipped, result.as_dict()
+    assert {s.name: s.sha256 for s in WalSegment.objects.all()} == before
+    assert set(StorageCopy.objects.values_list("key", flat=True)) == keys
 
 
 @pytest.mark.parametrize("archive_storage", ["filesystem"], indirect=True)

@@ -92,7 +92,7 @@ def test_two_servers_stay_apart_and_restore_exactly_each_on_its_worker(fleet, ex
     keys = {c.server_id: c.key for c in copies}
     # Each under its server's prefix and its own cluster's "<version>-<system id>/" (two initdbs, two ids).
     assert demo.system_identifier and external.system_identifier != demo.system_identifier
-    tail = f"wal/{one[:8]}/{one}"
+    tail = f"wal/{one[:8]}/{one}.zst"
     assert keys[demo.pk] == f"15-{demo.system_identifier}/{tail}"
     assert keys[external.pk] == f"servers/sales/15-{external.system_identifier}/{tail}"
     assert len({c.sha256 for c in copies}) == 2

@@ -165,23 +165,32 @@ class _Rebuild:
         return self.result
 
     # --- WAL ------------------------------------------------------------------------------------
-    def fetch_wal(self, keys: list[str], scratch: Path) -> dict[str, tuple[str, int, str]]:
-        """file name -> (key, size, sha256) of every WAL object that looks like one; the rest is skipped."""
-        wanted = []
+    def fetch_wal(self, keys: list[str], scratch: Path) -> dict[str, tuple[str, int, str, str]]:
+        """file name -> (key, size, sha256 as stored, sha256 of the WAL bytes) of every WAL object that looks
+        like one, downloaded (and decompressed) into scratch; the rest is skipped."""
+        wanted: list[tuple[str, Path]] = []
+        taken: dict[str, str] = {}  # file name -> the key adopted for it
         for key in keys:
             name = key.rsplit("/", 1)[1]
+            file_name = st.wal_file_name(key)
             # the loosest size: the indexer checks the real one
-            ok = (key.startswith(st.area("wal/history/")) and name.endswith(".history") and len(name) == 16) or \
-                 (len(name) == 24 and key == st.wal_key(name) and walnames.is_wal_name(name, 1 << 20)) or \
-                 (len(name) == 32 and key == st.partial_key(name[:24]) and walnames.is_wal_name(name[:24], 1 << 20))
-            if ok:
+            if key.startswith(st.area("wal/history/")) and name.endswith(".history") and len(name) == 16:
                 wanted.append((key, scratch / name))
+            elif file_name is not None and walnames.is_wal_name(file_name[:24], 1 << 20):
+                if file_name in taken:  # both forms of one file (the setting changed): the first listed is adopted
+                    self.result.skipped.append(f"{key}: {taken[file_name]} holds the same file")
+                    continue
+                taken[file_name] = key
+                wanted.append((key, scratch / file_name))
             else:
                 self.result.skipped.append(f"{key}: not a WAL segment or history name")
         self.step("downloading WAL")
+
+        def one(pair: tuple[str, Path]) -> tuple[int, str, str]:
+            return st.with_retries(lambda: st.fetch_wal(self.storage, *pair), f"download of {pair[0]}")
+
         fetched = {}
-        for (key, dest), got, error in st.parallel(wanted, lambda kd: st.with_retries(
-                lambda: st.fetch(self.storage, kd[0], kd[1]), f"download of {kd[0]}"), self.workers):
+        for (key, dest), got, error in st.parallel(wanted, one, self.workers):
             if error is not None:
                 self.result.skipped.append(f"{key}: {first_line(error)}")
                 continue
@@ -200,7 +209,7 @@ class _Rebuild:
                 self.reporter.progress(len(fetched), len(wanted))
         return fetched
 
-    def index(self, scratch: Path, fetched: dict[str, tuple[str, int, str]]) -> None:
+    def index(self, scratch: Path, fetched: dict[str, tuple[str, int, str, str]]) -> None:
         from walcatalog.indexer import index_archive
 
         outcome = index_archive(scratch)
@@ -211,7 +220,7 @@ class _Rebuild:
         now = timezone.now()
         copies = []
         snapshot_of: dict[int, tuple[datetime | None, int | None]] = {}
-        for name, (key, size, sha) in fetched.items():
+        for name, (key, size, sha, content_sha) in fetched.items():
             if name.endswith(".history"):
                 kind, segment = StorageCopy.Kind.HISTORY, None
             elif name.endswith(".partial"):
@@ -224,7 +233,7 @@ class _Rebuild:
                 snapshot_of[segment.pk] = (segment.last_commit_at, segment.last_commit_lsn)
             else:
                 segment = segments.get(name)
-                if segment is None or segment.sha256 != sha:
+                if segment is None or segment.sha256 != content_sha:
                     self.result.skipped.append(f"{key}: not indexed")
                     continue
                 kind = StorageCopy.Kind.WAL

@@ -12,7 +12,7 @@ prefix listing, names sorting in LSN order::
 
     [<server prefix>/]<version>-<system id>/                        one cluster's files (pgBackRest's
                                                                    archive/<stanza>/<version>-<id>/)
-        wal/<timeline, 8 hex>/<segment name>     complete segments
+        wal/<timeline, 8 hex>/<segment name>.zst   complete segments, zstd-compressed
         wal/<timeline, 8 hex>/<segment name>.partial   a snapshot of the growing segment: its valid
                                                  prefix, replaced as it grows, dropped once the
                                                  complete segment is uploaded
@@ -22,6 +22,14 @@ prefix listing, names sorting in LSN order::
 
 Two clusters (a server re-initialised, a new primary after disaster recovery) never share a key.
 
+WAL is stored zstd-compressed (PITR_STORAGE_WAL_COMPRESSION=zstd, the default; `none` stores it as it is,
+without the suffix): a pgbench segment packs about 15x, which is what a restore from storage downloads and
+what the bucket bills. A key's suffix says how its bytes are stored, so both forms are read whatever the
+setting. A copy record's size and sha256 are the stored object's (what the storage check reads back); the
+bytes a compressed object decompresses to are held to the catalog's sha256 of the segment when it is
+restored. A .partial snapshot is stored as it is (its record's size is the valid prefix, which a restore reads
+as the snapshot's end), and so are backup files (base.tar.zst is pg_basebackup's own compression).
+
 This module does I/O and hashing only (no models): the uploader, the restore
 engine and the rebuild call it from worker threads, and keep every database
 write in their own thread.
@@ -29,24 +37,29 @@ write in their own thread.
 from __future__ import annotations
 
 import hashlib
+import contextlib
+import io
 import json
 import logging
 import os
 import posixpath
+import re
+import tempfile
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 import tenacity
+import zstandard
 from django.db import connections
 
 from fleet import servers
 from pitrsite.config import STORAGE_BACKENDS as BACKENDS
-from pitrsite.errors import ChecksumError, LocalChanged, StorageError, first_line
+from pitrsite.errors import ChecksumError, LocalChanged, StorageError, VerifyError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +132,46 @@ def area(name: str) -> str:
     return f"{base()}{name}"
 
 
+ZSTD = ".zst"
+# tli/segment, tli/segment.zst (compressed) or tli/segment.partial (a snapshot: stored as it is, since its
+# record's size is the valid prefix a restore reads as the snapshot's end)
+WAL_OBJECT = re.compile(r"([0-9A-F]{8})/(\1[0-9A-F]{16}(?:\.zst|\.partial)?)")
+
+
+def wal_suffix() -> str:
+    """How new WAL objects are stored: ".zst" (PITR_STORAGE_WAL_COMPRESSION=zstd) or "" (none)."""
+    from django.conf import settings
+
+    return ZSTD if settings.PITR_STORAGE_WAL_COMPRESSION == "zstd" else ""
+
+
 def wal_key(segment_name: str) -> str:
+    """Where a complete segment goes now (an older copy may sit under the other form: its record keeps it)."""
+    return _segment_path(segment_name) + wal_suffix()
+
+
+def partial_key(segment_name: str) -> str:
+    """A .partial snapshot's own key: beside the complete segment's, never the same."""
+    return _segment_path(segment_name) + ".partial"
+
+
+def _segment_path(segment_name: str) -> str:
     if len(segment_name) != 24:
         raise StorageError(f"{segment_name!r} is not a complete WAL segment name")
     return f"{base()}wal/{segment_name[:8]}/{segment_name}"
 
 
-def partial_key(segment_name: str) -> str:
-    """A .partial snapshot's own key: beside the complete segment's, never the same."""
-    return wal_key(segment_name) + ".partial"
+def wal_file_name(key: str) -> str | None:
+    """The WAL file a key under this cluster's wal/ holds (a segment's name, or its name + ".partial" for a
+    snapshot), in either stored form; None for any other key."""
+    prefix = f"{base()}wal/"
+    found = WAL_OBJECT.fullmatch(key[len(prefix):]) if key.startswith(prefix) else None
+    return found.group(2).removesuffix(ZSTD) if found else None
+
+
+def wal_compressed(key: str) -> bool:
+    """Is this a zstd-compressed segment? (A backup's base.tar.zst is not: it is stored as it is.)"""
+    return key.endswith(ZSTD) and WAL_OBJECT.fullmatch("/".join(key.rsplit("/", 2)[-2:])) is not None
 
 
 def history_key(tli: int) -> str:
@@ -144,11 +188,46 @@ def descriptor_key(label: str) -> str:
 
 # --- hashing and transfers ----------------------------------------------------------------------------
 def sha256_file(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
+        return _digest(fh)
+
+
+def _digest(fh) -> tuple[int, str]:
+    """Size and sha256 of a file object's bytes from its start."""
+    digest, size = hashlib.sha256(), 0
+    fh.seek(0)
+    while chunk := fh.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _compress(src, out) -> str:
+    """zstd of src's bytes into out (frames carry their content checksum); returns the sha256 of src's bytes."""
+    digest = hashlib.sha256()
+    with zstandard.ZstdCompressor(write_checksum=True).stream_writer(out, closefd=False) as packer:
+        while chunk := src.read(CHUNK):
             digest.update(chunk)
-            size += len(chunk)
+            packer.write(chunk)
+    return digest.hexdigest()
+
+
+def decompress(src: Path, dest: Path) -> tuple[int, str]:
+    """A compressed WAL object's bytes (src) into dest; returns their size and sha256. A damaged or cut
+    stream is a ChecksumError naming the file, and leaves nothing at dest."""
+    from walcatalog.verify import INFLATE, Inflating
+
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(src, "rb") as fh, open(dest, "wb") as out:
+            reader = Inflating(fh, src.name, INFLATE[ZSTD])
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except VerifyError as exc:
+        dest.unlink(missing_ok=True)
+        raise ChecksumError(str(exc)) from None
     return size, digest.hexdigest()
 
 
@@ -172,23 +251,24 @@ class Uploaded:
 
 
 def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = None) -> Uploaded:
-    """Write one object (overwriting whatever is under the key) and verify it by reading it back."""
+    """Write one object (overwriting whatever is under the key) and verify it by reading it back. Under a
+    compressed WAL key the source goes up compressed; expect_sha256 is always the source's own (the catalog's)."""
     from django.core.files import File
-    from django.core.files.base import ContentFile
 
     began = time.monotonic()
-    if isinstance(source, bytes):
-        size, sha = len(source), hashlib.sha256(source).hexdigest()
-    else:
-        size, sha = sha256_file(source)
-    if expect_sha256 and sha != expect_sha256:
-        raise LocalChanged(f"{source} changed since it was indexed (sha256 {sha[:12]}..., "  # type: ignore[str-bytes-safe]
-                            f"catalog says {expect_sha256[:12]}...): not uploaded")
-    if isinstance(source, bytes):
-        saved = storage.save(key, ContentFile(source))
-    else:
-        with open(source, "rb") as fh:
-            saved = storage.save(key, File(fh))
+    with contextlib.ExitStack() as stack:
+        read: IO[bytes] = stack.enter_context(io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb"))
+        body, local = read, None
+        if wal_compressed(key):
+            body = stack.enter_context(tempfile.TemporaryFile())
+            local = _compress(read, body)
+        size, sha = _digest(body)
+        local = local or sha
+        if expect_sha256 and local != expect_sha256:
+            raise LocalChanged(f"{source} changed since it was indexed (sha256 {local[:12]}..., "  # type: ignore[str-bytes-safe]
+                                f"catalog says {expect_sha256[:12]}...): not uploaded")
+        body.seek(0)
+        saved = storage.save(key, File(body))
     if saved != key:
         raise StorageError(f"the storage stored {key} as {saved}: it must be configured to overwrite")
     uploaded = time.monotonic()
@@ -216,6 +296,20 @@ def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
         raise
     os.replace(tmp, dest)
     return size, digest.hexdigest()
+
+
+def fetch_wal(storage, key: str, dest: Path) -> tuple[int, str, str]:
+    """A WAL object into dest as WAL (decompressed when it is stored compressed): its stored size and sha256,
+    and the sha256 of the WAL bytes."""
+    if not wal_compressed(key):
+        size, sha = fetch(storage, key, dest)
+        return size, sha, sha
+    packed = dest.with_name(dest.name + ZSTD)
+    size, sha = fetch(storage, key, packed)
+    try:
+        return size, sha, decompress(packed, dest)[1]
+    finally:
+        packed.unlink(missing_ok=True)
 
 
 RANGE = 8 << 20  # bytes per ranged GET of a streamed S3 object
@@ -315,14 +409,28 @@ def stream(storage, key: str):
         raise
 
 
-def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None) -> int:
-    """Copy an object to dest, hashing on the way; a mismatch leaves nothing at dest and names the object."""
+def download(storage, key: str, dest: Path, expect_sha256: str, expect_size: int | None = None,
+             content_sha256: str | None = None) -> int:
+    """Copy an object to dest, hashing on the way; a mismatch leaves nothing at dest and names the object.
+    A compressed WAL object is checked as stored, then decompressed into dest and held to content_sha256
+    (the catalog's sha256 of the segment) when given. Returns the stored size."""
     tmp = dest.with_name(dest.name + ".download")
     size, got = fetch(storage, key, tmp)
     if got != expect_sha256 or (expect_size is not None and size != expect_size):
         tmp.unlink(missing_ok=True)
         raise ChecksumError(f"{key} in storage {describe()} is corrupted: sha256 {got[:16]}... ({size} bytes), "
                             f"expected {expect_sha256[:16]}...")
+    if wal_compressed(key):
+        plain = dest.with_name(dest.name + ".plain")
+        try:
+            _, sha = decompress(tmp, plain)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if content_sha256 and sha != content_sha256:
+            plain.unlink(missing_ok=True)
+            raise ChecksumError(f"{key} in storage {describe()} decompresses to bytes that are not the cataloged "
+                                f"segment: sha256 {sha[:16]}..., expected {content_sha256[:16]}...")
+        tmp = plain
     os.replace(tmp, dest)
     return size
 

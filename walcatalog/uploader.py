@@ -314,7 +314,7 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
     storage = st.get_storage(storage_name)
     result = CheckResult(storage=st.describe(storage_name))
     remote = set(st.list_keys(storage, st.area("wal"))) | set(st.list_keys(storage, st.area("backups")))
-    local = _local_keys()
+    local = _local_keys(storage_name)
     copies = {c.key: c for c in StorageCopy.objects.filter(storage=st.identity(storage_name))}
     result.local, result.remote = len(local), len(remote)
     result.local_only = sorted(local - remote)
@@ -341,10 +341,13 @@ def check_storage(storage_name: str = st.STORAGE_NAME, workers: int | None = Non
     return result
 
 
-def _local_keys() -> set[str]:
+def _local_keys(storage_name: str) -> set[str]:
     archive = Layout.current().archive
-    keys = {st.wal_key(name) for name in WalSegment.objects.filter(is_partial=False, in_local_archive=True)
-            .values_list("name", flat=True) if (archive / name).is_file()}
+    # A segment copied already is expected under its record's key (an older copy may be in the other form).
+    held = dict(StorageCopy.objects.filter(storage=st.identity(storage_name), kind=StorageCopy.Kind.WAL)
+                .values_list("segment_id", "key"))
+    keys = {held.get(pk) or st.wal_key(name) for pk, name in WalSegment.objects.filter(
+        is_partial=False, in_local_archive=True).values_list("pk", "name") if (archive / name).is_file()}
     keys |= {st.history_key(tli) for tli in Timeline.objects.exclude(history="").values_list("tli", flat=True)}
     for backup in restorable_backups():
         folder = backup_dir(backup)
