@@ -20,15 +20,16 @@ from django.conf import settings
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll until predicate() is truthy; fail the test saying what never happened."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, detail=None):
+    """Poll until predicate() is truthy; fail the test saying what never happened (and detail(), what was seen)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            seen = f": {detail()}" if detail is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
         time.sleep(interval)
 
 

@@ -71,6 +71,22 @@ def status(driver):
     return result, capture_problem(result)
 
 
+def wait_streaming(driver, timeout: float, what: str) -> None:
+    """Until capture streams; a timeout says what capture reported last and how its log ends."""
+    seen: dict = {}
+
+    def streaming() -> bool:
+        seen.update(status(driver)[0]["capturer"])
+        return seen["health"] == "streaming"
+
+    def last() -> str:
+        log = driver.layout.logfile("capturer")
+        tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else ["(no capturer log)"]
+        return f"{seen.get('health')} ({seen.get('reason')}); capturer log ends: {' | '.join(tail)}"
+
+    wait_for(streaming, timeout, what, detail=last)
+
+
 def write_wal(driver, megabytes: int) -> None:
     """Commit about `megabytes` MiB of WAL on the private primary (md5 text does not compress away)."""
     from fleet import pg
@@ -101,7 +117,7 @@ def test_healthy_capture_streams_and_status_exits_zero(private_fleet):
     from django.core.management import call_command
 
     private_fleet.up()
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    wait_streaming(private_fleet, 30, "capture to stream")
     result, problem = status(private_fleet)
     assert problem is None and result["capturer"]["lag_seconds"] is not None
     assert {"archive", "backups", "restore_target"} <= set(result["disk"])
@@ -112,7 +128,7 @@ def test_dropped_slot_is_broken_and_names_the_lost_range(private_fleet):
     from fleet import pg
 
     private_fleet.up()
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    wait_streaming(private_fleet, 30, "capture to stream")
     private_fleet.stop("capturer")
     with pg.connect(private_fleet.layout.port("primary"), dbname="postgres") as conn:
         conn.execute("SELECT pg_drop_replication_slot(%s)", ["pitr_slot"])
@@ -146,7 +162,7 @@ def test_zero_filled_next_segment_stops_capture_and_says_so(private_fleet):
 
     private_fleet.up()
     write_wal(private_fleet, 1)
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    wait_streaming(private_fleet, 30, "capture to stream")
     private_fleet.stop("capturer")
     archive = private_fleet.layout.archive
     name = newest_archived(archive)[:24]  # the .partial being written
@@ -189,10 +205,10 @@ def test_fleet_up_recreates_the_slot_only_while_the_wal_is_held(private_fleet, s
             conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
 
     private_fleet.up()
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    wait_streaming(private_fleet, 30, "capture to stream")
     drop_slots()
     private_fleet.up()  # the primary still holds everything: the slot is recreated and capture continues
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 60, "capture to stream again")
+    wait_streaming(private_fleet, 60, "capture to stream again")
     drop_slots()
     with pg.connect(private_fleet.layout.port("primary")) as conn:
         for _ in range(5):  # switch and checkpoint: the primary recycles WAL no slot holds
@@ -212,7 +228,7 @@ def test_paused_capturer_lag_counts_the_seconds_since_it_last_received(private_f
     import time
 
     private_fleet.up()
-    wait_for(lambda: status(private_fleet)[0]["capturer"]["health"] == "streaming", 30, "capture to stream")
+    wait_streaming(private_fleet, 30, "capture to stream")
     private_fleet.pause("capturer")
     try:
         time.sleep(12)  # pg_receivewal answers every 10 s while idle: its last answer is older than 2 s now
