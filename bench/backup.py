@@ -110,7 +110,7 @@ def main() -> None:
     def verify_alone(backup: BaseBackup) -> None:
         dest = backups.backup_dir(backup)
         check = verify.ArchiveCheck(backups.archive_file(dest, "base"), lambda: True, "bench-verify")
-        backups._verify(backup, dest, check, "bench-verify")
+        backups._verify(backup, dest, check, "bench-verify", "verifying")
 
     kinds = {"bare": bare, "pitrsite": ours, "pitrsite_full_priority": ours_at_full_priority, "pgbb_alone": pgbb_alone,
              # a candidate measured, not pitrsite's: the primary compresses (same files, same zstd level)

@@ -17,7 +17,7 @@ import pytest
 from fleet.layout import Layout
 from pitrsite.errors import StepFailed
 from pitrsite.jobs import JobReporter, JobState
-from walcatalog import backups, verify
+from walcatalog import backups, verify, walnames
 from walcatalog import storage as st
 from walcatalog.backups import backup_dir, queue_backup, restorable_backups, run_backup
 
@@ -164,6 +164,30 @@ def test_a_torn_wal_segment_fails_pg_waldump(plain_backup, tmp_path):
     with pytest.raises(pg.ToolFailed):
         verify.wal_check(pg.tool("pg_waldump"), manifest, wal_dir,
                          lambda argv: pg.run(argv, step="t", as_server=False))
+
+
+def test_wal_past_the_range_end_is_read_not_written_and_the_range_still_parses(plain_backup, tmp_path):
+    """The WAL check writes a segment only up to the manifest's end of WAL (and a page): the rest stays a hole
+    of the segment's size, which pg_waldump --end never reads."""
+    from fleet import pg
+
+    _, copy = plain_backup
+    manifest = verify.read_manifest(copy / "backup_manifest")
+    ends = {r["Timeline"]: walnames.parse_lsn(r["End-LSN"]) for r in manifest["WAL-Ranges"]}
+    into = tmp_path / "wal"
+    pg.give_to_server(into)
+    assert verify.unpack_wal(copy / "pg_wal.tar", into, ends) is True
+    with tarfile.open(copy / "pg_wal.tar") as tar:
+        whole = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile() and "/" not in m.name}
+    (timeline, end), = ends.items()
+    for name, data in whole.items():
+        got = (into / name).read_bytes()
+        segment = walnames.parse_wal_name(name, len(data))
+        keep = max(0, min(len(data), end - segment.start_lsn(len(data)) + verify.WAL_PAGE))
+        assert len(got) == len(data) and got[:keep] == data[:keep] and not any(got[keep:]), name
+        if keep < len(data) // 2:
+            assert (into / name).stat().st_blocks * 512 < len(data) // 2, "the zeros after the end were written"
+    verify.wal_check(pg.tool("pg_waldump"), manifest, into, lambda argv: pg.run(argv, step="t", as_server=False))
 
 
 @pytest.mark.parametrize("suffix", ["", *COMPRESSORS])

@@ -259,7 +259,8 @@ def _wal_check(dest: Path, manifest: dict, scratch: Path, step: str) -> None:
     try:
         wal = archive_file(dest, "pg_wal")
         try:
-            unpacked = verify.unpack_wal(wal, scratch)
+            ends = {r["Timeline"]: walnames.parse_lsn(r["End-LSN"]) for r in manifest["WAL-Ranges"]}
+            unpacked = verify.unpack_wal(wal, scratch, ends)
         except (verify.VerifyError, OSError) as exc:
             raise StepFailed(step, f"{wal.name}: {exc}") from None
         if not unpacked:
