@@ -36,8 +36,8 @@ write in their own thread.
 """
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import io
 import json
 import logging
