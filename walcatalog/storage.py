@@ -217,17 +217,21 @@ def decompress(src: Path, dest: Path) -> tuple[int, str]:
     stream is a ChecksumError naming the file, and leaves nothing at dest."""
     from walcatalog.verify import INFLATE, Inflating
 
-    digest, size = hashlib.sha256(), 0
     try:
         with open(src, "rb") as fh, open(dest, "wb") as out:
-            reader = Inflating(fh, src.name, INFLATE[ZSTD])
-            while chunk := reader.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+            return _copy(Inflating(fh, src.name, INFLATE[ZSTD]), out)
     except VerifyError as exc:
         dest.unlink(missing_ok=True)
         raise ChecksumError(str(exc)) from None
+
+
+def _copy(src, out) -> tuple[int, str]:
+    """src's bytes (read to its end) into out; their size and sha256."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := src.read(CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 
@@ -282,20 +286,16 @@ def upload(storage, key: str, source: Path | bytes, expect_sha256: str | None = 
 def fetch(storage, key: str, dest: Path) -> tuple[int, str]:
     """Copy an object to dest (through dest.download, renamed when complete); returns its size and sha256."""
     tmp = dest.with_name(dest.name + ".download")
-    digest, size = hashlib.sha256(), 0
     try:
         with storage.open(key, "rb") as src, open(tmp, "wb") as out:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+            size, sha = _copy(src, out)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         if is_not_found(exc):
             raise StorageError(f"{key} is missing from storage {describe()}") from None
         raise
     os.replace(tmp, dest)
-    return size, digest.hexdigest()
+    return size, sha
 
 
 def fetch_wal(storage, key: str, dest: Path) -> tuple[int, str, str]:
