@@ -157,7 +157,8 @@ class ExternalDriver(LocalDriver):
                 "--no-password", "-D", str(self.layout.archive), f"--slot={self.slot}", "--synchronous", "--verbose"]
         account = pg.server_account()
         runner.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
-                               user=account.pw_name if account else None, env=servers.libpq_env(self.c))
+                               user=account.pw_name if account else None, env=servers.libpq_env(self.c),
+                               wal_archive=self.layout.archive)
         if not procs.alive(self.pid("capturer")):
             raise FleetError(f"{self.server.name} capturer did not start: see {self.layout.logfile('capturer')}")
         return f"{self.server.name} capturer streaming into {self.layout.archive} through slot {self.slot}"

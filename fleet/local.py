@@ -274,7 +274,8 @@ class LocalDriver:
                 f"--slot={settings.PITR_CAPTURE_SLOT}", "--synchronous", "--verbose"]
         account = pg.server_account()
         runner.start_supervised("capturer", argv, self.layout.run, self.layout.logfile("capturer"),
-                               user=account.pw_name if account else None, env=pg.libpq_env())
+                               user=account.pw_name if account else None, env=pg.libpq_env(),
+                               wal_archive=self.layout.archive)
         if not procs.alive(self.pid("capturer")):
             raise FleetError(f"capturer did not start: see {self.layout.logfile('capturer')}")
         return f"capturer streaming into {self.layout.archive} through slot {settings.PITR_CAPTURE_SLOT}"

@@ -3,13 +3,14 @@
 Deliberately free of Django (pitrsite.runner, which starts the child, imports none of it): it supervises
 the WAL capturer (and the web, worker and beat processes in local mode) and must keep running when those die.
 
-    python -m fleet.supervise --name capturer --rundir RUN [--user postgres] -- ARGV...
+    python -m fleet.supervise --name capturer --rundir RUN [--user postgres] [--wal-archive DIR] -- ARGV...
 
 Its stdout and stderr (and the child's) go where its starter points them: logs/NAME.log.
 
 Files in RUN: NAME.supervisor.pid (this process), NAME.pid (the child),
 NAME.state.json (restart count, last exit). SIGTERM stops the child and the
-supervisor; SIGHUP restarts the child (a graceful restart).
+supervisor; SIGHUP restarts the child (a graceful restart). With --wal-archive (the capturer), every start
+is preceded by clear_unwritten_partials() of that directory.
 """
 from __future__ import annotations
 
@@ -33,9 +34,31 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def clear_unwritten_partials(archive: Path) -> list[str]:
+    """Remove every .partial that holds only zeros; returns what it removed, with its size.
+
+    pg_receivewal fills a new segment file with zeros before it writes any WAL to it (walmethods.c,
+    dir_open_for_write), and refuses to start while a .partial holds neither 0 bytes nor a whole segment:
+    one stopped while it was filling the file left exactly that, and capture then retried forever ("has 630784
+    bytes, should be 0 or 1048576"). A file of zeros holds no WAL; pg_receivewal makes it again, from the
+    same LSN (the end of the segment before it, which its slot holds)."""
+    removed = []
+    for path in sorted(archive.glob("*.partial")):
+        try:
+            with open(path, "rb") as fh:
+                if any(chunk != bytes(len(chunk)) for chunk in iter(lambda: fh.read(1 << 20), b"")):
+                    continue  # WAL: pg_receivewal continues it
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue  # gone meanwhile, or unreadable: pg_receivewal says what it makes of it
+        removed.append(f"{path.name} ({size} bytes)")
+    return removed
+
+
 class Supervisor:
-    def __init__(self, name: str, argv: list[str], rundir: Path, user: str | None):
-        self.name, self.argv, self.rundir, self.user = name, argv, rundir, user
+    def __init__(self, name: str, argv: list[str], rundir: Path, user: str | None, wal_archive: Path | None = None):
+        self.name, self.argv, self.rundir, self.user, self.wal_archive = name, argv, rundir, user, wal_archive
         self.child: subprocess.Popen | None = None
         self.stopping = False
         self.state: dict[str, Any] = {"name": name, "argv": argv, "restarts": 0, "started_at": now(), "last_exit": None}
@@ -49,6 +72,10 @@ class Supervisor:
         tmp.replace(self.rundir / f"{self.name}.state.json")
 
     def spawn(self) -> None:
+        if self.wal_archive is not None:
+            for what in clear_unwritten_partials(self.wal_archive):
+                self.log(f"removed {what} from {self.wal_archive}: only zeros, a segment file begun but never "
+                         "written (pg_receivewal refuses to start on it)")
         # Its own process group (the runner's rule), so that what it forked (Celery's pool, gunicorn's
         # workers) can be found and killed with it, as systemd's KillMode=control-group does; it dies
         # with the supervisor, so a SIGKILLed supervisor leaves no unsupervised child.
@@ -112,12 +139,13 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--rundir", required=True, type=Path)
     parser.add_argument("--user", help="run the child as this OS user when we are root")
+    parser.add_argument("--wal-archive", type=Path, help="pg_receivewal's directory: see clear_unwritten_partials")
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     opts = parser.parse_args(args)
     argv = opts.argv[1:] if opts.argv[:1] == ["--"] else opts.argv
     if not argv:
         parser.error("nothing to supervise: give the command after --")
-    return Supervisor(opts.name, argv, opts.rundir, opts.user).run()
+    return Supervisor(opts.name, argv, opts.rundir, opts.user, opts.wal_archive).run()
 
 
 if __name__ == "__main__":

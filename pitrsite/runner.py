@@ -177,12 +177,14 @@ def kill_children(owner: str) -> int:
     return killed
 
 
-def start_supervised(name: str, argv: list[str], rundir: Path, logfile: Path,
-                     user: str | None = None, env: dict | None = None, cwd: Path | None = None) -> int:
+def start_supervised(name: str, argv: list[str], rundir: Path, logfile: Path, user: str | None = None,
+                     env: dict | None = None, cwd: Path | None = None, wal_archive: Path | None = None) -> int:
     """Start `fleet.supervise` detached (own session), so it outlives whoever started it."""
     command = [sys.executable, "-m", "fleet.supervise", "--name", name, "--rundir", str(rundir)]
     if user:
         command += ["--user", user]
+    if wal_archive:
+        command += ["--wal-archive", str(wal_archive)]
     command += ["--", *argv]
     project = Path(__file__).resolve().parent.parent
     with open(logfile, "ab") as log:

@@ -17,6 +17,17 @@ stop() {
 }
 trap stop TERM INT
 while [ -z "$stopping" ]; do
+    # A .partial of zeros only was begun and never written (stopped while pg_receivewal filled it): it holds
+    # no WAL, and pg_receivewal refuses to start on one that is neither empty nor a whole segment. As
+    # fleet/supervise.py's clear_unwritten_partials.
+    for partial in "$PITR_WAL_ARCHIVE"/*.partial; do
+        [ -f "$partial" ] || continue
+        size=$(stat -c %s "$partial")
+        if cmp -s -n "$size" "$partial" /dev/zero; then
+            rm -f "$partial"
+            echo "$(date -u +%FT%T.%3NZ) run_wal_capturer: removed $partial ($size bytes of zeros only)" >>"$log"
+        fi
+    done
     echo "$(date -u +%FT%T.%3NZ) run_wal_capturer: starting pg_receivewal" >>"$log"
     pg_receivewal -D "$PITR_WAL_ARCHIVE" --slot="$PITR_CAPTURE_SLOT" --no-password --synchronous --verbose \
         >>"$log" 2>&1 &
