@@ -13,7 +13,7 @@ from django.conf import settings
 from fleet import capture, pg, servers
 from fleet.layout import Layout
 from fleet.local import LocalDriver
-from fleet.models import Server
+from fleet.models import Server, ServerKind
 from pitrsite import procs, runner
 from pitrsite.dbcheck import unless_unmigrated
 from pitrsite.errors import FleetError, PitrError, first_line
@@ -26,17 +26,25 @@ FORGET_ORDER = ("chaosrun", "restorejob", "storagecopy", "restorepoint", "walseg
 
 
 def remove_server(server: Server, forget: bool = False) -> str:
-    """Stop its capturer and restore target and forget it (`server remove`, the admin); refused while it holds
-    backups unless `forget`, which drops its catalog rows. No file is deleted, nor its slot."""
+    """Stop what pitrsite runs of it and forget it (`server remove`, the admin); refused while it holds
+    backups unless `forget`, which drops its catalog rows, and refused while it is a promoted copy whose
+    primary runs (applications may write to it: stopping it is `fleet down`'s, on purpose). No file is
+    deleted, nor its slot."""
+    from fleet.driver import get_driver  # the driver module picks this one: imported late
+
     if server.managed:
         raise FleetError(f"{server.name} is the demo fleet pitrsite runs: stop it with `fleet down`")
+    driver = get_driver(server)  # a promoted copy's also runs its primary and standby
+    if server.kind == ServerKind.PROMOTED and driver.state("primary") != "stopped":
+        raise FleetError(f"{server.name} is a primary pitrsite runs (port {driver.layout.port('primary')}), and it is "
+                         f"running: stop it first with `python manage.py fleet down --server {server.name}`")
     related = {rel.related_model._meta.model_name: rel.related_model for rel in Server._meta.related_objects}
     held = related["basebackup"]._base_manager.filter(server=server).count()
     if held and not forget:
         raise FleetError(f"{server.name} holds {held} backup(s): remove it with --forget to drop its catalog "
                          "(no file is deleted)")
     with servers.using(server):
-        ExternalDriver(server).down()
+        driver.down()
     for model in FORGET_ORDER:
         if model in related:
             related[model]._base_manager.filter(server=server).delete()

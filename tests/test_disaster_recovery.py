@@ -22,6 +22,8 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 
+from pitrsite import procs
+
 from tests.conftest import wait_for
 from tests.restore_helpers import empty_catalog, primary_ids_committed, write_rows
 from tests.storage_scenario import make_scenario, narrow_catalog
@@ -176,6 +178,20 @@ def test_restored_copy_becomes_a_new_primary(scenario, primary, settings, reques
         far = _manage_json(third, "restore", "--server", "dr", "--target-time", later.isoformat())
         assert far["state"] == "done" and far["source"] == "storage", far
         assert _restored_ids(third_home / "servers" / "dr" / "restore_target", third["PITR_RESTORE_PORT"]) == expected
+
+        # `server remove` of a primary pitrsite runs is refused while it runs; stopped, nothing of it is left
+        # running once it is removed (its standby, capturer and restore target included).
+        refused = run_manage(new, "server", "remove", "dr", "--forget")
+        assert refused.returncode == 1 and "stop it first with `python manage.py fleet down --server dr`" in \
+            refused.stderr, refused.stderr
+        pids = [procs.read_pid(dr / role / "data" / "postmaster.pid") for role in ("standby", "restore_target")]
+        pids.append(procs.read_pid(dr / "run" / "capturer.supervisor.pid"))
+        assert all(pid and procs.alive(pid) for pid in pids), pids
+        stopped = run_manage(new, "fleet", "stop", "primary", "--server", "dr")  # only the primary
+        assert stopped.returncode == 0, stopped.stderr
+        removed = run_manage(new, "server", "remove", "dr", "--forget")
+        assert removed.returncode == 0 and "server dr removed" in removed.stdout, removed.stderr
+        assert not [pid for pid in pids if procs.alive(pid)], pids
     finally:
         run_manage(new, "fleet", "down")
         run_manage(third, "fleet", "down")
