@@ -186,10 +186,11 @@ def test_backup_that_cannot_fit_is_refused_in_one_line(private_fleet, transactio
     private_fleet.up()
     with tmpfs(private_fleet.layout.backups, "2m"):
         backup = queue_backup("zstd")
-        with pytest.raises(PitrError, match="backup refused: it needs about"):
+        with pytest.raises(PitrError, match=r"^failure checking free space \(the backup needs about"):
             run_backup(backup, JobReporter(backup))
         backup.refresh_from_db()
-        assert backup.state == JobState.FAILED and "MiB free" in backup.error
+        assert backup.state == JobState.FAILED and backup.error.startswith("failure checking free space")
+        assert "MiB free" in backup.error
         assert not any(private_fleet.layout.backups.iterdir())
 
 

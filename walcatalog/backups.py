@@ -84,8 +84,9 @@ def check_room(layout: Layout, compression: str, driver=None) -> None:
     amount = size if compression == Compression.NONE else size // 2
     free = shutil.disk_usage(layout.backups).free
     if free < amount:
-        raise BackupError(f"backup refused: it needs about {amount / 2**20:,.0f} MiB in {layout.backups} (the "
-                          f"backup of a {size / 2**20:,.0f} MiB database), {free / 2**20:,.0f} MiB free")
+        # Its own step in the message: the check runs beside pg_basebackup's start, not in the copy.
+        raise StepFailed("checking free space", f"the backup needs about {amount / 2**20:,.0f} MiB in "
+                         f"{layout.backups} (a {size / 2**20:,.0f} MiB database), {free / 2**20:,.0f} MiB free")
 
 
 def backup_dir(backup: BaseBackup) -> Path:
